@@ -1,0 +1,433 @@
+/**
+ * What every provisioner (capture) machine shares: its context, the effects it names, the CANCEL event,
+ * and the cleanup that undoes, in reverse order, what the forward steps did.
+ *
+ * A provisioner machine is one capture. Its forward steps live in the compound state `capturing`; the
+ * provisioner-specific sequence is written out in each provisioner's module. Cleanup is a stack of
+ * compensations: a forward step pushes the compensation that undoes it when it starts (a step interrupted
+ * half-way may have done part of its work), and `cleanup` pops them, newest first.
+ */
+import { assign, setup } from 'xstate';
+import type { OsMachine } from '../os/os-machine.js';
+import {
+  type Deadlines,
+  deadlineOf,
+  errorCode,
+  placeholder,
+  resolveTimeouts,
+  type StepMeta,
+  toFailure,
+  toWarning,
+  withDeadline,
+} from '../steps.js';
+import {
+  type CaptureInput,
+  type CaptureResult,
+  type EndState,
+  FAILURE_CODES,
+  type ImageArtifact,
+  type ImageRef,
+  type OsInput,
+  type OsName,
+  type OsResult,
+  type ProvisionerName,
+  type ReleaseOutcome,
+  type StepFailure,
+  type StepKind,
+  type StepWarning,
+  type TimeoutName,
+  type Timeouts,
+} from '../types.js';
+
+/** Facts a step learns and later steps need (disk path, VM id, ...). Persisted with the snapshot. */
+export type Facts = Record<string, string | number | boolean>;
+
+/** What every provisioner step receives. */
+export interface CaptureStepInput {
+  step: string;
+  captureId: string;
+  provisioner: ProvisionerName;
+  computer: string;
+  os: OsName;
+  image: ImageRef;
+  endState: EndState;
+  /** Epoch ms after which the step must give up with code `TIMEOUT`. */
+  deadline: number;
+  timeouts: Timeouts;
+  facts: Facts;
+  /** The copy made so far (after `copy`), verified after `verify`. */
+  artifact?: ImageArtifact;
+  /** `release_computer` only: how the computer is handed back, and why. */
+  release?: { outcome: ReleaseOutcome; error: StepFailure };
+}
+
+export interface CaptureStepOutput {
+  facts?: Facts;
+  artifact?: ImageArtifact;
+}
+
+export type CaptureStepLogic = ReturnType<typeof placeholder<CaptureStepOutput, CaptureStepInput>>;
+
+export interface CaptureContext {
+  captureId: string;
+  provisioner: ProvisionerName;
+  computer: string;
+  os: OsName;
+  image: ImageRef;
+  endState: EndState;
+  sysprep: boolean;
+  provisionerWatchesReturn: boolean;
+  timeouts: Timeouts;
+  deadlines: Deadlines;
+  /** The forward step in progress (or last started): where a CANCEL or failure happened. */
+  step: string;
+  facts: Facts;
+  artifact: ImageArtifact | undefined;
+  warnings: StepWarning[];
+  error: StepFailure | undefined;
+  cancelled: boolean;
+  /** True once the OS sub-machine started: a cancelled capture then still goes to maintenance. */
+  osTouched: boolean;
+  /** Compensations still owed, newest last. */
+  compensations: string[];
+  cleanupFailures: StepFailure[];
+  /** VMware: one repair-and-retry of the clone. */
+  repairAttempted: boolean;
+}
+
+export type CaptureEvent = { type: 'CANCEL'; reason?: string };
+
+/** What a provisioner declares about itself. */
+export interface ProvisionerSpec {
+  name: ProvisionerName;
+  /** End states this provisioner can work with; the first is its default. */
+  endStates: readonly [EndState, ...EndState[]];
+  /** Reboot end state: the provisioner watches the computer come back itself. */
+  watchesReturn: boolean;
+  /** Default for Windows sysprep (VCL: never on VMware, off on libvirt). */
+  sysprepByDefault: boolean;
+}
+
+export function initialCaptureContext(spec: ProvisionerSpec, input: CaptureInput): CaptureContext {
+  const endState = input.endState ?? spec.endStates[0];
+  if (!spec.endStates.includes(endState)) {
+    throw new RangeError(
+      `provisioner ${spec.name} cannot capture with end state '${endState}'; it allows: ${spec.endStates.join(', ')}`,
+    );
+  }
+  return {
+    captureId: input.captureId,
+    provisioner: spec.name,
+    computer: input.computer,
+    os: input.os,
+    image: input.image,
+    endState,
+    sysprep: input.os === 'windows' && (input.sysprep ?? spec.sysprepByDefault),
+    provisionerWatchesReturn: spec.watchesReturn,
+    timeouts: resolveTimeouts(input.timeouts),
+    deadlines: {},
+    step: 'reserve',
+    facts: {},
+    artifact: undefined,
+    warnings: [],
+    error: undefined,
+    cancelled: false,
+    osTouched: false,
+    compensations: [],
+    cleanupFailures: [],
+    repairAttempted: false,
+  };
+}
+
+export function captureResult(context: CaptureContext): CaptureResult {
+  const base = { captureId: context.captureId, image: context.image, warnings: context.warnings };
+  if (context.cancelled || context.error || !context.artifact) {
+    return {
+      ...base,
+      status: context.cancelled ? 'cancelled' : 'failed',
+      error: context.error ?? {
+        code: FAILURE_CODES.STEP_FAILED,
+        step: context.step,
+        message: 'capture ended without an image',
+      },
+      cleanupFailures: context.cleanupFailures,
+    };
+  }
+  return { ...base, status: 'completed', artifact: context.artifact };
+}
+
+function stepInput(context: CaptureContext, step: string): CaptureStepInput {
+  return {
+    step,
+    captureId: context.captureId,
+    provisioner: context.provisioner,
+    computer: context.computer,
+    os: context.os,
+    image: context.image,
+    endState: context.endState,
+    deadline: deadlineOf(context.deadlines, step),
+    timeouts: context.timeouts,
+    facts: context.facts,
+    ...(context.artifact ? { artifact: context.artifact } : {}),
+    ...(step === 'release_computer'
+      ? {
+          release: {
+            outcome: context.cancelled && !context.osTouched ? 'restore' : 'maintenance',
+            error: context.error ?? {
+              code: FAILURE_CODES.STEP_FAILED,
+              step: context.step,
+              message: 'failed',
+            },
+          },
+        }
+      : {}),
+  };
+}
+
+/** The OS sub-machine placeholder: `machines/index.ts` provides the OS module the computer runs. */
+const osPlaceholder = placeholder<OsResult, OsInput>('os');
+
+/**
+ * The setup every provisioner machine is created from. `stepIds` names the provisioner's own effects
+ * (forward steps and compensations); each becomes a typed placeholder the runner replaces.
+ */
+export function captureSetup(stepIds: readonly string[]) {
+  const steps: Record<string, CaptureStepLogic> = Object.fromEntries(
+    stepIds.map((id) => [id, placeholder<CaptureStepOutput, CaptureStepInput>(id)]),
+  );
+  return setup({
+    types: {
+      context: {} as CaptureContext,
+      input: {} as CaptureInput,
+      events: {} as CaptureEvent,
+      output: {} as CaptureResult,
+    },
+    // One index-signature record: xstate's typing drops string-keyed actors when mixed with literal keys.
+    actors: { ...steps, os: osPlaceholder } as Record<
+      string,
+      CaptureStepLogic | typeof osPlaceholder | OsMachine
+    >,
+    actions: {
+      /** Every forward step starts here: stamp its deadline and note it as the current step. */
+      beginStep: assign(
+        ({ context }, params: { step: string; timeout: TimeoutName; compensation?: string }) => ({
+          step: params.step,
+          deadlines: withDeadline(
+            context.deadlines,
+            context.timeouts,
+            params.step,
+            params.timeout,
+            Date.now(),
+          ),
+          compensations:
+            params.compensation && !context.compensations.includes(params.compensation)
+              ? [...context.compensations, params.compensation]
+              : context.compensations,
+        }),
+      ),
+      armDeadline: assign(({ context }, params: { step: string; timeout: TimeoutName }) => ({
+        deadlines: withDeadline(context.deadlines, context.timeouts, params.step, params.timeout, Date.now()),
+      })),
+      mergeOutput: assign(({ context, event }) => {
+        const output = (event as { output?: CaptureStepOutput }).output ?? {};
+        return {
+          facts: output.facts ? { ...context.facts, ...output.facts } : context.facts,
+          artifact: output.artifact ?? context.artifact,
+        };
+      }),
+      recordFailure: assign(({ context, event }) => ({
+        error: context.error ?? toFailure((event as { error?: unknown }).error, context.step),
+      })),
+      recordWarning: assign(({ context, event }) => ({
+        warnings: [...context.warnings, toWarning((event as { error?: unknown }).error, context.step)],
+      })),
+      markOsTouched: assign({ osTouched: true }),
+      recordOsResult: assign(({ context, event }) => {
+        const result = (event as { output?: OsResult }).output;
+        if (!result) return {};
+        return {
+          warnings: [...context.warnings, ...result.warnings],
+          error: result.ok ? context.error : (context.error ?? result.error),
+          facts: result.ok
+            ? {
+                ...context.facts,
+                osPowerState: result.powerState,
+                ...(result.bootId === undefined ? {} : { bootId: result.bootId }),
+              }
+            : context.facts,
+        };
+      }),
+      markCancelled: assign(({ context, event }) => ({
+        cancelled: true,
+        error: {
+          code: FAILURE_CODES.CANCELLED,
+          step: context.step,
+          message: `cancelled during ${context.step}${event.type === 'CANCEL' && event.reason ? `: ${event.reason}` : ''}`,
+        },
+      })),
+      markRepairAttempted: assign({ repairAttempted: true }),
+      /** A compensation is no longer owed (done, or settled by a forward step). */
+      settle: assign(({ context }, params: { compensation: string }) => ({
+        compensations: context.compensations.filter((c) => c !== params.compensation),
+      })),
+      recordCleanupFailure: assign(({ context, event }, params: { step: string }) => ({
+        cleanupFailures: [
+          ...context.cleanupFailures,
+          toFailure((event as { error?: unknown }).error, params.step),
+        ],
+      })),
+    },
+    guards: {
+      failedWith: ({ event }, params: { code: string }) =>
+        errorCode((event as { error?: unknown }).error) === params.code,
+      osFailed: ({ event }) => (event as { output?: OsResult }).output?.ok !== true,
+      nextCompensationIs: ({ context }, params: { compensation: string }) =>
+        context.compensations.at(-1) === params.compensation,
+      wasCancelled: ({ context }) => context.cancelled,
+      mayRepairOnce: ({ context, event }) =>
+        !context.repairAttempted &&
+        errorCode((event as { error?: unknown }).error) === FAILURE_CODES.NEEDS_REPAIR,
+    },
+  });
+}
+
+type CaptureSetup = ReturnType<typeof captureSetup>;
+type StateConfig = NonNullable<Parameters<CaptureSetup['createMachine']>[0]['states']>[string];
+/** Invoke config of a provisioner step (every actor but the OS sub-machine). */
+type InvokeConfig = Extract<NonNullable<StateConfig['invoke']>, { src: unknown }>;
+
+export interface ForwardStepOptions<TStep extends string> {
+  kind?: StepKind;
+  title: string;
+  effect: string;
+  timeout?: TimeoutName;
+  /** Where success goes. */
+  next: string;
+  /** The compensation this step makes owed as soon as it starts. */
+  compensation?: TStep;
+  /** Overrides (escalations, retries); a failure otherwise goes to cleanup. */
+  onDone?: NonNullable<InvokeConfig['onDone']>;
+  onError?: NonNullable<InvokeConfig['onError']>;
+  /** Actions after the default `mergeOutput` on success. */
+  doneActions?: readonly { type: 'settle'; params: { compensation: TStep } }[];
+}
+
+/**
+ * Builders for the states every provisioner shares, bound to that provisioner's setup so the generated
+ * configs are type-checked like literal ones.
+ */
+export function captureStates<TStep extends string>(machineId: ProvisionerName) {
+  const cleanup = `#${machineId}.cleanup`;
+
+  function forwardStep(id: TStep, o: ForwardStepOptions<TStep>): StateConfig {
+    const meta: { step: StepMeta } = {
+      step: {
+        kind: o.kind ?? 'critical',
+        title: o.title,
+        timeout: o.timeout ?? 'commandMs',
+        effect: o.effect,
+      },
+    };
+    return {
+      meta,
+      entry: {
+        type: 'beginStep',
+        params: {
+          step: id,
+          timeout: o.timeout ?? 'commandMs',
+          ...(o.compensation ? { compensation: o.compensation } : {}),
+        },
+      },
+      invoke: {
+        id: id as string,
+        src: id as string,
+        input: ({ context }) => stepInput(context, id),
+        onDone: o.onDone ?? { target: o.next, actions: ['mergeOutput', ...(o.doneActions ?? [])] },
+        onError: o.onError ?? { target: cleanup, actions: 'recordFailure' },
+      },
+    };
+  }
+
+  /** The OS sub-machine, asked for the end state this capture needs. */
+  function preCapture(next: string): StateConfig {
+    const meta: { step: StepMeta } = {
+      step: { kind: 'critical', title: 'OS pre_capture (sub-machine)', timeout: 'commandMs', effect: 'os' },
+    };
+    return {
+      meta,
+      entry: [{ type: 'beginStep', params: { step: 'pre_capture', timeout: 'commandMs' } }, 'markOsTouched'],
+      invoke: {
+        id: 'os',
+        src: 'os',
+        input: ({ context }): OsInput => ({
+          computer: context.computer,
+          image: context.image,
+          endState: context.endState,
+          provisionerWatchesReturn: context.provisionerWatchesReturn,
+          sysprep: context.sysprep,
+          timeouts: context.timeouts,
+        }),
+        onDone: [
+          { guard: 'osFailed', target: cleanup, actions: 'recordOsResult' },
+          { target: next, actions: 'recordOsResult' },
+        ],
+        onError: { target: cleanup, actions: 'recordFailure' },
+      },
+    };
+  }
+
+  /**
+   * Reverse-order cleanup: `route` pops the newest owed compensation until none is left, then the
+   * capture ends `cancelled` or `failed`. A compensation that fails is recorded and cleanup goes on.
+   */
+  function cleanupState(compensations: readonly TStep[]): StateConfig {
+    const states: Record<string, StateConfig> = {
+      route: {
+        always: [
+          ...compensations.map((c) => ({
+            guard: { type: 'nextCompensationIs' as const, params: { compensation: c } },
+            target: c,
+          })),
+          { guard: 'wasCancelled' as const, target: `#${machineId}.cancelled` },
+          { target: `#${machineId}.failed` },
+        ],
+      },
+    };
+    for (const c of compensations) {
+      const meta: { step: StepMeta } = {
+        step: { kind: 'advisory', title: `Undo: ${c}`, timeout: 'commandMs', effect: 'cleanup' },
+      };
+      states[c] = {
+        meta,
+        entry: { type: 'armDeadline', params: { step: c, timeout: 'commandMs' } },
+        invoke: {
+          id: c as string,
+          src: c as string,
+          input: ({ context }) => stepInput(context, c),
+          onDone: { target: 'route', actions: { type: 'settle', params: { compensation: c } } },
+          onError: {
+            target: 'route',
+            actions: [
+              { type: 'recordCleanupFailure', params: { step: c } },
+              { type: 'settle', params: { compensation: c } },
+            ],
+          },
+        },
+      };
+    }
+    return {
+      description:
+        'Undo what was done, newest first; the computer goes to maintenance (or back, if untouched)',
+      initial: 'route',
+      states,
+    };
+  }
+
+  const finals = {
+    completed: { type: 'final', output: { status: 'completed' } },
+    failed: { type: 'final', output: { status: 'failed' } },
+    cancelled: { type: 'final', output: { status: 'cancelled' } },
+  } as const satisfies Record<string, StateConfig>;
+
+  return { forwardStep, preCapture, cleanupState, finals };
+}

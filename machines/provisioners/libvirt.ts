@@ -1,0 +1,120 @@
+/**
+ * libvirt/KVM capture (capture-flow.md, "libvirt / KVM"): the OS ends `off` (or stays `on` and the
+ * provisioner asks libvirt for the shutdown); wait for `shut off`, escalate to `virsh destroy`; copy the
+ * first disk with `qemu-img convert`; verify format and checksum; record; release.
+ */
+import {
+  captureResult,
+  captureSetup,
+  captureStates,
+  initialCaptureContext,
+  type ProvisionerSpec,
+} from './capture-machine.js';
+
+export const LIBVIRT: ProvisionerSpec = {
+  name: 'libvirt',
+  endStates: ['off', 'on'],
+  watchesReturn: false,
+  sysprepByDefault: false,
+};
+
+export const LIBVIRT_STEPS = [
+  'reserve',
+  'inspect_domain',
+  'request_power_off',
+  'wait_power_off',
+  'force_power_off',
+  'wait_forced_off',
+  'copy_image',
+  'verify_image',
+  'record_revision',
+  'remove_copy',
+  'release_computer',
+] as const;
+
+const libvirtSetup = captureSetup(LIBVIRT_STEPS);
+const { forwardStep, preCapture, cleanupState, finals } =
+  captureStates<(typeof LIBVIRT_STEPS)[number]>('libvirt');
+
+export const libvirtMachine = libvirtSetup.createMachine({
+  id: 'libvirt',
+  description: 'Capture a libvirt/KVM domain: OS pre_capture, power off, qemu-img convert, verify, record',
+  context: ({ input }) => initialCaptureContext(LIBVIRT, input),
+  initial: 'capturing',
+  states: {
+    capturing: {
+      initial: 'reserve',
+      on: { CANCEL: { target: 'cleanup', actions: 'markCancelled' } },
+      states: {
+        reserve: forwardStep('reserve', {
+          title: 'Reserve the computer (compare-and-swap) and create the image revision',
+          effect: 'reserve',
+          next: 'inspect_domain',
+          compensation: 'release_computer',
+          // Not reserved: nothing to release, nothing to clean.
+          onError: {
+            target: '#libvirt.failed',
+            actions: ['recordFailure', { type: 'settle', params: { compensation: 'release_computer' } }],
+          },
+        }),
+        inspect_domain: forwardStep('inspect_domain', {
+          title: 'Find the domain and its first disk; refuse an existing target',
+          effect: 'check',
+          next: 'pre_capture',
+        }),
+        pre_capture: preCapture('request_power_off'),
+        request_power_off: forwardStep('request_power_off', {
+          title: 'Ask libvirt for a graceful shutdown unless the domain is already off',
+          effect: 'power',
+          next: 'wait_power_off',
+        }),
+        wait_power_off: forwardStep('wait_power_off', {
+          title: 'Wait for domstate "shut off"',
+          effect: 'power',
+          timeout: 'powerOffMs',
+          next: 'copy_image',
+          onError: [
+            {
+              guard: { type: 'failedWith', params: { code: 'TIMEOUT' } },
+              target: 'force_power_off',
+              actions: 'recordWarning',
+            },
+            { target: '#libvirt.cleanup', actions: 'recordFailure' },
+          ],
+        }),
+        force_power_off: forwardStep('force_power_off', {
+          title: 'Force the power off (virsh destroy)',
+          effect: 'power',
+          next: 'wait_forced_off',
+        }),
+        wait_forced_off: forwardStep('wait_forced_off', {
+          title: 'Wait for domstate "shut off" after the forced power off',
+          effect: 'power',
+          timeout: 'forcedOffMs',
+          next: 'copy_image',
+        }),
+        copy_image: forwardStep('copy_image', {
+          title: 'Copy the disk into the repository (qemu-img convert)',
+          effect: 'copy',
+          timeout: 'copyMs',
+          next: 'verify_image',
+          compensation: 'remove_copy',
+        }),
+        verify_image: forwardStep('verify_image', {
+          title: 'Verify the copy (qemu-img check, sha256)',
+          effect: 'verify',
+          timeout: 'verifyMs',
+          next: 'record_revision',
+        }),
+        record_revision: forwardStep('record_revision', {
+          title: 'Record the image revision and release the computer for reload (one transaction)',
+          effect: 'record',
+          next: '#libvirt.completed',
+        }),
+      },
+    },
+    cleanup: cleanupState(['remove_copy', 'release_computer']),
+    ...finals,
+  },
+  output: ({ context }) => captureResult(context),
+});

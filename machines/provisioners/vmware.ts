@@ -1,0 +1,148 @@
+/**
+ * VMware ESXi capture (capture-flow.md, "VMware"): locate the VM and refuse anything ambiguous before
+ * touching it; OS ends `off`; wait for `Powered off`, escalate to a hard power off; clone the disk thin
+ * with one repair-and-retry; copy the clone to the repository; verify; record; release.
+ */
+import {
+  captureResult,
+  captureSetup,
+  captureStates,
+  initialCaptureContext,
+  type ProvisionerSpec,
+} from './capture-machine.js';
+
+export const VMWARE: ProvisionerSpec = {
+  name: 'vmware',
+  endStates: ['off', 'on'],
+  watchesReturn: false,
+  // VCL never uses sysprep for Windows on VMware.
+  sysprepByDefault: false,
+};
+
+export const VMWARE_STEPS = [
+  'reserve',
+  'locate_vm',
+  'check_target',
+  'request_power_off',
+  'wait_power_off',
+  'force_power_off',
+  'wait_forced_off',
+  'clone_disk',
+  'repair_disk',
+  'copy_to_repository',
+  'verify_image',
+  'record_revision',
+  'remove_repository_copy',
+  'remove_clone',
+  'release_computer',
+] as const;
+
+const vmwareSetup = captureSetup(VMWARE_STEPS);
+const { forwardStep, preCapture, cleanupState, finals } =
+  captureStates<(typeof VMWARE_STEPS)[number]>('vmware');
+
+export const vmwareMachine = vmwareSetup.createMachine({
+  id: 'vmware',
+  description:
+    'Capture a VMware ESXi VM: OS pre_capture, power off, vmkfstools clone, copy to repository, verify',
+  context: ({ input }) => initialCaptureContext(VMWARE, input),
+  initial: 'capturing',
+  states: {
+    capturing: {
+      initial: 'reserve',
+      on: { CANCEL: { target: 'cleanup', actions: 'markCancelled' } },
+      states: {
+        reserve: forwardStep('reserve', {
+          title: 'Reserve the computer (compare-and-swap) and create the image revision',
+          effect: 'reserve',
+          next: 'locate_vm',
+          compensation: 'release_computer',
+          onError: {
+            target: '#vmware.failed',
+            actions: ['recordFailure', { type: 'settle', params: { compensation: 'release_computer' } }],
+          },
+        }),
+        locate_vm: forwardStep('locate_vm', {
+          title: 'Find the VM (registered, unique, exactly one persistent disk)',
+          effect: 'check',
+          next: 'check_target',
+        }),
+        check_target: forwardStep('check_target', {
+          title: 'Refuse an existing target on the datastore or in the repository',
+          effect: 'check',
+          next: 'pre_capture',
+        }),
+        pre_capture: preCapture('request_power_off'),
+        request_power_off: forwardStep('request_power_off', {
+          title: 'Ask for a guest shutdown unless the VM is already powered off',
+          effect: 'power',
+          next: 'wait_power_off',
+        }),
+        wait_power_off: forwardStep('wait_power_off', {
+          title: 'Wait for power.getstate "Powered off"',
+          effect: 'power',
+          timeout: 'powerOffMs',
+          next: 'clone_disk',
+          onError: [
+            {
+              guard: { type: 'failedWith', params: { code: 'TIMEOUT' } },
+              target: 'force_power_off',
+              actions: 'recordWarning',
+            },
+            { target: '#vmware.cleanup', actions: 'recordFailure' },
+          ],
+        }),
+        force_power_off: forwardStep('force_power_off', {
+          title: 'Hard power off (vim-cmd vmsvc/power.off)',
+          effect: 'power',
+          next: 'wait_forced_off',
+        }),
+        wait_forced_off: forwardStep('wait_forced_off', {
+          title: 'Wait for "Powered off" after the hard power off',
+          effect: 'power',
+          timeout: 'forcedOffMs',
+          next: 'clone_disk',
+        }),
+        clone_disk: forwardStep('clone_disk', {
+          title: 'Clone the disk thin (vmkfstools -i -d thin)',
+          effect: 'copy',
+          timeout: 'copyMs',
+          next: 'copy_to_repository',
+          compensation: 'remove_clone',
+          onError: [
+            { guard: 'mayRepairOnce', target: 'repair_disk', actions: 'recordWarning' },
+            { target: '#vmware.cleanup', actions: 'recordFailure' },
+          ],
+        }),
+        repair_disk: forwardStep('repair_disk', {
+          title: 'Repair the source disk (vmkfstools -x repair), then clone again once',
+          effect: 'copy',
+          timeout: 'copyMs',
+          next: 'clone_disk',
+          onDone: { target: 'clone_disk', actions: ['mergeOutput', 'markRepairAttempted'] },
+        }),
+        copy_to_repository: forwardStep('copy_to_repository', {
+          title: 'Copy the clone into the image repository (sha256 while copying)',
+          effect: 'copy',
+          timeout: 'copyMs',
+          next: 'verify_image',
+          compensation: 'remove_repository_copy',
+        }),
+        verify_image: forwardStep('verify_image', {
+          title: 'Verify the repository copy (re-hash, compare)',
+          effect: 'verify',
+          timeout: 'verifyMs',
+          next: 'record_revision',
+        }),
+        record_revision: forwardStep('record_revision', {
+          title: 'Record the image revision and release the computer for reload (one transaction)',
+          effect: 'record',
+          next: '#vmware.completed',
+        }),
+      },
+    },
+    cleanup: cleanupState(['remove_repository_copy', 'remove_clone', 'release_computer']),
+    ...finals,
+  },
+  output: ({ context }) => captureResult(context),
+});

@@ -1,0 +1,124 @@
+/**
+ * xCAT bare-metal capture (capture-flow.md, "xCAT"), as VCL-94 intended: point the node at the capture
+ * image first, then the OS reboots (end state `reboot`) straight into the capture environment; the
+ * provisioner watches the upload itself (done/failed markers, no-progress and overall deadlines),
+ * verifies it with a checksum, and always sets the node back to boot from disk.
+ */
+import {
+  captureResult,
+  captureSetup,
+  captureStates,
+  initialCaptureContext,
+  type ProvisionerSpec,
+} from './capture-machine.js';
+
+export const XCAT: ProvisionerSpec = {
+  name: 'xcat',
+  // `off` is what VCL's shipped code asked for: the provisioner then powers the node on itself.
+  endStates: ['reboot', 'off'],
+  watchesReturn: true,
+  sysprepByDefault: true,
+};
+
+export const XCAT_STEPS = [
+  'reserve',
+  'check_target',
+  'set_capture_boot',
+  'ensure_node_on',
+  'wait_capture_env',
+  'watch_upload',
+  'verify_image',
+  'reset_boot',
+  'record_revision',
+  'remove_upload',
+  'release_computer',
+] as const;
+
+const xcatSetup = captureSetup(XCAT_STEPS);
+const { forwardStep, preCapture, cleanupState, finals } = captureStates<(typeof XCAT_STEPS)[number]>('xcat');
+
+export const xcatMachine = xcatSetup.createMachine({
+  id: 'xcat',
+  description:
+    'Capture a bare-metal node with xCAT: nodeset capture image, OS reboots into it, watch the upload',
+  context: ({ input }) => initialCaptureContext(XCAT, input),
+  initial: 'capturing',
+  states: {
+    capturing: {
+      initial: 'reserve',
+      on: { CANCEL: { target: 'cleanup', actions: 'markCancelled' } },
+      states: {
+        reserve: forwardStep('reserve', {
+          title: 'Reserve the computer (compare-and-swap) and create the image revision',
+          effect: 'reserve',
+          next: 'check_target',
+          compensation: 'release_computer',
+          onError: {
+            target: '#xcat.failed',
+            actions: ['recordFailure', { type: 'settle', params: { compensation: 'release_computer' } }],
+          },
+        }),
+        check_target: forwardStep('check_target', {
+          title: 'Refuse existing image files in the repository',
+          effect: 'check',
+          next: 'set_capture_boot',
+        }),
+        set_capture_boot: forwardStep('set_capture_boot', {
+          title: 'Point the node at the capture image (nodeset osimage=...)',
+          effect: 'boot-config',
+          next: 'pre_capture',
+          compensation: 'reset_boot',
+        }),
+        // The reboot lands in the capture environment, which starts uploading: from here a partial
+        // upload may exist.
+        pre_capture: {
+          ...preCapture('ensure_node_on'),
+          entry: [
+            {
+              type: 'beginStep',
+              params: { step: 'pre_capture', timeout: 'commandMs', compensation: 'remove_upload' },
+            },
+            'markOsTouched',
+          ],
+        },
+        ensure_node_on: forwardStep('ensure_node_on', {
+          title: 'Power the node on unless it is on (rpower stat / on)',
+          effect: 'power',
+          next: 'wait_capture_env',
+        }),
+        wait_capture_env: forwardStep('wait_capture_env', {
+          title: 'Wait until the node runs the capture environment (nodestat)',
+          effect: 'power',
+          timeout: 'captureEnvMs',
+          next: 'watch_upload',
+        }),
+        watch_upload: forwardStep('watch_upload', {
+          title: 'Watch the upload: done/failed markers, growth, no-progress and overall deadlines',
+          effect: 'copy',
+          timeout: 'uploadOverallMs',
+          next: 'verify_image',
+        }),
+        verify_image: forwardStep('verify_image', {
+          title: 'Verify the uploaded image (size, format, sha256)',
+          effect: 'verify',
+          timeout: 'verifyMs',
+          next: 'reset_boot',
+        }),
+        reset_boot: forwardStep('reset_boot', {
+          title: 'Set the node back to boot from disk (nodeset boot)',
+          effect: 'boot-config',
+          next: 'record_revision',
+          doneActions: [{ type: 'settle', params: { compensation: 'reset_boot' } }],
+        }),
+        record_revision: forwardStep('record_revision', {
+          title: 'Record the image revision and release the computer for reload (one transaction)',
+          effect: 'record',
+          next: '#xcat.completed',
+        }),
+      },
+    },
+    cleanup: cleanupState(['remove_upload', 'reset_boot', 'release_computer']),
+    ...finals,
+  },
+  output: ({ context }) => captureResult(context),
+});
