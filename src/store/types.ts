@@ -1,0 +1,366 @@
+/**
+ * The runner-facing store: computers, captures (with their audit trail and persisted machine snapshot),
+ * images and image revisions.
+ *
+ * The interface is asynchronous and every method is one transaction, so that a PostgreSQL implementation
+ * shared by several runners can follow the SQLite one ({@link ./sqlite.ts}) without changing callers.
+ * Implementations must keep these rules:
+ * - **Reservation is a compare-and-swap**: a computer goes to `image` only from a state listed in
+ *   {@link CAPTURABLE_COMPUTER_STATES} and only while no capture holds it (a conditional `UPDATE ... WHERE
+ *   state IN (...) AND capture_id IS NULL`, the same statement on either database). A losing attempt fails
+ *   with `COMPUTER_BUSY` naming the holder, or the state that forbids capture, and writes nothing.
+ * - **Names are fixed at creation**: {@link CaptureStore.createCapture} computes the revision (highest + 1)
+ *   and its VCL name once; nothing changes them afterwards.
+ * - **A revision is born deleted** (`deleted = true`, `production = false`) when its capture is created,
+ *   and only {@link CaptureStore.completeCapture} un-deletes it, in the transaction that records size and
+ *   sha256, completes the capture, releases the computer (to `reload`) and writes the audit event.
+ * - **Every state change of a capture is written with its audit event**, in one transaction.
+ * - **Bad input is refused before anything is written**, with a typed `VclError` (`src/errors.ts`, codes
+ *   in `STORE_ERROR_CODES`); a failure in the middle of a transaction rolls all of it back.
+ *
+ * Times are ISO-8601 strings in UTC with milliseconds (`2025-01-31T12:00:00.000Z`).
+ */
+import type { StateValue } from 'xstate';
+import type {
+  CaptureStatus,
+  EndState,
+  ImageArtifact,
+  ImageRef,
+  OsName,
+  ProvisionerName,
+  ReleaseOutcome,
+  StepFailure,
+} from '../../machines/types.js';
+
+/**
+ * States of a computer (a subset of VCL's `state` table that capture cares about):
+ * - `available`: free, may be captured;
+ * - `reserved`: reserved for a user (who customises it before capture), may be captured;
+ * - `inuse`: a user is logged in and working on it: no capture;
+ * - `image`: a capture holds it (set only by reservation);
+ * - `reload`: a capture finished: it must be reloaded before it is handed out again;
+ * - `maintenance`: something failed: an operator must look at it;
+ * - `failed`: hardware or hypervisor failure reported by the inventory;
+ * - `deleted`: retired from the inventory.
+ */
+export const COMPUTER_STATES = [
+  'available',
+  'reserved',
+  'inuse',
+  'image',
+  'reload',
+  'maintenance',
+  'failed',
+  'deleted',
+] as const;
+export type ComputerState = (typeof COMPUTER_STATES)[number];
+
+/** The states a reservation may take a computer from (the compare-and-swap's expected states). */
+export const CAPTURABLE_COMPUTER_STATES = [
+  'available',
+  'reserved',
+] as const satisfies readonly ComputerState[];
+
+/** Lifecycle of a capture row: `queued` -> `running` -> one of the terminal {@link CaptureStatus}es. */
+export const CAPTURE_STATUSES = ['queued', 'running', 'completed', 'failed', 'cancelled'] as const;
+export type CaptureRecordStatus = 'queued' | 'running' | CaptureStatus;
+
+export interface ComputerRecord {
+  name: string;
+  state: ComputerState;
+  /** The capture that holds the computer (its state is then `image`), or null. */
+  heldBy: string | null;
+  /** The state the holding capture reserved it from (where `restore` puts it back), or null. */
+  heldFromState: ComputerState | null;
+  /** Incremented by every change: the token of a compare-and-swap (`expectedVersion`). */
+  version: number;
+  updatedAt: string;
+}
+
+/** A computer from the inventory. */
+export interface ComputerRegistration {
+  name: string;
+  /** State of a computer seen for the first time (default `available`; never `image`). */
+  state?: ComputerState;
+}
+
+export interface ImageRevisionRecord {
+  /** Row id of the revision (stable, unique across images). */
+  id: number;
+  imageId: number;
+  revision: number;
+  /** VCL name, e.g. `vmwarewin7-Base12345-v0`; unique across all images. */
+  name: string;
+  /** Set when the capture completed; null while the revision is still deleted. */
+  sizeBytes: number | null;
+  sha256: string | null;
+  format: string | null;
+  repository: string | null;
+  /** Path relative to `repository`. */
+  path: string | null;
+  createdAt: string;
+  /** When the capture that made it completed (VCL's "date created"), or null. */
+  capturedAt: string | null;
+  /** True until the capture completed and was verified. */
+  deleted: boolean;
+  /** At most one revision per image is the production one (a separate act, {@link CaptureStore.setProductionRevision}). */
+  production: boolean;
+}
+
+export interface ImageRecord {
+  id: number;
+  /** VCL's OS name of the image (`vmwarewin7`, `centos7`): the first part of revision names. */
+  osName: string;
+  prettyName: string;
+  owner: string;
+  createdAt: string;
+}
+
+export interface ImageWithRevisions extends ImageRecord {
+  /** Ordered by revision number. */
+  revisions: ImageRevisionRecord[];
+}
+
+export interface ImageRegistration {
+  /** VCL's image id when the image comes from VCL; omitted: the store assigns the next id. */
+  id?: number;
+  osName: string;
+  prettyName: string;
+  owner: string;
+}
+
+export interface CaptureRecord {
+  id: string;
+  computer: string;
+  /** Name, image id and revision: fixed at creation, what the machines get as `CaptureInput.image`. */
+  image: ImageRef;
+  provisioner: ProvisionerName;
+  os: OsName;
+  endState: EndState | null;
+  /** The repository root the artifact must land in, when known at creation. */
+  repository: string | null;
+  status: CaptureRecordStatus;
+  /** The machine's current state value (as last recorded), or null before the first transition. */
+  stateValue: StateValue | null;
+  /** The last error recorded (by a transition, a failure or a cancellation), or null. */
+  lastError: StepFailure | null;
+  /** How the computer was handed back, for failed and cancelled captures that held it. */
+  releaseOutcome: ReleaseOutcome | null;
+  /** Version of the machine definition that wrote the snapshot, or null. */
+  machineVersion: string | null;
+  /** Number of audit events written for this capture. */
+  eventCount: number;
+  createdAt: string;
+  updatedAt: string;
+  finishedAt: string | null;
+}
+
+/** A capture with its audit trail. */
+export interface CaptureDetail extends CaptureRecord {
+  /** Ordered by `seq`. */
+  events: CaptureEvent[];
+}
+
+/**
+ * Types of audit events the store writes itself. Runners add their own through
+ * {@link TransitionInput.event}, conventionally `state.entered`, `step.finished` and `step.warning`.
+ */
+export const STORE_EVENT_TYPES = {
+  CREATED: 'capture.created',
+  RESERVED: 'computer.reserved',
+  COMPLETED: 'capture.completed',
+  FAILED: 'capture.failed',
+  CANCELLED: 'capture.cancelled',
+} as const;
+
+export interface CaptureEvent {
+  /** Global, increasing: `after` cursor for tailing. */
+  id: number;
+  captureId: string;
+  /** 1, 2, 3... within the capture. */
+  seq: number;
+  at: string;
+  type: string;
+  /** State value entered with this event, when it came with a transition. */
+  stateValue: StateValue | null;
+  step: string | null;
+  details: Record<string, unknown> | null;
+  durationMs: number | null;
+}
+
+/** An audit event as the runner describes it. */
+export interface AuditEventInput {
+  /** e.g. `state.entered`, `step.finished`, `step.warning`: lower-case letters, digits, `.`, `_`, `-`. */
+  type: string;
+  /** The step (machine state or command) the event is about. */
+  step?: string;
+  /** JSON-serialisable details (command, exit code, bytes copied...). Never secrets. */
+  details?: Record<string, unknown>;
+  /** How long the step took, for `step.finished`. */
+  durationMs?: number;
+}
+
+/** A state change of a capture's machine. */
+export interface TransitionInput {
+  /** The state value the machine is in now. */
+  stateValue: StateValue;
+  /** The machine's persisted snapshot (`actor.getPersistedSnapshot()`), JSON-serialisable; omitted: kept. */
+  snapshot?: unknown;
+  /** Version of the machine definition that produced `snapshot`; omitted: kept. */
+  machineVersion?: string;
+  /** A step failure to record as the capture's last error (the machine goes on to its cleanup). */
+  error?: StepFailure;
+  event: AuditEventInput;
+}
+
+export interface NewCapture {
+  /** Omitted: a random UUID. Otherwise 1-100 ASCII letters, digits, `_`, `.`, `-`. */
+  id?: string;
+  computer: string;
+  imageId: number;
+  provisioner: ProvisionerName;
+  os: OsName;
+  endState?: EndState;
+  /** Repository root the artifact must land in; can also be given at completion. */
+  repository?: string;
+  /**
+   * Explicit revision number (e.g. re-capturing a revision VCL announced); must not exist yet.
+   * Omitted: the highest existing revision + 1 (0 for a new image).
+   */
+  revision?: number;
+  /**
+   * Reserve the computer in the same transaction (default true): the capture starts `running`, or
+   * nothing is written and `COMPUTER_BUSY` is thrown. False: the capture is `queued` and
+   * {@link CaptureStore.reserveComputer} takes the computer later.
+   */
+  reserve?: boolean;
+}
+
+/** What resume needs of a capture to restart its machine. */
+export interface StoredSnapshot {
+  captureId: string;
+  status: CaptureRecordStatus;
+  stateValue: StateValue | null;
+  /** The persisted snapshot as recorded (parsed JSON), or null if none was recorded. */
+  snapshot: unknown;
+  machineVersion: string | null;
+  updatedAt: string;
+}
+
+export interface CaptureFilter {
+  status?: CaptureRecordStatus | readonly CaptureRecordStatus[];
+  computer?: string;
+  /** Default 100, at most 1000. Newest first. */
+  limit?: number;
+  offset?: number;
+}
+
+export interface ImageFilter {
+  owner?: string;
+  /** Include revisions that are still deleted (in progress, failed, cancelled). Default true. */
+  includeDeleted?: boolean;
+}
+
+/** Options of a compare-and-swap on a computer. */
+export interface CasOptions {
+  /** Succeed only if the computer is still at this version (`COMPUTER_CHANGED` otherwise). */
+  expectedVersion?: number;
+}
+
+/** Options of the terminal operations. */
+export interface FinishOptions {
+  /** Extra JSON details for the audit event (warnings, cleanup failures...). */
+  details?: Record<string, unknown>;
+}
+
+export interface CompleteOptions extends FinishOptions {
+  /** Repository root of the artifact, if the capture was created without one (or it moved). */
+  repository?: string;
+}
+
+/**
+ * The store a runner drives captures with. Every method is one transaction; errors are
+ * `VclError`s with a code from `STORE_ERROR_CODES`.
+ */
+export interface CaptureStore {
+  /**
+   * Registers computers from the inventory: new ones are inserted in `state` (default `available`),
+   * existing ones are left as they are (their runtime state wins). All or nothing.
+   */
+  registerComputers(computers: readonly ComputerRegistration[]): Promise<ComputerRecord[]>;
+  /** The computer, or undefined. */
+  getComputer(name: string): Promise<ComputerRecord | undefined>;
+  /** All computers by name. */
+  listComputers(): Promise<ComputerRecord[]>;
+  /**
+   * Operator change of a computer's state (e.g. `maintenance` -> `available` after a look).
+   * Refused with `COMPUTER_BUSY` while a capture holds it, and for the target `image` (only a reservation
+   * puts a computer there).
+   */
+  setComputerState(name: string, state: ComputerState, options?: CasOptions): Promise<ComputerRecord>;
+
+  /**
+   * Registers an image (validating its OS and pretty names). Idempotent for an `id` registered with the
+   * same attributes; `IMAGE_CONFLICT` if registered with others.
+   */
+  registerImage(image: ImageRegistration): Promise<ImageRecord>;
+  /** The image with its revisions, or undefined. */
+  getImage(id: number): Promise<ImageWithRevisions | undefined>;
+  /** Images (by id) with their revisions. */
+  listImages(filter?: ImageFilter): Promise<ImageWithRevisions[]>;
+  /** Makes a completed revision the image's production one (and no other). */
+  setProductionRevision(imageId: number, revision: number): Promise<ImageRevisionRecord>;
+
+  /**
+   * Creates a capture: checks names, computes the next revision and its VCL name (fixed from now on),
+   * inserts the revision (deleted) and the capture, and by default reserves the computer: all in one
+   * transaction, so a refused capture leaves nothing behind.
+   */
+  createCapture(capture: NewCapture): Promise<CaptureRecord>;
+  /** Compare-and-swap of a queued capture's computer to `image`; the capture becomes `running`. */
+  reserveComputer(captureId: string, options?: CasOptions): Promise<CaptureRecord>;
+  /**
+   * Records a state change of a running capture (state value, snapshot, last error) and appends its audit
+   * event, in one transaction. Returns the event's `seq`.
+   */
+  recordTransition(captureId: string, transition: TransitionInput): Promise<number>;
+  /**
+   * Success: un-deletes the revision with size, sha256, format and location (which must be inside the
+   * repository), completes the capture, puts the computer in `reload` and releases it, and appends the
+   * audit event, in one transaction.
+   */
+  completeCapture(
+    captureId: string,
+    artifact: ImageArtifact,
+    options?: CompleteOptions,
+  ): Promise<CaptureRecord>;
+  /**
+   * Failure: the revision stays deleted; the capture is `failed` with `error` as its last error; a held
+   * computer goes to `maintenance`, or back to the state it was reserved from for `restore`.
+   */
+  failCapture(
+    captureId: string,
+    error: StepFailure,
+    outcome: ReleaseOutcome,
+    options?: FinishOptions,
+  ): Promise<CaptureRecord>;
+  /** Cancellation: as {@link failCapture}, with status `cancelled`. Also allowed for a queued capture. */
+  cancelCapture(
+    captureId: string,
+    reason: StepFailure,
+    outcome: ReleaseOutcome,
+    options?: FinishOptions,
+  ): Promise<CaptureRecord>;
+
+  /** Captures, newest first, filtered by status and/or computer. */
+  listCaptures(filter?: CaptureFilter): Promise<CaptureRecord[]>;
+  /** One capture with its audit events, or undefined. */
+  getCapture(id: string): Promise<CaptureDetail | undefined>;
+  /** Every `running` capture, oldest first: what resume restarts after a runner restart. */
+  listResumableCaptures(): Promise<CaptureRecord[]>;
+  /** The persisted snapshot of a capture, or undefined if the capture does not exist. */
+  loadSnapshot(captureId: string): Promise<StoredSnapshot | undefined>;
+
+  /** Closes the store; later calls fail with `STORE_CLOSED`. */
+  close(): Promise<void>;
+}
