@@ -22,7 +22,13 @@ export class VclError extends Error {
   }
 
   /** A plain object safe to persist or send to the inspector (no stack, no cause chain). */
-  toJSON(): { name: string; code: string; step?: string; message: string; details?: Record<string, unknown> } {
+  toJSON(): {
+    name: string;
+    code: string;
+    step?: string;
+    message: string;
+    details?: Record<string, unknown>;
+  } {
     return {
       name: this.name,
       code: this.code,
