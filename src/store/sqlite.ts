@@ -298,6 +298,9 @@ function prepareStatements(db: Database.Database) {
        RETURNING *`,
     ),
     image: db.prepare<[number], ImageRow>('SELECT * FROM images WHERE id = ?'),
+    images: db.prepare<[{ owner: string | null }], ImageRow>(
+      'SELECT * FROM images WHERE (@owner IS NULL OR owner = @owner) ORDER BY id',
+    ),
     insertImage: db.prepare<
       [{ id: number | null; osName: string; prettyName: string; owner: string; now: string }],
       ImageRow
@@ -623,7 +626,7 @@ export class SqliteCaptureStore implements CaptureStore {
     if (row === undefined) {
       throw storeError(
         STORE_ERROR_CODES.UNKNOWN_COMPUTER,
-        `computer ${JSON.stringify(name)} is not registered (register it from the inventory first)`,
+        `computer ${name} is not registered (register it from the inventory first)`,
         { computer: name },
       );
     }
@@ -781,11 +784,7 @@ export class SqliteCaptureStore implements CaptureStore {
     const owner = filter.owner === undefined ? null : checkShortText(filter.owner, 'owner');
     const includeDeleted = filter.includeDeleted ?? true;
     return this.read('listImages', () => {
-      const rows = this.db
-        .prepare<[string | null], ImageRow>(
-          'SELECT * FROM images WHERE (?1 IS NULL OR owner = ?1) ORDER BY id',
-        )
-        .all(owner);
+      const rows = this.s.images.all({ owner });
       return this.imagesWithRevisions(rows, includeDeleted);
     });
   }
