@@ -1,0 +1,106 @@
+/**
+ * What each effect may answer in the model: success (with the output later steps rely on), a generic
+ * failure, and every failure code some guard on its error transition tells apart.
+ */
+import type { AnyMachineSnapshot, AnyStateMachine, AnyStateNode } from 'xstate';
+import { FAILURE_CODES, type ImageArtifact } from '../../machines/types.js';
+import { activeNodes, allNodeIds, allTransitionKeys, type Outcome } from './graph.js';
+import type { Coverage } from './replay.js';
+
+export const ARTIFACT: ImageArtifact = {
+  path: '/repo/image/linux-Base1-v0.qcow2',
+  sizeBytes: 1_048_576,
+  sha256: 'a'.repeat(64),
+  format: 'qcow2',
+};
+
+/** Success outputs that carry what later steps need; every other effect answers `{}`. */
+const OUTPUTS: Record<string, unknown> = {
+  ensure_responding: { bootId: 'boot-1' },
+  wait_up: { bootId: 'boot-2' },
+  inspect_domain: { facts: { domain: 'vm1', disk: '/var/lib/libvirt/images/vm1.qcow2', format: 'qcow2' } },
+  locate_vm: { facts: { vmid: 42, vmx: '/vmfs/volumes/ds1/vm1/vm1.vmx' } },
+  clone_disk: { facts: { clone: '/vmfs/volumes/ds1/img/img.vmdk' } },
+  copy_image: { artifact: ARTIFACT },
+  copy_to_repository: { artifact: ARTIFACT },
+  watch_upload: { artifact: ARTIFACT },
+};
+
+/** Named guards that test an error code without saying it in their params. */
+const GUARD_CODES: Record<string, string> = { mayRepairOnce: FAILURE_CODES.NEEDS_REPAIR };
+
+function invokingNode(snapshot: AnyMachineSnapshot, id: string): AnyStateNode | undefined {
+  return activeNodes(snapshot).find((n) => n.invoke.some((i) => i.id === id));
+}
+
+/** Failure codes the machine distinguishes on `id`'s error transition. */
+export function distinguishedCodes(node: AnyStateNode, id: string): string[] {
+  const codes = new Set<string>();
+  for (const t of node.transitions.get(`xstate.error.actor.${id}`) ?? []) {
+    const guard = t.guard as { type?: string; params?: { code?: string } } | string | undefined;
+    if (typeof guard === 'object' && guard?.type === 'failedWith' && guard.params?.code)
+      codes.add(guard.params.code);
+    const named = typeof guard === 'string' ? guard : guard?.type;
+    if (named && GUARD_CODES[named]) codes.add(GUARD_CODES[named]);
+  }
+  return [...codes];
+}
+
+export function stepOutcomes(id: string, snapshot: AnyMachineSnapshot): Outcome[] {
+  const node = invokingNode(snapshot, id);
+  const meta = (node?.meta as { step?: { kind?: string; effect?: string } } | undefined)?.step;
+  const outcomes: Outcome[] = [{ kind: 'done', output: OUTPUTS[id] ?? {} }];
+  // An advisory OS step may find nothing to do (busybox has no userdel): reported, not failed.
+  if (meta?.kind === 'advisory' && meta.effect === 'os') {
+    outcomes.push({ kind: 'done', output: { notApplicable: `${id}: tool not present on this computer` } });
+  }
+  outcomes.push({
+    kind: 'error',
+    error: { code: FAILURE_CODES.STEP_FAILED, message: `injected failure in ${id}` },
+  });
+  for (const code of node ? distinguishedCodes(node, id) : []) {
+    outcomes.push({ kind: 'error', error: { code, message: `injected ${code} in ${id}` } });
+  }
+  return outcomes;
+}
+
+/** Warnings and cleanup failures only matter for control flow as "some" or "none". */
+export function abstractContext(context: Record<string, unknown>): unknown {
+  const { deadlines: _deadlines, warnings, cleanupFailures, ...rest } = context;
+  return {
+    ...rest,
+    warnings: Array.isArray(warnings) && warnings.length > 0,
+    cleanupFailures: Array.isArray(cleanupFailures) ? cleanupFailures.length : 0,
+  };
+}
+
+export interface CoverageLine {
+  machine: string;
+  states: string;
+  transitions: string;
+  missingStates: string[];
+  missingTransitions: string[];
+}
+
+export function coverageOf(machine: AnyStateMachine, coverage: Coverage): CoverageLine {
+  const nodes = allNodeIds(machine);
+  const transitions = allTransitionKeys(machine);
+  const missingStates = nodes.filter((n) => !coverage.nodes.has(n));
+  const missingTransitions = transitions.filter((t) => !coverage.transitions.has(t));
+  const pct = (covered: number, total: number) =>
+    `${covered}/${total} (${((100 * covered) / total).toFixed(1)}%)`;
+  return {
+    machine: machine.id,
+    states: pct(nodes.length - missingStates.length, nodes.length),
+    transitions: pct(transitions.length - missingTransitions.length, transitions.length),
+    missingStates,
+    missingTransitions,
+  };
+}
+
+export function printCoverage(title: string, lines: CoverageLine[]): void {
+  const rows = lines.map(
+    (l) => `  ${l.machine.padEnd(10)} states ${l.states.padEnd(18)} transitions ${l.transitions}`,
+  );
+  console.log(`${title}\n${rows.join('\n')}`);
+}
