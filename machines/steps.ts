@@ -33,6 +33,11 @@ export type Deadlines = Record<string, number>;
 export function resolveTimeouts(overrides: Partial<Timeouts> | undefined): Timeouts {
   const merged: Timeouts = { ...DEFAULT_TIMEOUTS };
   for (const [name, value] of Object.entries(overrides ?? {}) as [TimeoutName, number | undefined][]) {
+    if (!(name in DEFAULT_TIMEOUTS)) {
+      throw new RangeError(
+        `unknown timeout '${name}'; known timeouts: ${Object.keys(DEFAULT_TIMEOUTS).join(', ')}`,
+      );
+    }
     if (value === undefined) continue;
     if (!Number.isFinite(value) || value <= 0) {
       throw new RangeError(`timeout ${name} must be a positive number of milliseconds, got ${String(value)}`);

@@ -1,0 +1,146 @@
+/**
+ * The rules the machine definitions live by: no I/O in `machines/`, every effect a named placeholder the
+ * runner must replace, waits as invoked actors with deadlines (no `after` timers: they are lost when a
+ * persisted snapshot is restored), stable invoke ids, and input validated at creation.
+ */
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { type AnyStateMachine, type AnyStateNode, createActor, waitFor } from 'xstate';
+import { composeCaptureMachine, effectNames, operatingSystems, provisioners } from '../machines/index.js';
+import { resolveTimeouts } from '../machines/steps.js';
+import { DEFAULT_TIMEOUTS } from '../machines/types.js';
+
+const MACHINES_DIR = new URL('../machines/', import.meta.url).pathname;
+
+function sourceFiles(dir: string): string[] {
+  return readdirSync(dir).flatMap((name) => {
+    const path = join(dir, name);
+    return statSync(path).isDirectory() ? sourceFiles(path) : path.endsWith('.ts') ? [path] : [];
+  });
+}
+
+function nodes(machine: AnyStateMachine): AnyStateNode[] {
+  const out: AnyStateNode[] = [];
+  const walk = (n: AnyStateNode) => {
+    out.push(n);
+    for (const child of Object.values(n.states)) walk(child as AnyStateNode);
+  };
+  walk(machine.root);
+  return out;
+}
+
+const ALL: [string, AnyStateMachine][] = [
+  ...Object.entries(provisioners).map(([n, p]): [string, AnyStateMachine] => [n, p.machine]),
+  ...Object.entries(operatingSystems).map(([n, o]): [string, AnyStateMachine] => [n, o.machine]),
+];
+
+describe('machines/ imports', () => {
+  it('imports only xstate and other machine files', () => {
+    const offenders: string[] = [];
+    for (const file of sourceFiles(MACHINES_DIR)) {
+      const text = readFileSync(file, 'utf8');
+      for (const m of text.matchAll(/^\s*(?:import|export)\b[^'"]*?from\s+['"]([^'"]+)['"]/gm)) {
+        const spec = m[1] as string;
+        const ok =
+          spec === 'xstate' ||
+          ((spec.startsWith('./') || spec.startsWith('../')) && !join(file, '..', spec).includes('/src/'));
+        if (!ok) offenders.push(`${relative(MACHINES_DIR, file)}: ${spec}`);
+      }
+      if (/\bimport\s*\(/.test(text)) offenders.push(`${relative(MACHINES_DIR, file)}: dynamic import`);
+    }
+    expect(offenders).toEqual([]);
+  });
+});
+
+describe.each(ALL)('%s machine', (_name, machine) => {
+  it('has no `after` timers: every wait is an invoked actor with a deadline', () => {
+    const timed = nodes(machine)
+      .filter((n) => n.after.length > 0)
+      .map((n) => n.id);
+    expect(timed).toEqual([]);
+  });
+
+  it('gives every invoke an explicit id equal to its src, and every src an implementation', () => {
+    const names = new Set(effectNames(machine));
+    for (const n of nodes(machine)) {
+      for (const inv of n.invoke) {
+        expect(inv.id, `${n.id} invokes without an explicit id`).not.toMatch(/^0\./);
+        expect(String(inv.src)).toBe(inv.id);
+        expect(names.has(inv.id), `${n.id}: ${inv.id} has no placeholder`).toBe(true);
+      }
+    }
+  });
+
+  it('describes every invoking state for the diagrams (title, kind, timeout)', () => {
+    for (const n of nodes(machine).filter((x) => x.invoke.length > 0)) {
+      const step = (n.meta as { step?: { title?: string; kind?: string; timeout?: string } } | undefined)
+        ?.step;
+      expect(step?.title, `${n.id} has no step title`).toBeTruthy();
+      expect(['critical', 'advisory']).toContain(step?.kind);
+      expect(Object.keys(DEFAULT_TIMEOUTS)).toContain(step?.timeout);
+    }
+  });
+});
+
+describe('placeholders', () => {
+  it('an effect the runner forgot to provide fails the capture with NOT_PROVIDED, never passes silently', async () => {
+    const actor = createActor(provisioners.libvirt.machine, {
+      input: {
+        captureId: 'c1',
+        computer: 'pc1',
+        os: 'linux',
+        image: { name: 'linux-A1-v0', imageId: 1, revision: 0 },
+      },
+    });
+    actor.start();
+    const final = await waitFor(actor, (s) => s.status === 'done', { timeout: 2_000 });
+    expect(final.value).toBe('failed');
+    expect(final.output).toMatchObject({
+      status: 'failed',
+      error: { code: 'NOT_PROVIDED', step: 'reserve' },
+    });
+  });
+
+  it('composeCaptureMachine plugs the OS sub-machine into the provisioner', () => {
+    const machine = composeCaptureMachine({ provisioner: 'vmware', os: 'windows' });
+    const os = machine.implementations.actors.os as unknown as AnyStateMachine;
+    expect(os.id).toBe('windows');
+    expect(() => composeCaptureMachine({ provisioner: 'hyperv' as 'vmware', os: 'linux' })).toThrow(
+      /unknown provisioner 'hyperv'; known: libvirt, vmware, xcat/,
+    );
+    expect(() => composeCaptureMachine({ provisioner: 'xcat', os: 'beos' as 'linux' })).toThrow(
+      /unknown OS 'beos'/,
+    );
+  });
+});
+
+describe('input validation', () => {
+  const image = { name: 'linux-A1-v0', imageId: 1, revision: 0 };
+
+  it('refuses an end state the provisioner cannot work with, naming the allowed ones', () => {
+    const actor = createActor(provisioners.libvirt.machine, {
+      input: { captureId: 'c1', computer: 'pc1', os: 'linux', image, endState: 'reboot' },
+    });
+    const errors: unknown[] = [];
+    actor.subscribe({ error: (e) => errors.push(e) });
+    actor.start();
+    expect(String(errors[0])).toMatch(/libvirt cannot capture with end state 'reboot'; it allows: off, on/);
+  });
+
+  it("defaults the end state to the provisioner's first", () => {
+    for (const [name, { machine, spec }] of Object.entries(provisioners)) {
+      const actor = createActor(machine, { input: { captureId: 'c1', computer: 'pc1', os: 'linux', image } });
+      expect(actor.getSnapshot().context.endState, name).toBe(spec.endStates[0]);
+    }
+  });
+
+  it('validates timeout overrides by name and value', () => {
+    expect(resolveTimeouts({ copyMs: 5 }).copyMs).toBe(5);
+    expect(resolveTimeouts(undefined)).toEqual(DEFAULT_TIMEOUTS);
+    expect(() => resolveTimeouts({ copyMs: -1 })).toThrow(/copyMs must be a positive number/);
+    expect(() => resolveTimeouts({ copyMS: 5 } as never)).toThrow(
+      /unknown timeout 'copyMS'; known timeouts: commandMs/,
+    );
+  });
+});
