@@ -1,0 +1,55 @@
+/**
+ * Every diagram the project keeps in `visualizations/`, generated from the machines. `npm run visualize`
+ * writes them; a test regenerates them in memory and fails when the committed files are stale.
+ */
+import { instance } from '@viz-js/viz';
+import type { AnyStateMachine } from 'xstate';
+import { operatingSystems, provisioners } from '../../machines/index.js';
+import { toDot } from './dot.js';
+import { toMermaid } from './mermaid.js';
+import { diagramOf } from './model.js';
+
+export function diagramMachines(): AnyStateMachine[] {
+  return [
+    ...Object.values(provisioners).map((p) => p.machine as AnyStateMachine),
+    ...Object.values(operatingSystems).map((o) => o.machine as AnyStateMachine),
+  ];
+}
+
+function readme(machines: AnyStateMachine[]): string {
+  const rows = machines.map((m) => {
+    const role = m.id in provisioners ? 'provisioner (capture machine)' : 'OS sub-machine (invoked as `os`)';
+    return `| \`${m.id}\` | ${role} | [${m.id}.mmd](${m.id}.mmd) | [${m.id}.svg](${m.id}.svg) |`;
+  });
+  return [
+    '# Diagrams of the capture machines',
+    '',
+    'Generated from `machines/` by `npm run visualize`; do not edit by hand. `test/visualize.test.ts` fails',
+    'when these files no longer match the machines.',
+    '',
+    '| Machine | Role | Mermaid | SVG (Graphviz) |',
+    '| --- | --- | --- | --- |',
+    ...rows,
+    '',
+    'Reading them: a state that invokes an effect shows its name, whether the step is `critical` (a failure',
+    'ends the capture) or `advisory` (a failure becomes a warning), and the timeout that bounds it. Edges are',
+    'labelled `done` / `error` (the invoked effect settled), `CANCEL`, or `always` (an eventless route), with',
+    'the guard in brackets. The `cleanup` state pops owed compensations newest first (`nextCompensationIs`).',
+    '',
+  ].join('\n');
+}
+
+/** File name -> content. */
+export async function generateVisualizations(): Promise<Map<string, string>> {
+  const viz = await instance();
+  const files = new Map<string, string>();
+  const machines = diagramMachines();
+  for (const machine of machines) {
+    const diagram = diagramOf(machine);
+    const dot = toDot(diagram);
+    files.set(`${machine.id}.mmd`, toMermaid(diagram));
+    files.set(`${machine.id}.svg`, viz.renderString(dot, { format: 'svg', engine: 'dot' }));
+  }
+  files.set('README.md', readme(machines));
+  return files;
+}
