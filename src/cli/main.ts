@@ -1,0 +1,122 @@
+#!/usr/bin/env node
+/** The `vcl-capture` command. */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import {
+  allowedEndStates,
+  effectNames,
+  OPERATING_SYSTEMS,
+  operatingSystems,
+  PROVISIONERS,
+  type ProvisionerName,
+  provisioners,
+} from '../../machines/index.js';
+import { dryRun } from '../simulate/dry-run.js';
+import { writeVisualizations } from '../visualize/write.js';
+
+const program = new Command()
+  .name('vcl-capture')
+  .description('Capture disk images of lab computers (xCAT, VMware ESXi, libvirt/KVM) as XState machines')
+  .showHelpAfterError();
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a non-negative integer');
+  return n;
+}
+
+program
+  .command('simulate')
+  .description(
+    'Dry-run captures through the machines with simulated effects (no host is touched): every provisioner x OS by default',
+  )
+  .addOption(new Option('-p, --provisioner <name>', 'only this provisioner').choices([...PROVISIONERS]))
+  .addOption(new Option('-o, --os <name>', 'only this OS').choices([...OPERATING_SYSTEMS]))
+  .addOption(
+    new Option('-e, --end-state <state>', "end state (default: the provisioner's first)").choices([
+      'on',
+      'off',
+      'reboot',
+    ]),
+  )
+  .option('--fail-at <effect>', 'make this effect fail, to watch the cleanup')
+  .option('--step-ms <ms>', 'simulated duration of each effect', positiveInt, 15)
+  .action(
+    async (opts: {
+      provisioner?: ProvisionerName;
+      os?: 'linux' | 'windows';
+      endState?: 'on' | 'off' | 'reboot';
+      failAt?: string;
+      stepMs: number;
+    }) => {
+      const ps = opts.provisioner ? [opts.provisioner] : [...PROVISIONERS];
+      const oses = opts.os ? [opts.os] : [...OPERATING_SYSTEMS];
+      let failures = 0;
+      for (const provisioner of ps) {
+        if (opts.endState && !allowedEndStates(provisioner).includes(opts.endState)) {
+          throw new InvalidArgumentError(
+            `provisioner ${provisioner} cannot use end state ${opts.endState}; it allows ${allowedEndStates(provisioner).join(', ')}`,
+          );
+        }
+        for (const os of oses) {
+          if (opts.failAt) {
+            const known = [
+              ...effectNames(provisioners[provisioner].machine),
+              ...effectNames(operatingSystems[os].machine),
+            ];
+            if (!known.includes(opts.failAt))
+              throw new InvalidArgumentError(
+                `--fail-at: ${provisioner}/${os} has no effect '${opts.failAt}'; effects: ${known.filter((k) => k !== 'os').join(', ')}`,
+              );
+          }
+          console.log(`\n== ${provisioner} capture of a ${os} computer ==`);
+          const result = await dryRun({
+            provisioner,
+            os,
+            stepMs: opts.stepMs,
+            ...(opts.endState ? { endState: opts.endState } : {}),
+            ...(opts.failAt ? { failAt: opts.failAt } : {}),
+            onEvent: (e) =>
+              console.log(
+                `${String(e.atMs).padStart(6)} ms  ${e.kind === 'state' ? `state  ${e.value}` : `effect ${e.name} ${e.outcome}`}`,
+              ),
+          });
+          const detail =
+            result.status === 'completed'
+              ? `image ${result.image.name} at ${result.artifact.path}`
+              : `${result.error.code} in ${result.error.step}: ${result.error.message}`;
+          console.log(
+            `=> ${result.status}: ${detail}${result.warnings.length ? ` (${result.warnings.length} warnings)` : ''}`,
+          );
+          if (result.status !== 'completed') failures += 1;
+        }
+      }
+      if (failures && !opts.failAt) process.exitCode = 1;
+    },
+  );
+
+program
+  .command('machines')
+  .description('List the capture machines: end states and the effects a runner must provide')
+  .action(() => {
+    for (const [name, { spec, machine }] of Object.entries(provisioners)) {
+      console.log(`${name}: end states ${spec.endStates.join(', ')} (default ${spec.endStates[0]})`);
+      console.log(`  effects: ${effectNames(machine).join(', ')}`);
+    }
+    for (const [name, { machine }] of Object.entries(operatingSystems)) {
+      console.log(`${name} (OS sub-machine): effects ${effectNames(machine).join(', ')}`);
+    }
+  });
+
+program
+  .command('visualize')
+  .description('Write the machine diagrams (Mermaid and SVG) to a directory')
+  .argument('[dir]', 'output directory', 'visualizations')
+  .action(async (dir: string) => {
+    const written = await writeVisualizations(dir);
+    console.log(`wrote ${written.length} files to ${dir}`);
+  });
+
+program.parseAsync().catch((err: unknown) => {
+  console.error(`vcl-capture: ${err instanceof Error ? err.message : String(err)}`);
+  process.exitCode = 2;
+});
