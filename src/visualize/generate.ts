@@ -16,11 +16,27 @@ export function diagramMachines(): AnyStateMachine[] {
   ];
 }
 
-function readme(machines: AnyStateMachine[]): string {
+function readme(machines: AnyStateMachine[], mermaid: Map<string, string>): string {
   const rows = machines.map((m) => {
     const role = m.id in provisioners ? 'provisioner (capture machine)' : 'OS sub-machine (invoked as `os`)';
-    return `| \`${m.id}\` | ${role} | [${m.id}.mmd](${m.id}.mmd) | [${m.id}.svg](${m.id}.svg) |`;
+    return `| [\`${m.id}\`](#${m.id}) | ${role} | [${m.id}.mmd](${m.id}.mmd) | [${m.id}.svg](${m.id}.svg) |`;
   });
+  const sections = machines.flatMap((m) => [
+    `## ${m.id}`,
+    '',
+    m.root.description ?? '',
+    '',
+    `![${m.id} state machine](${m.id}.svg)`,
+    '',
+    '<details><summary>Mermaid source</summary>',
+    '',
+    '```mermaid',
+    (mermaid.get(m.id) ?? '').trimEnd(),
+    '```',
+    '',
+    '</details>',
+    '',
+  ]);
   return [
     '# Diagrams of the capture machines',
     '',
@@ -31,11 +47,13 @@ function readme(machines: AnyStateMachine[]): string {
     '| --- | --- | --- | --- |',
     ...rows,
     '',
-    'Reading them: a state that invokes an effect shows its name, whether the step is `critical` (a failure',
-    'ends the capture) or `advisory` (a failure becomes a warning), and the timeout that bounds it. Edges are',
-    'labelled `done` / `error` (the invoked effect settled), `CANCEL`, or `always` (an eventless route), with',
-    'the guard in brackets. The `cleanup` state pops owed compensations newest first (`nextCompensationIs`).',
+    'Reading them: a state that invokes an effect shows whether the step is `critical` (a failure ends the',
+    'capture) or `advisory` (a failure becomes a warning) and the timeout that bounds it; `pre_capture`',
+    'invokes the OS sub-machine (`os`). Edges are labelled `done` / `error` (the invoked effect settled),',
+    '`CANCEL`, or `always` (an eventless route), with the guard in brackets. The `cleanup` state pops owed',
+    'compensations newest first (`nextCompensationIs`), then ends `cancelled` or `failed`.',
     '',
+    ...sections,
   ].join('\n');
 }
 
@@ -44,12 +62,14 @@ export async function generateVisualizations(): Promise<Map<string, string>> {
   const viz = await instance();
   const files = new Map<string, string>();
   const machines = diagramMachines();
+  const mermaid = new Map<string, string>();
   for (const machine of machines) {
     const diagram = diagramOf(machine);
     const dot = toDot(diagram);
+    mermaid.set(machine.id, toMermaid(diagram));
     files.set(`${machine.id}.mmd`, toMermaid(diagram));
     files.set(`${machine.id}.svg`, viz.renderString(dot, { format: 'svg', engine: 'dot' }));
   }
-  files.set('README.md', readme(machines));
+  files.set('README.md', readme(machines, mermaid));
   return files;
 }
