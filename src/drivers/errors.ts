@@ -1,0 +1,27 @@
+import { VclError } from '../errors.js';
+
+/** Failures a driver tells apart; the machines route on some of them (TIMEOUT, NEEDS_REPAIR). */
+export const DRIVER_ERROR_CODES = {
+  PARSE_FAILED: 'PARSE_FAILED',
+  NO_DISK: 'NO_DISK',
+  TARGET_EXISTS: 'TARGET_EXISTS',
+  NOT_FOUND: 'NOT_FOUND',
+  AMBIGUOUS: 'AMBIGUOUS',
+  UNSUPPORTED_DISK: 'UNSUPPORTED_DISK',
+  NEEDS_REPAIR: 'NEEDS_REPAIR',
+  NO_SPACE: 'NO_SPACE',
+  UPLOAD_FAILED: 'UPLOAD_FAILED',
+  CHECKSUM_MISMATCH: 'CHECKSUM_MISMATCH',
+  TIMEOUT: 'TIMEOUT',
+  COMMAND_FAILED: 'COMMAND_FAILED',
+} as const;
+
+export type DriverErrorCode = keyof typeof DRIVER_ERROR_CODES;
+
+export function driverError(
+  code: DriverErrorCode,
+  message: string,
+  details?: Record<string, unknown>,
+): VclError {
+  return new VclError(code, message, details ? { details } : {});
+}

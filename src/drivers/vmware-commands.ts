@@ -1,0 +1,95 @@
+/**
+ * ESXi shell command lines (`vim-cmd`, `vmkfstools`) and output parsers for the VMware driver. Output
+ * formats follow ESXi 6.x-8.x.
+ */
+import { driverError } from './errors.js';
+
+export const vmware = {
+  getallvms: () => ['vim-cmd', 'vmsvc/getallvms'],
+  powerState: (vmid: number) => ['vim-cmd', 'vmsvc/power.getstate', String(vmid)],
+  /** Guest shutdown through VMware Tools. */
+  shutdown: (vmid: number) => ['vim-cmd', 'vmsvc/power.shutdown', String(vmid)],
+  powerOff: (vmid: number) => ['vim-cmd', 'vmsvc/power.off', String(vmid)],
+  powerOn: (vmid: number) => ['vim-cmd', 'vmsvc/power.on', String(vmid)],
+  unregister: (vmid: number) => ['vim-cmd', 'vmsvc/unregister', String(vmid)],
+  readFile: (path: string) => ['cat', path],
+  exists: (path: string) => ['test', '-e', path],
+  mkdir: (path: string) => ['mkdir', '-p', path],
+  removeTree: (path: string) => ['rm', '-rf', path],
+  cloneThin: (source: string, target: string) => ['vmkfstools', '-i', source, target, '-d', 'thin'],
+  repair: (disk: string) => ['vmkfstools', '-x', 'repair', disk],
+};
+
+export interface RegisteredVm {
+  vmid: number;
+  name: string;
+  /** `[datastore1] vm1/vm1.vmx` */
+  file: string;
+}
+
+/**
+ * `vim-cmd vmsvc/getallvms`:
+ * ```
+ * Vmid   Name          File                       Guest OS        Version   Annotation
+ * 1      vm1           [datastore1] vm1/vm1.vmx   ubuntu64Guest   vmx-19
+ * ```
+ */
+export function parseGetallvms(stdout: string): RegisteredVm[] {
+  const out: RegisteredVm[] = [];
+  for (const line of stdout.split('\n')) {
+    const m = /^(\d+)\s+(.+?)\s+(\[[^\]]+\]\s+\S+\.vmx)\s/.exec(`${line} `);
+    if (m) out.push({ vmid: Number(m[1]), name: (m[2] as string).trim(), file: m[3] as string });
+  }
+  if (out.length === 0 && !/^Vmid\s+Name\s+File/m.test(stdout))
+    throw driverError('PARSE_FAILED', 'vim-cmd vmsvc/getallvms printed no VM table');
+  return out;
+}
+
+/** `[datastore1] vm1/vm1.vmx` -> `/vmfs/volumes/datastore1/vm1/vm1.vmx` */
+export function datastorePath(file: string): string {
+  const m = /^\[([^\]]+)\]\s+(.+)$/.exec(file);
+  if (!m) throw driverError('PARSE_FAILED', `not a datastore path: ${file}`);
+  return `/vmfs/volumes/${m[1]}/${m[2]}`;
+}
+
+/** `Retrieved runtime info\nPowered on` */
+export function parsePowerState(stdout: string): 'on' | 'off' | 'suspended' {
+  if (/Powered on/.test(stdout)) return 'on';
+  if (/Powered off/.test(stdout)) return 'off';
+  if (/Suspended/.test(stdout)) return 'suspended';
+  throw driverError('PARSE_FAILED', `cannot read power state: ${JSON.stringify(stdout.slice(0, 200))}`);
+}
+
+export interface VmxDisk {
+  key: string;
+  fileName: string;
+  mode: string | undefined;
+}
+
+/** The hard disks a .vmx declares (`scsi0:0.fileName = "vm1.vmdk"`), present ones only. */
+export function parseVmxDisks(vmx: string): VmxDisk[] {
+  const entries = new Map<string, string>();
+  for (const line of vmx.split('\n')) {
+    const m = /^\s*([\w:.]+)\s*=\s*"(.*)"\s*$/.exec(line);
+    if (m) entries.set((m[1] as string).toLowerCase(), m[2] as string);
+  }
+  const disks: VmxDisk[] = [];
+  for (const [key, value] of entries) {
+    const m = /^((?:scsi|sata|ide|nvme)\d+:\d+)\.filename$/.exec(key);
+    if (!m || !value.toLowerCase().endsWith('.vmdk')) continue;
+    const dev = m[1] as string;
+    if (entries.get(`${dev}.present`)?.toLowerCase() === 'false') continue;
+    if (entries.get(`${dev}.devicetype`)?.toLowerCase().includes('cdrom')) continue;
+    disks.push({ key: dev, fileName: value, mode: entries.get(`${dev}.mode`) });
+  }
+  return disks;
+}
+
+/** vmkfstools' way of saying the source needs `-x repair` first. */
+export function needsRepair(output: string): boolean {
+  return /needs repair/i.test(output);
+}
+
+export function noSpace(output: string): boolean {
+  return /no space left/i.test(output);
+}

@@ -1,0 +1,167 @@
+/**
+ * The inventory: every host the runner may reach, the computers it may capture and the image
+ * repositories, validated with zod before anything runs. A validation error names the entry and the
+ * field that is wrong and says what is allowed.
+ */
+import { z } from 'zod';
+import { DEFAULT_TIMEOUTS, type Timeouts } from '../../machines/types.js';
+import { VclError } from '../errors.js';
+import { SAFE_NAME_PATTERN } from '../store/naming.js';
+
+const name = z
+  .string()
+  .regex(SAFE_NAME_PATTERN, 'use letters, digits, ".", "_" and "-", starting with a letter or digit')
+  .max(63);
+
+/** Absolute POSIX path without control characters or `..` segments. */
+const absolutePath = z
+  .string()
+  .startsWith('/', 'must be an absolute path')
+  .refine((p) => !/[\u0000-\u001f\u007f]/.test(p), 'must not contain control characters')
+  .refine((p) => !p.split('/').includes('..'), 'must not contain ".." segments');
+
+const timeouts = z
+  .object(
+    Object.fromEntries(
+      Object.keys(DEFAULT_TIMEOUTS).map((k) => [k, z.number().int().positive().optional()]),
+    ) as Record<keyof Timeouts, z.ZodOptional<z.ZodNumber>>,
+  )
+  .strict();
+
+const fingerprint = z
+  .string()
+  .regex(/^SHA256:[A-Za-z0-9+/]{43}=?$/, 'must look like SHA256:<43 base64 characters> (ssh-keygen -lf)');
+
+export const hostSchema = z
+  .object({
+    address: z.string().min(1),
+    port: z.number().int().min(1).max(65535).default(22),
+    user: z
+      .string()
+      .min(1)
+      .regex(/^[A-Za-z0-9_.-]+$/, 'a plain user name'),
+    /** Path of the private key file (preferred) or the key itself. */
+    privateKeyPath: z.string().optional(),
+    privateKey: z.string().optional(),
+    hostKey: z
+      .object({
+        fingerprints: z.array(fingerprint).optional(),
+        knownHostsFile: z.string().optional(),
+        acceptNew: z.boolean().optional(),
+      })
+      .strict()
+      .default({}),
+    /** Captures that may run against this host at once (Nova: 5 snapshots per compute host). */
+    maxCaptures: z.number().int().positive().default(5),
+    /** Copies that may run from or to this host at once. */
+    maxCopies: z.number().int().positive().default(2),
+    maxChannels: z.number().int().positive().max(10).optional(),
+    timeouts: timeouts.optional(),
+  })
+  .strict()
+  .refine((h) => h.privateKeyPath !== undefined || h.privateKey !== undefined, {
+    message: 'give privateKeyPath (or privateKey)',
+    path: ['privateKeyPath'],
+  });
+
+const libvirtProvisioner = z
+  .object({
+    type: z.literal('libvirt'),
+    host: name,
+    domain: name,
+    /** Target disk format. */
+    format: z.enum(['qcow2', 'raw']).default('qcow2'),
+  })
+  .strict();
+
+const vmwareProvisioner = z
+  .object({
+    type: z.literal('vmware'),
+    host: name,
+    vm: name,
+    /** Datastore for the thin clone (default: the VM's own). */
+    datastore: name.optional(),
+  })
+  .strict();
+
+const xcatProvisioner = z
+  .object({
+    type: z.literal('xcat'),
+    host: name,
+    node: name,
+    /** The osimage that boots the node into the capture environment. */
+    captureImage: name,
+  })
+  .strict();
+
+export const computerSchema = z
+  .object({
+    os: z.enum(['linux', 'windows']),
+    /** The host entry used to reach the computer's own OS over SSH. */
+    host: name,
+    provisioner: z.discriminatedUnion('type', [libvirtProvisioner, vmwareProvisioner, xcatProvisioner]),
+    repository: name,
+    reservationUsers: z.array(z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'a POSIX user name')).default([]),
+    sysprep: z.boolean().optional(),
+    timeouts: timeouts.optional(),
+  })
+  .strict();
+
+export const repositorySchema = z
+  .object({
+    host: name,
+    path: absolutePath,
+  })
+  .strict();
+
+export const inventorySchema = z
+  .object({
+    hosts: z.record(name, hostSchema),
+    computers: z.record(name, computerSchema),
+    repositories: z.record(name, repositorySchema),
+    defaults: z
+      .object({
+        timeouts: timeouts.optional(),
+        maxConcurrentCaptures: z.number().int().positive().default(100),
+      })
+      .strict()
+      .default({ maxConcurrentCaptures: 100 }),
+  })
+  .strict()
+  .superRefine((inv, ctx) => {
+    const host = (h: string, path: (string | number)[]) => {
+      if (!(h in inv.hosts))
+        ctx.addIssue({
+          code: 'custom',
+          path,
+          message: `unknown host '${h}'; hosts: ${Object.keys(inv.hosts).join(', ')}`,
+        });
+    };
+    for (const [n, r] of Object.entries(inv.repositories)) host(r.host, ['repositories', n, 'host']);
+    for (const [n, c] of Object.entries(inv.computers)) {
+      host(c.host, ['computers', n, 'host']);
+      host(c.provisioner.host, ['computers', n, 'provisioner', 'host']);
+      if (!(c.repository in inv.repositories))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['computers', n, 'repository'],
+          message: `unknown repository '${c.repository}'; repositories: ${Object.keys(inv.repositories).join(', ')}`,
+        });
+    }
+  });
+
+export type Inventory = z.output<typeof inventorySchema>;
+export type InventoryInput = z.input<typeof inventorySchema>;
+export type HostEntry = Inventory['hosts'][string];
+export type ComputerEntry = Inventory['computers'][string];
+export type RepositoryEntry = Inventory['repositories'][string];
+
+/** Validates an inventory; the error lists every problem as `path: message`. */
+export function parseInventory(input: unknown): Inventory {
+  const r = inventorySchema.safeParse(input);
+  if (r.success) return r.data;
+  const problems = r.error.issues.map((i) => `${i.path.map(String).join('.') || '(root)'}: ${i.message}`);
+  throw new VclError('INVALID_INVENTORY', `the inventory is invalid:\n  ${problems.join('\n  ')}`, {
+    details: { problems },
+  });
+}
