@@ -1,0 +1,389 @@
+/**
+ * One remote command on its own exec channel: the deadline, abort, remote kill, output draining and the
+ * decision between exit, signal, disconnect and our own stop reasons. `exec` and the copies build on it.
+ *
+ * The command line starts with `echo VCLPID=$$; exec ...`: sshd runs each command's shell as a session
+ * leader (setsid), so that PID is also the process group, and killing the group reaches whatever the
+ * command started. The header line is stripped from stdout before anyone sees it.
+ */
+import { type Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
+import type ssh2 from 'ssh2';
+import type { Logger } from '../log.js';
+import { SshError, type SshErrorCode } from './errors.js';
+import type { Conn, HostLink } from './link.js';
+import { toCommandLine } from './quote.js';
+import type { ExecResult } from './types.js';
+
+const PID_PREFIX = Buffer.from('VCLPID=');
+/** How long a stopped command's channel may take to close before we stop waiting for it. */
+const CLOSE_GRACE_MS = 2000;
+const KILL_TIMEOUT_MS = 5000;
+
+/** Strips the `VCLPID=<pid>\n` line from the start of stdout and reports the PID. */
+class PidHeader extends Transform {
+  private pending: Buffer | undefined = Buffer.alloc(0);
+
+  constructor(private readonly onPid: (pid: number | undefined) => void) {
+    super();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (this.pending === undefined) {
+      cb(null, chunk);
+      return;
+    }
+    const buf = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    const nl = buf.indexOf(0x0a);
+    const prefixOk = buf
+      .subarray(0, PID_PREFIX.length)
+      .equals(PID_PREFIX.subarray(0, Math.min(buf.length, PID_PREFIX.length)));
+    if (!prefixOk || (nl < 0 && buf.length > 32)) {
+      // Not our header (a login script printed first): pass everything through, the PID stays unknown.
+      this.pending = undefined;
+      this.onPid(undefined);
+      cb(null, buf);
+      return;
+    }
+    if (nl < 0) {
+      this.pending = buf;
+      cb();
+      return;
+    }
+    const pid = Number(buf.subarray(PID_PREFIX.length, nl).toString('latin1'));
+    this.pending = undefined;
+    this.onPid(Number.isInteger(pid) && pid > 1 ? pid : undefined);
+    cb(null, nl + 1 < buf.length ? buf.subarray(nl + 1) : undefined);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    if (this.pending !== undefined && this.pending.length > 0) this.push(this.pending);
+    if (this.pending !== undefined) this.onPid(undefined);
+    this.pending = undefined;
+    cb();
+  }
+}
+
+export interface ProcessOptions {
+  timeoutMs: number;
+  signal: AbortSignal | undefined;
+  expectDisconnect: boolean;
+  /** stderr bytes kept; past it the rest is dropped, or with `killOnStderrLimit` the command is stopped. */
+  maxStderrBytes: number;
+  killOnStderrLimit: boolean;
+  step: string | undefined;
+}
+
+/** A running remote command. */
+export interface RemoteProcess {
+  /** Standard output (binary). Must be consumed (or `resume()`d): ssh2 cannot finish an unread channel. */
+  readonly stdout: Readable;
+  /** Standard input; `end()` it to send EOF. Closed at once by `exec` when it has no stdin to give. */
+  readonly stdin: Writable;
+  /**
+   * Settles when the command is over: resolves with its exit (any status: checking it is the caller's
+   * business) or, with `expectDisconnect`, with `disconnected: true`; rejects with `SSH_TIMEOUT`,
+   * `SSH_ABORTED`, `SSH_OUTPUT_LIMIT` or the code given to `stop()`, or `SSH_DISCONNECTED`.
+   */
+  readonly done: Promise<ExecResult>;
+  /** Stops the command: kills the remote process group, closes the channel, makes `done` reject. */
+  stop(code: SshErrorCode, message: string): void;
+  /** Remote PID (= process group) once the header has arrived. */
+  readonly pid: number | undefined;
+}
+
+export function commandName(argv: readonly string[]): string {
+  return argv[0] ?? '';
+}
+
+/**
+ * Opens the channel (after a slot and the connection) and starts the command. Rejects only for what happens
+ * before the command runs: abort while queued, connection failure, channel refused.
+ */
+export async function startProcess(
+  link: HostLink,
+  argv: readonly string[],
+  opts: ProcessOptions,
+  log: Logger,
+): Promise<RemoteProcess> {
+  const host = link.host.name;
+  const name = commandName(argv);
+  const commandLine = `echo VCLPID=$$; exec ${toCommandLine(argv)}`;
+  const abortedError = () =>
+    new SshError('SSH_ABORTED', `${name} on ${host} was aborted before it started`, {
+      ...(opts.step === undefined ? {} : { step: opts.step }),
+      details: { host, command: name, remoteKilled: false, started: false },
+    });
+  const release = await link.slots.acquire(opts.signal, abortedError);
+  let conn: Conn;
+  let channel: ssh2.ClientChannel;
+  const started = Date.now();
+  try {
+    conn = await link.conn(opts.signal, abortedError);
+    conn.active++;
+    try {
+      channel = await conn.exec(commandLine);
+    } catch (err) {
+      conn.channelClosed();
+      const lost = conn.lost !== undefined;
+      throw new SshError(
+        lost ? 'SSH_DISCONNECTED' : 'SSH_CHANNEL_FAILED',
+        lost
+          ? `${host}: connection lost while starting ${name}: ${conn.lost}`
+          : `${host} refused a channel for ${name}: ${(err as Error).message}`,
+        {
+          cause: err,
+          ...(opts.step === undefined ? {} : { step: opts.step }),
+          details: { host, command: name },
+        },
+      );
+    }
+  } catch (err) {
+    release();
+    if (err instanceof SshError && opts.step !== undefined) err.step ??= opts.step;
+    throw err;
+  }
+  return runOnChannel(link, conn, channel, name, started, opts, log, release);
+}
+
+function runOnChannel(
+  link: HostLink,
+  conn: Conn,
+  channel: ssh2.ClientChannel,
+  name: string,
+  started: number,
+  opts: ProcessOptions,
+  log: Logger,
+  release: () => void,
+): RemoteProcess {
+  const host = link.host.name;
+  let pid: number | undefined;
+  let pidKnown: () => void = () => {};
+  const pidArrived = new Promise<void>((r) => {
+    pidKnown = r;
+  });
+  const stdout = new PidHeader((p) => {
+    pid = p;
+    pidKnown();
+  });
+  channel.pipe(stdout);
+  const stderrChunks: Buffer[] = [];
+  let stderrBytes = 0;
+  let stderrDropped = 0;
+  let exit: { code: number | null; signal: string | null } | undefined;
+  let stopReason: { code: SshErrorCode; message: string; remoteKilled: Promise<boolean> } | undefined;
+  let finished = false;
+  let resolveDone: (r: ExecResult) => void = () => {};
+  let rejectDone: (e: unknown) => void = () => {};
+  const done = new Promise<ExecResult>((res, rej) => {
+    resolveDone = res;
+    rejectDone = rej;
+  });
+  // `done` is often awaited only after stdout has been consumed; a rejection before that is not "unhandled".
+  done.catch(() => {});
+
+  const stderrText = () => Buffer.concat(stderrChunks).toString('utf8');
+  const stepOpt = opts.step === undefined ? {} : { step: opts.step };
+
+  const cleanup = () => {
+    clearTimeout(timer);
+    opts.signal?.removeEventListener('abort', onAbort);
+    conn.off('lost', onLost);
+  };
+
+  let closedOnce = false;
+  const channelGone = () => {
+    if (closedOnce) return;
+    closedOnce = true;
+    release();
+    conn.channelClosed();
+  };
+
+  const finish = (outcome: 'closed' | 'lost') => {
+    if (finished) return;
+    finished = true;
+    cleanup();
+    const durationMs = Date.now() - started;
+    const base = {
+      stdout: '',
+      stderr: stderrText(),
+      durationMs,
+    };
+    if (stopReason !== undefined) {
+      const reason = stopReason;
+      reason.remoteKilled.then((remoteKilled) => {
+        log.warn({ durationMs, code: reason.code, remoteKilled, pid }, 'command stopped');
+        rejectDone(
+          new SshError(reason.code, reason.message, {
+            ...stepOpt,
+            details: { host, command: name, pid, remoteKilled, durationMs, stderr: base.stderr.slice(-8192) },
+          }),
+        );
+      });
+      return;
+    }
+    if (exit !== undefined) {
+      // A reboot command may exit before the connection drops: never reuse that connection.
+      if (opts.expectDisconnect) link.retire(conn);
+      log.debug({ durationMs, exit: exit.code, signal: exit.signal }, 'command finished');
+      resolveDone({ ...base, code: exit.code, signal: exit.signal, disconnected: false });
+      return;
+    }
+    if (opts.expectDisconnect) {
+      log.info({ durationMs }, 'command ended with the connection, as expected');
+      link.retire(conn);
+      resolveDone({ ...base, code: null, signal: null, disconnected: true });
+      return;
+    }
+    const why = outcome === 'lost' ? (conn.lost ?? 'connection lost') : 'the session closed';
+    log.warn({ durationMs, reason: why }, 'disconnected before an exit status');
+    rejectDone(
+      new SshError('SSH_DISCONNECTED', `${name} on ${host}: disconnected before an exit status (${why})`, {
+        ...stepOpt,
+        details: { host, command: name, durationMs, reason: why, stderr: base.stderr.slice(-8192) },
+      }),
+    );
+  };
+
+  const killRemote = async (): Promise<boolean> => {
+    try {
+      // OpenSSH >= 8.1 delivers this to the session's process group; other servers may ignore it.
+      channel.signal('KILL');
+    } catch {
+      // The channel is already closing.
+    }
+    await Promise.race([pidArrived, new Promise((r) => setTimeout(r, 200))]);
+    if (pid === undefined || conn.lost !== undefined) return false;
+    const group = pid;
+    const releaseKill = await link.killSlots.acquire(undefined, () => new Error('unreachable'));
+    conn.active++;
+    let killChannel: ssh2.ClientChannel | undefined;
+    try {
+      // Success means SIGKILL reached every member of the group, or no member was left. Waiting for the
+      // group to vanish would not work: a killed background child can stay a zombie (still a group member)
+      // until an init that reaps lazily collects it, and SIGKILL cannot be caught anyway.
+      const script =
+        `kill -KILL -- -${group} 2>/dev/null || kill -KILL ${group} 2>/dev/null || ` +
+        `! kill -0 -- -${group} 2>/dev/null`;
+      killChannel = await conn.exec(script);
+      const ch = killChannel;
+      return await new Promise<boolean>((resolve) => {
+        const t = setTimeout(() => resolve(false), KILL_TIMEOUT_MS);
+        ch.on('exit', (code: number | null) => {
+          clearTimeout(t);
+          resolve(code === 0);
+        });
+        ch.on('close', () => {
+          clearTimeout(t);
+          resolve(false);
+        });
+        ch.resume();
+        ch.stderr.resume();
+        ch.end();
+      });
+    } catch {
+      return false;
+    } finally {
+      if (killChannel !== undefined) {
+        killChannel.once('close', () => conn.channelClosed());
+        killChannel.close();
+      } else {
+        conn.channelClosed();
+      }
+      releaseKill();
+    }
+  };
+
+  const stop = (code: SshErrorCode, message: string) => {
+    if (finished || stopReason !== undefined) return;
+    const remoteKilled = killRemote();
+    stopReason = { code, message, remoteKilled };
+    // Whatever is still in flight must be read, or the channel never closes.
+    stdout.resume();
+    channel.stderr.resume();
+    remoteKilled.then(() => {
+      try {
+        channel.close();
+      } catch {
+        // Already closed.
+      }
+    });
+    const grace = setTimeout(() => finish('closed'), KILL_TIMEOUT_MS + CLOSE_GRACE_MS);
+    grace.unref();
+    channel.once('close', () => clearTimeout(grace));
+  };
+
+  const timeoutMs = opts.timeoutMs;
+  const timer =
+    Number.isFinite(timeoutMs) && timeoutMs > 0
+      ? setTimeout(
+          () => stop('SSH_TIMEOUT', `${name} on ${host} timed out after ${timeoutMs} ms and was killed`),
+          timeoutMs,
+        )
+      : undefined;
+  const onAbort = () => stop('SSH_ABORTED', `${name} on ${host} was aborted`);
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  const onLost = () => {
+    stdout.resume();
+    channel.stderr.resume();
+    channelGone();
+    finish('lost');
+  };
+  conn.once('lost', onLost);
+
+  channel.stderr.on('data', (chunk: Buffer) => {
+    const room = opts.maxStderrBytes - stderrBytes;
+    if (room <= 0) {
+      stderrDropped += chunk.length;
+    } else {
+      stderrChunks.push(room >= chunk.length ? chunk : chunk.subarray(0, room));
+      stderrBytes += Math.min(room, chunk.length);
+      stderrDropped += Math.max(0, chunk.length - room);
+    }
+    if (stderrDropped > 0 && opts.killOnStderrLimit) {
+      stop('SSH_OUTPUT_LIMIT', `${name} on ${host} wrote more than ${opts.maxStderrBytes} bytes to stderr`);
+    }
+  });
+  channel.on('exit', (code: number | null, signal?: string) => {
+    exit = { code: code ?? null, signal: code === null ? (signal ?? null) : null };
+  });
+  channel.on('close', () => {
+    channelGone();
+    // Let stdout's last bytes reach its reader before `done` settles.
+    if (stdout.readableEnded || stopReason !== undefined) finish('closed');
+    else stdout.once('end', () => finish('closed'));
+  });
+  if (opts.signal?.aborted) onAbort();
+
+  return {
+    stdout,
+    stdin: channel,
+    done,
+    stop,
+    get pid() {
+      return pid;
+    },
+  };
+}
+
+/** A byte sink that keeps at most `limit` bytes and reports when more came. */
+export function collect(
+  stream: Readable,
+  limit: number,
+  onOverflow: () => void,
+): { text: () => string; bytes: () => number } {
+  const chunks: Buffer[] = [];
+  let kept = 0;
+  let overflowed = false;
+  stream.on('data', (chunk: Buffer) => {
+    const room = limit - kept;
+    if (room > 0) {
+      chunks.push(room >= chunk.length ? chunk : chunk.subarray(0, room));
+      kept += Math.min(room, chunk.length);
+    }
+    if (chunk.length > room && !overflowed) {
+      overflowed = true;
+      onOverflow();
+    }
+  });
+  return { text: () => Buffer.concat(chunks).toString('utf8'), bytes: () => kept };
+}
