@@ -5,6 +5,8 @@ export const xcat = {
   powerStat: (node: string) => ['rpower', node, 'stat'],
   powerOn: (node: string) => ['rpower', node, 'on'],
   powerOff: (node: string) => ['rpower', node, 'off'],
+  /** Tells the capture environment the image name it uploads as. */
+  nodech: (node: string, image: string) => ['nodech', node, `nodetype.profile=${image}`],
   nodesetImage: (node: string, osimage: string) => ['nodeset', node, `osimage=${osimage}`],
   nodesetBoot: (node: string) => ['nodeset', node, 'boot'],
   nodestat: (node: string) => ['nodestat', node],

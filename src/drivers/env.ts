@@ -1,0 +1,73 @@
+/**
+ * What a driver's steps see of one capture: the computer's inventory entry, the hosts it involves, the
+ * transport, and helpers that run a command within the step's deadline and abort signal.
+ */
+import { posix } from 'node:path';
+import type { ComputerEntry } from '../inventory/schema.js';
+import type { Remote } from '../runner/remote.js';
+import type { StepRun } from '../runner/step.js';
+import type { ExecOptions, ExecResult, SshHost } from '../ssh/index.js';
+import { driverError } from './errors.js';
+
+export interface DriverEnv {
+  remote: Remote;
+  computerName: string;
+  computer: ComputerEntry;
+  /** The provisioner's host (libvirt host, ESXi, xCAT management node). */
+  provisionerHost: SshHost;
+  /** The computer's own OS. */
+  guestHost: SshHost;
+  repository: { host: SshHost; path: string };
+  /** Interval of polling waits (power state, upload growth). */
+  pollMs: number;
+}
+
+export type Exec = (
+  host: SshHost,
+  argv: readonly string[],
+  options?: Omit<ExecOptions, 'signal' | 'timeoutMs'> & { timeoutMs?: number },
+) => Promise<ExecResult>;
+
+/** A command bound to the step: its deadline and signal apply unless a shorter timeout is asked. */
+export function execFor(env: DriverEnv, run: StepRun<{ step: string }>): Exec {
+  return (host, argv, options = {}) =>
+    env.remote.exec(host, argv, {
+      ...options,
+      step: run.input.step,
+      signal: run.signal,
+      timeoutMs: Math.min(options.timeoutMs ?? Number.POSITIVE_INFINITY, run.remainingMs()),
+    });
+}
+
+export async function exists(exec: Exec, host: SshHost, path: string): Promise<boolean> {
+  const r = await exec(host, ['test', '-e', path], { check: false });
+  return r.code === 0;
+}
+
+export async function sha256Of(exec: Exec, host: SshHost, path: string): Promise<string> {
+  const r = await exec(host, ['sha256sum', '--', path]);
+  const m = /^([0-9a-f]{64})\s/.exec(r.stdout);
+  if (!m) throw driverError('PARSE_FAILED', `sha256sum printed no digest for ${path}`);
+  return m[1] as string;
+}
+
+export async function sizeOf(exec: Exec, host: SshHost, path: string): Promise<number> {
+  const r = await exec(host, ['stat', '-c', '%s', '--', path]);
+  const n = Number(r.stdout.trim());
+  if (!Number.isSafeInteger(n) || n < 0)
+    throw driverError('PARSE_FAILED', `stat printed no size for ${path}`);
+  return n;
+}
+
+/** `<repository>/<name>` after checking the result stays inside the repository. */
+export function repositoryPath(env: DriverEnv, name: string): string {
+  const path = posix.join(env.repository.path, name);
+  if (!path.startsWith(`${posix.normalize(env.repository.path).replace(/\/$/, '')}/`))
+    throw driverError('COMMAND_FAILED', `${name} would leave the repository ${env.repository.path}`);
+  return path;
+}
+
+/** Hosts are the same when they reach the same SSH endpoint: then a copy stays on that host. */
+export function sameHost(a: SshHost, b: SshHost): boolean {
+  return a.host === b.host && (a.port ?? 22) === (b.port ?? 22);
+}

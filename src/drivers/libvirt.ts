@@ -1,0 +1,128 @@
+/**
+ * libvirt/KVM steps over SSH to the libvirt host (capture-flow.md, "libvirt / KVM").
+ * The disk is converted with `qemu-img convert` on the libvirt host, straight into the repository when
+ * the repository lives on that host, else into a staging file that is streamed to the repository with
+ * its sha256 computed in the same pass.
+ */
+import { posix } from 'node:path';
+import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
+import { pollUntil, type StepFn } from '../runner/step.js';
+import { type DriverEnv, execFor, exists, repositoryPath, sameHost, sha256Of, sizeOf } from './env.js';
+import { driverError } from './errors.js';
+import { firstDisk, libvirt, parseDomblklist, parseDomstate, parseImageInfo } from './libvirt-commands.js';
+import { verifyArtifact } from './verify.js';
+
+type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
+
+function settings(env: DriverEnv) {
+  const p = env.computer.provisioner;
+  if (p.type !== 'libvirt')
+    throw driverError('COMMAND_FAILED', `computer ${env.computerName} is not a libvirt domain`);
+  return p;
+}
+
+export function imageFileName(input: CaptureStepInput, format: string): string {
+  return `${input.image.name}.${format}`;
+}
+
+/** Where the copy is made on the libvirt host before it reaches the repository. */
+function stagingPath(env: DriverEnv, input: CaptureStepInput, disk: string): string {
+  const format = settings(env).format;
+  return sameHost(env.provisionerHost, env.repository.host)
+    ? repositoryPath(env, imageFileName(input, format))
+    : posix.join(posix.dirname(disk), `.vcl-capture-${input.captureId}.${format}`);
+}
+
+async function domainState(env: DriverEnv, run: Parameters<Step>[0]) {
+  const exec = execFor(env, run);
+  return parseDomstate((await exec(env.provisionerHost, libvirt.domstate(settings(env).domain))).stdout)
+    .state;
+}
+
+export function libvirtSteps(env: DriverEnv): Record<string, Step> {
+  const { domain, format } = settings(env);
+  const host = env.provisionerHost;
+
+  const waitOff: Step = async (run) => {
+    await pollUntil(run, env.pollMs, async () =>
+      (await domainState(env, run)) === 'shut off' ? true : undefined,
+    );
+    return {};
+  };
+
+  return {
+    inspect_domain: async (run) => {
+      const exec = execFor(env, run);
+      const state = parseDomstate((await exec(host, libvirt.domstate(domain))).stdout);
+      const disk = firstDisk(parseDomblklist((await exec(host, libvirt.domblklist(domain))).stdout));
+      const info = parseImageInfo((await exec(host, libvirt.imageInfo(disk.source))).stdout);
+      const target = repositoryPath(env, imageFileName(run.input, format));
+      if (await exists(exec, env.repository.host, target))
+        throw driverError('TARGET_EXISTS', `the repository already holds ${target}; nothing is overwritten`, {
+          target,
+        });
+      run.log.info(
+        { domain, state: state.state, disk: disk.source, sourceFormat: info.format },
+        'domain inspected',
+      );
+      return { facts: { domain, disk: disk.source, sourceFormat: info.format, target } };
+    },
+    request_power_off: async (run) => {
+      const exec = execFor(env, run);
+      if ((await domainState(env, run)) !== 'shut off') await exec(host, libvirt.shutdown(domain));
+      return {};
+    },
+    wait_power_off: waitOff,
+    force_power_off: async (run) => {
+      const exec = execFor(env, run);
+      // destroy fails on a domain that went off meanwhile: that is the state we wanted.
+      if ((await domainState(env, run)) !== 'shut off') await exec(host, libvirt.destroy(domain));
+      return {};
+    },
+    wait_forced_off: waitOff,
+    copy_image: async (run) => {
+      const exec = execFor(env, run);
+      const disk = String(run.input.facts.disk);
+      const target = String(run.input.facts.target);
+      const staging = stagingPath(env, run.input, disk);
+      const partial = sameHost(host, env.repository.host) ? `${target}.partial` : staging;
+      await exec(host, ['rm', '-f', '--', partial]);
+      await exec(host, libvirt.convert(disk, format, partial));
+      await exec(host, libvirt.check(partial), { check: false }).then((r) => {
+        // qemu-img check exits 0 (clean) or 3 (leaked clusters, harmless); others mean corruption.
+        if (r.code !== 0 && r.code !== 3 && format === 'qcow2')
+          throw driverError('VERIFY_MISMATCH', `qemu-img check found errors in the copy: ${r.stderr.trim()}`);
+      });
+      if (sameHost(host, env.repository.host)) {
+        const sha256 = await sha256Of(exec, host, partial);
+        const sizeBytes = await sizeOf(exec, host, partial);
+        await exec(host, ['mv', '-f', '--', partial, target]);
+        return { artifact: { path: target, sizeBytes, sha256, format } };
+      }
+      try {
+        const copied = await env.remote.copy(
+          { host, path: partial },
+          { host: env.repository.host, path: target },
+          { signal: run.signal, timeoutMs: run.remainingMs(), step: run.input.step },
+        );
+        return { artifact: { path: target, sizeBytes: copied.bytes, sha256: copied.sha256, format } };
+      } finally {
+        await exec(host, ['rm', '-f', '--', partial], { check: false }).catch(() => undefined);
+      }
+    },
+    verify_image: (run) => verifyArtifact(env, run),
+    remove_copy: async (run) => {
+      const exec = execFor(env, run);
+      const target = run.input.facts.target === undefined ? undefined : String(run.input.facts.target);
+      if (target) {
+        await exec(env.repository.host, ['rm', '-f', '--', target, `${target}.partial`]);
+        if (!sameHost(host, env.repository.host)) {
+          const disk = run.input.facts.disk;
+          if (disk !== undefined)
+            await exec(host, ['rm', '-f', '--', stagingPath(env, run.input, String(disk))]);
+        }
+      }
+      return {};
+    },
+  };
+}

@@ -1,0 +1,143 @@
+/**
+ * The OS sub-machine's effects over SSH to the computer itself: the pre_capture plans of os-commands.ts,
+ * and the end state (shutdown, reboot, sysprep) with the waits that confirm it. A guest that goes down
+ * drops its SSH session; that is the expected outcome of an end-state command (`expectDisconnect`).
+ */
+import type { OsStepInput, OsStepOutput } from '../../machines/index.js';
+import { type StepFn, type StepRun, sleep } from '../runner/step.js';
+import { isSshError } from '../ssh/index.js';
+import { type DriverEnv, execFor } from './env.js';
+import { driverError } from './errors.js';
+import { bootIdCommand, endStateCommand, type OsStepContext, osPlans, parseBootId } from './os-commands.js';
+
+type Step = StepFn<OsStepInput, OsStepOutput>;
+
+/** Errors that mean "the computer does not answer" rather than "the command failed". */
+const UNREACHABLE = ['SSH_UNREACHABLE', 'SSH_DISCONNECTED', 'SSH_HANDSHAKE_FAILED', 'SSH_TIMEOUT'] as const;
+
+/** Short per-probe budget: a guest going down must not hold a probe for the whole step. */
+const PROBE_MS = 10_000;
+
+export function osSteps(env: DriverEnv): Record<string, Step> {
+  const guest = env.guestHost;
+  const plans = osPlans(env.computer.os);
+  const ctx = (input: OsStepInput): OsStepContext => ({
+    computer: input.computer,
+    image: input.image,
+    reservationUsers: env.computer.reservationUsers,
+  });
+
+  /** The boot id, or undefined when the computer does not answer. */
+  const probeBootId = async (run: StepRun<OsStepInput>): Promise<string | undefined> => {
+    try {
+      const r = await execFor(env, run)(guest, bootIdCommand(env.computer.os), {
+        timeoutMs: PROBE_MS,
+      });
+      return parseBootId(r.stdout) ?? '';
+    } catch (err) {
+      if (isSshError(err, ...UNREACHABLE)) return undefined;
+      throw err;
+    }
+  };
+
+  const waitAnswering = async (run: StepRun<OsStepInput>, notBoot?: string): Promise<string> => {
+    for (;;) {
+      const id = await probeBootId(run);
+      if (id !== undefined && id !== notBoot) return id;
+      await sleep(env.pollMs, run.signal);
+    }
+  };
+
+  const waitGone = async (run: StepRun<OsStepInput>, orBootOtherThan?: string): Promise<void> => {
+    for (;;) {
+      const id = await probeBootId(run);
+      if (id === undefined) return;
+      if (orBootOtherThan !== undefined && id !== orBootOtherThan) return; // already back from a fast reboot
+      await sleep(env.pollMs, run.signal);
+    }
+  };
+
+  /** Runs an end-state command that takes the computer down. */
+  const goDown = async (run: StepRun<OsStepInput>, argv: string[]): Promise<void> => {
+    const exec = execFor(env, run);
+    for (let attempt = 1; ; attempt++) {
+      const r = await exec(guest, argv, { expectDisconnect: true, check: false });
+      if (r.disconnected || r.code === 0) return;
+      // Windows refuses a shutdown while another one is being processed: VCL retries 12 x 10 s.
+      if (/processing another action|shutdown is in progress/i.test(r.stderr) && attempt < 12) {
+        await sleep(Math.min(10_000, env.pollMs * 5), run.signal);
+        continue;
+      }
+      throw driverError('COMMAND_FAILED', `${argv[0]} exited with status ${r.code}: ${r.stderr.trim()}`);
+    }
+  };
+
+  const steps: Record<string, Step> = {
+    ensure_responding: async (run) => ({ bootId: await waitAnswering(run) }),
+    confirm_on: async (run) => {
+      const id = await probeBootId(run);
+      if (id === undefined) throw driverError('COMMAND_FAILED', `${env.computerName} does not answer`);
+      return { bootId: id };
+    },
+    shutdown: async (run) => {
+      await goDown(run, endStateCommand(env.computer.os, 'shutdown'));
+      return {};
+    },
+    reboot: async (run) => {
+      await goDown(run, endStateCommand(env.computer.os, 'reboot'));
+      return {};
+    },
+    sysprep: async (run) => {
+      if (env.computer.os !== 'windows') throw driverError('COMMAND_FAILED', 'sysprep runs on Windows only');
+      const argv = endStateCommand('windows', 'sysprep', run.input.endState);
+      if (run.input.endState === 'on') {
+        await execFor(env, run)(guest, argv);
+      } else {
+        await goDown(run, argv);
+      }
+      return {};
+    },
+    wait_gone: async (run) => {
+      await waitGone(run);
+      return {};
+    },
+    wait_down: async (run) => {
+      await waitGone(run, run.input.bootId);
+      return {};
+    },
+    wait_up: async (run) => ({ bootId: await waitAnswering(run, run.input.bootId) }),
+  };
+
+  for (const [id, plan] of Object.entries(plans)) {
+    steps[id] = async (run) => {
+      const exec = execFor(env, run);
+      const p = plan(ctx(run.input));
+      if (p.probe) {
+        const r = await exec(guest, p.probe.argv, { check: false });
+        if (r.code !== 0 || (p.probe.applies && !p.probe.applies(r.stdout)))
+          return { notApplicable: p.probe.notApplicable };
+      }
+      const before = p.reboots ? await probeBootId(run) : undefined;
+      for (const [i, c] of p.commands.entries()) {
+        const last = i === p.commands.length - 1;
+        const r = await exec(guest, c.argv, {
+          check: false,
+          ...(c.stdin === undefined ? {} : { stdin: c.stdin }),
+          ...(p.reboots && last ? { expectDisconnect: true } : {}),
+        });
+        if (r.disconnected) continue;
+        if (!(c.okCodes ?? [0]).includes(r.code ?? -1)) {
+          // A secret-bearing command's output is never repeated.
+          const why = c.secretOutput ? '(output withheld)' : r.stderr.trim().slice(-500);
+          throw driverError('COMMAND_FAILED', `${c.argv[0]} exited with status ${r.code} ${why}`.trim(), {
+            command: c.argv[0],
+            exitCode: r.code,
+          });
+        }
+      }
+      if (p.reboots) return { bootId: await waitAnswering(run, before) };
+      return {};
+    };
+  }
+  return steps;
+}

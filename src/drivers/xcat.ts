@@ -1,0 +1,114 @@
+/**
+ * xCAT steps over SSH to the management node (capture-flow.md, "xCAT"), as VCL-94 intended: point the
+ * node at the capture image first, let the OS reboot into it, then watch the upload (done/failed markers,
+ * growth resets the no-progress timer) and hash what arrived.
+ */
+import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
+import { type StepFn, sleep } from '../runner/step.js';
+import { type DriverEnv, execFor, exists, repositoryPath, sha256Of, sizeOf } from './env.js';
+import { driverError } from './errors.js';
+import { verifyArtifact } from './verify.js';
+import { parseNodestat, parseRpowerStat, parseSizes, xcat } from './xcat-commands.js';
+
+type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
+
+function settings(env: DriverEnv) {
+  const p = env.computer.provisioner;
+  if (p.type !== 'xcat')
+    throw driverError('COMMAND_FAILED', `computer ${env.computerName} is not an xCAT node`);
+  return p;
+}
+
+/** nodestat values that mean the node runs the capture environment. */
+const CAPTURE_ENV = /^(capturing|imaging|image)/i;
+
+export function xcatSteps(env: DriverEnv): Record<string, Step> {
+  const { node, captureImage } = settings(env);
+  const mn = env.provisionerHost;
+  const files = (input: CaptureStepInput) => {
+    const image = repositoryPath(env, `${input.image.name}.img`);
+    return { image, done: `${image}.capturedone`, failed: `${image}.capturefailed` };
+  };
+
+  return {
+    check_target: async (run) => {
+      const exec = execFor(env, run);
+      const f = files(run.input);
+      for (const path of [f.image, f.done, f.failed]) {
+        if (await exists(exec, env.repository.host, path))
+          throw driverError('TARGET_EXISTS', `${path} already exists; nothing is overwritten`, { path });
+      }
+      return { facts: { target: f.image } };
+    },
+    set_capture_boot: async (run) => {
+      const exec = execFor(env, run);
+      await exec(mn, xcat.nodech(node, run.input.image.name));
+      await exec(mn, xcat.nodesetImage(node, captureImage));
+      return {};
+    },
+    ensure_node_on: async (run) => {
+      const exec = execFor(env, run);
+      const state = parseRpowerStat((await exec(mn, xcat.powerStat(node))).stdout, node);
+      if (state === 'off') await exec(mn, xcat.powerOn(node));
+      return {};
+    },
+    wait_capture_env: async (run) => {
+      const exec = execFor(env, run);
+      const f = files(run.input);
+      for (;;) {
+        const stat = parseNodestat((await exec(mn, xcat.nodestat(node))).stdout, node);
+        // A fast upload may already be done by the time we look.
+        if (CAPTURE_ENV.test(stat) || (await exists(exec, env.repository.host, f.done))) return {};
+        await sleep(env.pollMs, run.signal);
+      }
+    },
+    watch_upload: async (run) => {
+      const exec = execFor(env, run);
+      const f = files(run.input);
+      const noProgressMs = run.input.timeouts.uploadNoProgressMs;
+      let lastTotal = -1;
+      let lastStat = '';
+      let lastProgress = Date.now();
+      for (;;) {
+        if (await exists(exec, env.repository.host, f.failed))
+          throw driverError(
+            'UPLOAD_FAILED',
+            `the capture environment reported a failed upload (${f.failed})`,
+          );
+        if (await exists(exec, env.repository.host, f.done)) break;
+        const sizes = parseSizes(
+          (await exec(env.repository.host, xcat.sizes(env.repository.path, run.input.image.name))).stdout,
+        );
+        const total = [...sizes.values()].reduce((a, b) => a + b, 0);
+        const stat = parseNodestat((await exec(mn, xcat.nodestat(node))).stdout, node);
+        if (total !== lastTotal || stat !== lastStat) {
+          run.log.debug({ bytes: total, nodestat: stat }, 'upload progress');
+          lastTotal = total;
+          lastStat = stat;
+          lastProgress = Date.now();
+        } else if (Date.now() - lastProgress > noProgressMs) {
+          throw driverError(
+            'NO_PROGRESS',
+            `the upload made no progress for ${noProgressMs} ms (${total} bytes)`,
+          );
+        }
+        await sleep(env.pollMs, run.signal);
+      }
+      await exec(env.repository.host, xcat.chmod('644', f.image));
+      const sizeBytes = await sizeOf(exec, env.repository.host, f.image);
+      if (sizeBytes === 0) throw driverError('UPLOAD_FAILED', `the uploaded image ${f.image} is empty`);
+      const sha256 = await sha256Of(exec, env.repository.host, f.image);
+      return { artifact: { path: f.image, sizeBytes, sha256, format: 'img' } };
+    },
+    verify_image: (run) => verifyArtifact(env, run),
+    reset_boot: async (run) => {
+      await execFor(env, run)(mn, xcat.nodesetBoot(node));
+      return {};
+    },
+    remove_upload: async (run) => {
+      const f = files(run.input);
+      await execFor(env, run)(env.repository.host, xcat.remove([f.image, f.done, f.failed]));
+      return {};
+    },
+  };
+}

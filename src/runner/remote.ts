@@ -1,0 +1,49 @@
+/**
+ * What drivers need from the SSH transport: commands and copies. `SshPool` is the real one; tests of
+ * fault handling may wrap it. Also turns inventory host entries into the transport's host objects.
+ */
+import { readFileSync } from 'node:fs';
+import { VclError } from '../errors.js';
+import type { Inventory } from '../inventory/schema.js';
+import type {
+  CopyEndpoint,
+  CopyOptions,
+  CopyResult,
+  ExecOptions,
+  ExecResult,
+  SshHost,
+} from '../ssh/index.js';
+
+export interface Remote {
+  exec(host: SshHost, argv: readonly string[], options?: ExecOptions): Promise<ExecResult>;
+  copy(from: CopyEndpoint, to: CopyEndpoint, options?: CopyOptions): Promise<CopyResult>;
+}
+
+/** Builds (once per host) the transport's host objects from the inventory, reading key files eagerly. */
+export function inventoryHosts(inventory: Inventory): Map<string, SshHost> {
+  const out = new Map<string, SshHost>();
+  for (const [name, h] of Object.entries(inventory.hosts)) {
+    let privateKey: string | Buffer;
+    if (h.privateKey !== undefined) privateKey = h.privateKey;
+    else {
+      try {
+        privateKey = readFileSync(h.privateKeyPath as string);
+      } catch (err) {
+        throw new VclError(
+          'INVALID_INVENTORY',
+          `hosts.${name}.privateKeyPath: cannot read ${h.privateKeyPath}: ${(err as Error).message}`,
+        );
+      }
+    }
+    out.set(name, {
+      name,
+      host: h.address,
+      port: h.port,
+      username: h.user,
+      privateKey,
+      hostKey: h.hostKey,
+      ...(h.maxChannels === undefined ? {} : { maxChannels: h.maxChannels }),
+    });
+  }
+  return out;
+}

@@ -1,0 +1,113 @@
+/**
+ * Turns a driver function into the invoked actor a machine runs: it gets an AbortSignal that fires when
+ * the machine stops the actor (CANCEL, the machine leaving the state) or when the step's deadline from
+ * the machine passes, and whatever it throws reaches the machine as a plain `{ code, message, step }`.
+ */
+import { fromPromise } from 'xstate';
+import { VclError } from '../errors.js';
+import type { Logger } from '../log.js';
+
+export interface StepRun<TInput> {
+  input: TInput;
+  /** Aborted on cancellation or at the deadline. */
+  signal: AbortSignal;
+  /** Milliseconds left before the deadline (never below 1). */
+  remainingMs(): number;
+  log: Logger;
+}
+
+export type StepFn<TInput, TOutput> = (run: StepRun<TInput>) => Promise<TOutput>;
+
+/** What crosses into the machine (and so into persisted snapshots and the inspector): no stack, no cause. */
+export interface StepErrorData {
+  code: string;
+  message: string;
+  step: string;
+  details?: Record<string, unknown>;
+}
+
+const SSH_TO_STEP: Record<string, string> = {
+  SSH_TIMEOUT: 'TIMEOUT',
+};
+
+export function stepErrorData(err: unknown, step: string): StepErrorData {
+  if (err instanceof VclError) {
+    return {
+      code: SSH_TO_STEP[err.code] ?? err.code,
+      message: err.message,
+      step: err.step ?? step,
+      ...(err.details ? { details: { ...err.details } } : {}),
+    };
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  return { code: 'STEP_FAILED', message, step };
+}
+
+export function stepActor<TInput extends { deadline: number; step: string }, TOutput>(
+  name: string,
+  fn: StepFn<TInput, TOutput>,
+  log: Logger,
+) {
+  return fromPromise<TOutput, TInput>(async ({ input, signal }) => {
+    const started = Date.now();
+    const deadline = Number.isFinite(input.deadline) ? input.deadline : Number.POSITIVE_INFINITY;
+    const timeout = new AbortController();
+    const left = deadline - Date.now();
+    const timer = Number.isFinite(left) ? setTimeout(() => timeout.abort(), Math.max(0, left)) : undefined;
+    const both = AbortSignal.any([signal, timeout.signal]);
+    const stepLog = log.child({ step: name });
+    try {
+      if (left <= 0)
+        throw new VclError('TIMEOUT', `${name}: deadline passed before the step started`, { step: name });
+      const out = await fn({
+        input,
+        signal: both,
+        remainingMs: () => Math.max(1, deadline - Date.now()),
+        log: stepLog,
+      });
+      stepLog.debug({ durationMs: Date.now() - started }, 'step done');
+      return out;
+    } catch (err) {
+      const data =
+        timeout.signal.aborted && !signal.aborted
+          ? { code: 'TIMEOUT', message: `${name} did not finish before its deadline`, step: name }
+          : stepErrorData(err, name);
+      stepLog.warn({ durationMs: Date.now() - started, code: data.code, err: data.message }, 'step failed');
+      throw Object.assign(new Error(data.message), data);
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+  });
+}
+
+/** Sleeps, waking early (and throwing) on abort. */
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(new VclError('ABORTED', 'aborted'));
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(new VclError('ABORTED', 'aborted'));
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/**
+ * Polls `probe` every `intervalMs` until it returns a value, up to the step's deadline. A wait always
+ * ends: with the value, or with TIMEOUT (the stepActor turns the deadline abort into it).
+ */
+export async function pollUntil<T>(
+  run: Pick<StepRun<unknown>, 'signal'>,
+  intervalMs: number,
+  probe: () => Promise<T | undefined>,
+): Promise<T> {
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    await sleep(intervalMs, run.signal);
+  }
+}
