@@ -43,6 +43,12 @@ export const hostSchema = z
     /** Path of the private key file (preferred) or the key itself. */
     privateKeyPath: z.string().optional(),
     privateKey: z.string().optional(),
+    /** The key's passphrase comes from the environment or a file, never from the inventory itself. */
+    passphraseEnv: z
+      .string()
+      .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'an environment variable name')
+      .optional(),
+    passphraseFile: z.string().optional(),
     hostKey: z
       .object({
         fingerprints: z.array(fingerprint).optional(),

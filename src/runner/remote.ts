@@ -35,7 +35,26 @@ export function inventoryHosts(inventory: Inventory): Map<string, SshHost> {
         );
       }
     }
+    let passphrase: string | undefined;
+    if (h.passphraseEnv !== undefined) {
+      passphrase = process.env[h.passphraseEnv];
+      if (passphrase === undefined)
+        throw new VclError(
+          'INVALID_INVENTORY',
+          `hosts.${name}.passphraseEnv: the environment variable ${h.passphraseEnv} is not set`,
+        );
+    } else if (h.passphraseFile !== undefined) {
+      try {
+        passphrase = readFileSync(h.passphraseFile, 'utf8').replace(/\r?\n$/, '');
+      } catch (err) {
+        throw new VclError(
+          'INVALID_INVENTORY',
+          `hosts.${name}.passphraseFile: cannot read ${h.passphraseFile}: ${(err as Error).message}`,
+        );
+      }
+    }
     out.set(name, {
+      ...(passphrase === undefined ? {} : { passphrase }),
       name,
       host: h.address,
       port: h.port,
