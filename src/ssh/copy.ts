@@ -7,7 +7,8 @@
  * and only then renamed into place.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { open, rename, rm } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { chmod, open, rename, rm } from 'node:fs/promises';
 import { dirname, basename as localBasename, join as localJoin, posix } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -150,36 +151,31 @@ async function fsyncDir(dir: string): Promise<void> {
 
 async function openLocalDestination(path: string, mode: number): Promise<Destination> {
   const tmp = tempName(localJoin, dirname(path), localBasename(path));
-  const fh = await open(tmp, 'wx', mode).catch((err: unknown) => {
-    throw copyError('COPY_FAILED', `cannot create ${tmp}: ${(err as Error).message}`, { path }, err);
-  });
-  const stream = fh.createWriteStream({ autoClose: false, highWaterMark: 4 * 1024 * 1024 });
+  // flush: the descriptor is fsynced before it closes, so 'close' means the data is on disk.
+  const stream = createWriteStream(tmp, { flags: 'wx', mode, flush: true, highWaterMark: 4 * 1024 * 1024 });
   const finished = new Promise<void>((resolve, reject) => {
-    stream.once('finish', resolve);
+    stream.once('close', resolve);
     stream.once('error', (err) =>
       reject(copyError('COPY_FAILED', `writing ${tmp} failed: ${err.message}`, { path, tmp }, err)),
     );
   });
-  let closed = false;
-  const close = async () => {
-    if (closed) return;
-    closed = true;
-    await fh.close();
-  };
+  finished.catch(() => {});
+  // Fail before anything is read when the destination cannot be created at all.
+  await new Promise<void>((resolve, reject) => {
+    stream.once('ready', resolve);
+    finished.catch(reject);
+  });
   return {
     stream,
     finished,
     stop: () => stream.destroy(),
     async commit() {
-      await fh.sync();
-      await fh.chmod(mode);
-      await close();
+      await chmod(tmp, mode);
       await rename(tmp, path);
       await fsyncDir(dirname(path));
     },
     async discard() {
       stream.destroy();
-      await close().catch(() => {});
       await rm(tmp, { force: true });
     },
   };
@@ -321,16 +317,17 @@ export async function copyFile(
   try {
     if (options.signal?.aborted) onAbort();
     if (failure !== undefined) throw failure;
-    source = await openSource(runner, from, stopAll.signal, options.step);
-    // Awaited below; until then (or if the destination cannot be opened) its failure is not "unhandled".
-    source.finished.catch(() => {});
-    if (failure !== undefined) source.stop();
+    // The destination first: a folder we cannot write to fails the copy before the source is read.
     dest =
       to.host === undefined
         ? await openLocalDestination(to.path, mode)
         : await openRemoteDestination(runner, to.host, to.path, mode, stopAll.signal, options.step, log);
+    // Awaited below; until then (or if the source cannot be opened) its failure is not "unhandled".
     dest.finished.catch(() => {});
-    if (failure !== undefined) dest.stop();
+    if (failure !== undefined) throw failure;
+    source = await openSource(runner, from, stopAll.signal, options.step);
+    source.finished.catch(() => {});
+    if (failure !== undefined) throw failure;
     const onProgress = options.onProgress;
     source.stream.on('data', (chunk: Buffer) => {
       hash.update(chunk);

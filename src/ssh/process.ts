@@ -293,13 +293,21 @@ function runOnChannel(
     }
   };
 
+  const drain = () => {
+    channel.unpipe(stdout);
+    channel.resume();
+    channel.stderr.resume();
+    // A reader still waiting must see the stream cut short (premature close), never a clean end of data.
+    if (!stdout.writableEnded) stdout.destroy();
+  };
+
   const stop = (code: SshErrorCode, message: string) => {
     if (finished || stopReason !== undefined) return;
     const remoteKilled = killRemote();
     stopReason = { code, message, remoteKilled };
-    // Whatever is still in flight must be read, or the channel never closes.
-    stdout.resume();
-    channel.stderr.resume();
+    // Whatever is still in flight must be read, or the channel never closes. Read it from the channel
+    // itself: the stdout reader may be gone (a pipeline destroys its streams on error).
+    drain();
     remoteKilled.then(() => {
       try {
         channel.close();
@@ -323,8 +331,7 @@ function runOnChannel(
   const onAbort = () => stop('SSH_ABORTED', `${name} on ${host} was aborted`);
   opts.signal?.addEventListener('abort', onAbort, { once: true });
   const onLost = () => {
-    stdout.resume();
-    channel.stderr.resume();
+    drain();
     channelGone();
     finish('lost');
   };
