@@ -20,6 +20,24 @@ export interface DriverEnv {
   repository: { host: SshHost; path: string };
   /** Interval of polling waits (power state, upload growth). */
   pollMs: number;
+  /** Bytes moved by a copy step so far (`total` when known). */
+  progress?: (step: string, p: { bytes: number; total?: number; bytesPerSecond: number }) => void;
+}
+
+/** Copy options of a step: its deadline, abort signal, and progress reported to the runner. */
+export function copyOptions(env: DriverEnv, run: StepRun<{ step: string }>) {
+  const step = run.input.step;
+  return {
+    signal: run.signal,
+    timeoutMs: run.remainingMs(),
+    step,
+    onProgress: (p: { bytes: number; total: number | undefined; bytesPerSecond: number }) =>
+      env.progress?.(step, {
+        bytes: p.bytes,
+        bytesPerSecond: p.bytesPerSecond,
+        ...(p.total === undefined ? {} : { total: p.total }),
+      }),
+  };
 }
 
 export type Exec = (

@@ -7,7 +7,16 @@
 import { posix } from 'node:path';
 import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
 import { pollUntil, type StepFn } from '../runner/step.js';
-import { type DriverEnv, execFor, exists, repositoryPath, sameHost, sha256Of, sizeOf } from './env.js';
+import {
+  copyOptions,
+  type DriverEnv,
+  execFor,
+  exists,
+  repositoryPath,
+  sameHost,
+  sha256Of,
+  sizeOf,
+} from './env.js';
 import { driverError } from './errors.js';
 import { firstDisk, libvirt, parseDomblklist, parseDomstate, parseImageInfo } from './libvirt-commands.js';
 import { verifyArtifact } from './verify.js';
@@ -103,7 +112,7 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
         const copied = await env.remote.copy(
           { host, path: partial },
           { host: env.repository.host, path: target },
-          { signal: run.signal, timeoutMs: run.remainingMs(), step: run.input.step },
+          copyOptions(env, run),
         );
         return { artifact: { path: target, sizeBytes: copied.bytes, sha256: copied.sha256, format } };
       } finally {

@@ -7,7 +7,7 @@ import { posix } from 'node:path';
 import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
 import { pollUntil, type StepFn } from '../runner/step.js';
 import { isSshError } from '../ssh/index.js';
-import { type DriverEnv, execFor, exists, repositoryPath } from './env.js';
+import { copyOptions, type DriverEnv, execFor, exists, repositoryPath } from './env.js';
 import { driverError } from './errors.js';
 import { verifyArtifact } from './verify.js';
 import {
@@ -139,7 +139,7 @@ export function vmwareSteps(env: DriverEnv): Record<string, Step> {
       const copied = await env.remote.copy(
         { host, path: source },
         { host: env.repository.host, path: target },
-        { signal: run.signal, timeoutMs: run.remainingMs(), step: run.input.step },
+        copyOptions(env, run),
       );
       return { artifact: { path: target, sizeBytes: copied.bytes, sha256: copied.sha256, format: 'vmdk' } };
     },

@@ -69,6 +69,7 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
       let lastTotal = -1;
       let lastStat = '';
       let lastProgress = Date.now();
+      const started = Date.now();
       for (;;) {
         if (await exists(exec, env.repository.host, f.failed))
           throw driverError(
@@ -83,6 +84,8 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
         const stat = parseNodestat((await exec(mn, xcat.nodestat(node))).stdout, node);
         if (total !== lastTotal || stat !== lastStat) {
           run.log.debug({ bytes: total, nodestat: stat }, 'upload progress');
+          const seconds = (Date.now() - started) / 1000;
+          env.progress?.(run.input.step, { bytes: total, bytesPerSecond: seconds > 0 ? total / seconds : 0 });
           lastTotal = total;
           lastStat = stat;
           lastProgress = Date.now();

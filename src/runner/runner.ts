@@ -45,6 +45,20 @@ export interface RunnerOptions {
   pollMs?: number;
 }
 
+/** What a runner tells its listeners: every capture's state changes, copy progress, and its end. */
+export type RunnerEvent =
+  | { type: 'queued'; captureId: string; computer: string; image: string }
+  | { type: 'state'; captureId: string; state: unknown; step: string; atMs: number }
+  | {
+      type: 'progress';
+      captureId: string;
+      step: string;
+      bytes: number;
+      total?: number;
+      bytesPerSecond: number;
+    }
+  | { type: 'finished'; captureId: string; result: CaptureResult };
+
 export interface CaptureRequest {
   computer: string;
   /** A registered image id, or an image to register. */
@@ -72,6 +86,8 @@ export interface Runner {
   capture(request: CaptureRequest): Promise<CaptureHandle>;
   /** Captures running or queued now. */
   active(): CaptureHandle[];
+  /** Listens to every capture's events; returns the unsubscribe function. A listener never blocks a capture. */
+  on(listener: (event: RunnerEvent) => void): () => void;
   /** Waits for nothing: cancels every capture, waits for their cleanup, closes the transport it owns. */
   close(): Promise<void>;
 }
@@ -91,6 +107,16 @@ export function createRunner(options: RunnerOptions): Runner {
   );
   const copySlots = new Limiter((key) => inventory.hosts[key]?.maxCopies ?? 2);
   const handles = new Map<string, CaptureHandle>();
+  const listeners = new Set<(event: RunnerEvent) => void>();
+  const emit = (event: RunnerEvent) => {
+    for (const l of listeners) {
+      try {
+        l(event);
+      } catch (err) {
+        baseLog.warn({ err }, 'a runner event listener threw');
+      }
+    }
+  };
   const registered = store.registerComputers(Object.keys(inventory.computers).map((name) => ({ name })));
 
   async function capture(request: CaptureRequest): Promise<CaptureHandle> {
@@ -142,6 +168,7 @@ export function createRunner(options: RunnerOptions): Runner {
     });
     const log = baseLog.child({ captureId: record.id, computer: request.computer, image: record.image.name });
     log.info({ provisioner, os: computer.os, endState }, 'capture queued');
+    emit({ type: 'queued', captureId: record.id, computer: request.computer, image: record.image.name });
 
     const env: DriverEnv = {
       remote,
@@ -154,6 +181,7 @@ export function createRunner(options: RunnerOptions): Runner {
         path: repository.path,
       },
       pollMs: options.pollMs ?? 2000,
+      progress: (step, p) => emit({ type: 'progress', captureId: record.id, step, ...p }),
     };
 
     const cancelQueued = new AbortController();
@@ -189,7 +217,7 @@ export function createRunner(options: RunnerOptions): Runner {
           };
           await store.cancelCapture(record.id, error, 'restore');
           log.info('capture cancelled while queued');
-          return {
+          const result: CaptureResult = {
             status: 'cancelled',
             captureId: record.id,
             image: record.image,
@@ -197,8 +225,12 @@ export function createRunner(options: RunnerOptions): Runner {
             warnings: [],
             cleanupFailures: [],
           };
+          emit({ type: 'finished', captureId: record.id, result });
+          return result;
         }
-        return await run();
+        const result = await run();
+        emit({ type: 'finished', captureId: record.id, result });
+        return result;
       } finally {
         for (const r of releases.reverse()) r();
         handles.delete(record.id);
@@ -278,6 +310,7 @@ export function createRunner(options: RunnerOptions): Runner {
             log.info({ state: s.value }, 'state entered');
             last = value;
             enteredAt = now;
+            emit({ type: 'state', captureId: record.id, state: s.value, step: s.context.step, atMs: now });
             const stateValue = s.value;
             const snapshot = a.getPersistedSnapshot();
             // Finished captures are closed by their last step's own transaction.
@@ -338,6 +371,10 @@ export function createRunner(options: RunnerOptions): Runner {
     inventory,
     capture,
     active: () => [...handles.values()],
+    on(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
     async close() {
       const pending = [...handles.values()];
       for (const h of pending) h.cancel('runner closing');
