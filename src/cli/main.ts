@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { readFileSync } from 'node:fs';
 /** The `vcl-capture` command. */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
@@ -10,13 +11,36 @@ import {
   type ProvisionerName,
   provisioners,
 } from '../../machines/index.js';
+import { isVclError } from '../errors.js';
 import { dryRun } from '../simulate/dry-run.js';
 import { writeVisualizations } from '../visualize/write.js';
+import { captureCommand } from './commands/capture.js';
+import { capturesCommand, imagesCommand, showCommand } from './commands/store-read.js';
+import { EXIT, exitCodeForError } from './exit-codes.js';
+
+const VERSION = (
+  JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+).version;
+const DEFAULT_DB = process.env.VCL_CAPTURE_DB ?? 'vcl-capture.sqlite';
 
 const program = new Command()
   .name('vcl-capture')
   .description('Capture disk images of lab computers (xCAT, VMware ESXi, libvirt/KVM) as XState machines')
-  .showHelpAfterError();
+  .version(VERSION)
+  .option(
+    '--log-level <level>',
+    'fatal, error, warn, info, debug, trace or silent (default: warn, info with --log-file)',
+  )
+  .option('--log-file <file>', 'write JSON logs (pino) to this file')
+  .showHelpAfterError()
+  .exitOverride((err) => {
+    // Usage errors are bad input (exit 2); --help and --version exit 0.
+    process.exit(err.exitCode === 0 ? EXIT.OK : EXIT.BAD_INPUT);
+  });
+
+function globals(): { logLevel?: string; logFile?: string } {
+  return program.opts();
+}
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -95,6 +119,66 @@ program
   );
 
 program
+  .command('capture')
+  .description('Capture one computer from an inventory file')
+  .argument('<computer>', 'computer name in the inventory')
+  .requiredOption(
+    '-i, --image <name>',
+    'image (pretty) name: an existing image of that name gets a new revision',
+  )
+  .addOption(
+    new Option('-e, --end-state <state>', "end state (default: the provisioner's first)").choices([
+      'on',
+      'off',
+      'reboot',
+    ]),
+  )
+  .option('-c, --config <file>', 'inventory file (YAML or JSON)', 'inventory.yaml')
+  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .option('--owner <name>', 'owner of a new image', process.env.USER ?? 'vcl')
+  .option('--json', 'print the result as JSON')
+  .addHelpText(
+    'after',
+    `
+Exit codes: 0 completed, 1 failed, 2 bad input, 3 cancelled, 4 host unreachable (network, auth, host key).
+Example:
+  vcl-capture capture vm-ubuntu-1 --image "Ubuntu 24.04 base" --config examples/inventory.yaml`,
+  )
+  .action(async (computer: string, opts) => {
+    process.exitCode = await captureCommand(computer, { ...globals(), ...opts });
+  });
+
+program
+  .command('images')
+  .description('List images and their revisions')
+  .option('--db <file>', 'SQLite database', DEFAULT_DB)
+  .option('--json', 'JSON output')
+  .action(async (opts) => {
+    process.exitCode = await imagesCommand(opts);
+  });
+
+program
+  .command('captures')
+  .description('List captures, newest first')
+  .option('--db <file>', 'SQLite database', DEFAULT_DB)
+  .option('-s, --status <status...>', 'only these statuses (queued running completed failed cancelled)')
+  .option('--computer <name>', 'only this computer')
+  .option('--json', 'JSON output')
+  .action(async (opts) => {
+    process.exitCode = await capturesCommand(opts);
+  });
+
+program
+  .command('show')
+  .description('One capture and its audit trail')
+  .argument('<capture-id>')
+  .option('--db <file>', 'SQLite database', DEFAULT_DB)
+  .option('--json', 'JSON output')
+  .action(async (id: string, opts) => {
+    process.exitCode = await showCommand(id, opts);
+  });
+
+program
   .command('machines')
   .description('List the capture machines: end states and the effects a runner must provide')
   .action(() => {
@@ -118,5 +202,8 @@ program
 
 program.parseAsync().catch((err: unknown) => {
   console.error(`vcl-capture: ${err instanceof Error ? err.message : String(err)}`);
-  process.exitCode = 2;
+  process.exitCode =
+    err instanceof InvalidArgumentError || err instanceof RangeError
+      ? EXIT.BAD_INPUT
+      : exitCodeForError(isVclError(err) ? err.code : undefined);
 });

@@ -1,0 +1,89 @@
+/** `vcl-capture capture <computer> --image <name>`: one capture against real hosts from an inventory file. */
+import type { CaptureResult, EndState } from '../../../machines/index.js';
+import { isVclError } from '../../errors.js';
+import { loadInventoryFile } from '../../inventory/load.js';
+import { createRunner } from '../../runner/runner.js';
+import { openSqliteStore } from '../../store/index.js';
+import { EXIT, exitCodeForResult } from '../exit-codes.js';
+import { cliLogger, type LogOptions } from '../logging.js';
+import { progressView } from '../progress.js';
+
+export interface CaptureOptions extends LogOptions {
+  image: string;
+  endState?: EndState;
+  config: string;
+  db: string;
+  owner: string;
+  json?: boolean;
+  pollMs?: number;
+}
+
+export function resultSummary(result: CaptureResult) {
+  return result.status === 'completed'
+    ? {
+        status: result.status,
+        captureId: result.captureId,
+        image: result.image.name,
+        path: result.artifact.path,
+        sizeBytes: result.artifact.sizeBytes,
+        sha256: result.artifact.sha256,
+        warnings: result.warnings,
+      }
+    : {
+        status: result.status,
+        captureId: result.captureId,
+        image: result.image.name,
+        error: result.error,
+        warnings: result.warnings,
+        cleanupFailures: result.cleanupFailures,
+      };
+}
+
+export async function captureCommand(computer: string, o: CaptureOptions): Promise<number> {
+  const inventory = loadInventoryFile(o.config);
+  const entry = inventory.computers[computer];
+  const logger = cliLogger(o);
+  const store = openSqliteStore(o.db, { logger });
+  const runner = createRunner({ inventory, store, logger, ...(o.pollMs ? { pollMs: o.pollMs } : {}) });
+  try {
+    const existing = (await store.listImages()).find((i) => i.prettyName === o.image);
+    const handle = await runner.capture({
+      computer,
+      image: existing ? existing.id : { osName: entry?.os ?? 'linux', prettyName: o.image, owner: o.owner },
+      ...(o.endState ? { endState: o.endState } : {}),
+    });
+    const view = o.json
+      ? undefined
+      : progressView(new Map([[handle.id, `${computer} ${handle.image.name}`]]));
+    const off = runner.on((e) => view?.handle(e));
+    // Ctrl-C cancels: cleanup runs; a second Ctrl-C leaves at once (the store stays consistent).
+    let interrupts = 0;
+    const onSignal = () => {
+      interrupts += 1;
+      if (interrupts > 1) process.exit(EXIT.CANCELLED);
+      handle.cancel('interrupted by the operator');
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    const result = await handle.result;
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    off();
+    view?.stop();
+    if (o.json) console.log(JSON.stringify(resultSummary(result), null, 2));
+    else if (result.status === 'completed')
+      console.log(
+        `completed: ${result.image.name} at ${result.artifact.path} (${result.artifact.sizeBytes} bytes, sha256 ${result.artifact.sha256})`,
+      );
+    else
+      console.log(`${result.status}: ${result.error.code} in ${result.error.step}: ${result.error.message}`);
+    return exitCodeForResult(result.status, result.status === 'completed' ? undefined : result.error.code);
+  } catch (err) {
+    if (o.json && isVclError(err))
+      console.log(JSON.stringify({ status: 'refused', error: err.toJSON() }, null, 2));
+    throw err;
+  } finally {
+    await runner.close();
+    await store.close();
+  }
+}

@@ -1,0 +1,43 @@
+/** Exit codes of `vcl-capture`, documented in the README. */
+export const EXIT = {
+  /** The capture completed (or the command did what it was asked). */
+  OK: 0,
+  /** The capture failed (the computer is in maintenance). */
+  FAILED: 1,
+  /** Bad input: options, inventory file, image or computer names. Nothing was changed. */
+  BAD_INPUT: 2,
+  /** The capture was cancelled (Ctrl-C, SIGTERM). */
+  CANCELLED: 3,
+  /** A host could not be reached or refused us (network, authentication, host key). */
+  UNREACHABLE: 4,
+  /** Anything else: a bug or an environment problem (database not writable...). */
+  INTERNAL: 70,
+} as const;
+
+const UNREACHABLE_CODES = new Set([
+  'SSH_UNREACHABLE',
+  'SSH_AUTH_FAILED',
+  'SSH_HOSTKEY_UNKNOWN',
+  'SSH_HOSTKEY_MISMATCH',
+  'SSH_HANDSHAKE_FAILED',
+]);
+const BAD_INPUT_CODES = new Set([
+  'INVALID_INVENTORY',
+  'UNKNOWN_COMPUTER',
+  'INVALID_END_STATE',
+  'INVALID_INPUT',
+  'INVALID_IMAGE_NAME',
+  'COMPUTER_BUSY',
+]);
+
+export function exitCodeForError(code: string | undefined): number {
+  if (code && UNREACHABLE_CODES.has(code)) return EXIT.UNREACHABLE;
+  if (code && BAD_INPUT_CODES.has(code)) return EXIT.BAD_INPUT;
+  return EXIT.INTERNAL;
+}
+
+export function exitCodeForResult(status: 'completed' | 'failed' | 'cancelled', errorCode?: string): number {
+  if (status === 'completed') return EXIT.OK;
+  if (status === 'cancelled') return EXIT.CANCELLED;
+  return errorCode && UNREACHABLE_CODES.has(errorCode) ? EXIT.UNREACHABLE : EXIT.FAILED;
+}
