@@ -245,12 +245,7 @@ function runOnChannel(
   };
 
   const killRemote = async (): Promise<boolean> => {
-    try {
-      // OpenSSH >= 8.1 delivers this to the session's process group; other servers may ignore it.
-      channel.signal('KILL');
-    } catch {
-      // The channel is already closing.
-    }
+    sendSignal(channel, 'KILL');
     await Promise.race([pidArrived, new Promise((r) => setTimeout(r, 200))]);
     if (pid === undefined || conn.lost !== undefined) return false;
     const group = pid;
@@ -370,6 +365,33 @@ function runOnChannel(
       return pid;
     },
   };
+}
+
+/** The parts of ssh2's channel that `Channel.signal()` uses; not in its typings. */
+interface ChannelInternals {
+  outgoing?: { id: number; state: string };
+  _client?: { _protocol?: { signal(id: number, name: string): void } };
+}
+
+/**
+ * Sends a signal request (OpenSSH >= 8.1 delivers it to the session's process group; other servers may
+ * ignore it). ssh2's `Channel.signal()` silently sends nothing once our side has sent EOF, which `exec`
+ * does at once when it has no stdin, although RFC 4254 allows requests after EOF: so the request is
+ * written through the same internal call when the channel is open or half-closed.
+ */
+function sendSignal(channel: ssh2.ClientChannel, name: string): void {
+  const internals = channel as unknown as ChannelInternals;
+  const state = internals.outgoing?.state;
+  const protocol = internals._client?._protocol;
+  try {
+    if (internals.outgoing !== undefined && protocol !== undefined && (state === 'open' || state === 'eof')) {
+      protocol.signal(internals.outgoing.id, name);
+    } else {
+      channel.signal(name);
+    }
+  } catch {
+    // The channel is already closing: the kill command below does the job.
+  }
 }
 
 /** A byte sink that keeps at most `limit` bytes and reports when more came. */
