@@ -131,8 +131,28 @@ export const MIGRATIONS: readonly Migration[] = [{ version: 1, name: 'initial sc
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;
 
-function readVersion(db: Database): number {
-  return db.pragma('user_version', { simple: true }) as number;
+interface FileHeader {
+  version: number;
+  applicationId: number;
+  tables: number;
+}
+
+/**
+ * The schema version, application id and number of tables, in one statement so that they come from
+ * one snapshot: read one by one, a process migrating the file at the same moment could be seen half
+ * (version 0 but tables present) and the file taken for someone else's.
+ */
+function readHeader(db: Database): FileHeader {
+  const row = db
+    .prepare<[], FileHeader>(
+      `SELECT (SELECT user_version FROM pragma_user_version) AS version,
+              (SELECT application_id FROM pragma_application_id) AS applicationId,
+              (SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%') AS tables`,
+    )
+    .get();
+  if (row === undefined)
+    throw storeError(STORE_ERROR_CODES.STORE_ERROR, `${db.name}: cannot read the header`);
+  return row;
 }
 
 /**
@@ -140,8 +160,7 @@ function readVersion(db: Database): number {
  * understands; returns that version. Throws `NOT_A_CAPTURE_STORE` or `SCHEMA_TOO_NEW`, changing nothing.
  */
 export function checkStoreFile(db: Database, latest: number = SCHEMA_VERSION): number {
-  const current = readVersion(db);
-  const appId = db.pragma('application_id', { simple: true }) as number;
+  const { version: current, applicationId: appId, tables } = readHeader(db);
   if (appId !== 0 && appId !== APPLICATION_ID) {
     throw storeError(
       STORE_ERROR_CODES.NOT_A_CAPTURE_STORE,
@@ -157,19 +176,13 @@ export function checkStoreFile(db: Database, latest: number = SCHEMA_VERSION): n
       { path: db.name, fileVersion: current, supportedVersion: latest },
     );
   }
-  if (current === 0) {
-    const tables = db
-      .prepare("SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'")
-      .pluck()
-      .get();
-    if (typeof tables === 'number' && tables > 0) {
-      throw storeError(
-        STORE_ERROR_CODES.NOT_A_CAPTURE_STORE,
-        `${db.name} is an SQLite database with ${tables} tables but no vcl-capture schema version: ` +
-          'not a vcl-capture store; refusing to write to it',
-        { path: db.name },
-      );
-    }
+  if (current === 0 && tables > 0) {
+    throw storeError(
+      STORE_ERROR_CODES.NOT_A_CAPTURE_STORE,
+      `${db.name} is an SQLite database with ${tables} tables but no vcl-capture schema version: ` +
+        'not a vcl-capture store; refusing to write to it',
+      { path: db.name },
+    );
   }
   return current;
 }

@@ -470,6 +470,36 @@ function prepareStatements(db: Database.Database) {
 
 type Statements = ReturnType<typeof prepareStatements>;
 
+function isBusy(err: unknown): boolean {
+  return (
+    typeof err === 'object' &&
+    err !== null &&
+    'code' in err &&
+    typeof err.code === 'string' &&
+    err.code.startsWith('SQLITE_BUSY')
+  );
+}
+
+/**
+ * Switches the file to WAL mode and returns the journal mode SQLite reports. Leaving rollback mode needs
+ * an exclusive lock, and SQLite answers `SQLITE_BUSY` at once instead of calling the busy handler when
+ * another connection holds the file (two runners opening a new file together), so the wait is done here,
+ * up to the busy timeout. A file already in WAL mode returns at once.
+ */
+function enableWal(db: Database.Database, busyTimeoutMs: number): unknown {
+  const deadline = Date.now() + busyTimeoutMs;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (let delayMs = 1; ; delayMs = Math.min(delayMs * 2, 50)) {
+    try {
+      return db.pragma('journal_mode = WAL', { simple: true });
+    } catch (err) {
+      if (!isBusy(err) || Date.now() >= deadline) throw err;
+      // Opening is synchronous (and rare): block the thread briefly rather than spin.
+      Atomics.wait(pause, 0, 0, delayMs);
+    }
+  }
+}
+
 /** Opens (creating and migrating if needed) the store at `path`. Throws a `VclError` on any problem. */
 export function openSqliteStore(path: string, options: SqliteStoreOptions = {}): SqliteCaptureStore {
   return new SqliteCaptureStore(path, options);
@@ -510,7 +540,7 @@ export class SqliteCaptureStore implements CaptureStore {
       db.pragma(`busy_timeout = ${busyTimeoutMs}`);
       // Refuse foreign or newer files before anything (even the journal mode) is written to them.
       checkStoreFile(db, SCHEMA_VERSION);
-      const mode = db.pragma('journal_mode = WAL', { simple: true });
+      const mode = enableWal(db, busyTimeoutMs);
       if (mode !== 'wal') {
         throw storeError(
           STORE_ERROR_CODES.STORE_ERROR,
