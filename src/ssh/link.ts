@@ -16,6 +16,12 @@ import type { SshHost } from './types.js';
  */
 export const KILL_CHANNELS = 2;
 
+/** How a command ended: an exit status, or the signal that killed it. */
+export interface ExitStatus {
+  code: number | null;
+  signal: string | null;
+}
+
 /** One live SSH connection. Emits `lost` (with the reason) once, when it drops for any cause. */
 export class Conn extends EventEmitter {
   /** Channels open on this connection (commands, copies and kill commands). */
@@ -45,11 +51,25 @@ export class Conn extends EventEmitter {
     client.on('close', () => onLost('connection closed'));
   }
 
-  /** Opens an exec channel. The caller counts it in `active` and calls `channelClosed()` after its close. */
-  async exec(command: string): Promise<ssh2.ClientChannel> {
+  /**
+   * Opens an exec channel. The caller counts it in `active` and calls `channelClosed()` after its close.
+   * The exit status is recorded from the start: ssh2 parses a whole network read at once, so a fast
+   * command's exit request can be emitted before an awaiting caller has had a chance to listen.
+   */
+  async exec(command: string): Promise<{ channel: ssh2.ClientChannel; exit: () => ExitStatus | undefined }> {
     if (this.lost !== undefined) throw new Error(this.lost);
     return await new Promise((resolve, reject) => {
-      this.client.exec(command, (err, channel) => (err ? reject(err) : resolve(channel)));
+      this.client.exec(command, (err, channel) => {
+        if (err) return reject(err);
+        let exit: ExitStatus | undefined;
+        channel.once('exit', (code: number | null, signal?: string) => {
+          exit = {
+            code: code ?? null,
+            signal: code === null || code === undefined ? (signal ?? null) : null,
+          };
+        });
+        resolve({ channel, exit: () => exit });
+      });
     });
   }
 

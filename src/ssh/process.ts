@@ -10,7 +10,7 @@ import { type Readable, Transform, type TransformCallback, type Writable } from 
 import type ssh2 from 'ssh2';
 import type { Logger } from '../log.js';
 import { SshError, type SshErrorCode } from './errors.js';
-import type { Conn, HostLink } from './link.js';
+import type { Conn, ExitStatus, HostLink } from './link.js';
 import { toCommandLine } from './quote.js';
 import type { ExecResult } from './types.js';
 
@@ -116,12 +116,13 @@ export async function startProcess(
   const release = await link.slots.acquire(opts.signal, abortedError);
   let conn: Conn;
   let channel: ssh2.ClientChannel;
+  let exitOf: () => ExitStatus | undefined;
   const started = Date.now();
   try {
     conn = await link.conn(opts.signal, abortedError);
     conn.active++;
     try {
-      channel = await conn.exec(commandLine);
+      ({ channel, exit: exitOf } = await conn.exec(commandLine));
     } catch (err) {
       conn.channelClosed();
       const lost = conn.lost !== undefined;
@@ -142,13 +143,14 @@ export async function startProcess(
     if (err instanceof SshError && opts.step !== undefined) err.step ??= opts.step;
     throw err;
   }
-  return runOnChannel(link, conn, channel, name, started, opts, log, release);
+  return runOnChannel(link, conn, channel, exitOf, name, started, opts, log, release);
 }
 
 function runOnChannel(
   link: HostLink,
   conn: Conn,
   channel: ssh2.ClientChannel,
+  exitOf: () => ExitStatus | undefined,
   name: string,
   started: number,
   opts: ProcessOptions,
@@ -169,7 +171,6 @@ function runOnChannel(
   const stderrChunks: Buffer[] = [];
   let stderrBytes = 0;
   let stderrDropped = 0;
-  let exit: { code: number | null; signal: string | null } | undefined;
   let stopReason: { code: SshErrorCode; message: string; remoteKilled: Promise<boolean> } | undefined;
   let finished = false;
   let resolveDone: (r: ExecResult) => void = () => {};
@@ -221,6 +222,7 @@ function runOnChannel(
       });
       return;
     }
+    const exit = exitOf();
     if (exit !== undefined) {
       // A reboot command may exit before the connection drops: never reuse that connection.
       if (opts.expectDisconnect) link.retire(conn);
@@ -251,7 +253,6 @@ function runOnChannel(
     const group = pid;
     const releaseKill = await link.killSlots.acquire(undefined, () => new Error('unreachable'));
     conn.active++;
-    let killChannel: ssh2.ClientChannel | undefined;
     try {
       // Success means SIGKILL reached every member of the group, or no member was left. Waiting for the
       // group to vanish would not work: a killed background child can stay a zombie (still a group member)
@@ -259,31 +260,25 @@ function runOnChannel(
       const script =
         `kill -KILL -- -${group} 2>/dev/null || kill -KILL ${group} 2>/dev/null || ` +
         `! kill -0 -- -${group} 2>/dev/null`;
-      killChannel = await conn.exec(script);
-      const ch = killChannel;
+      const { channel: ch, exit } = await conn.exec(script);
       return await new Promise<boolean>((resolve) => {
-        const t = setTimeout(() => resolve(false), KILL_TIMEOUT_MS);
-        ch.on('exit', (code: number | null) => {
-          clearTimeout(t);
-          resolve(code === 0);
-        });
-        ch.on('close', () => {
-          clearTimeout(t);
+        const t = setTimeout(() => {
+          ch.close();
           resolve(false);
+        }, KILL_TIMEOUT_MS);
+        ch.once('close', () => {
+          clearTimeout(t);
+          conn.channelClosed();
+          resolve(exit()?.code === 0);
         });
         ch.resume();
         ch.stderr.resume();
         ch.end();
       });
     } catch {
+      conn.channelClosed();
       return false;
     } finally {
-      if (killChannel !== undefined) {
-        killChannel.once('close', () => conn.channelClosed());
-        killChannel.close();
-      } else {
-        conn.channelClosed();
-      }
       releaseKill();
     }
   };
@@ -344,9 +339,6 @@ function runOnChannel(
     if (stderrDropped > 0 && opts.killOnStderrLimit) {
       stop('SSH_OUTPUT_LIMIT', `${name} on ${host} wrote more than ${opts.maxStderrBytes} bytes to stderr`);
     }
-  });
-  channel.on('exit', (code: number | null, signal?: string) => {
-    exit = { code: code ?? null, signal: code === null ? (signal ?? null) : null };
   });
   channel.on('close', () => {
     channelGone();

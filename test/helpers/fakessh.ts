@@ -8,6 +8,7 @@ import type { AddressInfo } from 'node:net';
 import ssh2 from 'ssh2';
 import { fingerprintSha256 } from '../../src/ssh/hostkeys.js';
 import type { SshHost } from '../../src/ssh/types.js';
+import { ed25519KeyPair } from './keys.js';
 
 export interface ExecCall {
   command: string;
@@ -34,8 +35,8 @@ export interface FakeSshOptions {
 }
 
 export async function startFakeSsh(options: FakeSshOptions): Promise<FakeSshServer> {
-  const hostKey = ssh2.utils.generateKeyPairSync('ed25519');
-  const userKey = ssh2.utils.generateKeyPairSync('ed25519');
+  const hostKey = ed25519KeyPair();
+  const userKey = ed25519KeyPair();
   const parsed = ssh2.utils.parseKey(hostKey.public);
   if (parsed instanceof Error) throw parsed;
   const fingerprint = fingerprintSha256(parsed.getPublicSSH());

@@ -29,8 +29,8 @@ import { createServer, Socket } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import ssh2 from 'ssh2';
 import type { SshHost } from '../../src/ssh/types.js';
+import { ed25519KeyPair } from './keys.js';
 
 export const SSHD_PATH = '/usr/sbin/sshd';
 const PRIVSEP_DIR = '/run/sshd';
@@ -224,8 +224,8 @@ export async function startSshd(options: StartSshdOptions = {}): Promise<SshdSer
   if (problem !== undefined) throw new Error(`cannot start sshd: ${problem} (install openssh-server)`);
   const dir = await mkdtemp(join(tmpdir(), 'vcl-sshd-'));
   const username = userInfo().username;
-  const hostKey = ssh2.utils.generateKeyPairSync('ed25519');
-  const userKey = ssh2.utils.generateKeyPairSync('ed25519');
+  const hostKey = ed25519KeyPair();
+  const userKey = ed25519KeyPair();
   const hostKeyPath = join(dir, 'ssh_host_ed25519_key');
   const userKeyPath = join(dir, 'id_ed25519');
   const authorizedKeys = join(dir, 'authorized_keys');

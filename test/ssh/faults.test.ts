@@ -6,10 +6,10 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import ssh2 from 'ssh2';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { isSshError, type SshError, SshPool } from '../../src/ssh/index.js';
 import { type ExecCall, type FakeSshServer, pidHeader, startFakeSsh } from '../helpers/fakessh.js';
+import { ed25519KeyPair } from '../helpers/keys.js';
 
 async function failure(p: Promise<unknown>): Promise<SshError> {
   try {
@@ -154,7 +154,7 @@ describe('fault injection with an ssh2 Server', () => {
     const err = await failure(
       fresh().copy({ host: fake.host({ name: 'short' }), path: '/img' }, { path: target }),
     );
-    expect(err.code).toBe('COPY_SIZE_MISMATCH');
+    expect(err.code, err.message).toBe('COPY_SIZE_MISMATCH');
     expect(err.details).toMatchObject({ bytes: 50, expectedBytes: 100 });
     expect(readdirSync(dir)).toEqual([]);
   });
@@ -221,7 +221,7 @@ describe('connecting to hosts that are not ready', () => {
       host: '127.0.0.1',
       port,
       username: 'x',
-      privateKey: ssh2.utils.generateKeyPairSync('ed25519').private,
+      privateKey: ed25519KeyPair().private,
       hostKey: { fingerprints: ['SHA256:unused'] },
       readyTimeoutMs: 300,
       connectDeadlineMs: 1500,

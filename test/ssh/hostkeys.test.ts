@@ -5,9 +5,9 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isSshError, type SshError, SshPool } from '../../src/ssh/index.js';
+import { ed25519KeyPair } from '../helpers/keys.js';
 import { freePort, type SshdServer, sshdAvailable, startSshd } from '../helpers/sshd.js';
 
 const available = sshdAvailable('test/ssh/hostkeys.test.ts');
@@ -89,7 +89,7 @@ describe.skipIf(!available)('host keys and connection errors against OpenSSH ssh
 
   it('refuses a changed key (known_hosts holds another key of the same type), even with acceptNew', async () => {
     const knownHostsFile = join(server.dir, `changed-${n}`);
-    const other = ssh2.utils.generateKeyPairSync('ed25519').public.trim().split(/\s+/).slice(0, 2).join(' ');
+    const other = ed25519KeyPair().public.trim().split(/\s+/).slice(0, 2).join(' ');
     writeFileSync(knownHostsFile, `[127.0.0.1]:${server.port} ${other}\n`);
     const err = await failure(
       pool.exec(server.sshHost({ name: name(), hostKey: { knownHostsFile, acceptNew: true } }), ['true']),
@@ -117,7 +117,7 @@ describe.skipIf(!available)('host keys and connection errors against OpenSSH ssh
   });
 
   it('fails a wrong user key at once with SSH_AUTH_FAILED, although the deadline allows retries', async () => {
-    const wrongKey = ssh2.utils.generateKeyPairSync('ed25519').private;
+    const wrongKey = ed25519KeyPair().private;
     const started = Date.now();
     const err = await failure(
       pool.exec(server.sshHost({ name: name(), privateKey: wrongKey, connectDeadlineMs: 30_000 }), ['true']),

@@ -6,7 +6,6 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import ssh2 from 'ssh2';
 import { describe, expect, it } from 'vitest';
 import { isVclError } from '../../src/errors.js';
 import {
@@ -18,6 +17,7 @@ import {
 } from '../../src/ssh/hostkeys.js';
 import { shellQuote, toCommandLine } from '../../src/ssh/index.js';
 import { Slots } from '../../src/ssh/slots.js';
+import { ed25519KeyPair } from '../helpers/keys.js';
 
 describe('shellQuote', () => {
   const words = [
@@ -66,9 +66,9 @@ describe('shellQuote', () => {
 });
 
 describe('host keys', () => {
-  const pub = ssh2.utils.generateKeyPairSync('ed25519').public.trim().split(/\s+/).slice(0, 2).join(' ');
+  const pub = ed25519KeyPair().public.trim().split(/\s+/).slice(0, 2).join(' ');
   const blob = Buffer.from(pub.split(' ')[1] ?? '', 'base64');
-  const other = ssh2.utils.generateKeyPairSync('ed25519').public.trim().split(/\s+/).slice(0, 2).join(' ');
+  const other = ed25519KeyPair().public.trim().split(/\s+/).slice(0, 2).join(' ');
 
   it('prints fingerprints exactly as ssh-keygen -l does', () => {
     const dir = mkdtempSync(join(tmpdir(), 'vcl-fp-'));
