@@ -253,10 +253,18 @@ async function openRemoteDestination(
       const script =
         'chmod "$3" "$1" && { sync -- "$1" 2>/dev/null || sync; } && mv -f -- "$1" "$2" && ' +
         '{ sync -- "$(dirname -- "$2")" 2>/dev/null || true; }';
-      await runner.exec(host, ['sh', '-c', script, 'sh', tmp, path, mode.toString(8)], {
+      const r = await runner.exec(host, ['sh', '-c', script, 'sh', tmp, path, mode.toString(8)], {
         timeoutMs: 300_000,
+        check: false,
         ...stepOpt,
       });
+      if (r.code !== 0) {
+        throw copyError(
+          'COPY_FAILED',
+          `cannot move the copy into place as ${host.name}:${path}: ${r.stderr.trim()}`,
+          { host: host.name, path, tmp, stderr: r.stderr },
+        );
+      }
     },
     async discard() {
       try {

@@ -168,6 +168,8 @@ function runOnChannel(
     pidKnown();
   });
   channel.pipe(stdout);
+  // A write after the channel closed (stdin of a command that was stopped) surfaces here; `done` says why.
+  channel.on('error', () => {});
   const stderrChunks: Buffer[] = [];
   let stderrBytes = 0;
   let stderrDropped = 0;

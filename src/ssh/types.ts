@@ -74,7 +74,7 @@ export interface SshHost {
 /** Options of one remote command. */
 export interface ExecOptions {
   /**
-   * Limit on the command's run time, from the moment its channel is requested until its exit status. When
+   * Limit on the command's run time, from the moment its channel is open until its exit status. When
    * it passes, the remote process group is killed and the call fails with `SSH_TIMEOUT`. Waiting for a
    * connection (bounded by the host's `connectDeadlineMs`) or for a free channel does not count. Default
    * 60000 ms; `Infinity` for none.
