@@ -179,7 +179,7 @@ export function checkStoreFile(db: Database, latest: number = SCHEMA_VERSION): n
   if (current === 0 && tables > 0) {
     throw storeError(
       STORE_ERROR_CODES.NOT_A_CAPTURE_STORE,
-      `${db.name} is an SQLite database with ${tables} tables but no vcl-capture schema version: ` +
+      `${db.name} is an SQLite database with ${tables} table${tables === 1 ? '' : 's'} but no vcl-capture schema version: ` +
         'not a vcl-capture store; refusing to write to it',
       { path: db.name },
     );
