@@ -63,8 +63,10 @@ export const CAPTURABLE_COMPUTER_STATES = [
 
 /** Lifecycle of a capture row: `queued` -> `running` -> one of the terminal {@link CaptureStatus}es. */
 export const CAPTURE_STATUSES = ['queued', 'running', 'completed', 'failed', 'cancelled'] as const;
+/** Status of a capture row: `queued`, `running`, or one of the machines' terminal {@link CaptureStatus}es. */
 export type CaptureRecordStatus = 'queued' | 'running' | CaptureStatus;
 
+/** A computer as the store knows it: its runtime state and who holds it. */
 export interface ComputerRecord {
   name: string;
   state: ComputerState;
@@ -84,6 +86,7 @@ export interface ComputerRegistration {
   state?: ComputerState;
 }
 
+/** One revision of an image: born deleted with its capture, un-deleted when that capture completes. */
 export interface ImageRevisionRecord {
   /** Row id of the revision (stable, unique across images). */
   id: number;
@@ -107,6 +110,7 @@ export interface ImageRevisionRecord {
   production: boolean;
 }
 
+/** An image (VCL's `image` row): what every revision's name is built from. */
 export interface ImageRecord {
   id: number;
   /** VCL's OS name of the image (`vmwarewin7`, `centos7`): the first part of revision names. */
@@ -116,11 +120,13 @@ export interface ImageRecord {
   createdAt: string;
 }
 
+/** An image with its revisions, as `getImage` and `listImages` return it. */
 export interface ImageWithRevisions extends ImageRecord {
   /** Ordered by revision number. */
   revisions: ImageRevisionRecord[];
 }
 
+/** An image to register (from VCL, or new). */
 export interface ImageRegistration {
   /** VCL's image id when the image comes from VCL; omitted: the store assigns the next id. */
   id?: number;
@@ -129,6 +135,10 @@ export interface ImageRegistration {
   owner: string;
 }
 
+/**
+ * A capture as stored, without its audit events ({@link CaptureDetail}) and its snapshot
+ * ({@link StoredSnapshot}).
+ */
 export interface CaptureRecord {
   id: string;
   computer: string;
@@ -173,6 +183,7 @@ export const STORE_EVENT_TYPES = {
   CANCELLED: 'capture.cancelled',
 } as const;
 
+/** One entry of a capture's append-only audit trail. */
 export interface CaptureEvent {
   /** Global, increasing: `after` cursor for tailing. */
   id: number;
@@ -213,6 +224,7 @@ export interface TransitionInput {
   event: AuditEventInput;
 }
 
+/** A capture to create ({@link CaptureStore.createCapture}). */
 export interface NewCapture {
   /** Omitted: a random UUID. Otherwise 1-100 ASCII letters, digits, `_`, `.`, `-`. */
   id?: string;
@@ -247,6 +259,7 @@ export interface StoredSnapshot {
   updatedAt: string;
 }
 
+/** Filter of {@link CaptureStore.listCaptures}; criteria combine with AND. */
 export interface CaptureFilter {
   status?: CaptureRecordStatus | readonly CaptureRecordStatus[];
   computer?: string;
@@ -255,6 +268,7 @@ export interface CaptureFilter {
   offset?: number;
 }
 
+/** Filter of {@link CaptureStore.listImages}. */
 export interface ImageFilter {
   owner?: string;
   /** Include revisions that are still deleted (in progress, failed, cancelled). Default true. */
@@ -273,6 +287,7 @@ export interface FinishOptions {
   details?: Record<string, unknown>;
 }
 
+/** Options of {@link CaptureStore.completeCapture}. */
 export interface CompleteOptions extends FinishOptions {
   /** Repository root of the artifact, if the capture was created without one (or it moved). */
   repository?: string;
