@@ -216,3 +216,32 @@ describe('the state change and its audit event are one', () => {
     ]);
   });
 });
+
+describe('another process holding the write lock', () => {
+  it('makes a write wait up to the busy timeout, then fail with STORE_BUSY having written nothing', async () => {
+    const impatient = openStore(path, { busyTimeoutMs: 100 });
+    const other = new Database(path);
+    try {
+      other.exec('BEGIN IMMEDIATE');
+      const before = dump(path);
+      const started = Date.now();
+      await expectVclError(
+        impatient.createCapture({ ...base, id: 'cap-1', computer: 'pc-01' }),
+        'STORE_BUSY',
+        /^createCapture: the database stayed locked by another process past the busy timeout/,
+      );
+      expect(Date.now() - started).toBeGreaterThanOrEqual(90);
+      // Readers are not blocked by the writer (WAL).
+      expect(await impatient.getComputer('pc-01')).toMatchObject({ state: 'available' });
+      other.exec('COMMIT');
+      expect(dump(path)).toBe(before);
+      expect((await impatient.createCapture({ ...base, id: 'cap-1', computer: 'pc-01' })).status).toBe(
+        'running',
+      );
+    } finally {
+      if (other.inTransaction) other.exec('ROLLBACK');
+      other.close();
+      await impatient.close();
+    }
+  });
+});
