@@ -225,7 +225,9 @@ function runOnChannel(
       return;
     }
     const exit = exitOf();
-    if (exit !== undefined) {
+    // An exit status can come before the last output (sshd reports the exit when it reaps the process);
+    // after a lost connection the output is complete only if the server's EOF had arrived.
+    if (exit !== undefined && (outcome === 'closed' || eofBeforeLoss)) {
       // A reboot command may exit before the connection drops: never reuse that connection.
       if (opts.expectDisconnect) link.retire(conn);
       log.debug({ durationMs, exit: exit.code, signal: exit.signal }, 'command finished');
@@ -235,10 +237,13 @@ function runOnChannel(
     if (opts.expectDisconnect) {
       log.info({ durationMs }, 'command ended with the connection, as expected');
       link.retire(conn);
-      resolveDone({ ...base, code: null, signal: null, disconnected: true });
+      resolveDone({ ...base, code: exit?.code ?? null, signal: exit?.signal ?? null, disconnected: true });
       return;
     }
-    const why = outcome === 'lost' ? (conn.lost ?? 'connection lost') : 'the session closed';
+    const why =
+      outcome === 'lost'
+        ? `${conn.lost ?? 'connection lost'}${exit === undefined ? '' : ', after the exit status but before all output'}`
+        : 'the session closed';
     log.warn({ durationMs, reason: why }, 'disconnected before an exit status');
     rejectDone(
       new SshError('SSH_DISCONNECTED', `${name} on ${host}: disconnected before an exit status (${why})`, {
@@ -322,7 +327,14 @@ function runOnChannel(
       : undefined;
   const onAbort = () => stop('SSH_ABORTED', `${name} on ${host} was aborted`);
   opts.signal?.addEventListener('abort', onAbort, { once: true });
+  let eofBeforeLoss = false;
   const onLost = () => {
+    const state = (channel as unknown as ChannelInternals).incoming?.state;
+    eofBeforeLoss = state === 'eof' || state === 'closed';
+    if (eofBeforeLoss && exitOf() !== undefined) {
+      // Everything arrived: let the reader take the rest, and the channel's own close end the command.
+      return;
+    }
     drain();
     channelGone();
     finish('lost');
@@ -364,6 +376,7 @@ function runOnChannel(
 /** The parts of ssh2's channel that `Channel.signal()` uses; not in its typings. */
 interface ChannelInternals {
   outgoing?: { id: number; state: string };
+  incoming?: { state: string };
   _client?: { _protocol?: { signal(id: number, name: string): void } };
 }
 

@@ -75,16 +75,31 @@ describe('fault injection with an ssh2 Server', () => {
     expect(fake.logins).toBe(before + 1);
   });
 
-  it('an exit status that came before the connection dropped counts as the result', async () => {
+  it('an exit status and EOF that came before the connection dropped are the result', async () => {
     script = ({ stream, client }) => {
       stream.write(`${pidHeader(7)}done\n`);
       stream.exit(0);
+      stream.eof();
       setTimeout(() => client.end(), 10);
     };
-    const r = await fresh().exec(fake.host({ name: 'exit-then-drop' }), ['shutdown', '-h', 'now'], {
+    const r = await fresh().exec(fake.host({ name: 'exit-eof-drop' }), ['true']);
+    expect(r).toMatchObject({ code: 0, stdout: 'done\n', disconnected: false });
+  });
+
+  it('an exit status without EOF before the drop may miss output: SSH_DISCONNECTED unless expected', async () => {
+    script = ({ stream, client }) => {
+      stream.write(`${pidHeader(7)}partial\n`);
+      stream.exit(0);
+      setTimeout(() => client.end(), 10);
+    };
+    const p = fresh();
+    const err = await failure(p.exec(fake.host({ name: 'exit-drop' }), ['cat', 'big']));
+    expect(err.code).toBe('SSH_DISCONNECTED');
+    expect(err.message).toContain('before all output');
+    const r = await p.exec(fake.host({ name: 'exit-drop-2' }), ['shutdown', '-h', 'now'], {
       expectDisconnect: true,
     });
-    expect(r).toMatchObject({ code: 0, stdout: 'done\n' });
+    expect(r).toMatchObject({ disconnected: true, code: 0, stdout: 'partial\n' });
   });
 
   it('on timeout, a server that ignores signal requests still gets the process group killed by command', async () => {
