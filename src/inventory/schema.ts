@@ -17,7 +17,10 @@ const name = z
 const absolutePath = z
   .string()
   .startsWith('/', 'must be an absolute path')
-  .refine((p) => !/[\u0000-\u001f\u007f]/.test(p), 'must not contain control characters')
+  .refine(
+    (p) => ![...p].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f),
+    'must not contain control characters',
+  )
   .refine((p) => !p.split('/').includes('..'), 'must not contain ".." segments');
 
 const timeouts = z

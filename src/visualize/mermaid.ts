@@ -1,7 +1,7 @@
 /** Mermaid `stateDiagram-v2` text for a machine: readable in a pull request, rendered by GitHub. */
 import type { Diagram, DiagramState } from './model.js';
 
-function escape(text: string): string {
+function escapeLabel(text: string): string {
   return text.replace(/["#:;]/g, (c) => `#${c.charCodeAt(0)};`);
 }
 
@@ -19,7 +19,7 @@ export function toMermaid(d: Diagram): string {
   const finals: string[] = [];
   const emit = (s: DiagramState, indent: string) => {
     for (const c of s.children) {
-      lines.push(`${indent}state "${escape(describe(c))}" as ${c.id}`);
+      lines.push(`${indent}state "${escapeLabel(describe(c))}" as ${c.id}`);
       if (c.children.length) {
         lines.push(`${indent}state ${c.id} {`);
         emit(c, `${indent}  `);
@@ -30,7 +30,7 @@ export function toMermaid(d: Diagram): string {
     if (s.initial) lines.push(`${indent}[*] --> ${s.initial}`);
   };
   emit(d.root, '  ');
-  for (const e of d.edges) lines.push(`  ${e.from} --> ${e.to} : ${escape(e.label)}`);
+  for (const e of d.edges) lines.push(`  ${e.from} --> ${e.to} : ${escapeLabel(e.label)}`);
   for (const f of finals) lines.push(`  ${f} --> [*]`);
   return `${lines.join('\n')}\n`;
 }
