@@ -1,0 +1,59 @@
+/**
+ * `sh -c` exactly as the SSH transport's copies send it (src/ssh/copy.ts), and nothing else: the writer
+ * that streams stdin into a temporary file, and the finalizer that sets its mode, syncs and renames it.
+ * The lab recognises the two scripts by their exact text and emulates them; any other script is answered
+ * as unknown (exit 127), because the lab never interprets shell code.
+ */
+import { posix } from 'node:path';
+import { type CommandContext, CommandError, fail, type Handler, NoSpaceError } from '../core.js';
+import { errnoText, move, statOf, writeStdinTo } from './posix.js';
+
+/** The copy's writer: `sh -c <this> sh <tmp>`. */
+export const COPY_WRITE_SCRIPT = 'umask 077 && exec cat > "$1"';
+/** The copy's commit: `sh -c <this> sh <tmp> <path> <octal mode>`. */
+export const COPY_FINALIZE_SCRIPT =
+  'chmod "$3" "$1" && { sync -- "$1" 2>/dev/null || sync; } && mv -f -- "$1" "$2" && ' +
+  '{ sync -- "$(dirname -- "$2")" 2>/dev/null || true; }';
+
+async function writeTemp(ctx: CommandContext, target: string): Promise<number> {
+  const { path, real } = await ctx.host.fs.prepare(target);
+  const dir = await statOf(posix.dirname(real));
+  if (dir === undefined || !dir.isDirectory())
+    fail(2, `sh: 1: cannot create ${target}: Directory nonexistent`);
+  if ((await statOf(real))?.isDirectory()) fail(2, `sh: 1: cannot create ${target}: Is a directory`);
+  try {
+    await writeStdinTo(ctx, path, real, 0o600, false);
+  } catch (err) {
+    if (err instanceof CommandError) throw err;
+    if (err instanceof NoSpaceError) fail(1, 'cat: write error: No space left on device');
+    if ((err as NodeJS.ErrnoException).code === undefined) throw err;
+    fail(2, `sh: 1: cannot create ${target}: ${errnoText(err)}`);
+  }
+  ctx.host.fs.formats.delete(path);
+  return 0;
+}
+
+async function finalize(ctx: CommandContext, tmp: string, target: string, mode: string): Promise<number> {
+  const { real } = await ctx.host.fs.prepare(tmp);
+  if ((await statOf(real)) === undefined) fail(1, `chmod: cannot access '${tmp}': No such file or directory`);
+  if (!/^[0-7]{3,4}$/.test(mode)) fail(1, `chmod: invalid mode: '${mode}'`);
+  const chmod = ctx.host.commands.get('chmod');
+  if (chmod !== undefined) await chmod({ ...ctx, argv: ['chmod', mode, tmp] });
+  await move(ctx, tmp, target);
+  return 0;
+}
+
+export const sh: Handler = async (ctx) => {
+  const [, flag, script, , ...args] = ctx.argv;
+  if (flag === '-c' && ctx.argv[3] === 'sh') {
+    if (script === COPY_WRITE_SCRIPT && args.length === 1) return await writeTemp(ctx, args[0] as string);
+    if (script === COPY_FINALIZE_SCRIPT && args.length === 3) {
+      const [tmp, target, mode] = args as [string, string, string];
+      return await finalize(ctx, tmp, target, mode);
+    }
+  }
+  const what = flag === '-c' && script !== undefined ? `sh -c ${JSON.stringify(script.slice(0, 80))}` : 'sh';
+  fail(127, `sh: 1: ${what}: not found (the lab emulates only the transport's own copy scripts)`);
+};
+
+export const TRANSPORT_COMMANDS: ReadonlyMap<string, Handler> = new Map([['sh', sh]]);

@@ -1,0 +1,516 @@
+/**
+ * `startLab()`: builds the world (computers and their disks), one SSH server per host on loopback, and
+ * the inventory that points at them. See README-like notes in index.ts for the layout.
+ */
+import { randomUUID } from 'node:crypto';
+import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { type Inventory, type InventoryInput, parseInventory } from '../inventory/schema.js';
+import { startCaptureEnv } from './capture-env.js';
+import { DATASTORE, descriptorText, ESXI_COMMANDS, vmxText } from './commands/esxi.js';
+import { LINUX_COMMANDS, WINDOWS_COMMANDS } from './commands/guest.js';
+import { LIBVIRT_COMMANDS } from './commands/libvirt.js';
+import { POSIX_COMMANDS, sha256File } from './commands/posix.js';
+import { TRANSPORT_COMMANDS } from './commands/transport.js';
+import { XCAT_COMMANDS } from './commands/xcat.js';
+import {
+  type ComputerRecord,
+  type GuestState,
+  type Handler,
+  type HostRuntime,
+  type LabCore,
+  NoSpaceError,
+} from './core.js';
+import { FaultRegistry, hostMatches, pathMatches } from './faults.js';
+import { createSparseDisk, flipByteInFile, HostFs } from './fs.js';
+import { generateClientKey, generateHostKey, type HostKey } from './keys.js';
+import { guestProfileOf, type ResolvedOptions, resolveOptions } from './options.js';
+import { HostServer } from './server.js';
+import {
+  COMPUTER_KINDS,
+  type CommandLogEntry,
+  type Fault,
+  type HostRole,
+  type Lab,
+  type LabComputer,
+  type LabHostInfo,
+  type LabOptions,
+  type Os,
+  type PowerState,
+  type Provisioner,
+} from './types.js';
+import { Computer } from './world.js';
+
+/** Inventory names of the infrastructure hosts. */
+export const LAB_HOSTS = {
+  libvirt: 'libvirt-host',
+  esxi: 'esxi-host',
+  xcat: 'xcat-mn',
+  repository: 'repo-host',
+} as const;
+
+/** Repositories every lab defines: host and path. */
+export const LAB_REPOSITORIES = {
+  images: { host: LAB_HOSTS.repository, path: '/srv/vcl/images' },
+  'kvm-local': { host: LAB_HOSTS.libvirt, path: '/var/lib/vcl/images' },
+  'xcat-images': { host: LAB_HOSTS.xcat, path: '/install/image/x86' },
+} as const;
+
+/** The xCAT osimage whose boot runs the capture environment. */
+export const LAB_CAPTURE_IMAGE = 'vcl-capture-x86_64';
+
+const PREFIX: Record<Provisioner, string> = { libvirt: 'lv', vmware: 'vm', xcat: 'xc' };
+
+function commandTable(...tables: ReadonlyMap<string, Handler>[]): ReadonlyMap<string, Handler> {
+  const out = new Map<string, Handler>();
+  for (const t of tables) for (const [k, v] of t) out.set(k, v);
+  return out;
+}
+
+const INFRA_COMMANDS: Record<Exclude<HostRole, 'guest'>, ReadonlyMap<string, Handler>> = {
+  libvirt: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, LIBVIRT_COMMANDS),
+  esxi: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, ESXI_COMMANDS),
+  xcat: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, XCAT_COMMANDS),
+  repository: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS),
+};
+const GUEST_COMMANDS: Record<Os, ReadonlyMap<string, Handler>> = {
+  linux: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, LINUX_COMMANDS),
+  windows: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, WINDOWS_COMMANDS),
+};
+
+class Runtime implements LabCore {
+  readonly faults = new FaultRegistry();
+  readonly hosts = new Map<string, HostRuntime>();
+  readonly computers = new Map<string, ComputerRecord>();
+  readonly captureImage = LAB_CAPTURE_IMAGE;
+  readonly internalErrors: Error[] = [];
+  readonly commandLog: CommandLogEntry[] = [];
+  readonly servers = new Map<string, HostServer>();
+  private readonly timers = new Set<NodeJS.Timeout>();
+  private readonly stopController = new AbortController();
+  private readonly started = performance.now();
+  private pid = 1000;
+  /** Bytes each `diskFull` fault let through so far. */
+  private readonly written = new WeakMap<Fault, number>();
+
+  constructor(readonly options: ResolvedOptions) {}
+
+  get stopping(): AbortSignal {
+    return this.stopController.signal;
+  }
+
+  nextPid(): number {
+    this.pid = this.pid >= 4_000_000 ? 1000 : this.pid + 1;
+    return this.pid;
+  }
+
+  log(entry: Omit<CommandLogEntry, 'atMs'>): void {
+    this.commandLog.push({ ...entry, atMs: Math.round((performance.now() - this.started) * 1000) / 1000 });
+  }
+
+  checkWrite(host: string, bytes: number): void {
+    const full = this.faults.peek('diskFull', (f) => hostMatches(f.host, host));
+    if (full === undefined) return;
+    const used = this.written.get(full) ?? 0;
+    if (used + bytes <= (full.afterBytes ?? 0)) {
+      this.written.set(full, used + bytes);
+      return;
+    }
+    this.faults.fire(full);
+    throw new NoSpaceError();
+  }
+
+  async beforeRead(host: HostRuntime, path: string, real: string): Promise<void> {
+    const rot = this.faults.take(
+      'corrupt',
+      (f) => f.at === 'file' && hostMatches(f.host, host.name) && pathMatches(f.path, path),
+    );
+    if (rot !== undefined) await flipByteInFile(real, rot.offset);
+  }
+
+  setTimer(fn: () => void, ms: number): NodeJS.Timeout {
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      if (!this.stopping.aborted) fn();
+    }, ms);
+    this.timers.add(t);
+    return t;
+  }
+
+  stop(): void {
+    this.stopController.abort();
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    for (const rec of this.computers.values()) {
+      rec.stopCapture?.();
+      rec.computer.dispose();
+    }
+  }
+}
+
+function hostRuntime(
+  name: string,
+  role: HostRole,
+  user: string,
+  fs: HostFs,
+  commands: ReadonlyMap<string, Handler>,
+  computer: Computer | undefined,
+  guest: GuestState | undefined,
+  drop: () => void,
+): HostRuntime {
+  return {
+    name,
+    role,
+    user,
+    fs,
+    commands,
+    computer,
+    guest,
+    missingTools: new Set(guest?.profile.missingTools ?? []),
+    procs: new Map(),
+    dropConnections: drop,
+  };
+}
+
+function macOf(i: number, vendor: string): string {
+  return `${vendor}:${((i >> 8) & 0xff).toString(16).padStart(2, '0')}:${(i & 0xff).toString(16).padStart(2, '0')}`;
+}
+
+export async function startLab(options: LabOptions = {}): Promise<Lab> {
+  const opts = resolveOptions(options);
+  const dir = await mkdtemp(join(opts.tmpDir ?? tmpdir(), 'vcl-lab-'));
+  const rt = new Runtime(opts);
+  try {
+    return await build(rt, dir);
+  } catch (err) {
+    rt.stop();
+    await Promise.all([...rt.servers.values()].map((s) => s.close()));
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+async function build(rt: Runtime, dir: string): Promise<Lab> {
+  const opts = rt.options;
+  const clientKey = generateClientKey();
+  const privateKeyPath = join(dir, 'client', 'id_ed25519');
+  await mkdir(dirname(privateKeyPath), { recursive: true, mode: 0o700 });
+  await writeFile(privateKeyPath, clientKey.privateKey, { mode: 0o600 });
+  await chmod(privateKeyPath, 0o600);
+  await writeFile(`${privateKeyPath}.pub`, `${clientKey.publicKey}\n`, { mode: 0o644 });
+
+  const keys = new Map<string, HostKey>();
+  const roles = new Map<string, HostRole>();
+  const dropper = (name: string) => () => rt.servers.get(name)?.dropAll();
+
+  // Infrastructure hosts.
+  const infra: [string, Exclude<HostRole, 'guest'>, string[]][] = [
+    [LAB_HOSTS.libvirt, 'libvirt', ['/var/lib/libvirt/images', LAB_REPOSITORIES['kvm-local'].path, '/root']],
+    [LAB_HOSTS.esxi, 'esxi', [DATASTORE, `${DATASTORE}/iso`, '/root']],
+    [LAB_HOSTS.xcat, 'xcat', [LAB_REPOSITORIES['xcat-images'].path, '/root']],
+    [LAB_HOSTS.repository, 'repository', [LAB_REPOSITORIES.images.path, '/root']],
+  ];
+  for (const [name, role, dirs] of infra) {
+    const fs = new HostFs(join(dir, 'hosts', name));
+    for (const d of dirs) await mkdir(fs.realOf(d), { recursive: true });
+    rt.hosts.set(
+      name,
+      hostRuntime(name, role, 'root', fs, INFRA_COMMANDS[role], undefined, undefined, dropper(name)),
+    );
+    roles.set(name, role);
+    keys.set(name, generateHostKey());
+  }
+  await writeFile(rt.hosts.get(LAB_HOSTS.esxi)?.fs.realOf(`${DATASTORE}/iso/tools.iso`) ?? '', '');
+
+  // Computers: the world, their disks, and one guest host each.
+  let vmid = 0;
+  let n = 0;
+  for (const kind of COMPUTER_KINDS) {
+    const [provisioner, os] = kind.split('-') as [Provisioner, Os];
+    for (let i = 1; i <= opts.computers[kind]; i++) {
+      n++;
+      const name = `${PREFIX[provisioner]}-${os}-${i}`;
+      const rec = addComputer(rt, dir, name, kind, provisioner, os, provisioner === 'vmware' ? ++vmid : 0, n);
+      const guestHome = os === 'linux' ? '/root' : '/home/Administrator';
+      const profile = guestProfileOf(opts, name, os);
+      const fs = new HostFs(join(dir, 'hosts', name), guestHome, async () => {
+        for (const d of [guestHome, ...profile.dirs]) await mkdir(fs.realOf(d), { recursive: true });
+        for (const [p, text] of Object.entries(profile.files)) {
+          await mkdir(dirname(fs.realOf(p)), { recursive: true });
+          await writeFile(fs.realOf(p), text);
+        }
+      });
+      const guest: GuestState = {
+        profile,
+        users: new Set([...profile.users, ...opts.reservationUsers]),
+        inDomain: os === 'windows' && profile.inDomain,
+        pagefile: true,
+        rootLocked: false,
+      };
+      const user = os === 'linux' ? 'root' : 'Administrator';
+      const host = hostRuntime(
+        name,
+        'guest',
+        user,
+        fs,
+        GUEST_COMMANDS[os],
+        rec.computer,
+        guest,
+        dropper(name),
+      );
+      rt.hosts.set(name, host);
+      roles.set(name, 'guest');
+      keys.set(name, generateHostKey());
+      rec.computer.on('power', () => {
+        if (!rec.computer.answersSsh) host.dropConnections();
+        if (rec.computer.power === 'on' && rec.computer.running === 'captureEnv') startCaptureEnv(rt, rec);
+      });
+    }
+  }
+
+  // Servers.
+  await Promise.all(
+    [...rt.hosts.values()].map(async (host) => {
+      const server = new HostServer(rt, host, keys.get(host.name) as HostKey, clientKey);
+      rt.servers.set(host.name, server);
+      await server.listen();
+    }),
+  );
+
+  const hosts: Record<string, LabHostInfo> = {};
+  for (const host of rt.hosts.values()) {
+    hosts[host.name] = {
+      name: host.name,
+      role: roles.get(host.name) as HostRole,
+      port: rt.servers.get(host.name)?.port ?? 0,
+      user: host.user,
+      fingerprint: (keys.get(host.name) as HostKey).fingerprint,
+      root: host.fs.root,
+    };
+  }
+  const inventory = parseInventory(inventoryOf(rt, hosts, privateKeyPath));
+  return makeLab(rt, dir, privateKeyPath, hosts, inventory);
+}
+
+function addComputer(
+  rt: Runtime,
+  dir: string,
+  name: string,
+  kind: LabComputer['kind'],
+  provisioner: Provisioner,
+  os: Os,
+  vmid: number,
+  index: number,
+): ComputerRecord {
+  const opts = rt.options;
+  const computer = new Computer(
+    name,
+    kind,
+    os,
+    provisioner,
+    { bootMs: opts.powerDelayMs, downMs: opts.powerDelayMs },
+    () => {
+      const f = rt.faults.peek('neverPowersOff', (x) => x.computer === name);
+      return f === undefined ? undefined : (f.mode ?? 'ignore');
+    },
+  );
+  const repoName = opts.repositories[provisioner];
+  const repository = LAB_REPOSITORIES[repoName];
+  let disk: LabComputer['disk'];
+  let flatPath: string | undefined;
+  let ensureDisk: () => Promise<string>;
+  const size = opts.diskBytes;
+  if (provisioner === 'libvirt') {
+    const host = rt.hosts.get(LAB_HOSTS.libvirt) as HostRuntime;
+    const path = `/var/lib/libvirt/images/${name}.qcow2`;
+    host.fs.defineLazy(path, (real) => createSparseDisk(real, size));
+    host.fs.formats.set(path, 'qcow2');
+    disk = { host: host.name, path, real: host.fs.realOf(path) };
+    ensureDisk = async () => (await host.fs.prepare(path)).real;
+  } else if (provisioner === 'vmware') {
+    const host = rt.hosts.get(LAB_HOSTS.esxi) as HostRuntime;
+    const folder = `${DATASTORE}/${name}`;
+    const path = `${folder}/${name}.vmdk`;
+    flatPath = `${folder}/${name}-flat.vmdk`;
+    host.fs.defineLazy(flatPath, (real) => createSparseDisk(real, size));
+    host.fs.defineLazy(path, (real) => writeFile(real, descriptorText(name, size, false)));
+    disk = { host: host.name, path, real: host.fs.realOf(flatPath) };
+    const data = flatPath;
+    ensureDisk = async () => (await host.fs.prepare(data)).real;
+  } else {
+    const real = join(dir, 'baremetal', `${name}.img`);
+    disk = { host: undefined, path: real, real };
+    let created: Promise<void> | undefined;
+    ensureDisk = async () => {
+      created ??= createSparseDisk(real, size);
+      await created;
+      return real;
+    };
+  }
+  const rec: ComputerRecord = {
+    computer,
+    info: { name, kind, os, provisioner, guestHost: name, disk },
+    os,
+    provisioner,
+    uuid: randomUUID(),
+    mac: macOf(index, provisioner === 'vmware' ? '00:0c:29:00' : '52:54:00:00'),
+    flatPath,
+    vmid,
+    registered: true,
+    defined: true,
+    nodeset: { kind: 'boot' },
+    profile: 'compute',
+    repository: { host: repository.host, path: repository.path },
+    stopCapture: undefined,
+    ensureDisk,
+  };
+  if (provisioner === 'vmware') {
+    const host = rt.hosts.get(LAB_HOSTS.esxi) as HostRuntime;
+    host.fs.defineLazy(`${DATASTORE}/${name}/${name}.vmx`, (real) => writeFile(real, vmxText(rec)));
+  }
+  if (provisioner === 'xcat')
+    computer.nextBoot = () => (rec.nodeset.kind === 'osimage' ? 'captureEnv' : 'os');
+  rt.computers.set(name, rec);
+  return rec;
+}
+
+function inventoryOf(
+  rt: Runtime,
+  hosts: Record<string, LabHostInfo>,
+  privateKeyPath: string,
+): InventoryInput {
+  const providerHost: Record<Provisioner, string> = {
+    libvirt: LAB_HOSTS.libvirt,
+    vmware: LAB_HOSTS.esxi,
+    xcat: LAB_HOSTS.xcat,
+  };
+  return {
+    hosts: Object.fromEntries(
+      Object.values(hosts).map((h) => [
+        h.name,
+        {
+          address: '127.0.0.1',
+          port: h.port,
+          user: h.user,
+          privateKeyPath,
+          hostKey: { fingerprints: [h.fingerprint] },
+        },
+      ]),
+    ),
+    computers: Object.fromEntries(
+      [...rt.computers.values()].map((rec) => {
+        const name = rec.info.name;
+        const host = providerHost[rec.provisioner];
+        const provisioner =
+          rec.provisioner === 'libvirt'
+            ? { type: 'libvirt' as const, host, domain: name, format: 'qcow2' as const }
+            : rec.provisioner === 'vmware'
+              ? { type: 'vmware' as const, host, vm: name }
+              : { type: 'xcat' as const, host, node: name, captureImage: LAB_CAPTURE_IMAGE };
+        return [
+          name,
+          {
+            os: rec.os,
+            host: name,
+            provisioner,
+            repository: rt.options.repositories[rec.provisioner],
+            reservationUsers: rt.options.reservationUsers,
+          },
+        ];
+      }),
+    ),
+    repositories: Object.fromEntries(
+      Object.entries(LAB_REPOSITORIES).map(([k, v]) => [k, { host: v.host, path: v.path }]),
+    ),
+    ...(rt.options.timeouts === undefined ? {} : { defaults: { timeouts: rt.options.timeouts } }),
+  };
+}
+
+function makeLab(
+  rt: Runtime,
+  dir: string,
+  privateKeyPath: string,
+  hosts: Record<string, LabHostInfo>,
+  inventory: Inventory,
+): Lab {
+  let stopped: Promise<void> | undefined;
+  const record = (name: string): ComputerRecord => {
+    const rec = rt.computers.get(name);
+    if (rec === undefined) throw new Error(`the lab has no computer ${name}`);
+    return rec;
+  };
+  const hostOf = (name: string): HostRuntime => {
+    const h = rt.hosts.get(name);
+    if (h === undefined) throw new Error(`the lab has no host ${name}`);
+    return h;
+  };
+  const realPath = async (host: string, path: string) => (await hostOf(host).fs.prepare(path)).real;
+  return {
+    inventory,
+    dir,
+    privateKeyPath,
+    hosts,
+    commandLog: rt.commandLog,
+    faults: rt.faults,
+    internalErrors: rt.internalErrors,
+    computerNames: () => [...rt.computers.keys()],
+    computer(name) {
+      const rec = record(name);
+      const c = rec.computer;
+      return { ...rec.info, power: c.power, running: c.running, bootId: c.bootId, boots: c.boots };
+    },
+    waitForPower(name, state: PowerState, timeoutMs = 10_000) {
+      const c = record(name).computer;
+      if (c.power === state) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => {
+        const t = setTimeout(() => {
+          c.off('power', on);
+          reject(new Error(`${name} did not reach ${state} within ${timeoutMs} ms (it is ${c.power})`));
+        }, timeoutMs);
+        const on = (s: PowerState) => {
+          if (s !== state) return;
+          clearTimeout(t);
+          c.off('power', on);
+          resolve();
+        };
+        c.on('power', on);
+      });
+    },
+    powerOn: (name) => {
+      record(name).computer.powerOn();
+    },
+    powerOff: (name) => {
+      record(name).computer.hardOff();
+    },
+    realPath,
+    async exists(host, path) {
+      return (await stat(await realPath(host, path)).catch(() => undefined)) !== undefined;
+    },
+    async readFile(host, path) {
+      return await readFile(await realPath(host, path));
+    },
+    async sha256(host, path) {
+      return await sha256File(await realPath(host, path));
+    },
+    async diskSha256(name) {
+      return await sha256File(await record(name).ensureDisk());
+    },
+    commands: (host) =>
+      rt.commandLog
+        .filter((e) => e.kind === 'exec' && (host === undefined || e.host === host))
+        .map((e) => e.argv as string[]),
+    clearLog() {
+      rt.commandLog.length = 0;
+    },
+    stop() {
+      stopped ??= (async () => {
+        rt.stop();
+        await Promise.all([...rt.servers.values()].map((s) => s.close()));
+        await rm(dir, { recursive: true, force: true });
+      })();
+      return stopped;
+    },
+  };
+}
