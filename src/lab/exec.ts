@@ -6,7 +6,7 @@
  * applied here, before the host's handler runs.
  */
 
-import { PassThrough, type Writable } from 'node:stream';
+import { Transform, type Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type ssh2 from 'ssh2';
 import { type CommandContext, CommandError, type HostRuntime, type LabCore } from './core.js';
@@ -46,7 +46,14 @@ class Exec implements RunningExec {
   private stdinBytes = 0;
   /** Drop the connection once this many data bytes moved (a `dropConnection` fault with `afterBytes`). */
   private dropAfterBytes: number | undefined;
-  private readonly stdin = new PassThrough({ highWaterMark: STDIN_BUFFER });
+  /** The channel's data, counted on its way (a 'data' listener here would switch it to flowing mode). */
+  private readonly stdin = new Transform({
+    highWaterMark: STDIN_BUFFER,
+    transform: (chunk: Buffer, _enc, cb) => {
+      cb(null, chunk);
+      this.countStdin(chunk.length);
+    },
+  });
 
   constructor(
     private readonly core: LabCore,
@@ -57,7 +64,6 @@ class Exec implements RunningExec {
     channel.on('error', () => {});
     channel.stderr.on('error', () => {});
     channel.on('close', () => this.stop());
-    this.stdin.on('data', (chunk: Buffer) => this.countStdin(chunk.length));
     channel.pipe(this.stdin);
   }
 

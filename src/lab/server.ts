@@ -71,6 +71,8 @@ export class HostServer {
       socket.destroy();
       return;
     }
+    // Small packets (exit status, EOF, close) must not wait for Nagle and delayed ACKs: 40 ms each.
+    socket.setNoDelay(true);
     this.sockets.set(port, socket);
     socket.once('close', () => {
       if (this.sockets.get(port) === socket) this.sockets.delete(port);

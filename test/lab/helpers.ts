@@ -68,16 +68,27 @@ export class RawClient {
     return new RawClient(client);
   }
 
-  /** Starts a command line; `run` collects it to the end. */
-  start(line: string): Promise<ssh2.ClientChannel> {
+  /**
+   * Runs a command line to the end. Listeners are attached inside ssh2's callback: a short command's
+   * whole answer can arrive in the same packet batch as the exec reply.
+   */
+  run(line: string, stdin?: string | Buffer): Promise<RawResult> {
     return new Promise((resolve, reject) => {
-      this.client.exec(line, (err, channel) => (err ? reject(err) : resolve(channel)));
+      this.client.exec(line, (err, channel) => {
+        if (err) reject(err);
+        else collect(channel, stdin).then(resolve, reject);
+      });
     });
   }
 
-  async run(line: string, stdin?: string | Buffer): Promise<RawResult> {
-    const channel = await this.start(line);
-    return await collect(channel, stdin);
+  /** Starts a command and hands over its channel with a collector already attached. */
+  start(line: string): Promise<{ channel: ssh2.ClientChannel; result: Promise<RawResult> }> {
+    return new Promise((resolve, reject) => {
+      this.client.exec(line, (err, channel) => {
+        if (err) reject(err);
+        else resolve({ channel, result: collect(channel, undefined, false) });
+      });
+    });
   }
 
   end(): void {
@@ -85,7 +96,11 @@ export class RawClient {
   }
 }
 
-export function collect(channel: ssh2.ClientChannel, stdin?: string | Buffer): Promise<RawResult> {
+export function collect(
+  channel: ssh2.ClientChannel,
+  stdin?: string | Buffer,
+  endStdin = true,
+): Promise<RawResult> {
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   const events: string[] = [];
@@ -100,7 +115,7 @@ export function collect(channel: ssh2.ClientChannel, stdin?: string | Buffer): P
   });
   channel.on('end', () => events.push('eof'));
   if (stdin !== undefined) channel.end(stdin);
-  else channel.end();
+  else if (endStdin) channel.end();
   return new Promise((resolve) => {
     channel.on('close', () => {
       events.push('close');
