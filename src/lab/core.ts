@@ -64,6 +64,8 @@ export interface HostRuntime {
   dropConnections(): void;
   /** Running commands by (fake) PID, for the transport's kill script. */
   procs: Map<number, { kill(signal: string): void }>;
+  /** Commands running now (with or without a PID). */
+  running: Set<object>;
   /** Guests: what the OS holds that its commands change. */
   guest: GuestState | undefined;
 }

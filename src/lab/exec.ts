@@ -65,6 +65,7 @@ class Exec implements RunningExec {
     channel.stderr.on('error', () => {});
     channel.on('close', () => this.stop());
     channel.pipe(this.stdin);
+    host.running.add(this);
   }
 
   signal(name: string): void {
@@ -241,6 +242,7 @@ class Exec implements RunningExec {
 
   private finish(): void {
     this.finished = true;
+    this.host.running.delete(this);
     if (this.pid !== undefined) this.host.procs.delete(this.pid);
     this.ac.abort();
     this.channel.unpipe(this.stdin);

@@ -170,6 +170,7 @@ function hostRuntime(
     guest,
     missingTools: new Set(guest?.profile.missingTools ?? []),
     procs: new Map(),
+    running: new Set(),
     dropConnections: drop,
   };
 }
@@ -497,6 +498,10 @@ function makeLab(
     async diskSha256(name) {
       return await sha256File(await record(name).ensureDisk());
     },
+    runningCommands: (host) =>
+      [...rt.hosts.values()]
+        .filter((x) => host === undefined || x.name === host)
+        .reduce((n, x) => n + x.running.size, 0),
     commands: (host) =>
       rt.commandLog
         .filter((e) => e.kind === 'exec' && (host === undefined || e.host === host))

@@ -259,6 +259,8 @@ export interface Lab {
   diskSha256(computer: string): Promise<string>;
   /** Failures inside the lab itself (a bug, not an answer): tests assert this stays empty. */
   readonly internalErrors: readonly Error[];
+  /** Commands running now on a host (all hosts when absent): a stopped command no longer counts. */
+  runningCommands(host?: string): number;
   /** Argv of the commands a host received (all hosts when absent), in order. */
   commands(host?: string): string[][];
   clearLog(): void;

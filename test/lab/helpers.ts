@@ -82,11 +82,22 @@ export class RawClient {
   }
 
   /** Starts a command and hands over its channel with a collector already attached. */
-  start(line: string): Promise<{ channel: ssh2.ClientChannel; result: Promise<RawResult> }> {
+  start(
+    line: string,
+  ): Promise<{ channel: ssh2.ClientChannel; result: Promise<RawResult>; stdoutSoFar: () => string }> {
     return new Promise((resolve, reject) => {
       this.client.exec(line, (err, channel) => {
-        if (err) reject(err);
-        else resolve({ channel, result: collect(channel, undefined, false) });
+        if (err) {
+          reject(err);
+          return;
+        }
+        const seen: Buffer[] = [];
+        channel.on('data', (b: Buffer) => seen.push(b));
+        resolve({
+          channel,
+          result: collect(channel, undefined, false),
+          stdoutSoFar: () => Buffer.concat(seen).toString('utf8'),
+        });
       });
     });
   }

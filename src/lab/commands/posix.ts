@@ -602,6 +602,15 @@ const command: Handler = async (ctx) => {
 
 const BUILTINS = new Set(['true', 'false', 'echo', 'test', '[', 'command']);
 
+/** `sleep SECONDS`: waits, and stops when the command is killed or its channel closes. */
+const sleepCmd: Handler = async (ctx) => {
+  const seconds = Number(ctx.argv[1]);
+  if (ctx.argv.length !== 2 || !(seconds >= 0))
+    fail(1, `sleep: invalid time interval '${ctx.argv[1] ?? ''}'`);
+  await ctx.sleep(seconds * 1000);
+  return 0;
+};
+
 /** `sync` has nothing to flush in the lab (files are written synchronously before a command answers). */
 const sync: Handler = async () => 0;
 
@@ -685,5 +694,6 @@ export const POSIX_COMMANDS: ReadonlyMap<string, Handler> = new Map<string, Hand
   ['find', find],
   ['command', command],
   ['sync', sync],
+  ['sleep', sleepCmd],
   ['sed', sed],
 ]);

@@ -1,0 +1,162 @@
+/**
+ * Disks are real sparse files and copies move real bytes: hypervisor tools on one host, streamed copies
+ * between hosts through the transport, and the xCAT capture environment's upload all end with the source's
+ * sha256.
+ */
+import { stat } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { libvirt, parseImageInfo } from '../../src/drivers/libvirt-commands.js';
+import { endStateCommand } from '../../src/drivers/os-commands.js';
+import { needsRepair, vmware } from '../../src/drivers/vmware-commands.js';
+import { parseNodestat, parseSizes, xcat } from '../../src/drivers/xcat-commands.js';
+import { LAB_CAPTURE_IMAGE, LAB_REPOSITORIES } from '../../src/lab/index.js';
+import { eventually, type LabHarness, openLab } from './helpers.js';
+
+let h: LabHarness;
+beforeAll(async () => {
+  h = await openLab({ powerDelayMs: 30, captureChunkBytes: 1024 * 1024, captureChunkMs: 15 });
+});
+afterAll(async () => {
+  await h?.close();
+});
+
+const LV_DISK = '/var/lib/libvirt/images/lv-linux-1.qcow2';
+const VM_DIR = '/vmfs/volumes/datastore1/vm-linux-1';
+
+describe('disks', () => {
+  it('are sparse files of the configured size with random blocks', async () => {
+    const real = await h.lab.realPath('libvirt-host', LV_DISK);
+    const st = await stat(real);
+    expect(st.size).toBe(4 * 1024 * 1024);
+    expect(st.blocks * 512).toBeLessThan(st.size / 4);
+    expect(await h.lab.diskSha256('lv-linux-1')).not.toBe(await h.lab.diskSha256('lv-windows-1'));
+  });
+});
+
+describe('libvirt: qemu-img', () => {
+  it('refuses the disk of a running domain as QEMU does', async () => {
+    const r = await h.exec('libvirt-host', libvirt.convert(LV_DISK, 'qcow2', '/var/lib/vcl/images/x.qcow2'));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(
+      `qemu-img: Could not open '${LV_DISK}': Failed to get shared "write" lock\nIs another process using the image [${LV_DISK}]?\n`,
+    );
+    expect((await h.exec('libvirt-host', libvirt.check(LV_DISK))).stderr).toContain('write" lock');
+  });
+
+  it('converts a stopped domain’s disk byte for byte, records the format, checks it', async () => {
+    await h.exec('libvirt-host', libvirt.destroy('lv-linux-1'));
+    const target = '/var/lib/vcl/images/img-v0.qcow2.partial';
+    expect(await h.exec('libvirt-host', libvirt.convert(LV_DISK, 'qcow2', target))).toMatchObject({
+      code: 0,
+      stdout: '',
+      stderr: '',
+    });
+    expect(await h.lab.sha256('libvirt-host', target)).toBe(await h.lab.diskSha256('lv-linux-1'));
+    const info = parseImageInfo((await h.exec('libvirt-host', libvirt.imageInfo(target))).stdout);
+    expect(info).toMatchObject({ format: 'qcow2', virtualSize: 4 * 1024 * 1024 });
+    expect((await h.exec('libvirt-host', libvirt.check(target))).code).toBe(0);
+    // The format follows the file when it is renamed into place.
+    await h.exec('libvirt-host', ['mv', '-f', '--', target, '/var/lib/vcl/images/img-v0.qcow2']);
+    const moved = parseImageInfo(
+      (await h.exec('libvirt-host', libvirt.imageInfo('/var/lib/vcl/images/img-v0.qcow2'))).stdout,
+    );
+    expect(moved.format).toBe('qcow2');
+    const raw = '/var/lib/vcl/images/img-v0.raw';
+    await h.exec('libvirt-host', libvirt.convert(LV_DISK, 'raw', raw));
+    expect(parseImageInfo((await h.exec('libvirt-host', libvirt.imageInfo(raw))).stdout).format).toBe('raw');
+    expect((await h.exec('libvirt-host', libvirt.check(raw))).code).toBe(63);
+    const nowhere = await h.exec('libvirt-host', libvirt.convert(LV_DISK, 'qcow2', '/nope/x.qcow2'));
+    expect(nowhere.stderr).toContain("Could not create '/nope/x.qcow2': No such file or directory");
+  });
+});
+
+describe('streamed copies between hosts', () => {
+  it('copy a libvirt disk to the repository with the source’s sha256', async () => {
+    const to = `${LAB_REPOSITORIES.images.path}/lv-linux-1.qcow2`;
+    const copied = await h.pool.copy(
+      { host: h.host('libvirt-host'), path: LV_DISK },
+      { host: h.host('repo-host'), path: to },
+    );
+    const source = await h.lab.diskSha256('lv-linux-1');
+    expect(copied).toMatchObject({ bytes: 4 * 1024 * 1024, sha256: source });
+    expect(await h.lab.sha256('repo-host', to)).toBe(source);
+    const sum = await h.exec('repo-host', ['sha256sum', '--', to]);
+    expect(sum.stdout).toBe(`${source}  ${to}\n`);
+    const mode = (await stat(await h.lab.realPath('repo-host', to))).mode & 0o777;
+    expect(mode).toBe(0o644);
+    // Nothing is left under a temporary name.
+    const left = await h.exec('repo-host', ['find', LAB_REPOSITORIES.images.path, '-name', '*vcl-tmp*']);
+    expect(left.stdout).toBe('');
+  });
+
+  it('copy to this machine and back', async () => {
+    const local = `${h.lab.dir}/local-copy.img`;
+    const out = await h.pool.copy({ host: h.host('libvirt-host'), path: LV_DISK }, { path: local });
+    const back = await h.pool.copy(
+      { path: local },
+      { host: h.host('repo-host'), path: '/srv/vcl/images/back.img' },
+    );
+    expect(back.sha256).toBe(out.sha256);
+    expect(await h.lab.sha256('repo-host', '/srv/vcl/images/back.img')).toBe(out.sha256);
+  });
+});
+
+describe('ESXi: vmkfstools', () => {
+  it('refuses a running VM’s disk, thin-clones a stopped one, repairs', async () => {
+    const clone = '/vmfs/volumes/datastore1/img-v0/img-v0.vmdk';
+    const locked = await h.exec('esxi-host', vmware.cloneThin(`${VM_DIR}/vm-linux-1.vmdk`, clone));
+    expect(locked.stderr).toContain('Failed to lock the file');
+    await h.exec('esxi-host', vmware.powerOff(1));
+    expect((await h.exec('esxi-host', vmware.mkdir('/vmfs/volumes/datastore1/img-v0'))).code).toBe(0);
+    const r = await h.exec('esxi-host', vmware.cloneThin(`${VM_DIR}/vm-linux-1.vmdk`, clone));
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    expect(r.stdout).toContain('Clone: 100% done.');
+    const flat = '/vmfs/volumes/datastore1/img-v0/img-v0-flat.vmdk';
+    expect(await h.lab.sha256('esxi-host', flat)).toBe(await h.lab.diskSha256('vm-linux-1'));
+    const descriptor = (await h.lab.readFile('esxi-host', clone)).toString();
+    expect(descriptor).toContain('RW 8192 VMFS "img-v0-flat.vmdk"');
+    expect(descriptor).toContain('ddb.thinProvisioned = "1"');
+    const twice = await h.exec('esxi-host', vmware.cloneThin(`${VM_DIR}/vm-linux-1.vmdk`, clone));
+    expect(twice.stderr).toBe('Failed to clone disk: The file already exists (39).\n');
+    expect(needsRepair(twice.stderr)).toBe(false);
+    expect((await h.exec('esxi-host', vmware.repair(`${VM_DIR}/vm-linux-1.vmdk`))).stdout).toBe(
+      'Disk is error free\n',
+    );
+    expect((await h.exec('esxi-host', vmware.removeTree('/vmfs/volumes/datastore1/img-v0'))).code).toBe(0);
+    expect((await h.exec('esxi-host', vmware.exists(clone))).code).toBe(1);
+  });
+});
+
+describe('xCAT capture environment', () => {
+  it('after nodeset osimage= and a reboot, uploads the disk in chunks, marks it done and halts', async () => {
+    const node = 'xc-linux-1';
+    const repo = LAB_REPOSITORIES['xcat-images'].path;
+    const image = `${repo}/xc-img-v0.img`;
+    await h.exec('xcat-mn', xcat.nodech(node, 'xc-img-v0'));
+    expect((await h.exec('xcat-mn', xcat.nodesetImage(node, LAB_CAPTURE_IMAGE))).stdout).toBe(
+      `${node}: netboot ${LAB_CAPTURE_IMAGE}\n`,
+    );
+    const r = await h.exec(node, endStateCommand('linux', 'reboot'), { expectDisconnect: true });
+    expect(r.disconnected).toBe(true);
+    await h.lab.waitForPower(node, 'on');
+    expect(h.lab.computer(node).running).toBe('captureEnv');
+    expect(parseNodestat((await h.exec('xcat-mn', xcat.nodestat(node))).stdout, node)).toBe('capturing');
+    // The OS does not run: its SSH server does not answer.
+    const quick = { ...h.host(node), name: 'xc-quick', connectDeadlineMs: 100 };
+    await expect(h.pool.exec(quick, ['true'])).rejects.toMatchObject({ code: 'SSH_UNREACHABLE' });
+    const sizes: number[] = [];
+    await eventually(async () => {
+      const s = parseSizes((await h.exec('xcat-mn', xcat.sizes(repo, 'xc-img-v0'))).stdout);
+      sizes.push(s.get('xc-img-v0.img') ?? 0);
+      return s.has('xc-img-v0.img.capturedone');
+    });
+    expect(new Set(sizes).size).toBeGreaterThan(1);
+    expect(await h.lab.sha256('xcat-mn', image)).toBe(await h.lab.diskSha256(node));
+    await h.lab.waitForPower(node, 'off');
+    await h.exec('xcat-mn', xcat.nodesetBoot(node));
+    await h.exec('xcat-mn', xcat.powerOn(node));
+    await h.lab.waitForPower(node, 'on');
+    expect(h.lab.computer(node).running).toBe('os');
+    expect(h.lab.internalErrors).toEqual([]);
+  });
+});
