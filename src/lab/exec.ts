@@ -19,6 +19,8 @@ class Stopped extends Error {}
 export interface RunningExec {
   /** A signal request from the client (`KILL`, `TERM`...). */
   signal(name: string): void;
+  /** The connection is gone: stop without an answer. */
+  abandon(): void;
 }
 
 /** Largest stdin the lab buffers for a command that is not reading it yet. */
@@ -70,6 +72,10 @@ class Exec implements RunningExec {
 
   signal(name: string): void {
     this.killed(name.replace(/^SIG/, ''));
+  }
+
+  abandon(): void {
+    this.stop();
   }
 
   async run(line: string): Promise<void> {

@@ -19,6 +19,7 @@
  * `xcat-images` (xcat-mn:/install/image/x86). The lab never runs a shell: see words.ts.
  */
 
+export { type ChildLab, spawnLab } from './child.js';
 export { COPY_FINALIZE_SCRIPT, COPY_WRITE_SCRIPT } from './commands/transport.js';
 export { LAB_CAPTURE_IMAGE, LAB_HOSTS, LAB_REPOSITORIES, startLab } from './lab.js';
 export { GUEST_PROFILES } from './options.js';

@@ -34,8 +34,10 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
-  // Only a pipe says "the parent is gone" by closing; a terminal or /dev/null stdin says nothing.
-  if (fstatSync(0).isFIFO()) {
+  // Only a pipe (Node's spawn makes it a socket pair) says "the parent is gone" by closing; a terminal or
+  // /dev/null stdin says nothing.
+  const stdin = fstatSync(0);
+  if (stdin.isFIFO() || stdin.isSocket()) {
     process.stdin.on('end', stop);
     process.stdin.on('close', stop);
     process.stdin.resume();

@@ -84,6 +84,13 @@ export class HostServer {
     const socket = this.sockets.get(info.port);
     const drop = () => socket?.resetAndDestroy();
     client.on('error', () => {});
+    // A channel whose unread input filled its buffer reports its close only once drained: the end of the
+    // connection stops its commands directly.
+    const execs = new Set<RunningExec>();
+    client.on('close', () => {
+      for (const e of execs) e.abandon();
+      execs.clear();
+    });
     client.on('authentication', (ctx) => {
       if (ctx.method !== 'publickey' || ctx.username !== this.host.user) {
         ctx.reject(['publickey']);
@@ -102,7 +109,10 @@ export class HostServer {
         let running: RunningExec | undefined;
         session.on('exec', (acceptExec, _reject, req) => {
           const channel = acceptExec();
-          running = startExec(this.core, this.host, channel, req.command, drop);
+          const exec = startExec(this.core, this.host, channel, req.command, drop);
+          running = exec;
+          execs.add(exec);
+          channel.once('close', () => execs.delete(exec));
         });
         session.on('signal', (acceptSignal, _reject, req) => {
           acceptSignal?.();

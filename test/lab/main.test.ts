@@ -1,41 +1,47 @@
-/** The lab in its own process (for benchmarks): it prints its inventory, answers, and cleans up on SIGTERM. */
+/** The lab in its own process (for benchmarks): it prints its inventory, answers, and cleans up. */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
-import { type Inventory, parseInventory } from '../../src/inventory/schema.js';
+import { spawnLab } from '../../src/lab/child.js';
 import { inventoryHosts } from '../../src/runner/remote.js';
 import { SshPool } from '../../src/ssh/index.js';
 
-describe('src/lab/main.ts', () => {
-  it('starts a lab with the given options, prints the inventory, stops on SIGTERM', async () => {
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', 'src/lab/main.ts', JSON.stringify({ computers: { 'libvirt-linux': 2 } })],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+describe('a lab in a child process', () => {
+  it('spawnLab: starts with the given options, answers, stops and removes its temp dir', async () => {
+    const lab = await spawnLab({ computers: { 'libvirt-linux': 2 } });
     try {
-      const line = await new Promise<string>((resolve, reject) => {
-        createInterface({ input: child.stdout }).once('line', resolve);
-        child.once('exit', () => reject(new Error('the lab exited before printing its inventory')));
-      });
-      const printed = JSON.parse(line) as { inventory: Inventory; dir: string };
-      const inventory = parseInventory(printed.inventory);
-      expect(Object.keys(inventory.computers)).toEqual(['lv-linux-1', 'lv-linux-2']);
+      expect(Object.keys(lab.inventory.computers)).toEqual(['lv-linux-1', 'lv-linux-2']);
+      const host = inventoryHosts(lab.inventory).get('lv-linux-2');
+      if (host === undefined) throw new Error('no host lv-linux-2');
       const pool = new SshPool();
       try {
-        const host = inventoryHosts(inventory).get('lv-linux-2');
-        if (host === undefined) throw new Error('no host lv-linux-2');
-        const r = await pool.exec(host, ['hostname']);
-        expect(r.stdout).toBe('lv-linux-2\n');
+        expect((await pool.exec(host, ['hostname'])).stdout).toBe('lv-linux-2\n');
       } finally {
         await pool.close();
       }
-      expect(existsSync(printed.dir)).toBe(true);
-      child.kill('SIGTERM');
+      expect(existsSync(lab.dir)).toBe(true);
+      await lab.stop();
+      expect(lab.process.exitCode).toBe(0);
+      expect(existsSync(lab.dir)).toBe(false);
+    } finally {
+      await lab.stop(0);
+    }
+  }, 20_000);
+
+  it('main.ts also stops when its stdin pipe closes (the parent went away)', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/lab/main.ts', '{"computers":{}}'], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    try {
+      const line = await new Promise<string>((resolve) =>
+        createInterface({ input: child.stdout }).once('line', resolve),
+      );
+      const { dir } = JSON.parse(line) as { dir: string };
+      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+      child.stdin.end();
       expect(await exited).toBe(0);
-      expect(existsSync(printed.dir)).toBe(false);
+      expect(existsSync(dir)).toBe(false);
     } finally {
       child.kill('SIGKILL');
     }
