@@ -31,7 +31,7 @@ import { parseNodestat, parseRpowerStat, parseSizes, xcat } from '../../src/driv
 import { parseInventory } from '../../src/inventory/schema.js';
 import { GUEST_PROFILES, LAB_REPOSITORIES, startLab } from '../../src/lab/index.js';
 import { isSshError } from '../../src/ssh/index.js';
-import { type LabHarness, openLab, RawClient } from './helpers.js';
+import { eventually, type LabHarness, openLab, RawClient } from './helpers.js';
 
 let h: LabHarness;
 beforeAll(async () => {
@@ -265,11 +265,13 @@ describe('guests answer the pre_capture plans', () => {
     const plan = WINDOWS_PLANS.leave_domain?.({ ...ctx, computer: 'vm-windows-1' });
     const before = await h.exec('vm-windows-1', plan?.probe?.argv ?? []);
     expect(plan?.probe?.applies?.(before.stdout)).toBe(true);
-    const bootId = h.lab.computer('vm-windows-1').bootId;
+    const { bootId, boots } = h.lab.computer('vm-windows-1');
     const r = await h.exec('vm-windows-1', plan?.commands[0]?.argv ?? [], { expectDisconnect: true });
     expect(r.code === 0 || r.disconnected).toBe(true);
-    await h.lab.waitForPower('vm-windows-1', 'goingDown');
-    await h.lab.waitForPower('vm-windows-1', 'on');
+    await eventually(() => {
+      const c = h.lab.computer('vm-windows-1');
+      return c.boots > boots && c.power === 'on';
+    });
     expect(h.lab.computer('vm-windows-1').bootId).not.toBe(bootId);
     const after = await h.exec('vm-windows-1', plan?.probe?.argv ?? []);
     expect(plan?.probe?.applies?.(after.stdout)).toBe(false);
