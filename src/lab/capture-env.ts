@@ -22,7 +22,7 @@ export function startCaptureEnv(core: LabCore, rec: ComputerRecord): void {
   rec.computer.on('power', onPower);
   const stop = () => ac.abort();
   rec.stopCapture = stop;
-  upload(core, rec, ac.signal)
+  const work = upload(core, rec, ac.signal)
     .catch((err: unknown) => {
       if (!ac.signal.aborted) core.internalErrors.push(err as Error);
     })
@@ -31,6 +31,7 @@ export function startCaptureEnv(core: LabCore, rec: ComputerRecord): void {
       core.stopping.removeEventListener('abort', stopOnStop);
       if (rec.stopCapture === stop) rec.stopCapture = undefined;
     });
+  core.track(work);
 }
 
 async function upload(core: LabCore, rec: ComputerRecord, signal: AbortSignal): Promise<void> {

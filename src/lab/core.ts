@@ -122,6 +122,8 @@ export interface LabCore {
   nextPid(): number;
   /** Appends to the command log. */
   log(entry: Omit<CommandLogEntry, 'atMs'>): void;
+  /** Keeps a command's work in sight until it settles (stop waits for it before removing files). */
+  track(work: Promise<unknown>): void;
   /** Handler failures that were the lab's own fault (tests assert there are none). */
   readonly internalErrors: Error[];
 }

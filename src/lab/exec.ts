@@ -34,9 +34,11 @@ export function startExec(
   dropConnection: () => void,
 ): RunningExec {
   const exec = new Exec(core, host, channel, dropConnection);
-  exec.run(line).catch((err: unknown) => {
-    core.internalErrors.push(err instanceof Error ? err : new Error(String(err)));
-  });
+  core.track(
+    exec.run(line).catch((err: unknown) => {
+      core.internalErrors.push(err instanceof Error ? err : new Error(String(err)));
+    }),
+  );
   return exec;
 }
 

@@ -13,6 +13,7 @@ type Creator = (real: string) => Promise<void>;
 
 export class HostFs {
   private seeded: Promise<void> | undefined;
+  private closed = false;
   private readonly lazy = new Map<string, Creator>();
   private readonly creating = new Map<string, Promise<void>>();
   /** Disk image formats recorded by the tools that wrote them (qemu-img convert), by virtual path. */
@@ -46,6 +47,8 @@ export class HostFs {
    * below `path` (a folder listing must see them). Returns the normalized virtual path and its real path.
    */
   async prepare(path: string): Promise<{ path: string; real: string }> {
+    // After the lab stopped, nothing may create folders again under a temp dir being removed.
+    if (this.closed) throw new Error('the lab has stopped');
     const v = this.normalize(path);
     if (this.seed !== undefined) {
       this.seeded ??= this.seed();
@@ -72,6 +75,10 @@ export class HostFs {
       await Promise.all(this.creating.values());
     }
     return { path: v, real: join(this.root, v) };
+  }
+
+  close(): void {
+    this.closed = true;
   }
 
   /** Lazy files at or below `path` not created yet (their folders count as existing). */

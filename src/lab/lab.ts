@@ -92,6 +92,7 @@ class Runtime implements LabCore {
   private readonly stopController = new AbortController();
   private readonly started = performance.now();
   private pid = 1000;
+  private readonly work = new Set<Promise<unknown>>();
   /** Bytes each `diskFull` fault let through so far. */
   private readonly written = new WeakMap<Fault, number>();
 
@@ -118,6 +119,8 @@ class Runtime implements LabCore {
       this.written.set(full, used + bytes);
       return;
     }
+    // Once full, it stays full: a smaller write later must not squeeze into the space left.
+    this.written.set(full, Number.POSITIVE_INFINITY);
     this.faults.fire(full);
     throw new NoSpaceError();
   }
@@ -128,6 +131,23 @@ class Runtime implements LabCore {
       (f) => f.at === 'file' && hostMatches(f.host, host.name) && pathMatches(f.path, path),
     );
     if (rot !== undefined) await flipByteInFile(real, rot.offset);
+  }
+
+  track(work: Promise<unknown>): void {
+    this.work.add(work);
+    work.finally(() => this.work.delete(work)).catch(() => {});
+  }
+
+  /** Waits (at most `ms`) for commands and uploads that were stopped to finish unwinding. */
+  async settled(ms: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.work]),
+      new Promise((r) => {
+        timer = setTimeout(r, ms);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   setTimer(fn: () => void, ms: number): NodeJS.Timeout {
@@ -141,6 +161,7 @@ class Runtime implements LabCore {
 
   stop(): void {
     this.stopController.abort();
+    for (const host of this.hosts.values()) host.fs.close();
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     for (const rec of this.computers.values()) {
@@ -345,6 +366,7 @@ function addComputer(
     disk = { host: undefined, path: real, real };
     let created: Promise<void> | undefined;
     ensureDisk = async () => {
+      if (rt.stopping.aborted) throw new Error('the lab has stopped');
       created ??= createSparseDisk(real, size);
       await created;
       return real;
@@ -513,7 +535,10 @@ function makeLab(
       stopped ??= (async () => {
         rt.stop();
         await Promise.all([...rt.servers.values()].map((s) => s.close()));
-        await rm(dir, { recursive: true, force: true });
+        // Commands were aborted with their connections; let those still unwinding finish their last
+        // file operation before the files go.
+        await rt.settled(1000);
+        await rm(dir, { recursive: true, force: true, maxRetries: 3 });
       })();
       return stopped;
     },

@@ -171,7 +171,8 @@ export interface CorruptFault extends Counted {
 
 /**
  * A host's disk is full: writes fail with "No space left on device" once `afterBytes` (default 0) more
- * bytes were written. Each refused write counts as a firing; lasts until cleared unless `times` is given.
+ * bytes were written, and every write after that too. Each refused write counts as a firing; lasts until
+ * cleared unless `times` is given.
  */
 export interface DiskFullFault extends Counted {
   kind: 'diskFull';
