@@ -15,11 +15,12 @@ interface Entry {
 export class FaultRegistry implements LabFaults {
   private readonly entries: Entry[] = [];
   private nextId = 1;
-  /** Called when a fault is added or cleared (power faults take effect at once). */
-  onChange: () => void = () => {};
+  /** Checks the host and computer names a fault gives (a typo would make it never fire). */
+  checkNames: (fault: Fault) => void = () => {};
 
   add(fault: Fault): FaultHandle {
     validate(fault);
+    this.checkNames(fault);
     // A full disk and a computer that will not power off are states, not events: they last until cleared.
     const lasting = fault.kind === 'diskFull' || fault.kind === 'neverPowersOff';
     const times =
@@ -31,7 +32,6 @@ export class FaultRegistry implements LabFaults {
       remaining: times,
     };
     this.entries.push(entry);
-    this.onChange();
     return this.handle(entry);
   }
 
@@ -42,7 +42,6 @@ export class FaultRegistry implements LabFaults {
       const i = this.entries.findIndex((e) => e.id === id);
       if (i >= 0) this.entries.splice(i, 1);
     }
-    this.onChange();
   }
 
   list(): FaultHandle[] {

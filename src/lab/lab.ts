@@ -96,7 +96,16 @@ class Runtime implements LabCore {
   /** Bytes each `diskFull` fault let through so far. */
   private readonly written = new WeakMap<Fault, number>();
 
-  constructor(readonly options: ResolvedOptions) {}
+  constructor(readonly options: ResolvedOptions) {
+    this.faults.checkNames = (fault) => {
+      const hosts = 'host' in fault && fault.host !== undefined ? [fault.host].flat() : [];
+      const unknownHost = hosts.find((h) => !this.hosts.has(h));
+      if (unknownHost !== undefined)
+        throw new RangeError(`fault ${fault.kind}: the lab has no host ${unknownHost}`);
+      if ('computer' in fault && !this.computers.has(fault.computer))
+        throw new RangeError(`fault ${fault.kind}: the lab has no computer ${fault.computer}`);
+    };
+  }
 
   get stopping(): AbortSignal {
     return this.stopController.signal;

@@ -27,6 +27,15 @@ async function tempFilesIn(host: string, dir: string): Promise<string> {
   return (await h.exec(host, ['find', dir, '-name', '*vcl-tmp*'])).stdout;
 }
 
+describe('the fault API', () => {
+  it('refuses names the lab does not have, and bad counts', () => {
+    expect(() => h.lab.faults.add({ kind: 'diskFull', host: 'repo' })).toThrow(/no host repo/);
+    expect(() => h.lab.faults.add({ kind: 'neverPowersOff', computer: 'lv-linux-9' })).toThrow(/no computer/);
+    expect(() => h.lab.faults.add({ kind: 'hangCommand', match: ['x'], times: 0 })).toThrow(/positive/);
+    expect(h.lab.faults.list()).toEqual([]);
+  });
+});
+
 describe('failCommand', () => {
   it('fails matching commands N times with the given status and output, then lets them run', async () => {
     const fault = h.lab.faults.add({
