@@ -6,7 +6,7 @@ import type { AnyActorLogic } from 'xstate';
 import { linuxMachine } from './os/linux.js';
 import type { OsMachine } from './os/os-machine.js';
 import { windowsMachine } from './os/windows.js';
-import type { ProvisionerSpec } from './provisioners/capture-machine.js';
+import { defaultEndState, type ProvisionerSpec } from './provisioners/capture-machine.js';
 import { LIBVIRT, libvirtMachine } from './provisioners/libvirt.js';
 import { VMWARE, vmwareMachine } from './provisioners/vmware.js';
 import { XCAT, xcatMachine } from './provisioners/xcat.js';
@@ -28,6 +28,10 @@ export type CaptureMachine = (typeof provisioners)[ProvisionerName]['machine'];
 /** The effects a machine names, in the order its setup declares them: what the runner must provide. */
 export function effectNames(machine: { implementations: { actors: Record<string, unknown> } }): string[] {
   return Object.keys(machine.implementations.actors);
+}
+
+export function defaultEndStateOf(provisioner: ProvisionerName, os: OsName): EndState {
+  return defaultEndState(provisioners[provisioner].spec, os);
 }
 
 export function allowedEndStates(provisioner: ProvisionerName): readonly EndState[] {

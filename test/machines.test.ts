@@ -128,11 +128,15 @@ describe('input validation', () => {
     expect(String(errors[0])).toMatch(/libvirt cannot capture with end state 'reboot'; it allows: off, on/);
   });
 
-  it("defaults the end state to the provisioner's first", () => {
+  it("defaults the end state to the provisioner's first, xCAT + Windows to off", () => {
     for (const [name, { machine, spec }] of Object.entries(provisioners)) {
       const actor = createActor(machine, { input: { captureId: 'c1', computer: 'pc1', os: 'linux', image } });
       expect(actor.getSnapshot().context.endState, name).toBe(spec.endStates[0]);
     }
+    const win = createActor(provisioners.xcat.machine, {
+      input: { captureId: 'c1', computer: 'pc1', os: 'windows', image },
+    });
+    expect(win.getSnapshot().context.endState).toBe('off');
   });
 
   it('validates timeout overrides by name and value', () => {

@@ -106,10 +106,17 @@ export interface ProvisionerSpec {
   watchesReturn: boolean;
   /** Default for Windows sysprep (VCL: never on VMware, off on libvirt). */
   sysprepByDefault: boolean;
+  /** A different default end state for an OS (xCAT + Windows: `off`, see xcat.ts). */
+  endStateFor?: Partial<Record<OsName, EndState>>;
+}
+
+/** The end state a capture gets when its request names none. */
+export function defaultEndState(spec: ProvisionerSpec, os: OsName): EndState {
+  return spec.endStateFor?.[os] ?? spec.endStates[0];
 }
 
 export function initialCaptureContext(spec: ProvisionerSpec, input: CaptureInput): CaptureContext {
-  const endState = input.endState ?? spec.endStates[0];
+  const endState = input.endState ?? defaultEndState(spec, input.os);
   if (!spec.endStates.includes(endState)) {
     throw new RangeError(
       `provisioner ${spec.name} cannot capture with end state '${endState}'; it allows: ${spec.endStates.join(', ')}`,
@@ -284,6 +291,7 @@ export function captureSetup(stepIds: readonly string[]) {
       nextCompensationIs: ({ context }, params: { compensation: string }) =>
         context.compensations.at(-1) === params.compensation,
       wasCancelled: ({ context }) => context.cancelled,
+      endStateIs: ({ context }, params: { endState: EndState }) => context.endState === params.endState,
       mayRepairOnce: ({ context, event }) =>
         !context.repairAttempted &&
         errorCode((event as { error?: unknown }).error) === FAILURE_CODES.NEEDS_REPAIR,
@@ -349,7 +357,8 @@ export function captureStates<TStep extends string>(machineId: ProvisionerName) 
   }
 
   /** The OS sub-machine, asked for the end state this capture needs. */
-  function preCapture(next: string): StateConfig {
+  /** `when` sends success elsewhere for one end state (xCAT points the node at its image after an `off`). */
+  function preCapture(next: string, when?: { endState: EndState; target: string }): StateConfig {
     const meta: { step: StepMeta } = {
       step: { kind: 'critical', title: 'OS pre_capture (sub-machine)', timeout: 'commandMs', effect: 'os' },
     };
@@ -369,6 +378,15 @@ export function captureStates<TStep extends string>(machineId: ProvisionerName) 
         }),
         onDone: [
           { guard: 'osFailed', target: cleanup, actions: 'recordOsResult' },
+          ...(when
+            ? [
+                {
+                  guard: { type: 'endStateIs' as const, params: { endState: when.endState } },
+                  target: when.target,
+                  actions: 'recordOsResult' as const,
+                },
+              ]
+            : []),
           { target: next, actions: 'recordOsResult' },
         ],
         onError: { target: cleanup, actions: 'recordFailure' },

@@ -3,6 +3,10 @@
  * image first, then the OS reboots (end state `reboot`) straight into the capture environment; the
  * provisioner watches the upload itself (done/failed markers, no-progress and overall deadlines),
  * verifies it with a checksum, and always sets the node back to boot from disk.
+ *
+ * With end state `off` (VCL's shipped flow, and what Windows needs: its pre_capture reboots itself to
+ * leave a domain or drop the pagefile, and such a reboot must not land in the capture image) the OS
+ * prepares and powers off first, then the node is pointed at the capture image and powered on.
  */
 import {
   captureResult,
@@ -18,6 +22,7 @@ export const XCAT: ProvisionerSpec = {
   endStates: ['reboot', 'off'],
   watchesReturn: true,
   sysprepByDefault: true,
+  endStateFor: { windows: 'off' },
 };
 
 export const XCAT_STEPS = [
@@ -62,17 +67,33 @@ export const xcatMachine = xcatSetup.createMachine({
           title: 'Refuse existing image files in the repository',
           effect: 'check',
           next: 'set_capture_boot',
+          onDone: [
+            {
+              guard: { type: 'endStateIs', params: { endState: 'off' } },
+              target: 'pre_capture',
+              actions: 'mergeOutput',
+            },
+            { target: 'set_capture_boot', actions: 'mergeOutput' },
+          ],
         }),
         set_capture_boot: forwardStep('set_capture_boot', {
           title: 'Point the node at the capture image (nodeset osimage=...)',
           effect: 'boot-config',
           next: 'pre_capture',
           compensation: 'reset_boot',
+          onDone: [
+            {
+              guard: { type: 'endStateIs', params: { endState: 'off' } },
+              target: 'ensure_node_on',
+              actions: 'mergeOutput',
+            },
+            { target: 'pre_capture', actions: 'mergeOutput' },
+          ],
         }),
         // The reboot lands in the capture environment, which starts uploading: from here a partial
         // upload may exist.
         pre_capture: {
-          ...preCapture('ensure_node_on'),
+          ...preCapture('ensure_node_on', { endState: 'off', target: 'set_capture_boot' }),
           entry: [
             {
               type: 'beginStep',
