@@ -27,15 +27,22 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
     reservationUsers: env.computer.reservationUsers,
   });
 
-  /** The boot id, or undefined when the computer does not answer. */
+  /**
+   * The boot id, or undefined when the computer does not answer within a short budget. The transport
+   * retries connections to a host that is booting; a probe must not, so it gives up on its own signal.
+   */
   const probeBootId = async (run: StepRun<OsStepInput>): Promise<string | undefined> => {
+    const budget = AbortSignal.timeout(Math.min(15_000, Math.max(1_000, env.pollMs * 3)));
     try {
-      const r = await execFor(env, run)(guest, bootIdCommand(env.computer.os), {
-        timeoutMs: PROBE_MS,
+      const r = await env.remote.exec(guest, bootIdCommand(env.computer.os), {
+        step: run.input.step,
+        signal: AbortSignal.any([run.signal, budget]),
+        timeoutMs: Math.min(PROBE_MS, run.remainingMs()),
       });
       return parseBootId(r.stdout) ?? '';
     } catch (err) {
-      if (isSshError(err, ...UNREACHABLE)) return undefined;
+      if (run.signal.aborted) throw err;
+      if (budget.aborted || isSshError(err, ...UNREACHABLE)) return undefined;
       throw err;
     }
   };

@@ -49,7 +49,16 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
     ensure_node_on: async (run) => {
       const exec = execFor(env, run);
       const state = parseRpowerStat((await exec(mn, xcat.powerStat(node))).stdout, node);
-      if (state === 'off') await exec(mn, xcat.powerOn(node));
+      if (state === 'on') return {};
+      // Off may mean the capture environment already finished and halted the node (its markers are
+      // written before it halts): powering on again would capture a second time over the upload.
+      const f = files(run.input);
+      if (
+        (await exists(exec, env.repository.host, f.done)) ||
+        (await exists(exec, env.repository.host, f.failed))
+      )
+        return {};
+      await exec(mn, xcat.powerOn(node));
       return {};
     },
     wait_capture_env: async (run) => {

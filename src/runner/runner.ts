@@ -9,6 +9,7 @@ import {
   type CaptureMachine,
   type CaptureResult,
   composeCaptureMachine,
+  defaultEndStateOf,
   type EndState,
   effectNames,
   type ImageRef,
@@ -130,7 +131,7 @@ export function createRunner(options: RunnerOptions): Runner {
       );
     }
     const provisioner = computer.provisioner.type;
-    const endState = request.endState ?? allowedEndStates(provisioner)[0];
+    const endState = request.endState ?? defaultEndStateOf(provisioner, computer.os);
     if (endState === undefined || !allowedEndStates(provisioner).includes(endState)) {
       throw new VclError(
         'INVALID_END_STATE',
@@ -239,6 +240,7 @@ export function createRunner(options: RunnerOptions): Runner {
 
     async function run(): Promise<CaptureResult> {
       let warnings: unknown[] = [];
+      let writes = Promise.resolve();
       const wrap = <I extends { deadline: number; step: string }, O>(
         name: string,
         fn: StepFn<I, O>,
@@ -257,7 +259,11 @@ export function createRunner(options: RunnerOptions): Runner {
         return stepActor(name, limited, log);
       };
       const provisionerImpls: Record<string, StepFn<never, unknown>> = {
-        ...storeSteps(store, () => warnings),
+        ...storeSteps(
+          store,
+          () => warnings,
+          () => writes,
+        ),
         ...(provisioner === 'libvirt'
           ? libvirtSteps(env)
           : provisioner === 'vmware'
@@ -296,7 +302,6 @@ export function createRunner(options: RunnerOptions): Runner {
         ...(options.inspect ? { inspect: options.inspect } : {}),
       });
       actor = a;
-      let writes = Promise.resolve();
       let last = '';
       let enteredAt = Date.now();
       const done = new Promise<CaptureResult>((resolve, reject) => {

@@ -9,7 +9,15 @@ import type { StepFn } from './step.js';
 
 type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
 
-export function storeSteps(store: CaptureStore, warnings: () => unknown[]): Record<string, Step> {
+/**
+ * `flush` waits for the transitions already being recorded: a closing transaction must come after the
+ * audit events of the states before it, or they would be refused as writes to a finished capture.
+ */
+export function storeSteps(
+  store: CaptureStore,
+  warnings: () => unknown[],
+  flush: () => Promise<void>,
+): Record<string, Step> {
   return {
     reserve: async (run) => {
       const record = await store.reserveComputer(run.input.captureId);
@@ -19,6 +27,7 @@ export function storeSteps(store: CaptureStore, warnings: () => unknown[]): Reco
     record_revision: async (run) => {
       const artifact = run.input.artifact;
       if (!artifact) throw Object.assign(new Error('no verified copy to record'), { code: 'STEP_FAILED' });
+      await flush();
       const current = await store.getCapture(run.input.captureId);
       if (current?.status === 'completed') return {};
       await store.completeCapture(run.input.captureId, artifact, { details: { warnings: warnings() } });
@@ -27,6 +36,7 @@ export function storeSteps(store: CaptureStore, warnings: () => unknown[]): Reco
     release_computer: async (run) => {
       const release = run.input.release;
       if (!release) throw Object.assign(new Error('release without an outcome'), { code: 'STEP_FAILED' });
+      await flush();
       const current = await store.getCapture(run.input.captureId);
       if (current && ['failed', 'cancelled', 'completed'].includes(current.status)) return {};
       const details = { warnings: warnings() };
