@@ -57,9 +57,14 @@ export function execFor(env: DriverEnv, run: StepRun<{ step: string }>): Exec {
     });
 }
 
+/** `test -e`: 0 present, 1 absent; anything else (2: test itself failed, a signal) is an error. */
 export async function exists(exec: Exec, host: SshHost, path: string): Promise<boolean> {
   const r = await exec(host, ['test', '-e', path], { check: false });
-  return r.code === 0;
+  if (r.code === 0 || r.code === 1) return r.code === 0;
+  throw driverError(
+    'COMMAND_FAILED',
+    `test -e ${path} on ${host.name} failed (status ${r.code}): ${r.stderr.trim()}`,
+  );
 }
 
 export async function sha256Of(exec: Exec, host: SshHost, path: string): Promise<string> {
