@@ -1,0 +1,28 @@
+/** What a daemon embeds: the runner, the store, the inventory loader, and the built-in lab for trials. */
+export type {
+  CaptureInput,
+  CaptureResult,
+  EndState,
+  ImageArtifact,
+  ImageRef,
+  OsName,
+  ProvisionerName,
+  StepFailure,
+  StepWarning,
+  Timeouts,
+} from '../machines/index.js';
+export { isVclError, VclError } from './errors.js';
+export { loadInventoryFile } from './inventory/load.js';
+export { type Inventory, type InventoryInput, parseInventory } from './inventory/schema.js';
+export { startLab } from './lab/index.js';
+export type { Lab, LabOptions } from './lab/types.js';
+export { createLogger } from './log.js';
+export {
+  type CaptureHandle,
+  type CaptureRequest,
+  createRunner,
+  type Runner,
+  type RunnerEvent,
+  type RunnerOptions,
+} from './runner/runner.js';
+export { type CaptureStore, openSqliteStore } from './store/index.js';
