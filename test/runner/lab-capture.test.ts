@@ -2,7 +2,7 @@
  * The runner against the built-in lab over real SSH: a capture of every provisioner x OS completes, the
  * image in the repository is the source disk byte for byte, and the store says so.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -53,4 +53,78 @@ describe('captures against the lab', () => {
       expect(lab.internalErrors).toEqual([]);
     },
   );
+});
+
+/** A computer captured earlier, made ready again: back in service and switched on. */
+async function again(computer: string): Promise<void> {
+  if ((await store.getComputer(computer))?.state !== 'available')
+    await store.setComputerState(computer, 'available');
+  if (lab.computer(computer).power !== 'on') {
+    lab.powerOn(computer);
+    await lab.waitForPower(computer, 'on');
+  }
+}
+
+describe('deadlines and hostile values', () => {
+  it('a step past its deadline fails with TIMEOUT in that step, and its partial copy is removed', async () => {
+    await again('lv-linux-1');
+    lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'] });
+    const handle = await runner.capture({
+      computer: 'lv-linux-1',
+      image: { osName: 'linux', prettyName: 'Deadline', owner: 'test' },
+      timeouts: { copyMs: 400 },
+    });
+    const result = await handle.result;
+    lab.faults.clear();
+    expect(result.status).toBe('failed');
+    if (result.status === 'completed') return;
+    expect(result.error).toMatchObject({ code: 'TIMEOUT', step: 'copy_image' });
+    // The hung convert was stopped, not left running on the host.
+    expect(lab.runningCommands('libvirt-host')).toBe(0);
+    const repo = await lab.realPath('repo-host', '/srv/vcl/images');
+    expect(readdirSync(repo).filter((f) => f.includes(handle.image.name))).toEqual([]);
+    expect((await store.getComputer('lv-linux-1'))?.state).toBe('maintenance');
+  });
+
+  it('a repository path full of shell syntax reaches the hosts as one quoted word', async () => {
+    const hostile = `/srv/vcl/it's a $(touch pwned) \`id\`; "dir" & more`;
+    mkdirSync(await lab.realPath('repo-host', hostile), { recursive: true });
+    const inventory = structuredClone(lab.inventory);
+    const repository = inventory.repositories.images;
+    if (!repository) throw new Error('lab has no images repository');
+    repository.path = hostile;
+    const hostileStore = openSqliteStore(join(dir, 'hostile.sqlite'));
+    const hostileRunner = createRunner({ inventory, store: hostileStore, pollMs: 20 });
+    if (lab.computer('vm-linux-1').power !== 'on') {
+      lab.powerOn('vm-linux-1');
+      await lab.waitForPower('vm-linux-1', 'on');
+    }
+    try {
+      const source = await lab.diskSha256('vm-linux-1');
+      lab.clearLog();
+      const handle = await hostileRunner.capture({
+        computer: 'vm-linux-1',
+        image: { osName: 'linux', prettyName: 'x; rm -rf / $(reboot)', owner: 'test' },
+      });
+      const result = await handle.result;
+      if (result.status !== 'completed') throw new Error(JSON.stringify(result.error));
+      // The image name was made safe by VCL's naming (non-word characters dropped).
+      expect(result.image.name).toMatch(/^linux-xrmrfreboot\d+-v0$/);
+      expect(result.artifact.path.startsWith(`${hostile}/`)).toBe(true);
+      expect(await lab.sha256('repo-host', result.artifact.path)).toBe(source);
+      const touching = lab.commandLog.filter((e) => e.line.includes('touch pwned'));
+      expect(touching.length).toBeGreaterThan(0);
+      for (const e of touching) {
+        expect(e.kind).toBe('exec');
+        // Each word that carries the path carries all of it, from its start: quoted as one word.
+        const words = e.argv?.filter((w) => w.includes('touch pwned')) ?? [];
+        expect(words.length, e.line).toBeGreaterThan(0);
+        for (const w of words) expect(w.startsWith(hostile), e.line).toBe(true);
+      }
+      expect(lab.commandLog.filter((e) => e.kind === 'refused')).toEqual([]);
+    } finally {
+      await hostileRunner.close();
+      await hostileStore.close();
+    }
+  });
 });
