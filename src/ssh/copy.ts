@@ -7,13 +7,13 @@
  * and only then renamed into place.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createWriteStream, fdatasync } from 'node:fs';
 import { chmod, open, rename, rm } from 'node:fs/promises';
 import { dirname, basename as localBasename, join as localJoin, posix } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from '../log.js';
 import { SshError, type SshErrorCode } from './errors.js';
+import { openFileSink } from './filesink.js';
 import type { RemoteProcess } from './process.js';
 import type {
   CopyEndpoint,
@@ -35,7 +35,6 @@ export interface CopyRunner {
 const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
 const DEFAULT_PROGRESS_INTERVAL_MS = 500;
 const LOCAL_READ_CHUNK = 1024 * 1024;
-const WRITEBACK_BYTES = 64 * 1024 * 1024;
 /** Cleanup after a failure gets its own short budget: a dead host must not hold up the error. */
 const CLEANUP_TIMEOUT_MS = 5000;
 
@@ -56,6 +55,13 @@ interface Destination {
   commit(): Promise<void>;
   /** Removes the temporary file (best effort). */
   discard(): Promise<void>;
+  /**
+   * Set when the destination hashes what it writes itself (a local file: the hash is taken from the very
+   * memory the file is written from, in a worker thread): its digest once `stream` finished.
+   */
+  sha256?: () => string | undefined;
+  /** With `sha256`: bytes the destination wrote, checked against the bytes read. */
+  bytesWritten?: () => number;
 }
 
 /** A hidden name beside the destination (same file system, so the final rename is atomic). */
@@ -67,22 +73,49 @@ function copyError(code: SshErrorCode, message: string, details: Record<string, 
   return new SshError(code, message, { details, ...(cause === undefined ? {} : { cause }) });
 }
 
-async function remoteSize(runner: CopyRunner, host: SshHost, path: string, signal: AbortSignal) {
-  const r = await runner.exec(host, ['stat', '-L', '-c', '%s:%F', '--', path], {
-    timeoutMs: 30_000,
-    signal,
-    check: false,
+/**
+ * Reads the first line of `stream` (at most `limit` bytes) and puts back what follows it, so that the
+ * stream then flows on from the first data byte. Undefined when the stream ended (or broke) before a line.
+ */
+function readFirstLine(stream: Readable, limit: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    let head: Buffer = Buffer.alloc(0);
+    const done = (line: string | undefined) => {
+      stream.off('readable', onReadable);
+      stream.off('end', onEnd);
+      stream.off('close', onEnd);
+      stream.off('error', onEnd);
+      resolve(line);
+    };
+    const onEnd = () => done(undefined);
+    const onReadable = () => {
+      for (let chunk: Buffer | null = stream.read(); chunk !== null; chunk = stream.read()) {
+        head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+        const nl = head.indexOf(0x0a);
+        if (nl >= 0) {
+          if (nl + 1 < head.length) stream.unshift(head.subarray(nl + 1));
+          done(head.subarray(0, nl).toString('utf8'));
+          return;
+        }
+        if (head.length > limit) {
+          done(undefined);
+          return;
+        }
+      }
+    };
+    stream.on('readable', onReadable);
+    stream.once('end', onEnd);
+    stream.once('close', onEnd);
+    stream.once('error', onEnd);
   });
-  if (r.code !== 0) {
-    throw copyError('COPY_FAILED', `cannot read ${host.name}:${path}: ${r.stderr.trim()}`, {
-      host: host.name,
-      path,
-      stderr: r.stderr,
-    });
-  }
-  const [size, kind] = r.stdout.trim().split(':');
-  return kind === 'regular file' ? Number(size) : undefined;
 }
+
+/**
+ * The remote reader: `stat` prints size and kind on the first line of stdout, then `cat` streams the data,
+ * in one command. A separate `stat` command beside the transfer cost a second session start on the host
+ * (~0.1 s of sshd CPU each time), and the data waited for it.
+ */
+const REMOTE_READER = 'stat -L -c %s:%F -- "$1" && exec cat -- "$1"';
 
 async function openSource(
   runner: CopyRunner,
@@ -118,37 +151,37 @@ async function openSource(
     };
   }
   const host = from.host;
-  // The size query runs beside the transfer on its own channel: sequential, it cost a round trip and a
-  // process start (~0.2 s here) before the first byte moved.
-  const [sized, started] = await Promise.allSettled([
-    remoteSize(runner, host, from.path, signal),
-    runner.spawn(host, ['cat', '--', from.path], {
-      signal,
-      maxStderrBytes: 64 * 1024,
-      ...(step === undefined ? {} : { step }),
-    }),
-  ]);
-  if (started.status === 'rejected') throw started.reason;
-  const proc = started.value;
-  if (sized.status === 'rejected') {
-    proc.stdout.resume();
-    proc.stop('SSH_ABORTED', `copy from ${host.name}:${from.path} stopped`);
-    await proc.done.catch(() => {});
-    throw sized.reason;
-  }
-  const total = sized.value;
-  const finished = proc.done.then((r) => {
-    if (r.code !== 0) {
-      throw copyError(
-        'COPY_FAILED',
-        `reading ${host.name}:${from.path} failed (cat exited ${r.code ?? r.signal}): ${r.stderr.trim()}`,
-        { host: host.name, path: from.path, stderr: r.stderr },
-      );
-    }
+  const proc = await runner.spawn(host, ['sh', '-c', REMOTE_READER, 'sh', from.path], {
+    signal,
+    maxStderrBytes: 64 * 1024,
+    ...(step === undefined ? {} : { step }),
   });
+  const failed = (r: { code: number | null; signal: string | null; stderr: string }) =>
+    copyError(
+      'COPY_FAILED',
+      `reading ${host.name}:${from.path} failed (exit ${r.code ?? r.signal}): ${r.stderr.trim()}`,
+      { host: host.name, path: from.path, stderr: r.stderr },
+    );
+  const finished = proc.done.then((r) => {
+    if (r.code !== 0) throw failed(r);
+  });
+  finished.catch(() => {});
+  const header = await readFirstLine(proc.stdout, 4096);
+  const match = header === undefined ? null : /^(\d+):(.*)$/.exec(header);
+  if (match === null) {
+    // No size line: `stat` failed (no such file, no permission) and said why on stderr, or we were stopped.
+    proc.stdout.resume();
+    const r = await proc.done;
+    throw copyError(
+      'COPY_FAILED',
+      `cannot read ${host.name}:${from.path}: ${r.code === 0 ? `unexpected first line ${JSON.stringify(header)}` : r.stderr.trim()}`,
+      { host: host.name, path: from.path, stderr: r.stderr },
+    );
+  }
+  const kind = match[2];
   return {
     stream: proc.stdout,
-    total,
+    total: kind === 'regular file' || kind === 'regular empty file' ? Number(match[1]) : undefined,
     finished,
     stop: () => proc.stop('SSH_ABORTED', `copy from ${host.name}:${from.path} stopped`),
   };
@@ -165,52 +198,35 @@ async function fsyncDir(dir: string): Promise<void> {
 
 async function openLocalDestination(path: string, mode: number): Promise<Destination> {
   const tmp = tempName(localJoin, dirname(path), localBasename(path));
-  // flush: the descriptor is fsynced before it closes, so 'close' means the data is on disk.
-  const stream = createWriteStream(tmp, { flags: 'wx', mode, flush: true, highWaterMark: 4 * 1024 * 1024 });
+  const writeFailed = (err: unknown) =>
+    copyError('COPY_FAILED', `writing ${tmp} failed: ${(err as Error).message}`, { path, tmp }, err);
+  // Fails before anything is read when the destination cannot be created at all.
+  const sink = await openFileSink(tmp, { mode }).catch((err: unknown) => {
+    throw writeFailed(err);
+  });
+  // 'close' comes after the file was written, fsynced and closed (or, after a failure, closed).
   const finished = new Promise<void>((resolve, reject) => {
-    stream.once('close', resolve);
-    stream.once('error', (err) =>
-      reject(copyError('COPY_FAILED', `writing ${tmp} failed: ${err.message}`, { path, tmp }, err)),
-    );
+    sink.once('close', resolve);
+    sink.once('error', (err) => reject(writeFailed(err)));
   });
   finished.catch(() => {});
-  let fd: number | undefined;
-  stream.once('open', (n: number) => {
-    fd = n;
-  });
-  stream.once('close', () => {
-    fd = undefined;
-  });
-  // Fail before anything is read when the destination cannot be created at all.
-  await new Promise<void>((resolve, reject) => {
-    stream.once('ready', resolve);
-    finished.catch(reject);
-  });
-  // Write back while copying: one fsync of a whole disk image at the end stalls the copy for seconds
-  // (0.4 s per GiB on this project's machines), while the same work in the background is nearly free.
-  let synced = 0;
-  let syncing = false;
-  const writeback = setInterval(() => {
-    if (syncing || typeof fd !== 'number' || stream.bytesWritten - synced < WRITEBACK_BYTES) return;
-    syncing = true;
-    const upTo = stream.bytesWritten;
-    fdatasync(fd, () => {
-      syncing = false;
-      synced = upTo;
-    });
-  }, 100);
-  stream.once('close', () => clearInterval(writeback));
   return {
-    stream,
+    stream: sink,
     finished,
-    stop: () => stream.destroy(),
+    sha256: () => sink.sha256,
+    bytesWritten: () => sink.bytesWritten,
+    stop: () => sink.destroy(),
     async commit() {
       await chmod(tmp, mode);
       await rename(tmp, path);
       await fsyncDir(dirname(path));
     },
     async discard() {
-      stream.destroy();
+      if (!sink.closed) {
+        const closed = new Promise<void>((resolve) => sink.once('close', resolve));
+        sink.destroy();
+        await closed;
+      }
       await rm(tmp, { force: true });
     },
   };
@@ -372,8 +388,9 @@ export async function copyFile(
     source.finished.catch(() => {});
     if (failure !== undefined) throw failure;
     const onProgress = options.onProgress;
+    const destHashes = dest.sha256 !== undefined;
     source.stream.on('data', (chunk: Buffer) => {
-      hash.update(chunk);
+      if (!destHashes) hash.update(chunk);
       bytes += chunk.length;
       const now = Date.now();
       lastData = now;
@@ -388,7 +405,15 @@ export async function copyFile(
       dest.finished.catch(fail),
     ]);
     if (failure !== undefined) throw failure;
-    const sha256 = hash.digest('hex');
+    const sha256 = destHashes ? dest.sha256?.() : hash.digest('hex');
+    const written = dest.bytesWritten?.() ?? bytes;
+    if (sha256 === undefined || written !== bytes) {
+      throw copyError(
+        'COPY_FAILED',
+        `copy ${where}: the destination wrote ${written} of ${bytes} bytes`,
+        details({ bytes, written }),
+      );
+    }
     if (source.total !== undefined && bytes !== source.total) {
       throw copyError(
         'COPY_SIZE_MISMATCH',

@@ -76,6 +76,25 @@ describe.skipIf(!available)('copy against OpenSSH sshd', () => {
     expect(pool.cipherOf(server.sshHost())).toBe('aes128-gcm@openssh.com');
   });
 
+  it('copies empty and tiny files host -> local (sizes below one disk block)', async () => {
+    for (const size of [0, 1, 4095, 4097]) {
+      const src = join(server.dir, `tiny-${size}.bin`);
+      writeFileSync(src, Buffer.alloc(size, 0x5a));
+      const dest = join(out, `tiny-${size}.copy`);
+      const progress: CopyProgress[] = [];
+      const r = await pool.copy(
+        { host: server.sshHost(), path: src },
+        { path: dest },
+        { onProgress: (p) => progress.push(p) },
+      );
+      expect(r).toMatchObject({ bytes: size, sha256: sha256sum(src) });
+      expect(statSync(dest).size).toBe(size);
+      expect(readFileSync(dest).equals(readFileSync(src))).toBe(true);
+      expect(progress.at(-1)).toMatchObject({ done: true, bytes: size, total: size });
+    }
+    expect(listing(out).filter((f) => f.includes('vcl-tmp'))).toEqual([]);
+  });
+
   it('copies local -> host and host -> host, with the mode asked for', async () => {
     const host = server.sshHost();
     const up = join(out, 'up.bin');

@@ -29,6 +29,11 @@ function programOf(command: string): string {
   return /exec (\S+)/.exec(command)?.[1] ?? command.split(' ')[0] ?? '';
 }
 
+/** The remote reader of a copy: one command that prints `size:kind` from `stat`, then runs `cat`. */
+function isCopyReader(command: string): boolean {
+  return programOf(command) === 'sh' && command.includes('stat -L') && command.includes('exec cat');
+}
+
 describe('fault injection with an ssh2 Server', () => {
   let fake: FakeSshServer;
   let pool: SshPool;
@@ -160,8 +165,12 @@ describe('fault injection with an ssh2 Server', () => {
   it('a source shorter than its stat size fails COPY_SIZE_MISMATCH and leaves nothing', async () => {
     script = ({ command, stream }) => {
       stream.write(pidHeader(5));
-      if (programOf(command) === 'stat') stream.write('100:regular file\n');
-      else stream.write(Buffer.alloc(50, 1));
+      if (isCopyReader(command)) {
+        // The size line in pieces, then the data.
+        stream.write('10');
+        stream.write('0:regular file\n');
+        stream.write(Buffer.alloc(50, 1));
+      }
       stream.exit(0);
       stream.end();
     };
@@ -177,11 +186,8 @@ describe('fault injection with an ssh2 Server', () => {
   it('a copy whose source stalls fails SSH_TIMEOUT after idleTimeoutMs and leaves nothing', async () => {
     script = ({ command, stream }) => {
       stream.write(pidHeader(6));
-      if (programOf(command) === 'stat') {
+      if (isCopyReader(command)) {
         stream.write('1000:regular file\n');
-        stream.exit(0);
-        stream.end();
-      } else if (programOf(command) === 'cat') {
         stream.write(Buffer.alloc(10, 2));
       } else {
         stream.exit(0);
