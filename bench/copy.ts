@@ -13,6 +13,7 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { SshPool } from '../src/ssh/index.js';
 import { sshdAvailable, startSshd } from '../test/helpers/sshd.js';
@@ -60,7 +61,12 @@ async function main(): Promise<void> {
     ];
 
     const destA = join(server.dir, 'a.bin');
+    // Context only (the timings below are unchanged): how busy the shared machine was, and the CPU this
+    // process (decryption, hash worker, writes) spent on (a).
+    const load = loadavg().map((l) => l.toFixed(2));
+    const cpuBefore = process.cpuUsage();
     const a = await timedAsync(() => pool.copy({ host: server.sshHost(), path: src }, { path: destA }));
+    const cpuA = process.cpuUsage(cpuBefore);
     const cipher = pool.cipherOf(server.sshHost());
     rmSync(destA);
 
@@ -88,7 +94,11 @@ async function main(): Promise<void> {
       ['(c) scp alone', c.seconds],
       ['(d) sha256sum of the cached file', d.seconds],
     ];
-    console.log(`\n${sizeMiB} MiB over loopback, transport cipher ${cipher}, sha256 ${d.value}\n`);
+    console.log(`\n${sizeMiB} MiB over loopback, transport cipher ${cipher}, sha256 ${d.value}`);
+    console.log(
+      `load average before (a): ${load.join(' ')}; CPU of this process during (a): ` +
+        `${(cpuA.user / 1e6).toFixed(2)} s user + ${(cpuA.system / 1e6).toFixed(2)} s system\n`,
+    );
     for (const [label, s] of rows) {
       console.log(
         `${label.padEnd(38)} ${s.toFixed(2).padStart(7)} s  ${mbps(s).toFixed(0).padStart(6)} MB/s`,

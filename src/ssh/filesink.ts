@@ -15,7 +15,8 @@
  * not stall for seconds. Either way the file is fsynced before the stream finishes, and the hash covers
  * exactly the memory the writes came from: a slot is reused only after both its write and its hash are done.
  */
-import { close, constants, fdatasync, fsync, ftruncate, open, write, writeSync } from 'node:fs';
+import { close, constants, fdatasync, fsync, ftruncate, open, statfs, write, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { Writable } from 'node:stream';
 import { createRegionHasher, type RegionHasher } from './hasher.js';
 
@@ -23,10 +24,23 @@ const MiB = 1024 * 1024;
 /** File offsets, lengths and memory of direct writes are aligned to this (covers 512 and 4096 devices). */
 export const DIRECT_ALIGN = 4096;
 
+/**
+ * File systems on local block devices, where `O_DIRECT` is both supported and fast: ext4 (also ext2/3),
+ * xfs, btrfs. Elsewhere (NFS, CIFS, FUSE, tmpfs, overlayfs...) it may be refused, be no faster, or turn every
+ * write into a synchronous round trip to a server, so the page cache is used there.
+ */
+const DIRECT_FILE_SYSTEMS = new Set([0xef53, 0x58465342, 0x9123683e]);
+
+async function directAllowedOn(path: string): Promise<boolean> {
+  return await new Promise((resolve) =>
+    statfs(dirname(path), (err, st) => resolve(err === null && DIRECT_FILE_SYSTEMS.has(st.type))),
+  );
+}
+
 export interface FileSinkOptions {
   /** Mode of the new file (before the umask). */
   mode: number;
-  /** Write with `O_DIRECT` where the file system accepts it. Default true. */
+  /** Write with `O_DIRECT` on local disk file systems (ext4, xfs, btrfs) that accept it. Default true. */
   direct?: boolean;
   /** Hash in a worker thread. Default true. */
   hashInWorker?: boolean;
@@ -91,7 +105,7 @@ export async function openFileSink(path: string, options: FileSinkOptions): Prom
     const memory = new SharedArrayBuffer(slots * slotBytes + DIRECT_ALIGN);
     let base = 0;
     const O_DIRECT = constants.O_DIRECT as number | undefined;
-    if (options.direct !== false && O_DIRECT !== undefined) {
+    if (options.direct !== false && O_DIRECT !== undefined && (await directAllowedOn(path))) {
       directFd = await openFd(path, constants.O_WRONLY | O_DIRECT).catch(() => undefined);
       const aligned = directFd === undefined ? undefined : probeAlignment(directFd, memory);
       if (aligned === undefined && directFd !== undefined) {

@@ -105,6 +105,21 @@ describe('openFileSink', () => {
     expect(sink.bytesWritten).toBe(3 * 1024 * 1024 + 1);
   });
 
+  it('uses the page cache on other file systems (tmpfs)', async (ctx) => {
+    if (fsTypeOf('/dev/shm/x') !== 'tmpfs') ctx.skip();
+    const shm = mkdtempSync('/dev/shm/vcl-filesink-');
+    try {
+      const data = randomBytes(5 * SLOT + 3);
+      const sink = await openFileSink(join(shm, 'f'), { mode: 0o644, slotBytes: SLOT, slots: 2 });
+      await pipeline(chunked(data), sink);
+      expect(sink.direct).toBe(false);
+      expect(sink.sha256).toBe(sha256(data));
+      expect(readFileSync(join(shm, 'f')).equals(data)).toBe(true);
+    } finally {
+      rmSync(shm, { recursive: true, force: true });
+    }
+  });
+
   it('refuses an existing file and closes what it opened', async () => {
     const path = join(dir, 'exists');
     const first = await openFileSink(path, { mode: 0o644 });
