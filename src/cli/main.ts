@@ -15,6 +15,8 @@ import { isVclError } from '../errors.js';
 import { dryRun } from '../simulate/dry-run.js';
 import { writeVisualizations } from '../visualize/write.js';
 import { captureCommand } from './commands/capture.js';
+import { demoCommand } from './commands/demo.js';
+import { labCommand } from './commands/lab.js';
 import { capturesCommand, imagesCommand, showCommand } from './commands/store-read.js';
 import { EXIT, exitCodeForError } from './exit-codes.js';
 
@@ -47,6 +49,33 @@ function positiveInt(value: string): number {
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a non-negative integer');
   return n;
 }
+
+program
+  .command('demo')
+  .description(
+    'Start the built-in lab and capture one computer per provisioner at once (libvirt + Linux, VMware + Windows, xCAT + Linux)',
+  )
+  .option('--db <file>', 'SQLite database to keep the results in (default: a new one in a temp folder)')
+  .option('--json', 'print the summary as JSON')
+  .addHelpText(
+    'after',
+    '\nExample:\n  vcl-capture demo && vcl-capture captures --db <the database it printed>',
+  )
+  .action(async (opts) => {
+    process.exitCode = await demoCommand({ ...globals(), ...opts });
+  });
+
+program
+  .command('lab')
+  .description('Start the built-in lab and keep it running, with an inventory that points at it')
+  .option('-w, --write-inventory <file>', 'write the inventory (YAML) to this file')
+  .addHelpText(
+    'after',
+    '\nExample:\n  vcl-capture lab -w lab.yaml   # then, in another terminal:\n  vcl-capture capture lv-linux-1 --image "Lab base" --config lab.yaml',
+  )
+  .action(async (opts) => {
+    process.exitCode = await labCommand(opts);
+  });
 
 program
   .command('simulate')
