@@ -4,7 +4,8 @@
  * while SFTP reads were 2-10x slower; hashing with Node's OpenSSL sha256 (~1.7 GB/s) on the bytes as they
  * pass costs far less than a second read with `sha256sum` (~0.3 GB/s). So: `cat` on the source, the hash
  * and byte count taken from the stream, the destination written under a temporary name, synced, checked,
- * and only then renamed into place.
+ * and only then renamed into place. A local destination is written by `filesink.ts` (aligned slots,
+ * `O_DIRECT`, the hash in a worker thread over the same slots); see docs/performance-copy.md.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { chmod, open, rename, rm } from 'node:fs/promises';
