@@ -4,7 +4,12 @@ import { libvirt } from '../../src/drivers/libvirt-commands.js';
 import { endStateCommand } from '../../src/drivers/os-commands.js';
 import { needsRepair, noSpace, vmware } from '../../src/drivers/vmware-commands.js';
 import { xcat } from '../../src/drivers/xcat-commands.js';
-import { COPY_WRITE_SCRIPT, LAB_CAPTURE_IMAGE, LAB_REPOSITORIES } from '../../src/lab/index.js';
+import {
+  COPY_READ_SCRIPT,
+  COPY_WRITE_SCRIPT,
+  LAB_CAPTURE_IMAGE,
+  LAB_REPOSITORIES,
+} from '../../src/lab/index.js';
 import { isSshError } from '../../src/ssh/index.js';
 import { eventually, type LabHarness, openLab } from './helpers.js';
 
@@ -104,7 +109,7 @@ describe('dropConnection', () => {
     h.lab.faults.add({
       kind: 'dropConnection',
       host: 'libvirt-host',
-      match: ['cat', '--'],
+      match: ['sh', '-c', COPY_READ_SCRIPT],
       afterBytes: 1024 * 1024,
     });
     const to = `${REPO}/dropped.qcow2`;

@@ -1,7 +1,12 @@
 /** How the lab reads command lines: POSIX words, refusals, and the transport's own shell fragments. */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { COPY_FINALIZE_SCRIPT, COPY_WRITE_SCRIPT, TRANSPORT_PREFIX } from '../../src/lab/index.js';
+import {
+  COPY_FINALIZE_SCRIPT,
+  COPY_READ_SCRIPT,
+  COPY_WRITE_SCRIPT,
+  TRANSPORT_PREFIX,
+} from '../../src/lab/index.js';
 import { parseCommandLine, splitWords } from '../../src/lab/words.js';
 import { toCommandLine } from '../../src/ssh/index.js';
 
@@ -109,6 +114,7 @@ describe('the transport scripts the lab emulates', () => {
       /'\s*\+\s*\n\s*'/g,
       '',
     );
+    expect(copy).toContain(`'${COPY_READ_SCRIPT}'`);
     expect(copy).toContain(`'${COPY_WRITE_SCRIPT}'`);
     expect(copy).toContain(`'${COPY_FINALIZE_SCRIPT}'`);
   });

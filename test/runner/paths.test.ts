@@ -69,7 +69,8 @@ const FAIL: Record<ProvisionerName, Record<string, CommandMatch>> = {
     wait_forced_off: ['vim-cmd', 'vmsvc/power.getstate'],
     clone_disk: ['vmkfstools', '-i'],
     repair_disk: ['vmkfstools', '-x'],
-    copy_to_repository: ['cat'],
+    // The transport's reader: `sh -c 'stat … && exec cat …'` (src/ssh/copy.ts).
+    copy_to_repository: ['sh', '-c'],
     verify_image: ['sha256sum'],
   },
   xcat: {

@@ -1,6 +1,7 @@
 /**
- * `sh -c` exactly as the SSH transport's copies send it (src/ssh/copy.ts), and nothing else: the writer
- * that streams stdin into a temporary file, and the finalizer that sets its mode, syncs and renames it.
+ * `sh -c` exactly as the SSH transport's copies send it (src/ssh/copy.ts), and nothing else: the reader
+ * that prints the source's size and type then streams it, the writer that streams stdin into a temporary
+ * file, and the finalizer that sets its mode, syncs and renames it.
  * The lab recognises the two scripts by their exact text and emulates them; any other script is answered
  * as unknown (exit 127), because the lab never interprets shell code.
  */
@@ -8,6 +9,8 @@ import { posix } from 'node:path';
 import { type CommandContext, CommandError, fail, type Handler, NoSpaceError } from '../core.js';
 import { errnoText, move, statOf, writeStdinTo } from './posix.js';
 
+/** The copy's reader: `sh -c <this> sh <path>` (size line, then the bytes). */
+export const COPY_READ_SCRIPT = 'stat -L -c %s:%F -- "$1" && exec cat -- "$1"';
 /** The copy's writer: `sh -c <this> sh <tmp>`. */
 export const COPY_WRITE_SCRIPT = 'umask 077 && exec cat > "$1"';
 /** The copy's commit: `sh -c <this> sh <tmp> <path> <octal mode>`. */
@@ -43,9 +46,20 @@ async function finalize(ctx: CommandContext, tmp: string, target: string, mode: 
   return 0;
 }
 
+/** `stat ... && exec cat ...`: the same two commands the lab answers on their own, in one session. */
+async function readWithSize(ctx: CommandContext, path: string): Promise<number> {
+  const stat = ctx.host.commands.get('stat');
+  const cat = ctx.host.commands.get('cat');
+  if (stat === undefined || cat === undefined) fail(127, 'sh: 1: stat or cat: not found');
+  const code = await stat({ ...ctx, argv: ['stat', '-L', '-c', '%s:%F', '--', path] });
+  if (code !== 0) return code;
+  return await cat({ ...ctx, argv: ['cat', '--', path] });
+}
+
 export const sh: Handler = async (ctx) => {
   const [, flag, script, , ...args] = ctx.argv;
   if (flag === '-c' && ctx.argv[3] === 'sh') {
+    if (script === COPY_READ_SCRIPT && args.length === 1) return await readWithSize(ctx, args[0] as string);
     if (script === COPY_WRITE_SCRIPT && args.length === 1) return await writeTemp(ctx, args[0] as string);
     if (script === COPY_FINALIZE_SCRIPT && args.length === 3) {
       const [tmp, target, mode] = args as [string, string, string];
