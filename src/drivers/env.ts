@@ -94,3 +94,19 @@ export function repositoryPath(env: DriverEnv, name: string): string {
 export function sameHost(a: SshHost, b: SshHost): boolean {
   return a.host === b.host && (a.port ?? 22) === (b.port ?? 22);
 }
+
+type ProvisionerSettings = ComputerEntry['provisioner'];
+
+/** The computer's provisioner settings, checked to be of the driver's kind. */
+export function provisionerSettings<T extends ProvisionerSettings['type']>(
+  env: DriverEnv,
+  type: T,
+): Extract<ProvisionerSettings, { type: T }> {
+  const p = env.computer.provisioner;
+  if (p.type !== type)
+    throw driverError(
+      'COMMAND_FAILED',
+      `computer ${env.computerName} is provisioned by ${p.type}, not ${type}`,
+    );
+  return p as Extract<ProvisionerSettings, { type: T }>;
+}

@@ -12,6 +12,7 @@ import {
   type DriverEnv,
   execFor,
   exists,
+  provisionerSettings,
   repositoryPath,
   sameHost,
   sha256Of,
@@ -24,10 +25,7 @@ import { verifyArtifact } from './verify.js';
 type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
 
 function settings(env: DriverEnv) {
-  const p = env.computer.provisioner;
-  if (p.type !== 'libvirt')
-    throw driverError('COMMAND_FAILED', `computer ${env.computerName} is not a libvirt domain`);
-  return p;
+  return provisionerSettings(env, 'libvirt');
 }
 
 export function imageFileName(input: CaptureStepInput, format: string): string {

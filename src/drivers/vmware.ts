@@ -7,7 +7,7 @@ import { posix } from 'node:path';
 import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
 import { pollUntil, type StepFn } from '../runner/step.js';
 import { isSshError } from '../ssh/index.js';
-import { copyOptions, type DriverEnv, execFor, exists, repositoryPath } from './env.js';
+import { copyOptions, type DriverEnv, execFor, exists, provisionerSettings, repositoryPath } from './env.js';
 import { driverError } from './errors.js';
 import { verifyArtifact } from './verify.js';
 import {
@@ -23,10 +23,7 @@ import {
 type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
 
 function settings(env: DriverEnv) {
-  const p = env.computer.provisioner;
-  if (p.type !== 'vmware')
-    throw driverError('COMMAND_FAILED', `computer ${env.computerName} is not a VMware VM`);
-  return p;
+  return provisionerSettings(env, 'vmware');
 }
 
 /** The thin clone: `/vmfs/volumes/<datastore>/<image>/<image>.vmdk`. */

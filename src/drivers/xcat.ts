@@ -5,7 +5,15 @@
  */
 import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
 import { type StepFn, sleep } from '../runner/step.js';
-import { type DriverEnv, execFor, exists, repositoryPath, sha256Of, sizeOf } from './env.js';
+import {
+  type DriverEnv,
+  execFor,
+  exists,
+  provisionerSettings,
+  repositoryPath,
+  sha256Of,
+  sizeOf,
+} from './env.js';
 import { driverError } from './errors.js';
 import { verifyArtifact } from './verify.js';
 import { parseNodestat, parseRpowerStat, parseSizes, xcat } from './xcat-commands.js';
@@ -13,10 +21,7 @@ import { parseNodestat, parseRpowerStat, parseSizes, xcat } from './xcat-command
 type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
 
 function settings(env: DriverEnv) {
-  const p = env.computer.provisioner;
-  if (p.type !== 'xcat')
-    throw driverError('COMMAND_FAILED', `computer ${env.computerName} is not an xCAT node`);
-  return p;
+  return provisionerSettings(env, 'xcat');
 }
 
 /** nodestat values that mean the node runs the capture environment. */
