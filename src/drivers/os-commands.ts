@@ -127,7 +127,8 @@ export const LINUX_PLANS: Record<string, (ctx: OsStepContext) => OsStepPlan> = {
           '/etc/udev/rules.d/70-persistent-net.rules',
         ],
       },
-      { argv: ['find', '/tmp', '-mindepth', '1', '-delete'] },
+      // Not `-delete`: busybox find lacks it. `-exec rm -rf {} +` on the top level works with every find.
+      { argv: ['find', '/tmp', '-mindepth', '1', '-maxdepth', '1', '-exec', 'rm', '-rf', '--', '{}', '+'] },
     ],
   }),
   enable_dhcp: () => ({
@@ -319,6 +320,21 @@ export function endStateCommand(
     ];
   }
   return ['shutdown.exe', action === 'reboot' ? '/r' : '/s', '/t', '0', '/f'];
+}
+
+/** The shell's status for a command it cannot find. */
+export const COMMAND_NOT_FOUND = 127;
+
+/**
+ * What a Linux end-state command falls back to when the guest has no `shutdown` (status 127): minimal
+ * systems (busybox, many appliances and initramfs environments) have only `poweroff` and `reboot`.
+ */
+export function endStateFallback(
+  os: OsName,
+  action: 'shutdown' | 'reboot' | 'sysprep',
+): string[] | undefined {
+  if (os !== 'linux' || action === 'sysprep') return undefined;
+  return [action === 'reboot' ? 'reboot' : 'poweroff'];
 }
 
 export function osPlans(os: OsName): Record<string, (ctx: OsStepContext) => OsStepPlan> {

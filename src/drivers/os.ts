@@ -8,7 +8,15 @@ import { type StepFn, type StepRun, sleep } from '../runner/step.js';
 import { isSshError } from '../ssh/index.js';
 import { type DriverEnv, execFor } from './env.js';
 import { driverError } from './errors.js';
-import { bootIdCommand, endStateCommand, type OsStepContext, osPlans, parseBootId } from './os-commands.js';
+import {
+  bootIdCommand,
+  COMMAND_NOT_FOUND,
+  endStateCommand,
+  endStateFallback,
+  type OsStepContext,
+  osPlans,
+  parseBootId,
+} from './os-commands.js';
 
 type Step = StepFn<OsStepInput, OsStepOutput>;
 
@@ -64,12 +72,26 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
     }
   };
 
-  /** Runs an end-state command that takes the computer down. */
-  const goDown = async (run: StepRun<OsStepInput>, argv: string[]): Promise<void> => {
+  /**
+   * Runs an end-state command that takes the computer down; `fallback` runs instead when the computer
+   * does not have the command (status 127).
+   */
+  const goDown = async (run: StepRun<OsStepInput>, command: string[], fallback?: string[]): Promise<void> => {
     const exec = execFor(env, run);
+    let argv = command;
+    let alternative = fallback;
     for (let attempt = 1; ; attempt++) {
       const r = await exec(guest, argv, { expectDisconnect: true, check: false });
       if (r.disconnected || r.code === 0) return;
+      if (r.code === COMMAND_NOT_FOUND && alternative !== undefined) {
+        run.log.info(
+          { missing: argv[0], instead: alternative[0] },
+          'end-state command not found: falling back',
+        );
+        argv = alternative;
+        alternative = undefined;
+        continue;
+      }
       // Windows refuses a shutdown while another one is being processed: VCL retries 12 x 10 s.
       if (/processing another action|shutdown is in progress/i.test(r.stderr) && attempt < 12) {
         await sleep(Math.min(10_000, env.pollMs * 5), run.signal);
@@ -87,11 +109,19 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
       return { bootId: id };
     },
     shutdown: async (run) => {
-      await goDown(run, endStateCommand(env.computer.os, 'shutdown'));
+      await goDown(
+        run,
+        endStateCommand(env.computer.os, 'shutdown'),
+        endStateFallback(env.computer.os, 'shutdown'),
+      );
       return {};
     },
     reboot: async (run) => {
-      await goDown(run, endStateCommand(env.computer.os, 'reboot'));
+      await goDown(
+        run,
+        endStateCommand(env.computer.os, 'reboot'),
+        endStateFallback(env.computer.os, 'reboot'),
+      );
       return {};
     },
     sysprep: async (run) => {
