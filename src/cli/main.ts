@@ -16,6 +16,7 @@ import { dryRun } from '../simulate/dry-run.js';
 import { writeVisualizations } from '../visualize/write.js';
 import { captureCommand } from './commands/capture.js';
 import { demoCommand } from './commands/demo.js';
+import { inspectCommand } from './commands/inspect.js';
 import { labCommand } from './commands/lab.js';
 import { capturesCommand, imagesCommand, showCommand } from './commands/store-read.js';
 import { EXIT, exitCodeForError } from './exit-codes.js';
@@ -50,6 +51,15 @@ function positiveInt(value: string): number {
   return n;
 }
 
+function portNumber(value: string): number {
+  const n = positiveInt(value);
+  if (n > 65535) throw new InvalidArgumentError('expected a TCP port (0 picks a free one)');
+  return n;
+}
+
+const INSPECT_HELP =
+  'serve the live inspector on 127.0.0.1 (default port 7780, 0: any free port) and print its URL';
+
 program
   .command('demo')
   .description(
@@ -57,9 +67,19 @@ program
   )
   .option('--db <file>', 'SQLite database to keep the results in (default: a new one in a temp folder)')
   .option('--json', 'print the summary as JSON')
+  .option(
+    '--inspect [port]',
+    `${INSPECT_HELP}; the lab runs slower, and the page stays up until Ctrl-C`,
+    portNumber,
+  )
+  .addOption(
+    new Option('--step-delay <ms>', 'lab power-off/boot delay (slows the demo down)')
+      .argParser(positiveInt)
+      .hideHelp(),
+  )
   .addHelpText(
     'after',
-    '\nExample:\n  vcl-capture demo && vcl-capture captures --db <the database it printed>',
+    '\nExample:\n  vcl-capture demo && vcl-capture captures --db <the database it printed>\n  vcl-capture demo --inspect   # then open the URL it prints',
   )
   .action(async (opts) => {
     process.exitCode = await demoCommand({ ...globals(), ...opts });
@@ -166,6 +186,7 @@ program
   .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
   .option('--owner <name>', 'owner of a new image', process.env.USER ?? 'vcl')
   .option('--json', 'print the result as JSON')
+  .option('--inspect [port]', INSPECT_HELP, portNumber)
   .addHelpText(
     'after',
     `
@@ -175,6 +196,21 @@ Example:
   )
   .action(async (computer: string, opts) => {
     process.exitCode = await captureCommand(computer, { ...globals(), ...opts });
+  });
+
+program
+  .command('inspect')
+  .description(
+    'Serve the inspector page for a store: recent captures, replay, running captures (loopback only)',
+  )
+  .option('-p, --port <port>', 'TCP port on 127.0.0.1 (0: any free port)', portNumber, 7780)
+  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .addHelpText(
+    'after',
+    '\nExample:\n  vcl-capture inspect --db captures.sqlite   # then open http://127.0.0.1:7780/',
+  )
+  .action(async (opts) => {
+    process.exitCode = await inspectCommand(opts);
   });
 
 program

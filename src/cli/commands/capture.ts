@@ -7,6 +7,7 @@ import { openSqliteStore } from '../../store/index.js';
 import { EXIT, exitCodeForResult } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
 import { progressView } from '../progress.js';
+import { inspectPort, startCliInspector } from './inspect.js';
 
 export interface CaptureOptions extends LogOptions {
   image: string;
@@ -16,6 +17,8 @@ export interface CaptureOptions extends LogOptions {
   owner: string;
   json?: boolean;
   pollMs?: number;
+  /** `--inspect [port]`: serve the live inspector while the capture runs. */
+  inspect?: boolean | number;
 }
 
 export function resultSummary(result: CaptureResult) {
@@ -44,7 +47,22 @@ export async function captureCommand(computer: string, o: CaptureOptions): Promi
   const entry = inventory.computers[computer];
   const logger = cliLogger(o);
   const store = openSqliteStore(o.db, { logger });
-  const runner = createRunner({ inventory, store, logger, ...(o.pollMs ? { pollMs: o.pollMs } : {}) });
+  const port = inspectPort(o.inspect);
+  const inspecting =
+    port === undefined
+      ? undefined
+      : await startCliInspector(port, store, inventory).catch(async (err: unknown) => {
+          await store.close();
+          throw err;
+        });
+  const runner = createRunner({
+    inventory,
+    store,
+    logger,
+    ...(o.pollMs ? { pollMs: o.pollMs } : {}),
+    ...(inspecting ? { inspect: inspecting.inspector.inspect } : {}),
+  });
+  inspecting?.inspector.attach(runner);
   try {
     const existing = (await store.listImages()).find((i) => i.prettyName === o.image);
     const handle = await runner.capture({
@@ -84,6 +102,10 @@ export async function captureCommand(computer: string, o: CaptureOptions): Promi
     throw err;
   } finally {
     await runner.close();
+    if (inspecting) {
+      console.error(`Inspector closed; replay this capture with: vcl-capture inspect --db ${o.db}`);
+      await inspecting.inspector.close();
+    }
     await store.close();
   }
 }

@@ -12,12 +12,17 @@ import { openSqliteStore } from '../../store/index.js';
 import { EXIT } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
 import { progressView } from '../progress.js';
+import { inspectPort, startCliInspector, untilSignal } from './inspect.js';
 
 export const DEMO_COMPUTERS = ['lv-linux-1', 'vm-windows-1', 'xc-linux-1'] as const;
 
 export interface DemoOptions extends LogOptions {
   db?: string;
   json?: boolean;
+  /** `--inspect [port]`: serve the live inspector (the lab then runs slower, to be watched). */
+  inspect?: boolean | number;
+  /** Lab power-off and boot delay in ms (default 200; 1500 with --inspect). */
+  stepDelay?: number;
 }
 
 export async function demoCommand(o: DemoOptions): Promise<number> {
@@ -28,14 +33,30 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
     console.log(
       'Starting the built-in lab (SSH hosts on 127.0.0.1: libvirt, ESXi, xCAT, repository, guests)...',
     );
+  const port = inspectPort(o.inspect);
   const lab = await startLab({
-    powerDelayMs: 200,
+    powerDelayMs: o.stepDelay ?? (port === undefined ? 200 : 1500),
     diskBytes: 64 * 1024 * 1024,
-    captureChunkMs: 40,
+    captureChunkMs: port === undefined ? 40 : 150,
     captureChunkBytes: 4 * 1024 * 1024,
   });
   const store = openSqliteStore(dbPath, { logger });
-  const runner = createRunner({ inventory: lab.inventory, store, logger, pollMs: 100 });
+  const inspecting =
+    port === undefined
+      ? undefined
+      : await startCliInspector(port, store, lab.inventory).catch(async (err: unknown) => {
+          await store.close();
+          await lab.stop();
+          throw err;
+        });
+  const runner = createRunner({
+    inventory: lab.inventory,
+    store,
+    logger,
+    pollMs: 100,
+    ...(inspecting ? { inspect: inspecting.inspector.inspect } : {}),
+  });
+  inspecting?.inspector.attach(runner);
   const rows: {
     computer: string;
     provisioner: string;
@@ -43,6 +64,7 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
     result: CaptureResult;
     ms: number;
   }[] = [];
+  let finished = false;
   try {
     const handles = await Promise.all(
       DEMO_COMPUTERS.map((computer) =>
@@ -73,10 +95,15 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
     );
     off();
     view?.stop();
+    finished = true;
   } finally {
     await runner.close();
-    await store.close();
     await lab.stop();
+    // With --inspect the page keeps reading the store after the captures (below).
+    if (!inspecting || !finished) {
+      await inspecting?.inspector.close();
+      await store.close();
+    }
   }
   rows.sort(
     (a, b) => DEMO_COMPUTERS.indexOf(a.computer as never) - DEMO_COMPUTERS.indexOf(b.computer as never),
@@ -127,6 +154,15 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
     console.log(`\nDatabase: ${dbPath}`);
     console.log(`  browse it: vcl-capture captures --db ${dbPath}   (or: images, show <capture-id>)`);
     console.log(`Diagrams of the machines: ${diagrams}/README.md`);
+  }
+  if (inspecting) {
+    // The page keeps serving the finished captures (replay) until the operator is done with it.
+    console.error(
+      `Inspector still serving at ${inspecting.server.url} (replay the captures there); press Ctrl-C to stop.`,
+    );
+    await untilSignal();
+    await inspecting.inspector.close();
+    await store.close();
   }
   return summary.every((s) => s.status === 'completed') ? EXIT.OK : EXIT.FAILED;
 }
