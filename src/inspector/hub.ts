@@ -19,7 +19,7 @@ import type {
   StateValueJson,
 } from './messages.js';
 import { redactString } from './redact.js';
-import { sanitizeInspection, statePath, stateValueOf } from './sanitize.js';
+import { type Inspected, sanitizeInspection, statePath, stateValueOf } from './sanitize.js';
 
 export interface HubOptions {
   /** Where recent captures and recorded transitions (replay) come from. */
@@ -97,6 +97,8 @@ export class InspectorHub {
   private seq = 0;
   private readonly captures = new Map<string, LiveCapture>();
   private readonly captureOfRoot = new Map<string, string>();
+  /** Facts of actors whose capture is not known yet (a child may start before its root's first snapshot). */
+  private readonly pendingOfRoot = new Map<string, Inspected[]>();
   private readonly clients = new Set<ClientQueue>();
   private readonly secrets: readonly string[];
   private readonly historyLimit: number;
@@ -380,13 +382,19 @@ export class InspectorHub {
 
   private onInspection(event: InspectionEvent): void {
     const facts = sanitizeInspection(event, this.secrets);
-    if (!facts) return;
+    if (facts) this.onFacts(facts);
+  }
+
+  private onFacts(facts: Inspected): void {
     const now = Date.now();
     if (facts.kind === 'root') {
       let id = this.captureOfRoot.get(facts.rootId);
       if (!id && facts.captureId) {
         id = facts.captureId;
         this.captureOfRoot.set(facts.rootId, id);
+        const pending = this.pendingOfRoot.get(facts.rootId);
+        this.pendingOfRoot.delete(facts.rootId);
+        for (const p of pending ?? []) this.onFacts(p);
       }
       if (!id) return;
       const c = this.captureFor(id);
@@ -401,11 +409,24 @@ export class InspectorHub {
         this.broadcastSummary(c);
       }
       this.recordContext(c, 'capture', facts.snapshot.context, now);
-      if (facts.snapshot.status !== 'active') this.captureOfRoot.delete(facts.rootId);
       return;
     }
     const id = this.captureOfRoot.get(facts.rootId);
-    const c = id ? this.captures.get(id) : undefined;
+    if (!id) {
+      // Kept (bounded) until the root's first snapshot names the capture.
+      let pending = this.pendingOfRoot.get(facts.rootId);
+      if (!pending) {
+        if (this.pendingOfRoot.size >= 100) {
+          const oldest = this.pendingOfRoot.keys().next().value;
+          if (oldest !== undefined) this.pendingOfRoot.delete(oldest);
+        }
+        pending = [];
+        this.pendingOfRoot.set(facts.rootId, pending);
+      }
+      if (pending.length < 100) pending.push(facts);
+      return;
+    }
+    const c = this.captures.get(id);
     if (!c) return;
     if (facts.kind === 'os') {
       const key = JSON.stringify([facts.snapshot.value, facts.snapshot.status]);
@@ -520,10 +541,14 @@ export class InspectorHub {
 
   private evictFinished(): void {
     const finished = [...this.captures.values()].filter((c) => !c.summary.live);
+    const evicted = new Set<string>();
     for (const c of finished.slice(0, Math.max(0, finished.length - this.recentLimit))) {
       if (c.progress?.timer) clearTimeout(c.progress.timer);
       this.captures.delete(c.summary.id);
+      evicted.add(c.summary.id);
     }
+    if (evicted.size)
+      for (const [root, id] of this.captureOfRoot) if (evicted.has(id)) this.captureOfRoot.delete(root);
   }
 }
 

@@ -395,7 +395,7 @@ function renderReplay() {
   $('progress').hidden = true;
   $('context-capture').textContent = 'replay: the store records states, not contexts';
   $('context-os').textContent = '–';
-  $('os-state').textContent = '–';
+  $('os-state').textContent = 'not recorded';
   if (!d) return;
   for (const t of d.transitions) addLog({ t: 'state', at: t.at, value: t.value, step: t.step }, false);
   replayTo(view.replayIndex);
