@@ -20,6 +20,9 @@ export function storeSteps(
 ): Record<string, Step> {
   return {
     reserve: async (run) => {
+      // Repeated after a restart: the reservation this capture already holds is not taken twice.
+      const held = await store.getComputer(run.input.computer);
+      if (held?.heldBy === run.input.captureId) return {};
       const record = await store.reserveComputer(run.input.captureId);
       run.log.info({ computer: record.computer }, 'computer reserved');
       return {};
