@@ -28,6 +28,7 @@ export class ClientQueue {
   private inFlight = 0;
   private unreported = 0;
   private closed = false;
+  private scheduled = false;
   /** Messages dropped for this client since it connected. */
   dropped = 0;
   /** Messages written to the socket. */
@@ -65,7 +66,17 @@ export class ClientQueue {
       this.queue.splice(0, this.head);
       this.head = 0;
     }
-    this.pump();
+    this.schedule();
+  }
+
+  /** Socket writes happen after the caller's turn (the runner's), batched. */
+  private schedule(): void {
+    if (this.scheduled || this.closed) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.pump();
+    });
   }
 
   close(): void {
@@ -97,7 +108,7 @@ export class ClientQueue {
           else {
             this.sent += 1;
             // Written: more may go now (later, not inside the socket's callback).
-            if (this.length > 0) setImmediate(() => this.pump());
+            if (this.length > 0) this.schedule();
           }
         });
       } catch {

@@ -49,6 +49,8 @@ interface LiveCapture {
   messages: CaptureMessage[];
   truncated: number;
   lastContext: { capture?: string; os?: string };
+  /** The redacted context objects last compared (the same object: unchanged, no serialising). */
+  lastContextRef: { capture?: unknown; os?: unknown };
   /** The latest context message of each actor, kept even when the history is cut. */
   contextMessages: { capture?: CaptureMessage; os?: CaptureMessage };
   lastOs?: string;
@@ -475,6 +477,7 @@ export class InspectorHub {
         messages: [],
         truncated: 0,
         lastContext: {},
+        lastContextRef: {},
         contextMessages: {},
       };
       this.captures.set(id, c);
@@ -498,6 +501,8 @@ export class InspectorHub {
   }
 
   private recordContext(c: LiveCapture, actor: 'capture' | 'os', context: unknown, at: number): void {
+    if (context !== undefined && c.lastContextRef[actor] === context) return;
+    c.lastContextRef[actor] = context;
     const json = JSON.stringify(context ?? null);
     if (c.lastContext[actor] === json) return;
     c.lastContext[actor] = json;

@@ -49,12 +49,32 @@ export function statePath(value: StateValueJson | null): string | null {
   return rest ? `${k}.${rest}` : k;
 }
 
+/**
+ * Redacted contexts by the context object they came from: xstate never mutates a context (`assign`
+ * makes a new one), so a snapshot that kept its context costs no second redaction.
+ */
+const redactedContexts = new WeakMap<readonly string[], WeakMap<object, unknown>>();
+
+function redactContext(context: unknown, secrets: readonly string[]): unknown {
+  if (!context || typeof context !== 'object') return redact(context, { secrets });
+  let cache = redactedContexts.get(secrets);
+  if (!cache) {
+    cache = new WeakMap();
+    redactedContexts.set(secrets, cache);
+  }
+  const cached = cache.get(context);
+  if (cached !== undefined) return cached;
+  const out = redact(context, { secrets });
+  cache.set(context, out);
+  return out;
+}
+
 function snapshotFacts(snapshot: unknown, secrets: readonly string[]): SnapshotFacts {
   const s = snapshot as { value?: unknown; status?: unknown; context?: unknown };
   return {
     value: stateValueOf(s.value),
     status: typeof s.status === 'string' ? s.status : 'unknown',
-    context: redact(s.context, { secrets }),
+    context: redactContext(s.context, secrets),
   };
 }
 

@@ -22,7 +22,8 @@ import type { Lab } from '../../src/lab/types.js';
 import { createRunner, type Runner } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
 
-const CHROMIUM = '/usr/bin/chromium';
+/** Debian's package `chromium`; `VCL_CHROMIUM` names another build of Chromium (never a download). */
+const CHROMIUM = process.env.VCL_CHROMIUM ?? '/usr/bin/chromium';
 const ARTIFACTS = new URL('../../.tmp/inspector/', import.meta.url).pathname;
 const PASSPHRASE_ENV = 'VCL_INSPECTOR_TEST_PASSPHRASE';
 
