@@ -1,0 +1,423 @@
+/**
+ * End to end on real infrastructure (issue 7): a real QEMU VM (TCG) defined in a real libvirtd, reached
+ * through a real OpenSSH sshd, captured by the `vcl-capture` command exactly as a user runs it. Everything
+ * comes from Debian packages (test/e2e/requirements.ts lists them) and listens on 127.0.0.1 only; the
+ * suite stops all of it, also when a check fails. One guest and one domain serve every check, in order:
+ *
+ * 1. capture of the running guest with end state `off` (qcow2, repository on the libvirt host): marker
+ *    file and random data read back out of the captured image, qemu-img check, sha256 = store;
+ * 2. the Linux OS end states `on`, `reboot`, `off` on the real guest (the OS sub-machine with the real
+ *    driver);
+ * 3. refusal: `copy_image` against the running domain fails on qemu-img's write lock, nothing left;
+ * 4. escalation: the guest ignores ACPI, the runner forces it off with `virsh destroy` after the short
+ *    graceful timeout, and the capture (raw, streamed to a separate repository host) completes;
+ * 5. nothing started by the suite is left running.
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type AnyActorLogic, createActor } from 'xstate';
+import {
+  type CaptureStepInput,
+  DEFAULT_TIMEOUTS,
+  type EndState,
+  type Facts,
+  type OsResult,
+  operatingSystems,
+} from '../../machines/index.js';
+import { libvirtSteps } from '../../src/drivers/libvirt.js';
+import { osSteps } from '../../src/drivers/os.js';
+import { silentLogger } from '../../src/log.js';
+import { stepActor } from '../../src/runner/step.js';
+import { sshdAvailable } from '../helpers/sshd.js';
+import {
+  auditSteps,
+  type CaptureRecord,
+  cliLog,
+  debugfs,
+  printTimings,
+  qemuImg,
+  sha256File,
+  stepTimings,
+} from './checks.js';
+import { ACPI_DISABLED_FLAG, MARKER_IN_GUEST, MARKER_ON_DISK } from './guest.js';
+import { e2eAvailable } from './requirements.js';
+import {
+  DOMAIN,
+  processesMentioning,
+  type Rig,
+  SHORT_POWER_OFF_MS,
+  startRig,
+  VM_LOCAL,
+  VM_REMOTE,
+} from './rig.js';
+
+const SUITE = 'end-to-end suite (test/e2e)';
+const available = e2eAvailable(SUITE) && sshdAvailable(SUITE);
+
+/** TCG boots take 8-12 s on 2 idle cores; other suites may share the cores. */
+const BOOT_MS = 120_000;
+
+interface CaptureSummary {
+  status: string;
+  captureId: string;
+  image: string;
+  path: string;
+  sizeBytes: number;
+  sha256: string;
+  warnings: { step: string; code: string; message: string }[];
+  error?: { code: string; step: string; message: string };
+}
+
+describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH', () => {
+  let rig: Rig;
+  let cliCalls = 0;
+  const suiteStart = Date.now();
+
+  /** Runs the CLI and returns its parsed JSON output (and the number of its log file). */
+  async function capture(args: string[]) {
+    const r = await rig.cli(['capture', ...args, '--json']);
+    cliCalls += 1;
+    let summary: CaptureSummary;
+    try {
+      summary = JSON.parse(r.stdout) as CaptureSummary;
+    } catch {
+      throw new Error(`vcl-capture printed no JSON (exit ${r.code}):\n${r.stdout}\n${r.stderr.slice(-3000)}`);
+    }
+    return { ...r, summary, log: cliLog(rig.dir, cliCalls) };
+  }
+
+  async function show(id: string): Promise<CaptureRecord> {
+    const r = await rig.cli(['show', id, '--json']);
+    cliCalls += 1;
+    expect(r.code, r.stderr).toBe(0);
+    return JSON.parse(r.stdout) as CaptureRecord;
+  }
+
+  async function revisionOf(name: string) {
+    const r = await rig.cli(['images', '--json']);
+    cliCalls += 1;
+    expect(r.code, r.stderr).toBe(0);
+    const images = JSON.parse(r.stdout) as {
+      revisions: { name: string; sizeBytes: number | null; sha256: string | null; deleted: boolean }[];
+    }[];
+    return images.flatMap((i) => i.revisions).find((rev) => rev.name === name);
+  }
+
+  /** Random marker text and 4 MiB of random data written to the guest's disk, flushed. */
+  async function writeMarker(tag: string) {
+    const marker = `${tag}-${randomBytes(16).toString('hex')}`;
+    const r = await rig.guestSsh(
+      `printf %s ${marker} > ${MARKER_IN_GUEST} && head -c 4194304 /dev/urandom > /mnt/data-${tag} && sync && sha256sum /mnt/data-${tag}`,
+    );
+    expect(r.code, r.stderr).toBe(0);
+    return { marker, dataSha256: r.stdout.split(/\s+/)[0] as string };
+  }
+
+  /** Reads the marker and data file back out of a raw ext2 image. */
+  async function readBack(rawImage: string, tag: string) {
+    const marker = await debugfs(rawImage, `cat ${MARKER_ON_DISK}`);
+    expect(marker.code, marker.stderr).toBe(0);
+    const dumped = join(rig.dir, `data-${tag}.out`);
+    const dump = await debugfs(rawImage, `dump /data-${tag} ${dumped}`);
+    expect(dump.code, dump.stderr).toBe(0);
+    return { marker: marker.stdout, dataSha256: await sha256File(dumped) };
+  }
+
+  /** Runs the Linux OS sub-machine with the real driver against the guest, as the runner would. */
+  async function runOs(endState: EndState): Promise<OsResult> {
+    const { env, close } = rig.driverEnv(VM_LOCAL);
+    try {
+      const log = silentLogger();
+      const actors = Object.fromEntries(
+        Object.entries(osSteps(env)).map(([name, fn]) => [name, stepActor(name, fn, log)]),
+      ) as Record<string, AnyActorLogic>;
+      const machine = operatingSystems.linux.machine.provide({ actors });
+      const actor = createActor(machine, {
+        input: {
+          computer: VM_LOCAL,
+          image: { name: `linux-os-${endState}-v0`, imageId: 900, revision: 0 },
+          endState,
+          timeouts: { respondMs: 60_000, rebootDownMs: 60_000, rebootUpMs: 90_000, osShutdownMs: 60_000 },
+        },
+      });
+      const done = new Promise<OsResult>((resolve, reject) => {
+        actor.subscribe({
+          next: (s) => {
+            if (s.status === 'done') resolve(s.output as OsResult);
+          },
+          error: reject,
+        });
+      });
+      actor.start();
+      return await done;
+    } finally {
+      await close();
+    }
+  }
+
+  beforeAll(async () => {
+    rig = await startRig();
+    console.log(`e2e rig ready in ${rig.setup.total} ms`, rig.setup);
+  }, 90_000);
+
+  afterAll(async () => {
+    await rig?.stop();
+    console.log(`e2e suite: ${Date.now() - suiteStart} ms wall time`);
+  }, 60_000);
+
+  describe('1. capture of a running guest, end state off', () => {
+    let written: { marker: string; dataSha256: string };
+    let result: Awaited<ReturnType<typeof capture>>;
+
+    it(
+      'boots the guest and writes a random marker and random data to its disk over SSH',
+      async () => {
+        const { ms } = await rig.startGuest();
+        console.log(`guest boot to SSH: ${ms} ms`);
+        expect(await rig.libvirt.domstate(DOMAIN)).toBe('running');
+        written = await writeMarker('one');
+      },
+      BOOT_MS,
+    );
+
+    it('vcl-capture capture completes: the OS shuts the guest down, the disk is converted and verified', async () => {
+      result = await capture([VM_LOCAL, '--image', 'e2e-base']);
+      expect(result.code, result.stderr.slice(-3000)).toBe(0);
+      expect(result.summary.status).toBe('completed');
+      // Steps that do not apply to a busybox guest are reported, not failed.
+      expect(result.summary.warnings.length).toBeGreaterThan(0);
+      for (const w of result.summary.warnings)
+        expect(w.code, `${w.step}: ${w.message}`).toBe('NOT_APPLICABLE');
+      expect(await rig.libvirt.domstate(DOMAIN)).toBe('shut off');
+
+      const timings = stepTimings(result.log);
+      printTimings('capture vm1 (end state off, qcow2, repository on the libvirt host)', timings, result.ms);
+      const ran = timings.map((t) => t.step);
+      for (const step of [
+        'ensure_responding',
+        'unmount_network_shares',
+        'enable_dhcp',
+        'shutdown',
+        'wait_gone',
+        'request_power_off',
+        'wait_power_off',
+        'copy_image',
+        'verify_image',
+        'record_revision',
+      ])
+        expect(ran, step).toContain(step);
+      expect(ran).not.toContain('force_power_off');
+      expect(timings.every((t) => t.ok)).toBe(true);
+    }, 180_000);
+
+    it('records the revision with size and sha256, and the file in the repository matches them', async () => {
+      const { summary } = result;
+      expect(summary.path).toBe(join(rig.localRepository, `${summary.image}.qcow2`));
+      const revision = await revisionOf(summary.image);
+      expect(revision).toMatchObject({
+        deleted: false,
+        sizeBytes: summary.sizeBytes,
+        sha256: summary.sha256,
+      });
+      expect(statSync(summary.path).size).toBe(summary.sizeBytes);
+      expect(await sha256File(summary.path)).toBe(summary.sha256);
+      expect(readdirSync(rig.localRepository)).toEqual([`${summary.image}.qcow2`]);
+      const record = await show(summary.captureId);
+      expect(record.status).toBe('completed');
+      expect(auditSteps(record)).toEqual(
+        expect.arrayContaining(['pre_capture', 'wait_power_off', 'copy_image', 'verify_image']),
+      );
+    }, 60_000);
+
+    it('the captured image passes qemu-img check, holds the same data as the source, and the marker reads back', async () => {
+      const { summary } = result;
+      const check = await qemuImg(['check', summary.path]);
+      expect(check.code, check.stdout + check.stderr).toBe(0);
+      expect((await qemuImg(['compare', rig.disk, summary.path])).code).toBe(0);
+      const raw = join(rig.dir, 'captured-one.raw');
+      const converted = await qemuImg(['convert', '-O', 'raw', summary.path, raw]);
+      expect(converted.code, converted.stderr).toBe(0);
+      expect(await readBack(raw, 'one')).toEqual(written);
+    }, 60_000);
+
+    it('leaves the source disk intact: it still opens and checks clean', async () => {
+      const info = await qemuImg(['info', '--output=json', rig.disk]);
+      expect(info.code, info.stderr).toBe(0);
+      expect(JSON.parse(info.stdout)).toMatchObject({ format: 'qcow2' });
+      expect((await qemuImg(['check', rig.disk])).code).toBe(0);
+    }, 30_000);
+  });
+
+  describe('2. the Linux end states on the real guest', () => {
+    let firstBoot: string;
+
+    it(
+      'on: pre_capture runs and the guest stays up and answering, same boot',
+      async () => {
+        firstBoot = (await rig.startGuest()).bootId;
+        const out = await runOs('on');
+        expect(out).toMatchObject({ ok: true, powerState: 'on', bootId: firstBoot });
+        expect(await rig.bootId()).toBe(firstBoot);
+        expect(await rig.libvirt.domstate(DOMAIN)).toBe('running');
+        // The critical steps did their work on busybox: the NFS line is gone from fstab, metadata written.
+        const fstab = await rig.guestSsh('cat /etc/fstab');
+        expect(fstab.stdout).toContain('/dev/vda');
+        expect(fstab.stdout).not.toContain('nfs');
+        expect((await rig.guestSsh('cat /root/currentimage.txt')).stdout).toContain(
+          'imagename=linux-os-on-v0',
+        );
+      },
+      BOOT_MS + 60_000,
+    );
+
+    it(
+      'reboot: the guest comes back with a new boot id while the domain stays running',
+      async () => {
+        let sawOtherState = false;
+        let watching = true;
+        const watch = (async () => {
+          while (watching) {
+            if ((await rig.libvirt.domstate(DOMAIN)) !== 'running') sawOtherState = true;
+            await sleep(250);
+          }
+        })();
+        const out = await runOs('reboot').finally(() => {
+          watching = false;
+        });
+        await watch;
+        expect(out.ok, JSON.stringify(out)).toBe(true);
+        if (!out.ok) return;
+        expect(out.powerState).toBe('on');
+        expect(out.bootId).toBeDefined();
+        expect(out.bootId).not.toBe(firstBoot);
+        expect(await rig.bootId()).toBe(out.bootId);
+        expect(sawOtherState).toBe(false);
+        expect(await rig.libvirt.domstate(DOMAIN)).toBe('running');
+      },
+      BOOT_MS + 60_000,
+    );
+
+    it('off: the guest powers itself off (busybox has no shutdown: poweroff) and the domain is shut off', async () => {
+      const out = await runOs('off');
+      expect(out).toMatchObject({ ok: true, powerState: 'off' });
+      await rig.libvirt.waitState(DOMAIN, 'shut off', 30_000);
+      const reason = await rig.libvirt.virsh(['domstate', DOMAIN, '--reason']);
+      expect(reason.stdout.trim()).toBe('shut off (shutdown)');
+    }, 90_000);
+  });
+
+  describe('3. refusal: no copy while the VM runs', () => {
+    it('copy_image against the running domain fails on the write lock and leaves no file', async () => {
+      const started = await rig.libvirt.virsh(['start', DOMAIN]);
+      expect(started.code, started.stderr).toBe(0);
+      const { env, close } = rig.driverEnv(VM_LOCAL);
+      try {
+        const steps = libvirtSteps(env);
+        const input = (step: string, facts: Facts = {}): CaptureStepInput => ({
+          step,
+          captureId: 'refusal',
+          provisioner: 'libvirt',
+          computer: VM_LOCAL,
+          os: 'linux',
+          image: { name: 'linux-refused-v0', imageId: 901, revision: 0 },
+          endState: 'off',
+          deadline: Date.now() + 60_000,
+          timeouts: DEFAULT_TIMEOUTS,
+          facts,
+        });
+        const stepRun = (i: CaptureStepInput) => ({
+          input: i,
+          signal: AbortSignal.timeout(60_000),
+          remainingMs: () => Math.max(1, i.deadline - Date.now()),
+          log: silentLogger(),
+        });
+        const inspected = await steps.inspect_domain?.(stepRun(input('inspect_domain')));
+        expect(inspected?.facts).toMatchObject({ domain: DOMAIN, disk: rig.disk, sourceFormat: 'qcow2' });
+        expect(await rig.libvirt.domstate(DOMAIN)).toBe('running');
+        const copy = steps.copy_image?.(stepRun(input('copy_image', inspected?.facts)));
+        await expect(copy).rejects.toThrow(/Failed to get shared "write" lock/);
+        expect(readdirSync(rig.localRepository).filter((f) => f.startsWith('linux-refused'))).toEqual([]);
+        expect(readdirSync(join(rig.disk, '..')).filter((f) => f.startsWith('.vcl-capture'))).toEqual([]);
+        expect(await rig.libvirt.domstate(DOMAIN)).toBe('running');
+      } finally {
+        await close();
+      }
+    }, 60_000);
+  });
+
+  describe('4. escalation: a guest that ignores ACPI is forced off', () => {
+    let written: { marker: string; dataSha256: string };
+
+    it(
+      'the guest (started in 3) answers; its ACPI power button handling is disabled',
+      async () => {
+        await rig.waitGuest(BOOT_MS - 10_000);
+        written = await writeMarker('two');
+        expect((await rig.guestSsh(`touch ${ACPI_DISABLED_FLAG} && sync`)).code).toBe(0);
+      },
+      BOOT_MS,
+    );
+
+    it(`capture with end state on: virsh shutdown is ignored, after ${SHORT_POWER_OFF_MS} ms virsh destroy, capture completes`, async () => {
+      const r = await capture([VM_REMOTE, '--image', 'e2e-forced', '--end-state', 'on']);
+      expect(r.code, r.stderr.slice(-3000)).toBe(0);
+      expect(r.summary.status).toBe('completed');
+      const timeout = r.summary.warnings.find((w) => w.step === 'wait_power_off');
+      expect(timeout?.code).toBe('TIMEOUT');
+      const reason = await rig.libvirt.virsh(['domstate', DOMAIN, '--reason']);
+      expect(reason.stdout.trim()).toBe('shut off (destroyed)');
+
+      const timings = stepTimings(r.log);
+      printTimings(
+        'capture vm1-raw (end state on, ACPI ignored, raw, separate repository host)',
+        timings,
+        r.ms,
+      );
+      const wait = timings.find((t) => t.step === 'wait_power_off');
+      expect(wait?.ok).toBe(false);
+      expect(wait?.durationMs).toBeGreaterThanOrEqual(SHORT_POWER_OFF_MS - 1000);
+      expect(timings.map((t) => t.step)).toEqual(
+        expect.arrayContaining(['confirm_on', 'force_power_off', 'wait_forced_off', 'copy_image']),
+      );
+
+      // The audit trail says it was forced.
+      const record = await show(r.summary.captureId);
+      expect(record.status).toBe('completed');
+      expect(record.endState).toBe('on');
+      const steps = auditSteps(record);
+      expect(steps).toContain('force_power_off');
+      expect(steps.indexOf('force_power_off')).toBeGreaterThan(steps.indexOf('wait_power_off'));
+      expect(steps.indexOf('copy_image')).toBeGreaterThan(steps.indexOf('wait_forced_off'));
+
+      // Streamed to the repository host with its sha256, recorded, and the marker is in it.
+      const { summary } = r;
+      expect(summary.path).toBe(join(rig.remoteRepository, `${summary.image}.raw`));
+      expect(await sha256File(summary.path)).toBe(summary.sha256);
+      expect(await revisionOf(summary.image)).toMatchObject({
+        sha256: summary.sha256,
+        sizeBytes: summary.sizeBytes,
+      });
+      expect(await readBack(summary.path, 'two')).toEqual(written);
+      // The source disk of a forced-off domain still opens.
+      expect((await qemuImg(['info', rig.disk])).code).toBe(0);
+      // No staging file left next to the source disk.
+      expect(readdirSync(join(rig.disk, '..')).filter((f) => f.startsWith('.vcl-capture'))).toEqual([]);
+    }, 180_000);
+  });
+
+  describe('5. cleanup', () => {
+    it('stops every VM, libvirtd, both sshd, and removes the temp folder', async () => {
+      const { dir, libvirt, kvmHost, repoHost } = rig;
+      const left = await rig.stop();
+      expect(left).toEqual([]);
+      expect(existsSync(dir)).toBe(false);
+      expect(rig.leftovers()).toEqual([]);
+      expect(processesMentioning(dir)).toEqual([]);
+      for (const pid of [libvirt.pid, kvmHost.pid, repoHost.pid])
+        expect(existsSync(`/proc/${pid}`), `pid ${pid}`).toBe(false);
+    }, 60_000);
+  });
+});
