@@ -277,6 +277,9 @@ describe.skipIf(!haveChromium)('the inspector in Chromium', () => {
       await page.click(`#captures tr[data-capture-id="${id}"]`);
       await page.locator('#subtitle', { hasText: id }).waitFor();
       await page.waitForSelector('#log li[data-kind="finished"]');
+      // Every provisioner's diagram ends on `completed`, every OS sub-machine's on `done`.
+      await page.waitForSelector('#diagram[data-active="completed"] g.node.active');
+      await page.waitForSelector('#os-diagram[data-active="done"] g.node.active');
     }
     const html = await page.content();
     const text = (await page.locator('body').textContent()) ?? '';
