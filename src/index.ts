@@ -12,6 +12,8 @@ export type {
   Timeouts,
 } from '../machines/index.js';
 export { isVclError, VclError } from './errors.js';
+export { createInspector, type Inspector } from './inspector/index.js';
+export { statelyBridge } from './inspector/stately.js';
 export { loadInventoryFile } from './inventory/load.js';
 export { type Inventory, type InventoryInput, parseInventory } from './inventory/schema.js';
 export { startLab } from './lab/index.js';

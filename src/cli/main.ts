@@ -72,6 +72,10 @@ program
     `${INSPECT_HELP}; the lab runs slower, and the page stays up until Ctrl-C`,
     portNumber,
   )
+  .option(
+    '--stately <ws-url>',
+    'also send inspection events to a @statelyai/inspect WebSocket receiver (redacted)',
+  )
   .addOption(
     new Option('--step-delay <ms>', 'lab power-off/boot delay (slows the demo down)')
       .argParser(positiveInt)
@@ -187,6 +191,10 @@ program
   .option('--owner <name>', 'owner of a new image', process.env.USER ?? 'vcl')
   .option('--json', 'print the result as JSON')
   .option('--inspect [port]', INSPECT_HELP, portNumber)
+  .option(
+    '--stately <ws-url>',
+    'also send inspection events to a @statelyai/inspect WebSocket receiver (redacted)',
+  )
   .addHelpText(
     'after',
     `

@@ -1,6 +1,8 @@
 /** `vcl-capture capture <computer> --image <name>`: one capture against real hosts from an inventory file. */
 import type { CaptureResult, EndState } from '../../../machines/index.js';
 import { isVclError } from '../../errors.js';
+import { secretsOfInventory } from '../../inspector/redact.js';
+import { composeInspect, statelyBridge } from '../../inspector/stately.js';
 import { loadInventoryFile } from '../../inventory/load.js';
 import { createRunner } from '../../runner/runner.js';
 import { openSqliteStore } from '../../store/index.js';
@@ -19,6 +21,8 @@ export interface CaptureOptions extends LogOptions {
   pollMs?: number;
   /** `--inspect [port]`: serve the live inspector while the capture runs. */
   inspect?: boolean | number;
+  /** `--stately <ws-url>`: also send inspection events to a Stately (@statelyai/inspect) receiver. */
+  stately?: string;
 }
 
 export function resultSummary(result: CaptureResult) {
@@ -55,12 +59,14 @@ export async function captureCommand(computer: string, o: CaptureOptions): Promi
           await store.close();
           throw err;
         });
+  const stately = o.stately ? statelyBridge(o.stately, secretsOfInventory(inventory)) : undefined;
+  const inspect = composeInspect(inspecting?.inspector.inspect, stately?.inspect);
   const runner = createRunner({
     inventory,
     store,
     logger,
     ...(o.pollMs ? { pollMs: o.pollMs } : {}),
-    ...(inspecting ? { inspect: inspecting.inspector.inspect } : {}),
+    ...(inspect ? { inspect } : {}),
   });
   inspecting?.inspector.attach(runner);
   try {
@@ -102,6 +108,7 @@ export async function captureCommand(computer: string, o: CaptureOptions): Promi
     throw err;
   } finally {
     await runner.close();
+    stately?.stop();
     if (inspecting) {
       console.error(`Inspector closed; replay this capture with: vcl-capture inspect --db ${o.db}`);
       await inspecting.inspector.close();

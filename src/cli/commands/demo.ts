@@ -6,6 +6,8 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { CaptureResult } from '../../../machines/index.js';
+import { secretsOfInventory } from '../../inspector/redact.js';
+import { composeInspect, statelyBridge } from '../../inspector/stately.js';
 import { startLab } from '../../lab/index.js';
 import { createRunner } from '../../runner/runner.js';
 import { openSqliteStore } from '../../store/index.js';
@@ -21,6 +23,8 @@ export interface DemoOptions extends LogOptions {
   json?: boolean;
   /** `--inspect [port]`: serve the live inspector (the lab then runs slower, to be watched). */
   inspect?: boolean | number;
+  /** `--stately <ws-url>`: also send inspection events to a Stately (@statelyai/inspect) receiver. */
+  stately?: string;
   /** Lab power-off and boot delay in ms (default 200; 1500 with --inspect). */
   stepDelay?: number;
 }
@@ -49,12 +53,14 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
           await lab.stop();
           throw err;
         });
+  const stately = o.stately ? statelyBridge(o.stately, secretsOfInventory(lab.inventory)) : undefined;
+  const inspect = composeInspect(inspecting?.inspector.inspect, stately?.inspect);
   const runner = createRunner({
     inventory: lab.inventory,
     store,
     logger,
     pollMs: 100,
-    ...(inspecting ? { inspect: inspecting.inspector.inspect } : {}),
+    ...(inspect ? { inspect } : {}),
   });
   inspecting?.inspector.attach(runner);
   const rows: {
@@ -98,6 +104,7 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
     finished = true;
   } finally {
     await runner.close();
+    stately?.stop();
     await lab.stop();
     // With --inspect the page keeps reading the store after the captures (below).
     if (!inspecting || !finished) {
