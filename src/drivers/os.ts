@@ -38,8 +38,18 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
   /**
    * The boot id, or undefined when the computer does not answer within a short budget. The transport
    * retries connections to a host that is booting; a probe must not, so it gives up on its own signal.
+   *
+   * A computer changing state (going down, coming up) still accepts SSH while its probe command fails:
+   * a shutdown kills processes and unmounts /proc under a running sshd (busybox init does both before it
+   * stops sshd). With `changing`, such a failure is `null` ("answers, but not normally": keep waiting)
+   * instead of an error; a computer expected to be up and well fails the step with the command's error.
    */
-  const probeBootId = async (run: StepRun<OsStepInput>): Promise<string | undefined> => {
+  async function probeBootId(run: StepRun<OsStepInput>): Promise<string | undefined>;
+  async function probeBootId(run: StepRun<OsStepInput>, changing: true): Promise<string | null | undefined>;
+  async function probeBootId(
+    run: StepRun<OsStepInput>,
+    changing = false,
+  ): Promise<string | null | undefined> {
     const budget = AbortSignal.timeout(Math.min(15_000, Math.max(1_000, env.pollMs * 3)));
     try {
       const r = await env.remote.exec(guest, bootIdCommand(env.computer.os), {
@@ -51,23 +61,33 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
     } catch (err) {
       if (run.signal.aborted) throw err;
       if (budget.aborted || isSshError(err, ...UNREACHABLE)) return undefined;
+      if (changing && isSshError(err, 'SSH_EXIT_NONZERO', 'SSH_EXIT_SIGNAL')) {
+        run.log.debug({ err: err.message }, 'boot id probe failed while the computer changes state');
+        return null;
+      }
       throw err;
     }
-  };
+  }
 
-  const waitAnswering = async (run: StepRun<OsStepInput>, notBoot?: string): Promise<string> => {
+  /** Waits for a boot id other than `notBoot`; `changing`: the computer is coming back from a reboot. */
+  const waitAnswering = async (
+    run: StepRun<OsStepInput>,
+    notBoot?: string,
+    changing = false,
+  ): Promise<string> => {
     for (;;) {
-      const id = await probeBootId(run);
-      if (id !== undefined && id !== notBoot) return id;
+      const id = changing ? await probeBootId(run, true) : await probeBootId(run);
+      if (typeof id === 'string' && id !== notBoot) return id;
       await sleep(env.pollMs, run.signal);
     }
   };
 
   const waitGone = async (run: StepRun<OsStepInput>, orBootOtherThan?: string): Promise<void> => {
     for (;;) {
-      const id = await probeBootId(run);
+      const id = await probeBootId(run, true);
       if (id === undefined) return;
-      if (orBootOtherThan !== undefined && id !== orBootOtherThan) return; // already back from a fast reboot
+      // Already back from a fast reboot (a failing probe, null, is a computer still on its way down).
+      if (id !== null && orBootOtherThan !== undefined && id !== orBootOtherThan) return;
       await sleep(env.pollMs, run.signal);
     }
   };
@@ -142,7 +162,7 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
       await waitGone(run, run.input.bootId);
       return {};
     },
-    wait_up: async (run) => ({ bootId: await waitAnswering(run, run.input.bootId) }),
+    wait_up: async (run) => ({ bootId: await waitAnswering(run, run.input.bootId, true) }),
   };
 
   for (const [id, plan] of Object.entries(plans)) {
@@ -172,7 +192,7 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
           });
         }
       }
-      if (p.reboots) return { bootId: await waitAnswering(run, before) };
+      if (p.reboots) return { bootId: await waitAnswering(run, before, true) };
       return {};
     };
   }

@@ -7,7 +7,7 @@ import type { OsStepInput } from '../../machines/index.js';
 import type { DriverEnv } from '../../src/drivers/env.js';
 import { osSteps } from '../../src/drivers/os.js';
 import { silentLogger } from '../../src/log.js';
-import type { ExecResult } from '../../src/ssh/index.js';
+import { type ExecResult, SshError, SshExitError } from '../../src/ssh/index.js';
 
 function fakeGuest(has: (cmd: string) => boolean) {
   const ran: string[][] = [];
@@ -57,5 +57,72 @@ describe('Linux end state without shutdown', () => {
   it('fails naming the command when neither exists', async () => {
     const g = fakeGuest(() => false);
     await expect(g.steps.shutdown?.(run('shutdown'))).rejects.toThrow(/poweroff exited with status 127/);
+  });
+});
+
+/** A guest whose boot-id probes answer from a script: an id, a failing command, or no connection. */
+function scriptedGuest(script: ('id-a' | 'id-b' | 'fails' | 'gone')[]) {
+  const seen: string[] = [];
+  const env = {
+    computer: { os: 'linux', reservationUsers: [] },
+    computerName: 'pc1',
+    guestHost: { name: 'pc1', host: '127.0.0.1', port: 22, username: 'root' },
+    pollMs: 1,
+    remote: {
+      async exec(_host: unknown, argv: readonly string[]): Promise<ExecResult> {
+        const next = script.shift() ?? 'gone';
+        seen.push(next);
+        const result = (code: number, stdout: string, stderr = ''): ExecResult => ({
+          code,
+          signal: null,
+          stdout,
+          stderr,
+          durationMs: 1,
+          disconnected: false,
+        });
+        if (next === 'gone') throw new SshError('SSH_UNREACHABLE', 'pc1 unreachable');
+        if (next === 'fails')
+          throw new SshExitError(
+            'pc1',
+            argv.join(' '),
+            result(1, '', "cat: can't open '/proc/sys/kernel/random/boot_id': No such file or directory"),
+          );
+        return result(
+          0,
+          next === 'id-a'
+            ? `${'a'.repeat(8)}-0000-0000-0000-000000000000\n`
+            : `${'b'.repeat(8)}-0000-0000-0000-000000000000\n`,
+        );
+      },
+      copy: () => Promise.reject(new Error('no copies here')),
+    },
+  } as unknown as DriverEnv;
+  return { steps: osSteps(env), seen };
+}
+
+const ID_A = `${'a'.repeat(8)}-0000-0000-0000-000000000000`;
+const ID_B = `${'b'.repeat(8)}-0000-0000-0000-000000000000`;
+
+describe('boot-id probes while the computer changes state', () => {
+  it('wait_gone: a probe command failing during shutdown (/proc unmounted) is a computer on its way down', async () => {
+    const g = scriptedGuest(['id-a', 'fails', 'fails', 'gone']);
+    await expect(g.steps.wait_gone?.(run('wait_gone'))).resolves.toEqual({});
+    expect(g.seen).toEqual(['id-a', 'fails', 'fails', 'gone']);
+  });
+
+  it('wait_down: a failing probe is not taken for the new boot; wait_up waits past it for a new id', async () => {
+    const g = scriptedGuest(['id-a', 'fails', 'gone', 'fails', 'id-a', 'id-b']);
+    const input = { ...run('wait_down').input, bootId: ID_A };
+    await g.steps.wait_down?.({ ...run('wait_down'), input });
+    expect(g.seen).toEqual(['id-a', 'fails', 'gone']);
+    const up = await g.steps.wait_up?.({ ...run('wait_up'), input: { ...input, step: 'wait_up' } });
+    expect(up).toEqual({ bootId: ID_B });
+  });
+
+  it('ensure_responding and confirm_on still fail on a computer that should be up but cannot read its boot id', async () => {
+    await expect(
+      scriptedGuest(['fails']).steps.ensure_responding?.(run('ensure_responding')),
+    ).rejects.toThrow(/boot_id/);
+    await expect(scriptedGuest(['fails']).steps.confirm_on?.(run('confirm_on'))).rejects.toThrow(/boot_id/);
   });
 });
