@@ -160,6 +160,7 @@ describe('vcl-capture capture', () => {
 
   it('Ctrl-C cancels: the cleanup runs, exit 3, no partial image, computer in maintenance', async () => {
     lab.faults.add({ kind: 'hangCommand', host: 'esxi-host', match: ['vmkfstools', '-i'] });
+    const logStart = lab.commandLog.length;
     const db = join(dir, 'sigint.sqlite');
     const child: ChildProcess = spawn(
       process.execPath,
@@ -183,8 +184,11 @@ describe('vcl-capture capture', () => {
     });
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     const deadline = Date.now() + 30_000;
-    while (lab.runningCommands('esxi-host') === 0 && Date.now() < deadline)
-      await new Promise((r) => setTimeout(r, 20));
+    // The clone is the hung command: wait until it is the one running (not an earlier quick command).
+    const cloning = () =>
+      lab.commandLog.slice(logStart).some((e) => e.host === 'esxi-host' && e.argv?.[0] === 'vmkfstools') &&
+      lab.runningCommands('esxi-host') > 0;
+    while (!cloning() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     child.kill('SIGINT');
     const code = await exited;
     lab.faults.clear();

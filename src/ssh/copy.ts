@@ -284,6 +284,15 @@ async function openRemoteDestination(
       }
     },
     async discard() {
+      // The writer must be gone first: a `cat > tmp` still running could create or extend the file after
+      // the rm, leaving a temporary file behind.
+      await Promise.race([
+        proc.done.then(
+          () => undefined,
+          () => undefined,
+        ),
+        new Promise((resolve) => setTimeout(resolve, CLEANUP_TIMEOUT_MS).unref()),
+      ]);
       try {
         await runner.exec(host, ['rm', '-f', '--', tmp], {
           timeoutMs: CLEANUP_TIMEOUT_MS,
