@@ -13,7 +13,9 @@ import {
   type EndState,
   effectNames,
   type ImageRef,
+  type OsName,
   operatingSystems,
+  type ProvisionerName,
   provisioners,
   type Timeouts,
 } from '../../machines/index.js';
@@ -30,7 +32,7 @@ import { SshPool } from '../ssh/index.js';
 import type { CaptureStore, ImageRegistration } from '../store/index.js';
 import { Limiter } from './limits.js';
 import { inventoryHosts, type Remote } from './remote.js';
-import { type StepFn, stepActor } from './step.js';
+import { boundStepActor, type StepFn } from './step.js';
 import { storeSteps } from './store-steps.js';
 
 export interface RunnerOptions {
@@ -96,6 +98,15 @@ export interface Runner {
 /** The copy steps share a per-host copy limit besides the capture limit. */
 const COPY_STEPS = new Set(['copy_image', 'clone_disk', 'copy_to_repository', 'watch_upload']);
 
+type AnyStepFn = StepFn<{ deadline: number; step: string }, unknown>;
+
+/** One capture's drivers, by the names its machines invoke, and its logger. */
+interface CaptureSteps {
+  provisioner: Record<string, AnyStepFn>;
+  os: Record<string, AnyStepFn>;
+  log: Logger;
+}
+
 export function createRunner(options: RunnerOptions): Runner {
   const inventory = parseInventory(options.inventory);
   const hosts = inventoryHosts(inventory);
@@ -117,6 +128,35 @@ export function createRunner(options: RunnerOptions): Runner {
         baseLog.warn({ err }, 'a runner event listener threw');
       }
     }
+  };
+  // One composed machine per provisioner x OS, shared by every capture of this runner: composing one per
+  // capture cost about 1.2 ms of CPU and 117 KiB of heap (docs/performance-scale.md). A step finds its
+  // capture's drivers through the capture's actor system, which the capture's root actor and its OS child
+  // share.
+  const stepsBySystem = new WeakMap<object, CaptureSteps>();
+  const machines = new Map<string, CaptureMachine>();
+  const bound = (kind: 'provisioner' | 'os', name: string) =>
+    boundStepActor<{ deadline: number; step: string }, unknown>(name, (system) => {
+      const steps = stepsBySystem.get(system);
+      const fn = steps?.[kind][name];
+      if (!steps || !fn) throw new VclError('NOT_PROVIDED', `no driver for ${name}`, { step: name });
+      return { fn, log: steps.log };
+    });
+  const sharedMachine = (provisioner: ProvisionerName, os: OsName): CaptureMachine => {
+    const key = `${provisioner}/${os}`;
+    let machine = machines.get(key);
+    if (!machine) {
+      const actorsOf = (kind: 'provisioner' | 'os', names: string[]): Record<string, AnyActorLogic> =>
+        Object.fromEntries(names.filter((n) => n !== 'os').map((n) => [n, bound(kind, n)]));
+      machine = composeCaptureMachine({
+        provisioner,
+        os,
+        provisionerActors: actorsOf('provisioner', effectNames(provisioners[provisioner].machine)),
+        osActors: actorsOf('os', effectNames(operatingSystems[os].machine)),
+      });
+      machines.set(key, machine);
+    }
+    return machine;
   };
   const registered = store.registerComputers(Object.keys(inventory.computers).map((name) => ({ name })));
 
@@ -208,8 +248,12 @@ export function createRunner(options: RunnerOptions): Runner {
       const releases: (() => void)[] = [];
       try {
         try {
-          releases.push(await captureSlots.acquire('*', cancelQueued.signal));
+          // The host's slot first, then the global one: a global slot is then only ever held by a capture
+          // that runs. The other way round, captures queued behind one busy host held the global slots
+          // and left the other hosts idle (bench/scale.ts, 500 captures requested host by host: 166 s
+          // against an ideal of 110 s; 113 s now).
           releases.push(await captureSlots.acquire(computer.provisioner.host, cancelQueued.signal));
+          releases.push(await captureSlots.acquire('*', cancelQueued.signal));
         } catch {
           const error = {
             code: 'CANCELLED',
@@ -244,9 +288,9 @@ export function createRunner(options: RunnerOptions): Runner {
       const wrap = <I extends { deadline: number; step: string }, O>(
         name: string,
         fn: StepFn<I, O>,
-      ): AnyActorLogic => {
+      ): StepFn<I, O> => {
         const copyHost = COPY_STEPS.has(name) ? computer?.provisioner.host : undefined;
-        const limited: StepFn<I, O> = copyHost
+        return copyHost
           ? async (r) => {
               const release = await copySlots.acquire(copyHost, r.signal);
               try {
@@ -256,7 +300,6 @@ export function createRunner(options: RunnerOptions): Runner {
               }
             }
           : fn;
-        return stepActor(name, limited, log);
       };
       const provisionerImpls: Record<string, StepFn<never, unknown>> = {
         ...storeSteps(
@@ -278,17 +321,14 @@ export function createRunner(options: RunnerOptions): Runner {
         ...effectNames(operatingSystems[computer?.os ?? 'linux'].machine).filter((n) => !(n in osImpls)),
       ];
       if (missing.length) throw new VclError('NOT_PROVIDED', `no driver for ${missing.join(', ')}`);
-      const machine = composeCaptureMachine({
-        provisioner,
-        os: env.computer.os,
-        provisionerActors: Object.fromEntries(
-          Object.entries(provisionerImpls).map(([n, f]) => [
-            n,
-            wrap(n, f as StepFn<{ deadline: number; step: string }, unknown>),
-          ]),
+      const steps: CaptureSteps = {
+        provisioner: Object.fromEntries(
+          Object.entries(provisionerImpls).map(([n, f]) => [n, wrap(n, f as AnyStepFn)]),
         ),
-        osActors: Object.fromEntries(Object.entries(osImpls).map(([n, f]) => [n, wrap(n, f)])),
-      });
+        os: Object.fromEntries(Object.entries(osImpls).map(([n, f]) => [n, wrap(n, f as AnyStepFn)])),
+        log,
+      };
+      const machine = sharedMachine(provisioner, env.computer.os);
       const a = createActor(machine, {
         input: {
           captureId: record.id,
@@ -301,6 +341,7 @@ export function createRunner(options: RunnerOptions): Runner {
         },
         ...(options.inspect ? { inspect: options.inspect } : {}),
       });
+      stepsBySystem.set(a.system, steps);
       actor = a;
       let last = '';
       let enteredAt = Date.now();

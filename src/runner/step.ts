@@ -48,7 +48,33 @@ export function stepActor<TInput extends { deadline: number; step: string }, TOu
   fn: StepFn<TInput, TOutput>,
   log: Logger,
 ) {
-  return fromPromise<TOutput, TInput>(async ({ input, signal }) => {
+  return boundStepActor<TInput, TOutput>(name, () => ({ fn, log }));
+}
+
+/** What a step runs for one capture: its driver function and the capture's logger. */
+export interface StepBinding<TInput, TOutput> {
+  fn: StepFn<TInput, TOutput>;
+  log: Logger;
+}
+
+/**
+ * A step actor whose driver function is looked up when it starts, from the actor system of the capture
+ * that runs it: one machine (and its actor logic) can then serve every capture. `bind` throws when the
+ * system has no binding; the step then fails like any step.
+ */
+export function boundStepActor<TInput extends { deadline: number; step: string }, TOutput>(
+  name: string,
+  bind: (system: object) => StepBinding<TInput, TOutput>,
+) {
+  return fromPromise<TOutput, TInput>(async ({ input, signal, system }) => {
+    let binding: StepBinding<TInput, TOutput>;
+    try {
+      binding = bind(system);
+    } catch (err) {
+      const data = stepErrorData(err, name);
+      throw Object.assign(new Error(data.message), data);
+    }
+    const { fn, log } = binding;
     const started = Date.now();
     const deadline = Number.isFinite(input.deadline) ? input.deadline : Number.POSITIVE_INFINITY;
     const timeout = new AbortController();
