@@ -4,7 +4,7 @@
  * growth resets the no-progress timer) and hash what arrived.
  */
 import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
-import { type StepFn, sleep } from '../runner/step.js';
+import { pollUntil, type StepFn, sleep } from '../runner/step.js';
 import {
   type DriverEnv,
   execFor,
@@ -53,7 +53,15 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
     },
     ensure_node_on: async (run) => {
       const exec = execFor(env, run);
-      const state = parseRpowerStat((await exec(mn, xcat.powerStat(node))).stdout, node);
+      const stat = async () => parseRpowerStat((await exec(mn, xcat.powerStat(node))).stdout, node);
+      // After an `off` end state the OS stops answering before the node's power is off: wait for the
+      // power itself (bounded by the step's deadline), or the node would never be powered on again.
+      const state =
+        run.input.endState === 'off'
+          ? await pollUntil(run, env.pollMs, async () =>
+              (await stat()) === 'off' ? ('off' as const) : undefined,
+            )
+          : await stat();
       if (state === 'on') return {};
       // Off may mean the capture environment already finished and halted the node (its markers are
       // written before it halts): powering on again would capture a second time over the upload.
