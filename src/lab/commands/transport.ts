@@ -5,6 +5,7 @@
  * The lab recognises the two scripts by their exact text and emulates them; any other script is answered
  * as unknown (exit 127), because the lab never interprets shell code.
  */
+import { rm } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { type CommandContext, CommandError, fail, type Handler, NoSpaceError } from '../core.js';
 import { errnoText, move, statOf, writeStdinTo } from './posix.js';
@@ -26,7 +27,11 @@ async function writeTemp(ctx: CommandContext, target: string): Promise<number> {
   if ((await statOf(real))?.isDirectory()) fail(2, `sh: 1: cannot create ${target}: Is a directory`);
   try {
     await writeStdinTo(ctx, path, real, 0o600, false);
+    // A real `cat > tmp` killed before it ran leaves, at most, a file created before the kill; the lab's
+    // handler may get to its open after the kill (and after the client's cleanup): undo that.
+    if (ctx.signal.aborted) await rm(real, { force: true });
   } catch (err) {
+    if (ctx.signal.aborted) await rm(real, { force: true });
     if (err instanceof CommandError) throw err;
     if (err instanceof NoSpaceError) fail(1, 'cat: write error: No space left on device');
     if ((err as NodeJS.ErrnoException).code === undefined) throw err;
