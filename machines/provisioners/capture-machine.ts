@@ -447,5 +447,64 @@ export function captureStates<TStep extends string>(machineId: ProvisionerName) 
     cancelled: { type: 'final', output: { status: 'cancelled' } },
   } as const satisfies Record<string, StateConfig>;
 
-  return { forwardStep, preCapture, cleanupState, finals };
+  /**
+   * The reservation every capture starts with. Its compensation (release) is owed from the start; a
+   * refused reservation took nothing, so it ends the capture at once with nothing to release.
+   */
+  function reserveStep(next: string): StateConfig {
+    return forwardStep('reserve' as TStep, {
+      title: 'Reserve the computer (compare-and-swap) and create the image revision',
+      effect: 'reserve',
+      next,
+      compensation: 'release_computer' as TStep,
+      onError: {
+        target: `#${machineId}.failed`,
+        actions: ['recordFailure', { type: 'settle', params: { compensation: 'release_computer' } }],
+      },
+    });
+  }
+
+  /**
+   * Graceful power off with escalation: request, wait (a TIMEOUT is a warning and escalates), force,
+   * wait again; both waits go on to `next`.
+   */
+  function powerOffSteps(
+    next: string,
+    titles: { request: string; wait: string; force: string; waitForced: string },
+  ): Record<'request_power_off' | 'wait_power_off' | 'force_power_off' | 'wait_forced_off', StateConfig> {
+    return {
+      request_power_off: forwardStep('request_power_off' as TStep, {
+        title: titles.request,
+        effect: 'power',
+        next: 'wait_power_off',
+      }),
+      wait_power_off: forwardStep('wait_power_off' as TStep, {
+        title: titles.wait,
+        effect: 'power',
+        timeout: 'powerOffMs',
+        next,
+        onError: [
+          {
+            guard: { type: 'failedWith', params: { code: 'TIMEOUT' } },
+            target: 'force_power_off',
+            actions: 'recordWarning',
+          },
+          { target: cleanup, actions: 'recordFailure' },
+        ],
+      }),
+      force_power_off: forwardStep('force_power_off' as TStep, {
+        title: titles.force,
+        effect: 'power',
+        next: 'wait_forced_off',
+      }),
+      wait_forced_off: forwardStep('wait_forced_off' as TStep, {
+        title: titles.waitForced,
+        effect: 'power',
+        timeout: 'forcedOffMs',
+        next,
+      }),
+    };
+  }
+
+  return { forwardStep, preCapture, cleanupState, finals, reserveStep, powerOffSteps };
 }

@@ -33,7 +33,7 @@ export const LIBVIRT_STEPS = [
 ] as const;
 
 const libvirtSetup = captureSetup(LIBVIRT_STEPS);
-const { forwardStep, preCapture, cleanupState, finals } =
+const { forwardStep, preCapture, cleanupState, finals, reserveStep, powerOffSteps } =
   captureStates<(typeof LIBVIRT_STEPS)[number]>('libvirt');
 
 export const libvirtMachine = libvirtSetup.createMachine({
@@ -46,52 +46,18 @@ export const libvirtMachine = libvirtSetup.createMachine({
       initial: 'reserve',
       on: { CANCEL: { target: 'cleanup', actions: 'markCancelled' } },
       states: {
-        reserve: forwardStep('reserve', {
-          title: 'Reserve the computer (compare-and-swap) and create the image revision',
-          effect: 'reserve',
-          next: 'inspect_domain',
-          compensation: 'release_computer',
-          // Not reserved: nothing to release, nothing to clean.
-          onError: {
-            target: '#libvirt.failed',
-            actions: ['recordFailure', { type: 'settle', params: { compensation: 'release_computer' } }],
-          },
-        }),
+        reserve: reserveStep('inspect_domain'),
         inspect_domain: forwardStep('inspect_domain', {
           title: 'Find the domain and its first disk; refuse an existing target',
           effect: 'check',
           next: 'pre_capture',
         }),
         pre_capture: preCapture('request_power_off'),
-        request_power_off: forwardStep('request_power_off', {
-          title: 'Ask libvirt for a graceful shutdown unless the domain is already off',
-          effect: 'power',
-          next: 'wait_power_off',
-        }),
-        wait_power_off: forwardStep('wait_power_off', {
-          title: 'Wait for domstate "shut off"',
-          effect: 'power',
-          timeout: 'powerOffMs',
-          next: 'copy_image',
-          onError: [
-            {
-              guard: { type: 'failedWith', params: { code: 'TIMEOUT' } },
-              target: 'force_power_off',
-              actions: 'recordWarning',
-            },
-            { target: '#libvirt.cleanup', actions: 'recordFailure' },
-          ],
-        }),
-        force_power_off: forwardStep('force_power_off', {
-          title: 'Force the power off (virsh destroy)',
-          effect: 'power',
-          next: 'wait_forced_off',
-        }),
-        wait_forced_off: forwardStep('wait_forced_off', {
-          title: 'Wait for domstate "shut off" after the forced power off',
-          effect: 'power',
-          timeout: 'forcedOffMs',
-          next: 'copy_image',
+        ...powerOffSteps('copy_image', {
+          request: 'Ask libvirt for a graceful shutdown unless the domain is already off',
+          wait: 'Wait for domstate "shut off"',
+          force: 'Force the power off (virsh destroy)',
+          waitForced: 'Wait for domstate "shut off" after the forced power off',
         }),
         copy_image: forwardStep('copy_image', {
           title: 'Copy the disk into the repository (qemu-img convert)',

@@ -38,7 +38,7 @@ export const VMWARE_STEPS = [
 ] as const;
 
 const vmwareSetup = captureSetup(VMWARE_STEPS);
-const { forwardStep, preCapture, cleanupState, finals } =
+const { forwardStep, preCapture, cleanupState, finals, reserveStep, powerOffSteps } =
   captureStates<(typeof VMWARE_STEPS)[number]>('vmware');
 
 export const vmwareMachine = vmwareSetup.createMachine({
@@ -52,16 +52,7 @@ export const vmwareMachine = vmwareSetup.createMachine({
       initial: 'reserve',
       on: { CANCEL: { target: 'cleanup', actions: 'markCancelled' } },
       states: {
-        reserve: forwardStep('reserve', {
-          title: 'Reserve the computer (compare-and-swap) and create the image revision',
-          effect: 'reserve',
-          next: 'locate_vm',
-          compensation: 'release_computer',
-          onError: {
-            target: '#vmware.failed',
-            actions: ['recordFailure', { type: 'settle', params: { compensation: 'release_computer' } }],
-          },
-        }),
+        reserve: reserveStep('locate_vm'),
         locate_vm: forwardStep('locate_vm', {
           title: 'Find the VM (registered, unique, exactly one persistent disk)',
           effect: 'check',
@@ -73,35 +64,11 @@ export const vmwareMachine = vmwareSetup.createMachine({
           next: 'pre_capture',
         }),
         pre_capture: preCapture('request_power_off'),
-        request_power_off: forwardStep('request_power_off', {
-          title: 'Ask for a guest shutdown unless the VM is already powered off',
-          effect: 'power',
-          next: 'wait_power_off',
-        }),
-        wait_power_off: forwardStep('wait_power_off', {
-          title: 'Wait for power.getstate "Powered off"',
-          effect: 'power',
-          timeout: 'powerOffMs',
-          next: 'clone_disk',
-          onError: [
-            {
-              guard: { type: 'failedWith', params: { code: 'TIMEOUT' } },
-              target: 'force_power_off',
-              actions: 'recordWarning',
-            },
-            { target: '#vmware.cleanup', actions: 'recordFailure' },
-          ],
-        }),
-        force_power_off: forwardStep('force_power_off', {
-          title: 'Hard power off (vim-cmd vmsvc/power.off)',
-          effect: 'power',
-          next: 'wait_forced_off',
-        }),
-        wait_forced_off: forwardStep('wait_forced_off', {
-          title: 'Wait for "Powered off" after the hard power off',
-          effect: 'power',
-          timeout: 'forcedOffMs',
-          next: 'clone_disk',
+        ...powerOffSteps('clone_disk', {
+          request: 'Ask for a guest shutdown unless the VM is already powered off',
+          wait: 'Wait for power.getstate "Powered off"',
+          force: 'Hard power off (vim-cmd vmsvc/power.off)',
+          waitForced: 'Wait for "Powered off" after the hard power off',
         }),
         clone_disk: forwardStep('clone_disk', {
           title: 'Clone the disk thin (vmkfstools -i -d thin)',

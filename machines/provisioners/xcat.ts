@@ -40,7 +40,8 @@ export const XCAT_STEPS = [
 ] as const;
 
 const xcatSetup = captureSetup(XCAT_STEPS);
-const { forwardStep, preCapture, cleanupState, finals } = captureStates<(typeof XCAT_STEPS)[number]>('xcat');
+const { forwardStep, preCapture, cleanupState, finals, reserveStep } =
+  captureStates<(typeof XCAT_STEPS)[number]>('xcat');
 
 export const xcatMachine = xcatSetup.createMachine({
   id: 'xcat',
@@ -53,16 +54,7 @@ export const xcatMachine = xcatSetup.createMachine({
       initial: 'reserve',
       on: { CANCEL: { target: 'cleanup', actions: 'markCancelled' } },
       states: {
-        reserve: forwardStep('reserve', {
-          title: 'Reserve the computer (compare-and-swap) and create the image revision',
-          effect: 'reserve',
-          next: 'check_target',
-          compensation: 'release_computer',
-          onError: {
-            target: '#xcat.failed',
-            actions: ['recordFailure', { type: 'settle', params: { compensation: 'release_computer' } }],
-          },
-        }),
+        reserve: reserveStep('check_target'),
         check_target: forwardStep('check_target', {
           title: 'Refuse existing image files in the repository',
           effect: 'check',
