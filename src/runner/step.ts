@@ -14,6 +14,11 @@ export interface StepRun<TInput> {
   /** Milliseconds left before the deadline (never below 1). */
   remainingMs(): number;
   log: Logger;
+  /**
+   * True when this step was in flight when the capture's process stopped (a crash, a kill) and runs again
+   * after a resume: it may have done none, part or all of its work, and must converge either way.
+   */
+  resumed: boolean;
 }
 
 export type StepFn<TInput, TOutput> = (run: StepRun<TInput>) => Promise<TOutput>;
@@ -55,6 +60,8 @@ export function stepActor<TInput extends { deadline: number; step: string }, TOu
 export interface StepBinding<TInput, TOutput> {
   fn: StepFn<TInput, TOutput>;
   log: Logger;
+  /** This start is the re-run of a step that was in flight when the capture was persisted. */
+  resumed?: boolean;
 }
 
 /**
@@ -74,7 +81,7 @@ export function boundStepActor<TInput extends { deadline: number; step: string }
       const data = stepErrorData(err, name);
       throw Object.assign(new Error(data.message), data);
     }
-    const { fn, log } = binding;
+    const { fn, log, resumed = false } = binding;
     const started = Date.now();
     const deadline = Number.isFinite(input.deadline) ? input.deadline : Number.POSITIVE_INFINITY;
     const timeout = new AbortController();
@@ -89,7 +96,8 @@ export function boundStepActor<TInput extends { deadline: number; step: string }
         input,
         signal: both,
         remainingMs: () => Math.max(1, deadline - Date.now()),
-        log: stepLog,
+        log: resumed ? stepLog.child({ resumed }) : stepLog,
+        resumed,
       });
       stepLog.debug({ durationMs: Date.now() - started }, 'step done');
       return out;

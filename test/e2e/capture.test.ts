@@ -332,6 +332,7 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
           input: i,
           signal: AbortSignal.timeout(60_000),
           remainingMs: () => Math.max(1, i.deadline - Date.now()),
+          resumed: false,
           log: silentLogger(),
         });
         const inspected = await steps.inspect_domain?.(stepRun(input('inspect_domain')));
