@@ -19,6 +19,8 @@ export const STORE_ERROR_CODES = {
   IMAGE_CONFLICT: 'IMAGE_CONFLICT',
   /** A capture with that id already exists. */
   CAPTURE_EXISTS: 'CAPTURE_EXISTS',
+  /** Another runner owns the capture and its lease has not run out (the message names the owner). */
+  CAPTURE_CLAIMED: 'CAPTURE_CLAIMED',
   /** An artifact path resolves outside its repository (`..`, or an absolute path elsewhere). */
   PATH_OUTSIDE_REPOSITORY: 'PATH_OUTSIDE_REPOSITORY',
   /** A path or repository is malformed (empty, relative repository, NUL, newline or other control character). */

@@ -126,8 +126,23 @@ CREATE TRIGGER capture_events_no_delete BEFORE DELETE ON capture_events
 BEGIN SELECT RAISE(ABORT, 'capture_events is append-only'); END;
 `;
 
+/**
+ * Who runs a capture, so that a restarted daemon takes back what a dead process left and never what a
+ * live one runs: the owner (a runner's id), its lease, the request a queued capture is started from, and
+ * a cancellation asked by another process.
+ */
+const V2_OWNERSHIP = `
+ALTER TABLE captures ADD COLUMN request TEXT;            -- JSON: what starting the capture later needs
+ALTER TABLE captures ADD COLUMN owner TEXT;              -- the runner running it (host/pid/random)
+ALTER TABLE captures ADD COLUMN lease_until TEXT;        -- the owner renews it while it lives
+ALTER TABLE captures ADD COLUMN cancel_requested TEXT;   -- a reason, set by another process
+`;
+
 /** Every migration, in order. The last one's version is the schema version this code writes. */
-export const MIGRATIONS: readonly Migration[] = [{ version: 1, name: 'initial schema', up: V1_INITIAL }];
+export const MIGRATIONS: readonly Migration[] = [
+  { version: 1, name: 'initial schema', up: V1_INITIAL },
+  { version: 2, name: 'capture ownership and requests', up: V2_OWNERSHIP },
+];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;
 

@@ -52,6 +52,7 @@ import {
   type CaptureRecordStatus,
   type CaptureStore,
   type CasOptions,
+  type ClaimOptions,
   type CompleteOptions,
   type ComputerRecord,
   type ComputerRegistration,
@@ -63,6 +64,7 @@ import {
   type ImageRevisionRecord,
   type ImageWithRevisions,
   type NewCapture,
+  type OwnedCapture,
   STORE_EVENT_TYPES,
   type StoredSnapshot,
   type TransitionInput,
@@ -150,6 +152,10 @@ interface CaptureRow {
   release_outcome: string | null;
   machine_version: string | null;
   event_count: number;
+  request: string | null;
+  owner: string | null;
+  lease_until: string | null;
+  cancel_requested: string | null;
   created_at: string;
   updated_at: string;
   finished_at: string | null;
@@ -170,7 +176,7 @@ interface EventRow {
 /** Capture columns without the snapshot (which can be large and is only read by resume). */
 const CAPTURE_COLUMNS = `id, computer, image_id, revision_id, image_name, revision, provisioner, os, end_state,
   repository, status, state_value, error_code, error_step, error_message, release_outcome, machine_version,
-  event_count, created_at, updated_at, finished_at`;
+  event_count, request, owner, lease_until, cancel_requested, created_at, updated_at, finished_at`;
 
 /** `('available', 'reserved')`: built from constants, never from input. */
 const CAPTURABLE_SQL = `(${CAPTURABLE_COMPUTER_STATES.map((s) => `'${s}'`).join(', ')})`;
@@ -240,6 +246,10 @@ function toCapture(row: CaptureRow): CaptureRecord {
     releaseOutcome: row.release_outcome as ReleaseOutcome | null,
     machineVersion: row.machine_version,
     eventCount: row.event_count,
+    request: parseJson<Record<string, unknown>>(row.request),
+    owner: row.owner,
+    leaseUntil: row.lease_until,
+    cancelRequested: row.cancel_requested,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
     finishedAt: row.finished_at,
@@ -367,14 +377,37 @@ function prepareStatements(db: Database.Database) {
           endState: string | null;
           repository: string | null;
           status: string;
+          request: string | null;
+          owner: string | null;
+          leaseUntil: string | null;
           now: string;
         },
       ]
     >(
       `INSERT INTO captures (id, computer, image_id, revision_id, image_name, revision, provisioner, os, end_state,
-         repository, status, event_count, created_at, updated_at)
+         repository, status, request, owner, lease_until, event_count, created_at, updated_at)
        VALUES (@id, @computer, @imageId, @revisionId, @imageName, @revision, @provisioner, @os, @endState,
-         @repository, @status, 0, @now, @now)`,
+         @repository, @status, @request, @owner, @leaseUntil, 0, @now, @now)`,
+    ),
+    claim: db.prepare<[{ id: string; owner: string; leaseUntil: string; now: string }]>(
+      `UPDATE captures SET owner = @owner, lease_until = @leaseUntil, updated_at = @now
+       WHERE id = @id AND status IN ('queued', 'running')`,
+    ),
+    renew: db.prepare<
+      [{ owner: string; leaseUntil: string }],
+      { id: string; cancel_requested: string | null }
+    >(
+      `UPDATE captures SET lease_until = @leaseUntil
+       WHERE owner = @owner AND status IN ('queued', 'running')
+       RETURNING id, cancel_requested`,
+    ),
+    releaseOwned: db.prepare<[string]>(
+      `UPDATE captures SET owner = NULL, lease_until = NULL
+       WHERE owner = ? AND status IN ('queued', 'running')`,
+    ),
+    requestCancel: db.prepare<[{ id: string; reason: string; now: string }]>(
+      `UPDATE captures SET cancel_requested = @reason, updated_at = @now
+       WHERE id = @id AND status IN ('queued', 'running')`,
     ),
     setRunning: db.prepare<[{ id: string; now: string }]>(
       `UPDATE captures SET status = 'running', updated_at = @now WHERE id = @id AND status = 'queued'`,
@@ -451,8 +484,8 @@ function prepareStatements(db: Database.Database) {
        VALUES (@captureId, @seq, @at, @type, @stateValue, @step, @details, @durationMs)`,
     ),
     events: db.prepare<[string], EventRow>('SELECT * FROM capture_events WHERE capture_id = ? ORDER BY seq'),
-    running: db.prepare<[], CaptureRow>(
-      `SELECT ${CAPTURE_COLUMNS} FROM captures WHERE status = 'running' ORDER BY created_at, rowid`,
+    unfinished: db.prepare<[], CaptureRow>(
+      `SELECT ${CAPTURE_COLUMNS} FROM captures WHERE status IN ('queued', 'running') ORDER BY created_at, rowid`,
     ),
     snapshot: db.prepare<
       [string],
@@ -578,6 +611,11 @@ export class SqliteCaptureStore implements CaptureStore {
 
   private now(): string {
     return this.clock().toISOString();
+  }
+
+  /** The time `ms` from now, as stored. */
+  private later(ms: number): string {
+    return new Date(this.clock().getTime() + ms).toISOString();
   }
 
   private ensureOpen(operation: string): void {
@@ -861,6 +899,9 @@ export class SqliteCaptureStore implements CaptureStore {
       capture.revision === undefined ? undefined : validateRevisionNumber(capture.revision);
     const reserve = capture.reserve ?? true;
     if (typeof reserve !== 'boolean') throw invalid('reserve must be a boolean');
+    const request = capture.request === undefined ? null : toJson(capture.request, 'request');
+    const owner = capture.owner === undefined ? null : checkShortText(capture.owner, 'owner');
+    const leaseMs = owner === null ? 0 : checkInteger(capture.leaseMs ?? 60_000, 'leaseMs', 1);
 
     return this.write('createCapture', () => {
       const now = this.now();
@@ -912,6 +953,9 @@ export class SqliteCaptureStore implements CaptureStore {
         endState,
         repository,
         status: 'queued',
+        request,
+        owner,
+        leaseUntil: owner === null ? null : this.later(leaseMs),
         now,
       });
       this.appendEvent(id, now, {
@@ -1161,8 +1205,73 @@ export class SqliteCaptureStore implements CaptureStore {
     });
   }
 
+  async claimCapture(captureId: string, owner: string, options: ClaimOptions): Promise<CaptureRecord> {
+    const me = checkShortText(owner, 'owner');
+    const leaseMs = checkInteger(options?.leaseMs, 'leaseMs', 1);
+    const replacing =
+      options.replacing === undefined ? undefined : checkShortText(options.replacing, 'replacing');
+    return this.write('claimCapture', () => {
+      const row = this.requireCapture(captureId);
+      if (row.status !== 'queued' && row.status !== 'running')
+        this.wrongStatus(row, 'claim', 'queued or running');
+      const now = this.now();
+      const free =
+        row.owner === null ||
+        row.owner === me ||
+        row.owner === replacing ||
+        row.lease_until === null ||
+        row.lease_until < now;
+      if (!free) {
+        throw storeError(
+          STORE_ERROR_CODES.CAPTURE_CLAIMED,
+          `capture ${captureId} is run by ${row.owner} (lease until ${row.lease_until}); it is not taken over`,
+          { captureId, owner: row.owner, leaseUntil: row.lease_until },
+        );
+      }
+      this.s.claim.run({ id: captureId, owner: me, leaseUntil: this.later(leaseMs), now });
+      if (row.owner !== me) {
+        this.appendEvent(captureId, now, {
+          type: 'capture.claimed',
+          details: toJson({ owner: me, previousOwner: row.owner, status: row.status }, 'details'),
+        });
+      }
+      return toCapture(this.requireCapture(captureId));
+    });
+  }
+
+  async renewLeases(owner: string, leaseMs: number): Promise<OwnedCapture[]> {
+    const me = checkShortText(owner, 'owner');
+    const ms = checkInteger(leaseMs, 'leaseMs', 1);
+    return this.write('renewLeases', () =>
+      this.s.renew
+        .all({ owner: me, leaseUntil: this.later(ms) })
+        .map((r) => ({ captureId: r.id, cancelRequested: r.cancel_requested })),
+    );
+  }
+
+  async releaseCaptures(owner: string): Promise<number> {
+    const me = checkShortText(owner, 'owner');
+    return this.write('releaseCaptures', () => this.s.releaseOwned.run(me).changes);
+  }
+
+  async requestCancel(captureId: string, reason: string): Promise<CaptureRecord> {
+    const why = checkShortText(reason, 'reason');
+    return this.write('requestCancel', () => {
+      const row = this.requireCapture(captureId);
+      if (row.status !== 'queued' && row.status !== 'running')
+        this.wrongStatus(row, 'cancel', 'queued or running');
+      const now = this.now();
+      this.s.requestCancel.run({ id: captureId, reason: why, now });
+      this.appendEvent(captureId, now, {
+        type: 'capture.cancel_requested',
+        details: toJson({ reason: why }, 'details'),
+      });
+      return toCapture(this.requireCapture(captureId));
+    });
+  }
+
   async listResumableCaptures(): Promise<CaptureRecord[]> {
-    return this.read('listResumableCaptures', () => this.s.running.all().map(toCapture));
+    return this.read('listResumableCaptures', () => this.s.unfinished.all().map(toCapture));
   }
 
   async loadSnapshot(captureId: string): Promise<StoredSnapshot | undefined> {

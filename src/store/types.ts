@@ -160,6 +160,14 @@ export interface CaptureRecord {
   machineVersion: string | null;
   /** Number of audit events written for this capture. */
   eventCount: number;
+  /** What starting the capture later needs (e.g. the request's timeouts), as given at creation. */
+  request: Record<string, unknown> | null;
+  /** The runner that runs the capture now ({@link CaptureStore.claimCapture}), or null. */
+  owner: string | null;
+  /** Until when the owner's claim holds unless renewed (ISO time), or null. */
+  leaseUntil: string | null;
+  /** A cancellation asked by another process, for the owner to carry out, or null. */
+  cancelRequested: string | null;
   createdAt: string;
   updatedAt: string;
   finishedAt: string | null;
@@ -246,6 +254,28 @@ export interface NewCapture {
    * {@link CaptureStore.reserveComputer} takes the computer later.
    */
   reserve?: boolean;
+  /** JSON details that starting the capture later needs (the request's timeouts...). */
+  request?: Record<string, unknown>;
+  /** Created already claimed by this runner, for `leaseMs` (see {@link CaptureStore.claimCapture}). */
+  owner?: string;
+  leaseMs?: number;
+}
+
+/** Options of {@link CaptureStore.claimCapture}. */
+export interface ClaimOptions {
+  /** How long the claim holds without renewal. */
+  leaseMs: number;
+  /**
+   * Take the capture from this owner even though its lease still runs: the caller knows that owner is
+   * gone (a process on this host that no longer exists).
+   */
+  replacing?: string;
+}
+
+/** An owned capture as {@link CaptureStore.renewLeases} reports it. */
+export interface OwnedCapture {
+  captureId: string;
+  cancelRequested: string | null;
 }
 
 /** What resume needs of a capture to restart its machine. */
@@ -371,8 +401,20 @@ export interface CaptureStore {
   listCaptures(filter?: CaptureFilter): Promise<CaptureRecord[]>;
   /** One capture with its audit events, or undefined. */
   getCapture(id: string): Promise<CaptureDetail | undefined>;
-  /** Every `running` capture, oldest first: what resume restarts after a runner restart. */
+  /** Every unfinished (queued or running) capture, oldest first: what a starting runner may claim. */
   listResumableCaptures(): Promise<CaptureRecord[]>;
+  /**
+   * Makes `owner` the runner of a queued or running capture. Allowed when nobody owns it, `owner`
+   * already does, the owner's lease ran out, or the owner is `options.replacing`; otherwise
+   * `CAPTURE_CLAIMED`. A change of owner is written to the audit trail (`capture.claimed`).
+   */
+  claimCapture(captureId: string, owner: string, options: ClaimOptions): Promise<CaptureRecord>;
+  /** Extends the lease of every unfinished capture `owner` runs; reports them with any cancellation asked. */
+  renewLeases(owner: string, leaseMs: number): Promise<OwnedCapture[]>;
+  /** Gives up `owner`'s unfinished captures (a graceful stop): another runner may claim them at once. */
+  releaseCaptures(owner: string): Promise<number>;
+  /** Asks the runner that owns an unfinished capture to cancel it (`INVALID_TRANSITION` when finished). */
+  requestCancel(captureId: string, reason: string): Promise<CaptureRecord>;
   /** The persisted snapshot of a capture, or undefined if the capture does not exist. */
   loadSnapshot(captureId: string): Promise<StoredSnapshot | undefined>;
 
