@@ -10,6 +10,8 @@ export const EXIT = {
   CANCELLED: 3,
   /** A host could not be reached or refused us (network, authentication, host key). */
   UNREACHABLE: 4,
+  /** The runner stopped before the capture ended; it stays in the store and resumes on the next start. */
+  SUSPENDED: 75,
   /** Anything else: a bug or an environment problem (database not writable...). */
   INTERNAL: 70,
 } as const;
@@ -36,8 +38,12 @@ export function exitCodeForError(code: string | undefined): number {
   return EXIT.INTERNAL;
 }
 
-export function exitCodeForResult(status: 'completed' | 'failed' | 'cancelled', errorCode?: string): number {
+export function exitCodeForResult(
+  status: 'completed' | 'failed' | 'cancelled' | 'suspended',
+  errorCode?: string,
+): number {
   if (status === 'completed') return EXIT.OK;
+  if (status === 'suspended') return EXIT.SUSPENDED;
   if (status === 'cancelled') return EXIT.CANCELLED;
   return errorCode && UNREACHABLE_CODES.has(errorCode) ? EXIT.UNREACHABLE : EXIT.FAILED;
 }

@@ -361,7 +361,8 @@ export class InspectorHub {
         const c = this.captureFor(e.captureId);
         this.flushProgress(c);
         const r = e.result;
-        c.summary.status = r.status;
+        // A suspended capture is still unfinished: the next runner resumes it.
+        c.summary.status = r.status === 'suspended' ? 'running' : r.status;
         c.summary.finishedAt = now;
         c.summary.live = false;
         const error =

@@ -1,18 +1,20 @@
 /**
- * The runner a daemon embeds: it validates a capture request against the inventory, creates the capture
- * in the store (queued), waits for a slot under the concurrency limits, then runs the provisioner's
- * machine with the real drivers provided, recording every state it enters.
+ * The runner a daemon embeds: it validates capture requests against the inventory, records them in the
+ * store, and runs them under the concurrency limits with the real drivers provided. A started runner
+ * also resumes the captures a stopped or crashed runner left unfinished (from their persisted snapshots)
+ * and runs captures queued in the store by other processes. Each capture is owned by one runner at a
+ * time (a lease in the store), so two runners never run the same capture.
  */
-import { type Actor, type AnyActorLogic, createActor, type InspectionEvent } from 'xstate';
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { AnyActorLogic, InspectionEvent } from 'xstate';
 import {
   allowedEndStates,
   type CaptureMachine,
-  type CaptureResult,
   composeCaptureMachine,
   defaultEndStateOf,
   type EndState,
   effectNames,
-  type ImageRef,
   type OsName,
   operatingSystems,
   type ProvisionerName,
@@ -20,20 +22,27 @@ import {
   type Timeouts,
 } from '../../machines/index.js';
 import { resolveTimeouts } from '../../machines/steps.js';
-import type { DriverEnv } from '../drivers/env.js';
-import { libvirtSteps } from '../drivers/libvirt.js';
-import { osSteps } from '../drivers/os.js';
-import { vmwareSteps } from '../drivers/vmware.js';
-import { xcatSteps } from '../drivers/xcat.js';
-import { VclError } from '../errors.js';
+import { isVclError, VclError } from '../errors.js';
 import { type Inventory, parseInventory } from '../inventory/schema.js';
 import { type Logger, silentLogger } from '../log.js';
 import { SshPool } from '../ssh/index.js';
-import type { CaptureStore, ImageRegistration } from '../store/index.js';
+import type { CaptureRecord, CaptureStore, ImageRegistration } from '../store/index.js';
+import {
+  type CaptureHandle,
+  type CaptureSteps,
+  type Execution,
+  execute,
+  type RunnerEvent,
+  type RunResult,
+  resumeProblem,
+  timeoutsOf,
+} from './execution.js';
 import { Limiter } from './limits.js';
 import { inventoryHosts, type Remote } from './remote.js';
-import { boundStepActor, type StepFn } from './step.js';
-import { storeSteps } from './store-steps.js';
+import { machineVersion } from './resume.js';
+import { boundStepActor } from './step.js';
+
+export type { CaptureHandle, RunnerEvent, RunResult, SuspendedResult } from './execution.js';
 
 export interface RunnerOptions {
   /** Validated here; an invalid inventory fails with INVALID_INVENTORY naming each wrong field. */
@@ -46,21 +55,13 @@ export interface RunnerOptions {
   inspect?: (event: InspectionEvent) => void;
   /** Interval of polling waits (default 2000 ms). */
   pollMs?: number;
+  /** This runner's name as the owner of its captures in the store (default `<host>/<pid>/<random>`). */
+  id?: string;
+  /** How long this runner's claim on a capture holds unless renewed (default 60 s; renewed every third). */
+  leaseMs?: number;
+  /** How often a started runner looks for captures queued in the store (default 1000 ms). */
+  queuePollMs?: number;
 }
-
-/** What a runner tells its listeners: every capture's state changes, copy progress, and its end. */
-export type RunnerEvent =
-  | { type: 'queued'; captureId: string; computer: string; image: string }
-  | { type: 'state'; captureId: string; state: unknown; step: string; atMs: number }
-  | {
-      type: 'progress';
-      captureId: string;
-      step: string;
-      bytes: number;
-      total?: number;
-      bytesPerSecond: number;
-    }
-  | { type: 'finished'; captureId: string; result: CaptureResult };
 
 export interface CaptureRequest {
   computer: string;
@@ -72,45 +73,80 @@ export interface CaptureRequest {
   id?: string;
 }
 
-export interface CaptureHandle {
-  id: string;
-  image: ImageRef;
-  computer: string;
-  /** The running actor; undefined while the capture waits for a slot. */
-  readonly actor: Actor<CaptureMachine> | undefined;
-  /** Settles with the typed result: completed, failed or cancelled. Never rejects for a capture failure. */
-  result: Promise<CaptureResult>;
-  /** Cancels: a queued capture ends at once, a running one runs its cleanup. */
-  cancel(reason?: string): void;
+/** What `runner.start()` found in the store. */
+export interface StartReport {
+  /** Captures that were running under a runner that is gone, resumed from their snapshots. */
+  resumed: string[];
+  /** Queued captures this runner took. */
+  started: string[];
+  /** Captures that could not be resumed (they failed: snapshot incompatible, computer unknown). */
+  failed: { captureId: string; code: string; message: string }[];
+}
+
+/** An unfinished capture as `runner.list()` reports it. */
+export interface ListedCapture extends CaptureRecord {
+  /** This runner runs it. */
+  local: boolean;
 }
 
 export interface Runner {
+  /** The owner name of this runner's captures in the store. */
+  id: string;
   inventory: Inventory;
+  /**
+   * Resumes the unfinished captures whose runner is gone (this process's previous life, a crashed
+   * daemon), then keeps taking captures queued in the store until `stop()`.
+   */
+  start(): Promise<StartReport>;
+  /** Records the capture and runs it in this runner (it waits for a slot under the limits). */
   capture(request: CaptureRequest): Promise<CaptureHandle>;
-  /** Captures running or queued now. */
+  /** Records the capture as queued, for a started runner (this one, or a daemon) to run. */
+  enqueue(request: CaptureRequest): Promise<CaptureRecord>;
+  /** Unfinished captures in the store (queued or running, by any runner), oldest first. */
+  list(): Promise<ListedCapture[]>;
+  /** Captures this runner runs or has queued now. */
   active(): CaptureHandle[];
+  /**
+   * Cancels a capture: this runner's at once (with cleanup); a queued one nobody runs yet, in the store;
+   * one another runner runs, by asking it through the store (it acts within a third of its lease).
+   */
+  cancel(captureId: string, reason?: string): Promise<void>;
   /** Listens to every capture's events; returns the unsubscribe function. A listener never blocks a capture. */
   on(listener: (event: RunnerEvent) => void): () => void;
-  /** Waits for nothing: cancels every capture, waits for their cleanup, closes the transport it owns. */
+  /**
+   * Graceful stop: takes no new work; each running capture goes on to its next transition, which is
+   * persisted, and stops there (after `timeoutMs`, the step in flight is stopped and re-runs on
+   * resume). Its captures stay unfinished in the store for the next start.
+   */
+  stop(options?: { timeoutMs?: number }): Promise<void>;
+  /** Cancels every capture of this runner, waits for their cleanup, closes the transport it owns. */
   close(): Promise<void>;
 }
 
-/** The copy steps share a per-host copy limit besides the capture limit. */
-const COPY_STEPS = new Set(['copy_image', 'clone_disk', 'copy_to_repository', 'watch_upload']);
+/** `<host>/<pid>/<random>`: a runner on this host whose process is gone can be replaced at once. */
+function defaultRunnerId(): string {
+  return `${hostname()}/${process.pid}/${randomBytes(4).toString('hex')}`;
+}
 
-type AnyStepFn = StepFn<{ deadline: number; step: string }, unknown>;
-
-/** One capture's drivers, by the names its machines invoke, and its logger. */
-interface CaptureSteps {
-  provisioner: Record<string, AnyStepFn>;
-  os: Record<string, AnyStepFn>;
-  log: Logger;
+/** True when `owner` names a runner of another process on this host that no longer exists. */
+function ownerIsGone(owner: string): boolean {
+  const [host, pidText] = owner.split('/');
+  const pid = Number(pidText);
+  if (host !== hostname() || !Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
 }
 
 export function createRunner(options: RunnerOptions): Runner {
   const inventory = parseInventory(options.inventory);
   const hosts = inventoryHosts(inventory);
-  const baseLog = options.logger ?? silentLogger();
+  const runnerId = options.id ?? defaultRunnerId();
+  const leaseMs = options.leaseMs ?? 60_000;
+  const baseLog = (options.logger ?? silentLogger()).child({ runner: runnerId });
   const ownsRemote = options.remote === undefined;
   const remote = options.remote ?? new SshPool({ logger: baseLog });
   const store = options.store;
@@ -118,7 +154,7 @@ export function createRunner(options: RunnerOptions): Runner {
     key === '*' ? inventory.defaults.maxConcurrentCaptures : (inventory.hosts[key]?.maxCaptures ?? 5),
   );
   const copySlots = new Limiter((key) => inventory.hosts[key]?.maxCopies ?? 2);
-  const handles = new Map<string, CaptureHandle>();
+  const handles = new Map<string, Execution>();
   const listeners = new Set<(event: RunnerEvent) => void>();
   const emit = (event: RunnerEvent) => {
     for (const l of listeners) {
@@ -140,7 +176,7 @@ export function createRunner(options: RunnerOptions): Runner {
       const steps = stepsBySystem.get(system);
       const fn = steps?.[kind][name];
       if (!steps || !fn) throw new VclError('NOT_PROVIDED', `no driver for ${name}`, { step: name });
-      return { fn, log: steps.log };
+      return { fn, log: steps.log, resumed: steps.rerun.delete(name) };
     });
   const sharedMachine = (provisioner: ProvisionerName, os: OsName): CaptureMachine => {
     const key = `${provisioner}/${os}`;
@@ -159,8 +195,42 @@ export function createRunner(options: RunnerOptions): Runner {
     return machine;
   };
   const registered = store.registerComputers(Object.keys(inventory.computers).map((name) => ({ name })));
+  const context = {
+    inventory,
+    hosts,
+    store,
+    remote,
+    log: baseLog,
+    emit,
+    captureSlots,
+    copySlots,
+    sharedMachine,
+    stepsBySystem,
+    pollMs: options.pollMs ?? 2000,
+    ...(options.inspect ? { inspect: options.inspect } : {}),
+  };
 
-  async function capture(request: CaptureRequest): Promise<CaptureHandle> {
+  let closing = false;
+  let queueTimer: NodeJS.Timeout | undefined;
+  let picking: Promise<void> | undefined;
+  // Renews this runner's claims, and carries out cancellations other processes asked for.
+  const leaseTimer = setInterval(
+    () => {
+      if (handles.size === 0) return;
+      store.renewLeases(runnerId, leaseMs).then(
+        (owned) => {
+          for (const o of owned) if (o.cancelRequested) handles.get(o.captureId)?.cancel(o.cancelRequested);
+        },
+        (err: unknown) => baseLog.error({ err }, 'could not renew the leases of running captures'),
+      );
+    },
+    Math.max(50, Math.floor(leaseMs / 3)),
+  );
+  leaseTimer.unref();
+
+  /** Checks a request against the inventory: what the capture will run with. */
+  async function prepare(request: CaptureRequest) {
+    if (closing) throw new VclError('RUNNER_STOPPED', 'the runner is stopping; it takes no new captures');
     await registered;
     const computer = inventory.computers[request.computer];
     if (!computer) {
@@ -179,12 +249,8 @@ export function createRunner(options: RunnerOptions): Runner {
         { step: 'request' },
       );
     }
-    const timeouts = resolveTimeouts({
-      ...inventory.defaults.timeouts,
-      ...inventory.hosts[computer.provisioner.host]?.timeouts,
-      ...computer.timeouts,
-      ...request.timeouts,
-    });
+    // Checked now, so that a bad value fails the request rather than the capture later.
+    resolveTimeouts(timeoutsOf(inventory, request.computer, request.timeouts));
     // Fail at once, not after queueing: the reservation's compare-and-swap still decides any race.
     const queued = [...handles.values()].find((h) => h.computer === request.computer);
     const held = (await store.getComputer(request.computer))?.heldBy ?? queued?.id;
@@ -197,235 +263,199 @@ export function createRunner(options: RunnerOptions): Runner {
     const repository = inventory.repositories[computer.repository] as Inventory['repositories'][string];
     const imageId =
       typeof request.image === 'number' ? request.image : (await store.registerImage(request.image)).id;
-    const record = await store.createCapture({
-      ...(request.id ? { id: request.id } : {}),
-      computer: request.computer,
-      imageId,
-      provisioner,
-      os: computer.os,
-      endState,
-      repository: repository.path,
-      reserve: false,
-    });
-    const log = baseLog.child({ captureId: record.id, computer: request.computer, image: record.image.name });
-    log.info({ provisioner, os: computer.os, endState }, 'capture queued');
-    emit({ type: 'queued', captureId: record.id, computer: request.computer, image: record.image.name });
-
-    const env: DriverEnv = {
-      remote,
-      computerName: request.computer,
-      computer,
-      provisionerHost: hosts.get(computer.provisioner.host) as NonNullable<ReturnType<typeof hosts.get>>,
-      guestHost: hosts.get(computer.host) as NonNullable<ReturnType<typeof hosts.get>>,
-      repository: {
-        host: hosts.get(repository.host) as NonNullable<ReturnType<typeof hosts.get>>,
-        path: repository.path,
-      },
-      pollMs: options.pollMs ?? 2000,
-      progress: (step, p) => emit({ type: 'progress', captureId: record.id, step, ...p }),
-    };
-
-    const cancelQueued = new AbortController();
-    let actor: Actor<CaptureMachine> | undefined;
-    let cancelReason: string | undefined;
-    const handle: CaptureHandle = {
-      id: record.id,
-      image: record.image,
-      computer: request.computer,
-      get actor() {
-        return actor;
-      },
-      result: undefined as unknown as Promise<CaptureResult>,
-      cancel(reason?: string) {
-        cancelReason = reason ?? 'cancelled';
-        if (actor) actor.send({ type: 'CANCEL', reason: cancelReason });
-        else cancelQueued.abort();
-      },
-    };
-    handles.set(record.id, handle);
-
-    handle.result = (async (): Promise<CaptureResult> => {
-      const releases: (() => void)[] = [];
-      try {
-        try {
-          // The host's slot first, then the global one: a global slot is then only ever held by a capture
-          // that runs. The other way round, captures queued behind one busy host held the global slots
-          // and left the other hosts idle (bench/scale.ts, 500 captures requested host by host: 166 s
-          // against an ideal of 110 s; 113 s now).
-          releases.push(await captureSlots.acquire(computer.provisioner.host, cancelQueued.signal));
-          releases.push(await captureSlots.acquire('*', cancelQueued.signal));
-        } catch {
-          const error = {
-            code: 'CANCELLED',
-            step: 'queued',
-            message: `cancelled while queued: ${cancelReason}`,
-          };
-          await store.cancelCapture(record.id, error, 'restore');
-          log.info('capture cancelled while queued');
-          const result: CaptureResult = {
-            status: 'cancelled',
-            captureId: record.id,
-            image: record.image,
-            error,
-            warnings: [],
-            cleanupFailures: [],
-          };
-          emit({ type: 'finished', captureId: record.id, result });
-          return result;
-        }
-        const result = await run();
-        emit({ type: 'finished', captureId: record.id, result });
-        return result;
-      } finally {
-        for (const r of releases.reverse()) r();
-        handles.delete(record.id);
-      }
-    })();
-
-    async function run(): Promise<CaptureResult> {
-      let warnings: unknown[] = [];
-      let writes = Promise.resolve();
-      const wrap = <I extends { deadline: number; step: string }, O>(
-        name: string,
-        fn: StepFn<I, O>,
-      ): StepFn<I, O> => {
-        const copyHost = COPY_STEPS.has(name) ? computer?.provisioner.host : undefined;
-        return copyHost
-          ? async (r) => {
-              const release = await copySlots.acquire(copyHost, r.signal);
-              try {
-                return await fn(r);
-              } finally {
-                release();
-              }
-            }
-          : fn;
-      };
-      const provisionerImpls: Record<string, StepFn<never, unknown>> = {
-        ...storeSteps(
-          store,
-          () => warnings,
-          () => writes,
-        ),
-        ...(provisioner === 'libvirt'
-          ? libvirtSteps(env)
-          : provisioner === 'vmware'
-            ? vmwareSteps(env)
-            : xcatSteps(env)),
-      };
-      const osImpls = osSteps(env);
-      const missing = [
-        ...effectNames(provisioners[provisioner].machine).filter(
-          (n) => n !== 'os' && !(n in provisionerImpls),
-        ),
-        ...effectNames(operatingSystems[computer?.os ?? 'linux'].machine).filter((n) => !(n in osImpls)),
-      ];
-      if (missing.length) throw new VclError('NOT_PROVIDED', `no driver for ${missing.join(', ')}`);
-      const steps: CaptureSteps = {
-        provisioner: Object.fromEntries(
-          Object.entries(provisionerImpls).map(([n, f]) => [n, wrap(n, f as AnyStepFn)]),
-        ),
-        os: Object.fromEntries(Object.entries(osImpls).map(([n, f]) => [n, wrap(n, f as AnyStepFn)])),
-        log,
-      };
-      const machine = sharedMachine(provisioner, env.computer.os);
-      const a = createActor(machine, {
-        input: {
-          captureId: record.id,
-          computer: request.computer,
-          os: env.computer.os,
-          image: record.image,
-          endState,
-          ...(env.computer.sysprep === undefined ? {} : { sysprep: env.computer.sysprep }),
-          timeouts,
-        },
-        ...(options.inspect ? { inspect: options.inspect } : {}),
-      });
-      stepsBySystem.set(a.system, steps);
-      actor = a;
-      let last = '';
-      let enteredAt = Date.now();
-      const done = new Promise<CaptureResult>((resolve, reject) => {
-        a.subscribe({
-          next: (s) => {
-            warnings = s.context.warnings;
-            const value = JSON.stringify(s.value);
-            if (value === last) return;
-            const now = Date.now();
-            if (last) log.info({ state: JSON.parse(last), durationMs: now - enteredAt }, 'state left');
-            log.info({ state: s.value }, 'state entered');
-            last = value;
-            enteredAt = now;
-            emit({ type: 'state', captureId: record.id, state: s.value, step: s.context.step, atMs: now });
-            const stateValue = s.value;
-            const snapshot = a.getPersistedSnapshot();
-            // Finished captures are closed by their last step's own transaction.
-            if (s.status === 'active') {
-              writes = writes
-                .then(() =>
-                  store.recordTransition(record.id, {
-                    stateValue,
-                    snapshot,
-                    event: { type: 'state.entered', step: s.context.step },
-                  }),
-                )
-                .then(
-                  () => undefined,
-                  (err: unknown) => log.error({ err }, 'could not record a transition'),
-                );
-            }
-            if (s.status === 'done') resolve(s.output as CaptureResult);
-          },
-          error: reject,
-        });
-      });
-      if (cancelQueued.signal.aborted)
-        a.start().send({ type: 'CANCEL', reason: cancelReason ?? 'cancelled' });
-      else a.start();
-      const result = await done;
-      await writes;
-      // A machine that ended without its closing transaction (reservation refused, release failed):
-      // close the capture here so no record stays running.
-      const after = await store.getCapture(record.id);
-      if (after && (after.status === 'running' || after.status === 'queued')) {
-        const error =
-          result.status === 'completed'
-            ? { code: 'STEP_FAILED', step: 'record_revision', message: 'completed without a record' }
-            : result.error;
-        const outcome =
-          result.status === 'cancelled' && !a.getSnapshot().context.osTouched ? 'restore' : 'maintenance';
-        await (result.status === 'cancelled'
-          ? store.cancelCapture(record.id, error, outcome)
-          : store.failCapture(record.id, error, outcome));
-      }
-      log.info(
-        {
-          status: result.status,
-          ...(result.status === 'completed'
-            ? { path: result.artifact.path }
-            : { code: result.error.code, step: result.error.step }),
-        },
-        'capture finished',
-      );
-      return result;
-    }
-
-    return handle;
+    return { computer, provisioner, endState, repository, imageId };
   }
 
+  async function record(request: CaptureRequest, owned: boolean): Promise<CaptureRecord> {
+    const p = await prepare(request);
+    const created = await store.createCapture({
+      ...(request.id ? { id: request.id } : {}),
+      computer: request.computer,
+      imageId: p.imageId,
+      provisioner: p.provisioner,
+      os: p.computer.os,
+      endState: p.endState,
+      repository: p.repository.path,
+      reserve: false,
+      ...(request.timeouts ? { request: { timeouts: request.timeouts } } : {}),
+      ...(owned ? { owner: runnerId, leaseMs } : {}),
+    });
+    baseLog.info(
+      { captureId: created.id, computer: created.computer, image: created.image.name, endState: p.endState },
+      owned ? 'capture queued' : 'capture queued for a started runner',
+    );
+    emit({ type: 'queued', captureId: created.id, computer: created.computer, image: created.image.name });
+    return created;
+  }
+
+  function launch(r: CaptureRecord, snapshot?: unknown): Execution {
+    const execution = execute(context, r, snapshot);
+    handles.set(r.id, execution);
+    void execution.result.finally(() => handles.delete(r.id));
+    if (r.cancelRequested) execution.cancel(r.cancelRequested);
+    return execution;
+  }
+
+  /** A capture this runner claimed: resumed from its snapshot, or started; or failed when it cannot be. */
+  async function takeOver(r: CaptureRecord, report: StartReport): Promise<void> {
+    const fail = async (code: string, message: string) => {
+      const error = { code, step: 'resume', message };
+      if (r.status === 'running') await store.failCapture(r.id, error, 'maintenance');
+      else await store.failCapture(r.id, error, 'restore');
+      report.failed.push({ captureId: r.id, code, message });
+      baseLog.error({ captureId: r.id, code }, message);
+    };
+    if (!inventory.computers[r.computer]) {
+      return fail(
+        'UNKNOWN_COMPUTER',
+        `capture ${r.id} cannot run: computer ${r.computer} is no longer in the inventory`,
+      );
+    }
+    if (r.status === 'queued') {
+      launch(r);
+      report.started.push(r.id);
+      return;
+    }
+    // A running capture without a snapshot crashed between its reservation and its first recorded
+    // state: it starts again from the reservation, which it already holds.
+    const stored = await store.loadSnapshot(r.id);
+    const snapshot = stored?.snapshot ?? undefined;
+    if (snapshot !== undefined) {
+      const problem = resumeProblem(context, r, snapshot);
+      if (problem) {
+        const machine = sharedMachine(r.provisioner, r.os);
+        baseLog.error(
+          {
+            captureId: r.id,
+            storedVersion: stored?.machineVersion,
+            version: machineVersion(machine),
+            problem,
+          },
+          'stored snapshot does not fit the machine',
+        );
+        return fail(
+          'SNAPSHOT_INCOMPATIBLE',
+          `capture ${r.id} cannot resume: its stored snapshot (machine ${stored?.machineVersion ?? 'unknown'}) does not fit this version of the machine (${machineVersion(machine)}): ${problem}; the computer goes to maintenance`,
+        );
+      }
+      if (stored?.machineVersion !== machineVersion(sharedMachine(r.provisioner, r.os)))
+        baseLog.warn(
+          { captureId: r.id, storedVersion: stored?.machineVersion },
+          'resuming a snapshot written by another version of the machine: it still fits',
+        );
+    }
+    launch(r, snapshot);
+    report.resumed.push(r.id);
+  }
+
+  /** Claims and runs what is unfinished and not run by a live runner. */
+  async function pickUp(report: StartReport): Promise<void> {
+    const now = new Date().toISOString();
+    for (const r of await store.listResumableCaptures()) {
+      if (closing) return;
+      if (handles.has(r.id)) continue;
+      const gone = r.owner !== null && r.owner !== runnerId && ownerIsGone(r.owner);
+      const free = r.owner === null || r.owner === runnerId || gone || (r.leaseUntil ?? '') < now;
+      if (!free) continue;
+      let claimed: CaptureRecord;
+      try {
+        claimed = await store.claimCapture(r.id, runnerId, {
+          leaseMs,
+          ...(gone && r.owner ? { replacing: r.owner } : {}),
+        });
+      } catch (err) {
+        if (isVclError(err) && (err.code === 'CAPTURE_CLAIMED' || err.code === 'INVALID_TRANSITION'))
+          continue;
+        throw err;
+      }
+      if (r.owner !== null && r.owner !== runnerId)
+        baseLog.info(
+          { captureId: r.id, previousOwner: r.owner },
+          'took over a capture of a runner that is gone',
+        );
+      await takeOver(claimed, report);
+    }
+  }
+
+  const pickUpNow = (report: StartReport): Promise<void> => {
+    picking ??= pickUp(report).finally(() => {
+      picking = undefined;
+    });
+    return picking;
+  };
+
   return {
+    id: runnerId,
     inventory,
-    capture,
+    async start() {
+      if (closing) throw new VclError('RUNNER_STOPPED', 'the runner was stopped; create a new one');
+      await registered;
+      const report: StartReport = { resumed: [], started: [], failed: [] };
+      await pickUpNow(report);
+      if (!queueTimer) {
+        queueTimer = setInterval(() => {
+          pickUpNow({ resumed: [], started: [], failed: [] }).catch((err: unknown) =>
+            baseLog.error({ err }, 'could not take queued captures'),
+          );
+        }, options.queuePollMs ?? 1000);
+      }
+      baseLog.info(
+        { resumed: report.resumed.length, started: report.started.length, failed: report.failed.length },
+        'runner started',
+      );
+      return report;
+    },
+    async capture(request) {
+      const r = await record(request, true);
+      return launch(r);
+    },
+    enqueue: (request) => record(request, false),
+    async list() {
+      return (await store.listResumableCaptures()).map((r) => ({ ...r, local: handles.has(r.id) }));
+    },
     active: () => [...handles.values()],
+    async cancel(captureId, reason = 'cancelled') {
+      const local = handles.get(captureId);
+      if (local) return local.cancel(reason);
+      const r = await store.getCapture(captureId);
+      if (!r) throw new VclError('NOT_FOUND', `capture ${captureId} does not exist`);
+      if (r.status === 'queued' && r.owner === null) {
+        await store.cancelCapture(
+          captureId,
+          { code: 'CANCELLED', step: 'queued', message: `cancelled while queued: ${reason}` },
+          'restore',
+        );
+        return;
+      }
+      await store.requestCancel(captureId, reason);
+    },
     on(listener) {
       listeners.add(listener);
       return () => listeners.delete(listener);
     },
+    async stop(o = {}) {
+      closing = true;
+      if (queueTimer) clearInterval(queueTimer);
+      queueTimer = undefined;
+      await picking?.catch(() => undefined);
+      await Promise.allSettled([...handles.values()].map((h) => h.suspend(o.timeoutMs)));
+      clearInterval(leaseTimer);
+      await store.releaseCaptures(runnerId);
+      if (ownsRemote) await (remote as SshPool).close();
+      baseLog.info('runner stopped');
+    },
     async close() {
+      closing = true;
+      if (queueTimer) clearInterval(queueTimer);
+      queueTimer = undefined;
+      await picking?.catch(() => undefined);
       const pending = [...handles.values()];
       for (const h of pending) h.cancel('runner closing');
       await Promise.allSettled(pending.map((h) => h.result));
+      clearInterval(leaseTimer);
       if (ownsRemote) await (remote as SshPool).close();
     },
   };
 }
+
+export type { RunResult as CaptureRunResult };

@@ -438,7 +438,7 @@ function prepareStatements(db: Database.Database) {
            error_message = CASE WHEN @hasError THEN @errorMessage ELSE error_message END,
            event_count = event_count + 1,
            updated_at = @now
-       WHERE id = @id AND status = 'running'
+       WHERE id = @id AND status IN ('queued', 'running')
        RETURNING event_count`,
     ),
     finish: db.prepare<
@@ -1007,7 +1007,7 @@ export class SqliteCaptureStore implements CaptureStore {
         now,
       });
       if (updated === undefined)
-        this.wrongStatus(this.requireCapture(captureId), 'record a transition of', 'running');
+        this.wrongStatus(this.requireCapture(captureId), 'record a transition of', 'queued or running');
       return this.appendEvent(captureId, now, { ...event, stateValue }, updated.event_count);
     });
   }

@@ -365,7 +365,7 @@ export interface CaptureStore {
   /** Compare-and-swap of a queued capture's computer to `image`; the capture becomes `running`. */
   reserveComputer(captureId: string, options?: CasOptions): Promise<CaptureRecord>;
   /**
-   * Records a state change of a running capture (state value, snapshot, last error) and appends its audit
+   * Records a state change of a queued or running capture (state value, snapshot, last error) and appends its audit
    * event, in one transaction. Returns the event's `seq`.
    */
   recordTransition(captureId: string, transition: TransitionInput): Promise<number>;

@@ -13,13 +13,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CaptureResult } from '../../machines/index.js';
 import { DEMO_COMPUTERS } from '../../src/cli/commands/demo.js';
 import { createInspector, type Inspector } from '../../src/inspector/index.js';
 import type { InspectorServer } from '../../src/inspector/server.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
-import { createRunner, type Runner } from '../../src/runner/runner.js';
+import { type CaptureRunResult, createRunner, type Runner } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
 
 /** Debian's package `chromium`; `VCL_CHROMIUM` names another build of Chromium (never a download). */
@@ -47,7 +46,7 @@ let fingerprints: string[];
 /** Every WebSocket frame and every API body the page received or sent. */
 const traffic: string[] = [];
 const ids = new Map<string, string>();
-const results = new Map<string, CaptureResult>();
+const results = new Map<string, CaptureRunResult>();
 
 /** The node ids a recorded trail should highlight: state.entered values, then the final state. */
 async function recordedTrail(captureId: string): Promise<string[]> {

@@ -1,10 +1,10 @@
 /** `vcl-capture capture <computer> --image <name>`: one capture against real hosts from an inventory file. */
-import type { CaptureResult, EndState } from '../../../machines/index.js';
+import type { EndState } from '../../../machines/index.js';
 import { isVclError } from '../../errors.js';
 import { secretsOfInventory } from '../../inspector/redact.js';
 import { composeInspect, statelyBridge } from '../../inspector/stately.js';
 import { loadInventoryFile } from '../../inventory/load.js';
-import { createRunner } from '../../runner/runner.js';
+import { type CaptureRunResult, createRunner } from '../../runner/runner.js';
 import { openSqliteStore } from '../../store/index.js';
 import { EXIT, exitCodeForResult } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
@@ -25,7 +25,7 @@ export interface CaptureOptions extends LogOptions {
   stately?: string;
 }
 
-export function resultSummary(result: CaptureResult) {
+export function resultSummary(result: CaptureRunResult) {
   return result.status === 'completed'
     ? {
         status: result.status,

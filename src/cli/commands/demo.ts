@@ -5,11 +5,10 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import type { CaptureResult } from '../../../machines/index.js';
 import { secretsOfInventory } from '../../inspector/redact.js';
 import { composeInspect, statelyBridge } from '../../inspector/stately.js';
 import { startLab } from '../../lab/index.js';
-import { createRunner } from '../../runner/runner.js';
+import { type CaptureRunResult, createRunner } from '../../runner/runner.js';
 import { openSqliteStore } from '../../store/index.js';
 import { EXIT } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
@@ -67,7 +66,7 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
     computer: string;
     provisioner: string;
     endState: string;
-    result: CaptureResult;
+    result: CaptureRunResult;
     ms: number;
   }[] = [];
   let finished = false;

@@ -1,0 +1,446 @@
+/**
+ * One capture in this process: it waits for its slots, runs (or resumes) the composed machine with the
+ * capture's drivers, persists every transition of the capture machine and of its OS sub-machine with
+ * the persisted snapshot, and can be suspended (runner stop) at its next transition without being
+ * cancelled: the capture then stays in the store for the next runner to resume.
+ */
+import { type Actor, type AnyActorRef, createActor, type InspectionEvent } from 'xstate';
+import {
+  type CaptureMachine,
+  type CaptureResult,
+  effectNames,
+  type ImageRef,
+  operatingSystems,
+  provisioners,
+  type StepFailure,
+  type Timeouts,
+} from '../../machines/index.js';
+import type { DriverEnv } from '../drivers/env.js';
+import { libvirtSteps } from '../drivers/libvirt.js';
+import { osSteps } from '../drivers/os.js';
+import { vmwareSteps } from '../drivers/vmware.js';
+import { xcatSteps } from '../drivers/xcat.js';
+import { VclError } from '../errors.js';
+import type { Inventory } from '../inventory/schema.js';
+import type { Logger } from '../log.js';
+import type { SshHost } from '../ssh/index.js';
+import type { CaptureRecord, CaptureStore } from '../store/index.js';
+import type { Limiter } from './limits.js';
+import type { Remote } from './remote.js';
+import { inFlightSteps, machineVersion, snapshotProblem } from './resume.js';
+import type { StepFn } from './step.js';
+import { storeSteps } from './store-steps.js';
+
+/** A capture this runner stopped at a transition (runner.stop()): it stays unfinished in the store. */
+export interface SuspendedResult {
+  status: 'suspended';
+  captureId: string;
+  image: ImageRef;
+  error: StepFailure;
+  warnings: unknown[];
+  cleanupFailures: StepFailure[];
+}
+
+/** How a capture ended in this process. */
+export type RunResult = CaptureResult | SuspendedResult;
+
+/** What a runner tells its listeners: every capture's state changes, copy progress, and its end. */
+export type RunnerEvent =
+  | { type: 'queued'; captureId: string; computer: string; image: string }
+  | { type: 'resumed'; captureId: string; computer: string; image: string; state: unknown }
+  | { type: 'state'; captureId: string; state: unknown; step: string; atMs: number }
+  | {
+      type: 'progress';
+      captureId: string;
+      step: string;
+      bytes: number;
+      total?: number;
+      bytesPerSecond: number;
+    }
+  | { type: 'finished'; captureId: string; result: RunResult };
+
+export interface CaptureHandle {
+  id: string;
+  image: ImageRef;
+  computer: string;
+  /** The running actor; undefined while the capture waits for a slot. */
+  readonly actor: Actor<CaptureMachine> | undefined;
+  /** Settles with the typed result; never rejects for a capture failure. */
+  result: Promise<RunResult>;
+  /** Cancels: a queued capture ends at once, a running one runs its cleanup. */
+  cancel(reason?: string): void;
+}
+
+/** The copy steps share a per-host copy limit besides the capture limit. */
+const COPY_STEPS = new Set(['copy_image', 'clone_disk', 'copy_to_repository', 'watch_upload']);
+
+type AnyStepFn = StepFn<{ deadline: number; step: string }, unknown>;
+
+/** One capture's drivers, by the names its machines invoke, its logger, and the steps to re-run. */
+export interface CaptureSteps {
+  provisioner: Record<string, AnyStepFn>;
+  os: Record<string, AnyStepFn>;
+  log: Logger;
+  /** Steps in flight in the snapshot a capture resumed from: their next start is a re-run. */
+  rerun: Set<string>;
+}
+
+/** What every capture of one runner shares. */
+export interface ExecutionContext {
+  inventory: Inventory;
+  hosts: Map<string, SshHost>;
+  store: CaptureStore;
+  remote: Remote;
+  log: Logger;
+  emit(event: RunnerEvent): void;
+  captureSlots: Limiter;
+  copySlots: Limiter;
+  sharedMachine(provisioner: CaptureRecord['provisioner'], os: CaptureRecord['os']): CaptureMachine;
+  stepsBySystem: WeakMap<object, CaptureSteps>;
+  pollMs: number;
+  inspect?: (event: InspectionEvent) => void;
+}
+
+/** A handle plus what only the runner uses: suspension at the next transition. */
+export interface Execution extends CaptureHandle {
+  /** Stops the capture at its next persisted transition (at once if it waits for a slot). */
+  suspend(timeoutMs?: number): Promise<void>;
+}
+
+/** The timeouts of a capture: inventory defaults, its host's, its computer's, then its request's. */
+export function timeoutsOf(
+  inventory: Inventory,
+  computerName: string,
+  request: Partial<Timeouts> | undefined,
+): Partial<Timeouts> {
+  const computer = inventory.computers[computerName];
+  return {
+    ...inventory.defaults.timeouts,
+    ...(computer ? inventory.hosts[computer.provisioner.host]?.timeouts : {}),
+    ...computer?.timeouts,
+    ...request,
+  };
+}
+
+/** What the capture machine starts from, rebuilt from the stored capture and the inventory. */
+function machineInput(x: ExecutionContext, record: CaptureRecord) {
+  const computer = x.inventory.computers[record.computer];
+  const requestTimeouts = (record.request?.timeouts ?? undefined) as Partial<Timeouts> | undefined;
+  return {
+    captureId: record.id,
+    computer: record.computer,
+    os: record.os,
+    image: record.image,
+    ...(record.endState === null ? {} : { endState: record.endState }),
+    ...(computer?.sysprep === undefined ? {} : { sysprep: computer.sysprep }),
+    timeouts: timeoutsOf(x.inventory, record.computer, requestTimeouts),
+  };
+}
+
+/**
+ * Why the stored `snapshot` of `record` cannot be resumed by this version of its machine, or undefined.
+ * Its machine version is only logged: a snapshot that still fits resumes whatever version wrote it.
+ */
+export function resumeProblem(
+  x: ExecutionContext,
+  record: CaptureRecord,
+  snapshot: unknown,
+): string | undefined {
+  const machine = x.sharedMachine(record.provisioner, record.os);
+  const context: object = createActor(machine, { input: machineInput(x, record) }).getSnapshot().context;
+  const fresh = context as Record<string, unknown>;
+  // JSON drops fields whose value is undefined: only those with a value must be present.
+  const required = Object.keys(fresh).filter((k) => fresh[k] !== undefined);
+  return snapshotProblem(machine, snapshot, required);
+}
+
+/**
+ * Starts a capture recorded in the store and claimed by this runner; `snapshot` resumes it from there.
+ * The computer must be in the inventory (the runner checks before).
+ */
+export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: unknown): Execution {
+  const computer = x.inventory.computers[record.computer];
+  if (!computer)
+    throw new VclError('UNKNOWN_COMPUTER', `computer ${record.computer} is not in the inventory`);
+  const repository = x.inventory.repositories[computer.repository] as Inventory['repositories'][string];
+  const host = (name: string) => x.hosts.get(name) as SshHost;
+  const log = x.log.child({ captureId: record.id, computer: record.computer, image: record.image.name });
+  const env: DriverEnv = {
+    remote: x.remote,
+    computerName: record.computer,
+    computer,
+    provisionerHost: host(computer.provisioner.host),
+    guestHost: host(computer.host),
+    repository: { host: host(repository.host), path: repository.path },
+    pollMs: x.pollMs,
+    progress: (step, p) => x.emit({ type: 'progress', captureId: record.id, step, ...p }),
+  };
+
+  const waiting = new AbortController();
+  let actor: Actor<CaptureMachine> | undefined;
+  let cancelReason: string | undefined;
+  let suspendAsked = false;
+  let suspendNow: (() => void) | undefined;
+  let suspendAtNext: (() => void) | undefined;
+  const execution: Execution = {
+    id: record.id,
+    image: record.image,
+    computer: record.computer,
+    get actor() {
+      return actor;
+    },
+    result: undefined as unknown as Promise<RunResult>,
+    cancel(reason?: string) {
+      if (cancelReason !== undefined) return;
+      cancelReason = reason ?? 'cancelled';
+      if (actor) actor.send({ type: 'CANCEL', reason: cancelReason });
+      else waiting.abort();
+    },
+    async suspend(timeoutMs?: number) {
+      suspendAsked = true;
+      if (!actor) waiting.abort();
+      else suspendAtNext?.();
+      if (actor && timeoutMs !== undefined) {
+        const t = setTimeout(() => suspendNow?.(), timeoutMs);
+        t.unref();
+      }
+      await execution.result.catch(() => undefined);
+    },
+  };
+
+  const suspended = (state: string): SuspendedResult => ({
+    status: 'suspended',
+    captureId: record.id,
+    image: record.image,
+    error: {
+      code: 'RUNNER_STOPPED',
+      step: state,
+      message: 'the runner stopped; the capture resumes on its next start',
+    },
+    warnings: [],
+    cleanupFailures: [],
+  });
+
+  execution.result = (async (): Promise<RunResult> => {
+    const releases: (() => void)[] = [];
+    try {
+      try {
+        // The host's slot first, then the global one: a global slot is then only ever held by a capture
+        // that runs (bench/scale.ts: 500 captures requested host by host, 166 s -> 113 s, ideal 110 s).
+        releases.push(await x.captureSlots.acquire(computer.provisioner.host, waiting.signal));
+        releases.push(await x.captureSlots.acquire('*', waiting.signal));
+      } catch {
+        if (suspendAsked) return suspended('queued');
+        // A capture that already holds its computer (resumed) is cancelled by its machine, with cleanup.
+        if (record.status === 'queued') {
+          const error = {
+            code: 'CANCELLED',
+            step: 'queued',
+            message: `cancelled while queued: ${cancelReason}`,
+          };
+          await x.store.cancelCapture(record.id, error, 'restore');
+          log.info('capture cancelled while queued');
+          const result: CaptureResult = {
+            status: 'cancelled',
+            captureId: record.id,
+            image: record.image,
+            error,
+            warnings: [],
+            cleanupFailures: [],
+          };
+          x.emit({ type: 'finished', captureId: record.id, result });
+          return result;
+        }
+      }
+      const result = await run();
+      x.emit({ type: 'finished', captureId: record.id, result });
+      return result;
+    } finally {
+      for (const r of releases.reverse()) r();
+    }
+  })();
+
+  async function run(): Promise<RunResult> {
+    const provisioner = record.provisioner;
+    let warnings: unknown[] = [];
+    let writes = Promise.resolve();
+    const wrap = (name: string, fn: AnyStepFn): AnyStepFn => {
+      const copyHost = COPY_STEPS.has(name) ? computer?.provisioner.host : undefined;
+      return copyHost
+        ? async (r) => {
+            const release = await x.copySlots.acquire(copyHost, r.signal);
+            try {
+              return await fn(r);
+            } finally {
+              release();
+            }
+          }
+        : fn;
+    };
+    const provisionerImpls: Record<string, StepFn<never, unknown>> = {
+      ...storeSteps(
+        x.store,
+        () => warnings,
+        () => writes,
+      ),
+      ...(provisioner === 'libvirt'
+        ? libvirtSteps(env)
+        : provisioner === 'vmware'
+          ? vmwareSteps(env)
+          : xcatSteps(env)),
+    };
+    const osImpls = osSteps(env);
+    const missing = [
+      ...effectNames(provisioners[provisioner].machine).filter((n) => n !== 'os' && !(n in provisionerImpls)),
+      ...effectNames(operatingSystems[record.os].machine).filter((n) => !(n in osImpls)),
+    ];
+    if (missing.length) throw new VclError('NOT_PROVIDED', `no driver for ${missing.join(', ')}`);
+    const machine = x.sharedMachine(provisioner, record.os);
+    const version = machineVersion(machine);
+    const input = machineInput(x, record);
+    const rerun = snapshot === undefined ? new Set<string>() : inFlightSteps(snapshot);
+    const steps: CaptureSteps = {
+      provisioner: Object.fromEntries(
+        Object.entries(provisionerImpls).map(([n, f]) => [n, wrap(n, f as AnyStepFn)]),
+      ),
+      os: Object.fromEntries(Object.entries(osImpls).map(([n, f]) => [n, wrap(n, f as AnyStepFn)])),
+      log,
+      rerun,
+    };
+    const a = createActor(machine, {
+      // Restoring checked the snapshot's shape above; xstate's typing wants its own snapshot type.
+      input,
+      ...(snapshot === undefined ? {} : { snapshot: snapshot as never }),
+      ...(x.inspect ? { inspect: x.inspect } : {}),
+    });
+    x.stepsBySystem.set(a.system, steps);
+    actor = a;
+
+    const osChild = (): AnyActorRef | undefined => a.getSnapshot().children.os as AnyActorRef | undefined;
+    const keyOf = () => {
+      const os = osChild()?.getSnapshot() as { value?: unknown } | undefined;
+      return JSON.stringify([a.getSnapshot().value, os?.value ?? null]);
+    };
+    // What was persisted last (capture and OS states), and the capture state last announced.
+    let lastKey = snapshot === undefined ? '' : keyOf();
+    let lastRoot = snapshot === undefined ? '' : JSON.stringify(a.getSnapshot().value);
+    let announced = '';
+    let enteredAt = Date.now();
+    let watchedOs: AnyActorRef | undefined;
+    let stopAtNext = false;
+    let settle: ((r: RunResult) => void) | undefined;
+    let fail: ((e: unknown) => void) | undefined;
+
+    const stop = (why: string) => {
+      if (a.getSnapshot().status !== 'active') return;
+      log.info({ state: a.getSnapshot().value, why }, 'capture suspended');
+      a.stop();
+      settle?.(suspended(a.getSnapshot().context.step));
+    };
+    suspendNow = () => stop('stop timeout: the step in flight re-runs on resume');
+    suspendAtNext = () => {
+      stopAtNext = true;
+    };
+    if (suspendAsked) stopAtNext = true;
+
+    /** Records the state the capture (and its OS sub-machine) is in now, if it changed. */
+    const persist = () => {
+      const s = a.getSnapshot();
+      if (s.status !== 'active') return;
+      const key = keyOf();
+      if (key === lastKey) return;
+      lastKey = key;
+      const rootValue = JSON.stringify(s.value);
+      const rootChanged = rootValue !== lastRoot;
+      lastRoot = rootValue;
+      const stateValue = s.value;
+      const snap = a.getPersistedSnapshot();
+      const osSnap = osChild()?.getSnapshot() as { value?: unknown; context?: { step?: string } } | undefined;
+      const event = rootChanged
+        ? { type: 'state.entered', step: s.context.step }
+        : {
+            type: 'os.state.entered',
+            step: osSnap?.context?.step ?? s.context.step,
+            details: { os: osSnap?.value ?? null },
+          };
+      writes = writes
+        .then(() =>
+          x.store.recordTransition(record.id, { stateValue, snapshot: snap, machineVersion: version, event }),
+        )
+        .then(
+          () => undefined,
+          (err: unknown) => log.error({ err }, 'could not record a transition'),
+        );
+      if (stopAtNext) queueMicrotask(() => stop('runner stopping: reached a transition'));
+    };
+
+    const done = new Promise<RunResult>((resolve, reject) => {
+      settle = resolve;
+      fail = reject;
+      a.subscribe({
+        next: (s) => {
+          warnings = s.context.warnings;
+          const value = JSON.stringify(s.value);
+          if (value !== announced) {
+            const now = Date.now();
+            if (announced)
+              log.info({ state: JSON.parse(announced), durationMs: now - enteredAt }, 'state left');
+            log.info({ state: s.value }, 'state entered');
+            announced = value;
+            enteredAt = now;
+            x.emit({ type: 'state', captureId: record.id, state: s.value, step: s.context.step, atMs: now });
+          }
+          const os = s.children.os as AnyActorRef | undefined;
+          if (os && os !== watchedOs) {
+            watchedOs = os;
+            os.subscribe({ next: () => persist(), error: () => undefined });
+          }
+          persist();
+          if (s.status === 'done') resolve(s.output as CaptureResult);
+        },
+        error: (e) => fail?.(e),
+      });
+    });
+    if (snapshot !== undefined) {
+      log.info({ state: a.getSnapshot().value, rerun: [...rerun] }, 'capture resumed');
+      x.emit({
+        type: 'resumed',
+        captureId: record.id,
+        computer: record.computer,
+        image: record.image.name,
+        state: a.getSnapshot().value,
+      });
+    }
+    a.start();
+    if (cancelReason !== undefined) a.send({ type: 'CANCEL', reason: cancelReason });
+    const result = await done;
+    await writes;
+    if (result.status === 'suspended') return result;
+    // A machine that ended without its closing transaction (reservation refused, release failed):
+    // close the capture here so no record stays running.
+    const after = await x.store.getCapture(record.id);
+    if (after && (after.status === 'running' || after.status === 'queued')) {
+      const error =
+        result.status === 'completed'
+          ? { code: 'STEP_FAILED', step: 'record_revision', message: 'completed without a record' }
+          : result.error;
+      const outcome =
+        result.status === 'cancelled' && !a.getSnapshot().context.osTouched ? 'restore' : 'maintenance';
+      await (result.status === 'cancelled'
+        ? x.store.cancelCapture(record.id, error, outcome)
+        : x.store.failCapture(record.id, error, outcome));
+    }
+    log.info(
+      {
+        status: result.status,
+        ...(result.status === 'completed'
+          ? { path: result.artifact.path }
+          : { code: result.error.code, step: result.error.step }),
+      },
+      'capture finished',
+    );
+    return result;
+  }
+
+  return execution;
+}

@@ -1,0 +1,208 @@
+/**
+ * Resume in one process, against the lab over real SSH: a stopped runner leaves its captures in the
+ * store at a persisted transition, and the next runner resumes them from their snapshots; a snapshot
+ * that no longer fits the machine fails clearly; queued captures and cancellations cross runners
+ * through the store. (Kills of real daemon processes are in test/crash.)
+ */
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startLab } from '../../src/lab/index.js';
+import type { Lab } from '../../src/lab/types.js';
+import { createRunner, type Runner, type RunnerEvent } from '../../src/runner/runner.js';
+import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
+
+let lab: Lab;
+let store: SqliteCaptureStore;
+let dir: string;
+let dbPath: string;
+const runners: Runner[] = [];
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'vcl-resume-'));
+  lab = await startLab({ powerDelayMs: 300, computers: { 'libvirt-linux': 6 } });
+  dbPath = join(dir, 'store.sqlite');
+  store = openSqliteStore(dbPath);
+});
+
+afterAll(async () => {
+  for (const r of runners) await r.close().catch(() => undefined);
+  await store?.close();
+  await lab?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function runner(id: string, leaseMs = 60_000): Runner {
+  const r = createRunner({ inventory: lab.inventory, store, pollMs: 20, id, leaseMs, queuePollMs: 50 });
+  runners.push(r);
+  return r;
+}
+
+const image = (name: string) => ({ osName: 'linux', prettyName: name, owner: 'test' });
+
+/** Resolves with the first event of `captureId` that `test` accepts. */
+function eventOf(r: Runner, captureId: string, test: (e: RunnerEvent) => boolean): Promise<RunnerEvent> {
+  return new Promise((resolve) => {
+    const off = r.on((e) => {
+      if ('captureId' in e && e.captureId === captureId && test(e)) {
+        off();
+        resolve(e);
+      }
+    });
+  });
+}
+
+const inState = (name: string) => (e: RunnerEvent) =>
+  e.type === 'state' && JSON.stringify(e.state).includes(`"${name}"`);
+const finished = (e: RunnerEvent) => e.type === 'finished';
+
+async function repositoryFiles(): Promise<string[]> {
+  return readdirSync(await lab.realPath('repo-host', '/srv/vcl/images'));
+}
+
+/** Edits the stored row of a capture behind the store's back (what an older version would have left). */
+function tamper(captureId: string, sql: string): void {
+  const db = new Database(dbPath);
+  try {
+    db.prepare(`UPDATE captures SET ${sql} WHERE id = ?`).run(captureId);
+  } finally {
+    db.close();
+  }
+}
+
+describe('stop and resume', () => {
+  it('stop() lets the running step reach its next transition; the next runner resumes from there', async () => {
+    const a = runner('runner-a');
+    const source = await lab.diskSha256('lv-linux-1');
+    const handle = await a.capture({ computer: 'lv-linux-1', image: image('Stop') });
+    await eventOf(a, handle.id, inState('wait_power_off'));
+    await a.stop();
+    const suspended = await handle.result;
+    expect(suspended.status).toBe('suspended');
+    const stored = await store.getCapture(handle.id);
+    // The power-off wait finished, its successor was persisted, and nothing else ran.
+    expect(stored).toMatchObject({ status: 'running', owner: null, stateValue: { capturing: 'copy_image' } });
+    expect(stored?.machineVersion).toMatch(/^libvirt@[0-9a-f]{16}$/);
+    expect((await store.getComputer('lv-linux-1'))?.heldBy).toBe(handle.id);
+
+    lab.clearLog();
+    const b = runner('runner-b');
+    const done = eventOf(b, handle.id, finished);
+    const report = await b.start();
+    expect(report).toEqual({ resumed: [handle.id], started: [], failed: [] });
+    const result = ((await done) as Extract<RunnerEvent, { type: 'finished' }>).result;
+    if (result.status !== 'completed') throw new Error(JSON.stringify(result.error));
+    expect(result.artifact.sha256).toBe(source);
+    expect(await lab.sha256('repo-host', result.artifact.path)).toBe(source);
+    // Resumed at copy_image: the OS and the power were not touched again.
+    expect(lab.commandLog.some((e) => /shutdown|domstate/.test(e.line))).toBe(false);
+    const trail = (await store.getCapture(handle.id))?.events ?? [];
+    expect(trail.find((e) => e.type === 'capture.claimed')?.details).toMatchObject({ owner: 'runner-b' });
+    expect(trail.at(-1)?.type).toBe('capture.completed');
+    await b.stop();
+  });
+
+  it('a step still in flight at the stop timeout is stopped, and re-runs from its start on resume', async () => {
+    const a = runner('runner-c');
+    const source = await lab.diskSha256('lv-linux-2');
+    lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'], times: 1 });
+    const handle = await a.capture({ computer: 'lv-linux-2', image: image('Hung') });
+    await eventOf(a, handle.id, inState('copy_image'));
+    await new Promise((r) => setTimeout(r, 200));
+    await a.stop({ timeoutMs: 100 });
+    expect((await handle.result).status).toBe('suspended');
+    expect((await store.getCapture(handle.id))?.stateValue).toEqual({ capturing: 'copy_image' });
+
+    const b = runner('runner-d');
+    const done = eventOf(b, handle.id, finished);
+    await b.start();
+    const result = ((await done) as Extract<RunnerEvent, { type: 'finished' }>).result;
+    if (result.status !== 'completed') throw new Error(JSON.stringify(result.error));
+    expect(await lab.sha256('repo-host', result.artifact.path)).toBe(source);
+    // One image of this capture, no temporary file beside it.
+    expect((await repositoryFiles()).filter((f) => f.includes(handle.image.name))).toEqual([
+      result.artifact.path.split('/').at(-1),
+    ]);
+    expect((await repositoryFiles()).filter((f) => /vcl-tmp|partial/.test(f))).toEqual([]);
+    await b.stop();
+  });
+});
+
+describe('snapshots of another machine version', () => {
+  async function suspendedAtCopy(computer: string, owner: string) {
+    const a = runner(owner);
+    const handle = await a.capture({ computer, image: image(`V ${computer}`) });
+    await eventOf(a, handle.id, inState('wait_power_off'));
+    await a.stop();
+    expect((await handle.result).status).toBe('suspended');
+    return handle;
+  }
+
+  it('one that no longer fits fails with SNAPSHOT_INCOMPATIBLE and sends the computer to maintenance', async () => {
+    const handle = await suspendedAtCopy('lv-linux-3', 'runner-e');
+    tamper(
+      handle.id,
+      `snapshot = json_set(snapshot, '$.value.capturing', 'copy_everything'), machine_version = 'libvirt@0000000000000000'`,
+    );
+    const b = runner('runner-f');
+    const report = await b.start();
+    expect(report.failed).toEqual([
+      expect.objectContaining({ captureId: handle.id, code: 'SNAPSHOT_INCOMPATIBLE' }),
+    ]);
+    await expect.poll(async () => (await store.getCapture(handle.id))?.status).toBe('failed');
+    const stored = await store.getCapture(handle.id);
+    expect(stored?.lastError).toMatchObject({ code: 'SNAPSHOT_INCOMPATIBLE', step: 'resume' });
+    expect(stored?.lastError?.message).toMatch(/copy_everything/);
+    expect((await store.getComputer('lv-linux-3'))?.state).toBe('maintenance');
+    await b.stop();
+  });
+
+  it('one that still fits resumes (the version alone does not refuse it)', async () => {
+    const handle = await suspendedAtCopy('lv-linux-4', 'runner-g');
+    tamper(handle.id, `machine_version = 'libvirt@1111111111111111'`);
+    const b = runner('runner-h');
+    const done = eventOf(b, handle.id, finished);
+    expect((await b.start()).resumed).toEqual([handle.id]);
+    const result = ((await done) as Extract<RunnerEvent, { type: 'finished' }>).result;
+    expect(result.status).toBe('completed');
+    await b.stop();
+  });
+});
+
+describe('work across runners through the store', () => {
+  it('a started runner runs what another enqueued; a queued capture nobody runs is cancelled in the store', async () => {
+    const producer = runner('producer');
+    const queued = await producer.enqueue({ computer: 'lv-linux-5', image: image('Queued') });
+    expect(queued).toMatchObject({ status: 'queued', owner: null });
+    expect((await producer.list()).map((c) => [c.id, c.local])).toContainEqual([queued.id, false]);
+
+    const other = await producer.enqueue({ computer: 'lv-linux-6', image: image('Dropped') });
+    await producer.cancel(other.id, 'not wanted');
+    expect(await store.getCapture(other.id)).toMatchObject({ status: 'cancelled' });
+
+    const worker = runner('worker');
+    const done = eventOf(worker, queued.id, finished);
+    expect((await worker.start()).started).toEqual([queued.id]);
+    const result = ((await done) as Extract<RunnerEvent, { type: 'finished' }>).result;
+    expect(result.status).toBe('completed');
+    await worker.stop();
+  });
+
+  it('a cancellation asked by another process reaches the runner that owns the capture', async () => {
+    await store.setComputerState('lv-linux-6', 'available');
+    const owner = runner('owner', 300);
+    lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'], times: 1 });
+    const handle = await owner.capture({ computer: 'lv-linux-6', image: image('Cancel') });
+    await eventOf(owner, handle.id, inState('copy_image'));
+    const elsewhere = runner('elsewhere');
+    await elsewhere.cancel(handle.id, 'operator changed their mind');
+    const result = await handle.result;
+    expect(result.status).toBe('cancelled');
+    expect((await repositoryFiles()).filter((f) => f.includes(handle.image.name))).toEqual([]);
+    expect((await store.getCapture(handle.id))?.events.map((e) => e.type)).toContain(
+      'capture.cancel_requested',
+    );
+  });
+});
