@@ -37,7 +37,13 @@ function fakeGuest(has: (cmd: string) => boolean) {
 
 function run(step: string) {
   const input = { step, os: 'linux', deadline: Date.now() + 5000 } as unknown as OsStepInput;
-  return { input, signal: new AbortController().signal, remainingMs: () => 5000, log: silentLogger(), resumed: false };
+  return {
+    input,
+    signal: new AbortController().signal,
+    remainingMs: () => 5000,
+    log: silentLogger(),
+    resumed: false,
+  };
 }
 
 describe('Linux end state without shutdown', () => {
