@@ -6,7 +6,7 @@ import { posix } from 'node:path';
 import type { ComputerEntry } from '../inventory/schema.js';
 import type { Remote } from '../runner/remote.js';
 import type { StepRun } from '../runner/step.js';
-import type { ExecOptions, ExecResult, SshHost } from '../ssh/index.js';
+import { copyLeftoversCommand, type ExecOptions, type ExecResult, type SshHost } from '../ssh/index.js';
 import { driverError } from './errors.js';
 
 export interface DriverEnv {
@@ -80,6 +80,23 @@ export async function sizeOf(exec: Exec, host: SshHost, path: string): Promise<n
   if (!Number.isSafeInteger(n) || n < 0)
     throw driverError('PARSE_FAILED', `stat printed no size for ${path}`);
   return n;
+}
+
+/**
+ * Removes from `host` what earlier attempts at a copy to `target` may have left: the transport's
+ * temporary files of that destination (a copy whose process was killed never removed its own) and the
+ * `files` given (the target itself, a `.partial`). Run before a copy step copies, so that a re-run after a
+ * crash starts clean, and by its cleanup step. The caller vouches that `target` is this capture's own:
+ * its check step refused a target that existed before the capture.
+ */
+export async function removeCopyLeftovers(
+  exec: Exec,
+  host: SshHost,
+  target: string,
+  files: readonly string[] = [target],
+): Promise<void> {
+  if (files.length > 0) await exec(host, ['rm', '-f', '--', ...files]);
+  await exec(host, copyLeftoversCommand(target));
 }
 
 /** `<repository>/<name>` after checking the result stays inside the repository. */

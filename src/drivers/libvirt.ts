@@ -13,6 +13,7 @@ import {
   execFor,
   exists,
   provisionerSettings,
+  removeCopyLeftovers,
   repositoryPath,
   sameHost,
   sha256Of,
@@ -50,6 +51,31 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
   const { domain, format } = settings(env);
   const host = env.provisionerHost;
 
+  /**
+   * A power command that failed because the domain went off meanwhile (on its own, or by an earlier
+   * attempt of this step that a crash interrupted) did what was asked; any other failure stands.
+   */
+  const unlessOff = async (run: Parameters<Step>[0], command: string[]) => {
+    try {
+      await execFor(env, run)(host, command);
+    } catch (err) {
+      if ((await domainState(env, run)) !== 'shut off') throw err;
+      run.log.info({ command: command.slice(0, 2).join(' ') }, 'the domain is already off');
+    }
+  };
+
+  /**
+   * Everything a copy to `target` may have left, on both hosts: the staging file, the `.partial`, the
+   * transport's temporary files, and the target itself when an attempt interrupted after its rename left
+   * it (inspect_domain refused a target that existed before this capture: any target now is ours).
+   */
+  const removeCopy = async (run: Parameters<Step>[0], target: string, disk: string | undefined) => {
+    const exec = execFor(env, run);
+    if (!sameHost(host, env.repository.host) && disk !== undefined)
+      await exec(host, ['rm', '-f', '--', stagingPath(env, run.input, disk)]);
+    await removeCopyLeftovers(exec, env.repository.host, target, [target, `${target}.partial`]);
+  };
+
   const waitOff: Step = async (run) => {
     await pollUntil(run, env.pollMs, async () =>
       (await domainState(env, run)) === 'shut off' ? true : undefined,
@@ -75,15 +101,13 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
       return { facts: { domain, disk: disk.source, sourceFormat: info.format, target } };
     },
     request_power_off: async (run) => {
-      const exec = execFor(env, run);
-      if ((await domainState(env, run)) !== 'shut off') await exec(host, libvirt.shutdown(domain));
+      if ((await domainState(env, run)) !== 'shut off') await unlessOff(run, libvirt.shutdown(domain));
       return {};
     },
     wait_power_off: waitOff,
     force_power_off: async (run) => {
-      const exec = execFor(env, run);
       // destroy fails on a domain that went off meanwhile: that is the state we wanted.
-      if ((await domainState(env, run)) !== 'shut off') await exec(host, libvirt.destroy(domain));
+      if ((await domainState(env, run)) !== 'shut off') await unlessOff(run, libvirt.destroy(domain));
       return {};
     },
     wait_forced_off: waitOff,
@@ -93,7 +117,8 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
       const target = String(run.input.facts.target);
       const staging = stagingPath(env, run.input, disk);
       const partial = sameHost(host, env.repository.host) ? `${target}.partial` : staging;
-      await exec(host, ['rm', '-f', '--', partial]);
+      // A re-run (the capture resumed after a crash) finds whatever the interrupted attempt left.
+      await removeCopy(run, target, disk);
       await exec(host, libvirt.convert(disk, format, partial));
       await exec(host, libvirt.check(partial), { check: false }).then((r) => {
         // qemu-img check exits 0 (clean) or 3 (leaked clusters, harmless); others mean corruption.
@@ -119,16 +144,9 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
     },
     verify_image: (run) => verifyArtifact(env, run),
     remove_copy: async (run) => {
-      const exec = execFor(env, run);
       const target = run.input.facts.target === undefined ? undefined : String(run.input.facts.target);
-      if (target) {
-        await exec(env.repository.host, ['rm', '-f', '--', target, `${target}.partial`]);
-        if (!sameHost(host, env.repository.host)) {
-          const disk = run.input.facts.disk;
-          if (disk !== undefined)
-            await exec(host, ['rm', '-f', '--', stagingPath(env, run.input, String(disk))]);
-        }
-      }
+      const disk = run.input.facts.disk === undefined ? undefined : String(run.input.facts.disk);
+      if (target) await removeCopy(run, target, disk);
       return {};
     },
   };

@@ -7,7 +7,15 @@ import { posix } from 'node:path';
 import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
 import { pollUntil, type StepFn } from '../runner/step.js';
 import { isSshError } from '../ssh/index.js';
-import { copyOptions, type DriverEnv, execFor, exists, provisionerSettings, repositoryPath } from './env.js';
+import {
+  copyOptions,
+  type DriverEnv,
+  execFor,
+  exists,
+  provisionerSettings,
+  removeCopyLeftovers,
+  repositoryPath,
+} from './env.js';
 import { driverError } from './errors.js';
 import { verifyArtifact } from './verify.js';
 import {
@@ -29,6 +37,11 @@ function settings(env: DriverEnv) {
 /** The thin clone: `/vmfs/volumes/<datastore>/<image>/<image>.vmdk`. */
 function clonePath(datastore: string, input: CaptureStepInput): string {
   return `/vmfs/volumes/${datastore}/${input.image.name}/${input.image.name}.vmdk`;
+}
+
+/** A thin clone's data file beside its descriptor: `<image>-flat.vmdk`. */
+function flatPath(clone: string): string {
+  return clone.replace(/\.vmdk$/, '-flat.vmdk');
 }
 
 export function vmwareSteps(env: DriverEnv): Record<string, Step> {
@@ -97,7 +110,14 @@ export function vmwareSteps(env: DriverEnv): Record<string, Step> {
     },
     wait_power_off: waitOff,
     force_power_off: async (run) => {
-      if ((await powerState(run)) !== 'off') await execFor(env, run)(host, vmware.powerOff(vmid(run.input)));
+      if ((await powerState(run)) === 'off') return {};
+      try {
+        await execFor(env, run)(host, vmware.powerOff(vmid(run.input)));
+      } catch (err) {
+        // Off meanwhile (on its own, or by an earlier attempt of this step a crash interrupted): done.
+        if ((await powerState(run)) !== 'off') throw err;
+        run.log.info('the VM is already powered off');
+      }
       return {};
     },
     wait_forced_off: waitOff,
@@ -105,6 +125,9 @@ export function vmwareSteps(env: DriverEnv): Record<string, Step> {
       const exec = execFor(env, run);
       const clone = String(run.input.facts.clone);
       await exec(host, vmware.mkdir(posix.dirname(clone)));
+      // vmkfstools refuses an existing destination; one here is an interrupted attempt's (a re-run after a
+      // crash): check_target refused a clone that existed before this capture.
+      await exec(host, ['rm', '-f', '--', clone, flatPath(clone)]);
       try {
         await exec(host, vmware.cloneThin(String(run.input.facts.disk), clone));
       } catch (err) {
@@ -129,10 +152,13 @@ export function vmwareSteps(env: DriverEnv): Record<string, Step> {
     copy_to_repository: async (run) => {
       const exec = execFor(env, run);
       const clone = String(run.input.facts.clone);
-      const flat = clone.replace(/\.vmdk$/, '-flat.vmdk');
+      const flat = flatPath(clone);
       // A thin clone is a descriptor plus its -flat data file; the data is what the image is.
       const source = (await exists(exec, host, flat)) ? flat : clone;
       const target = String(run.input.facts.target);
+      // A re-run (the capture resumed after a crash) finds what the interrupted attempt left: temporary
+      // files, even the target it renamed into place (check_target refused one that existed before).
+      await removeCopyLeftovers(exec, env.repository.host, target);
       const copied = await env.remote.copy(
         { host, path: source },
         { host: env.repository.host, path: target },
@@ -144,7 +170,7 @@ export function vmwareSteps(env: DriverEnv): Record<string, Step> {
     remove_repository_copy: async (run) => {
       const target = run.input.facts.target;
       if (target !== undefined)
-        await execFor(env, run)(env.repository.host, ['rm', '-f', '--', String(target)]);
+        await removeCopyLeftovers(execFor(env, run), env.repository.host, String(target));
       return {};
     },
     remove_clone: async (run) => {

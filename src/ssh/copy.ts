@@ -65,9 +65,50 @@ interface Destination {
   bytesWritten?: () => number;
 }
 
-/** A hidden name beside the destination (same file system, so the final rename is atomic). */
+/** What marks a copy's temporary file: `.<base>.vcl-tmp-<random>` beside the destination. */
+const TEMP_INFIX = '.vcl-tmp-';
+
+/**
+ * A hidden name beside the destination (same file system, so the final rename is atomic). Random, so
+ * that no two attempts at a copy ever write the same file: a writer left running by an earlier attempt
+ * (its client killed) writes only into its own file, which `copyLeftoversCommand` removes by name.
+ */
 function tempName(join: (...p: string[]) => string, dir: string, base: string): string {
-  return join(dir, `.${base}.vcl-tmp-${randomBytes(6).toString('hex')}`);
+  return join(dir, `.${base}${TEMP_INFIX}${randomBytes(6).toString('hex')}`);
+}
+
+/**
+ * The command (argv, for any host with a POSIX `find`) that removes the temporary files copies to `path`
+ * left behind. A failed copy removes its own; only a copy whose process died (a kill, a crash) leaves one,
+ * and a re-run of that copy, or its cleanup, sends this first. Matches this destination's temporary
+ * files only: a base name with glob characters is refused rather than matched loosely. `-exec rm` rather
+ * than `-delete`, which busybox's find may lack.
+ */
+export function copyLeftoversCommand(path: string): string[] {
+  const dir = posix.dirname(path);
+  const base = posix.basename(path);
+  if (dir.startsWith('-') || base === '' || base === '.' || base === '..' || /[*?[\]\\]/.test(base))
+    throw new SshError('SSH_CONFIG_INVALID', `cannot match the temporary files of ${path} safely`, {
+      details: { path },
+    });
+  return [
+    'find',
+    dir,
+    '-mindepth',
+    '1',
+    '-maxdepth',
+    '1',
+    '-type',
+    'f',
+    '-name',
+    `.${base}${TEMP_INFIX}*`,
+    '-exec',
+    'rm',
+    '-f',
+    '--',
+    '{}',
+    '+',
+  ];
 }
 
 function copyError(code: SshErrorCode, message: string, details: Record<string, unknown>, cause?: unknown) {
