@@ -26,6 +26,8 @@ function settings(env: DriverEnv) {
 
 /** nodestat values that mean the node runs the capture environment. */
 const CAPTURE_ENV = /^(capturing|imaging|image)/i;
+/** nodestat values of a node booting over the network: into the capture image set_capture_boot chose. */
+const NETBOOTING = /^netboot/i;
 
 export function xcatSteps(env: DriverEnv): Record<string, Step> {
   const { node, captureImage } = settings(env);
@@ -53,24 +55,28 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
     },
     ensure_node_on: async (run) => {
       const exec = execFor(env, run);
+      const f = files(run.input);
       const stat = async () => parseRpowerStat((await exec(mn, xcat.powerStat(node))).stdout, node);
+      const ended = async () =>
+        (await exists(exec, env.repository.host, f.done)) ||
+        (await exists(exec, env.repository.host, f.failed));
       // After an `off` end state the OS stops answering before the node's power is off: wait for the
       // power itself (bounded by the step's deadline), or the node would never be powered on again.
+      // On again, and booting or running the capture image, is this step already done: an attempt that
+      // a crash interrupted powered it on (only a power-on boots the image set_capture_boot chose).
       const state =
         run.input.endState === 'off'
-          ? await pollUntil(run, env.pollMs, async () =>
-              (await stat()) === 'off' ? ('off' as const) : undefined,
-            )
+          ? await pollUntil(run, env.pollMs, async () => {
+              if ((await stat()) === 'off') return 'off' as const;
+              const now = parseNodestat((await exec(mn, xcat.nodestat(node))).stdout, node);
+              if (CAPTURE_ENV.test(now) || NETBOOTING.test(now) || (await ended())) return 'on' as const;
+              return undefined;
+            })
           : await stat();
       if (state === 'on') return {};
       // Off may mean the capture environment already finished and halted the node (its markers are
       // written before it halts): powering on again would capture a second time over the upload.
-      const f = files(run.input);
-      if (
-        (await exists(exec, env.repository.host, f.done)) ||
-        (await exists(exec, env.repository.host, f.failed))
-      )
-        return {};
+      if (await ended()) return {};
       await exec(mn, xcat.powerOn(node));
       return {};
     },
@@ -79,8 +85,14 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
       const f = files(run.input);
       for (;;) {
         const stat = parseNodestat((await exec(mn, xcat.nodestat(node))).stdout, node);
-        // A fast upload may already be done by the time we look.
-        if (CAPTURE_ENV.test(stat) || (await exists(exec, env.repository.host, f.done))) return {};
+        // A fast upload may already be over by the time we look (a re-run after a crash, too): done or
+        // failed, watch_upload reads the marker.
+        if (
+          CAPTURE_ENV.test(stat) ||
+          (await exists(exec, env.repository.host, f.done)) ||
+          (await exists(exec, env.repository.host, f.failed))
+        )
+          return {};
         await sleep(env.pollMs, run.signal);
       }
     },
@@ -131,8 +143,16 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
       return {};
     },
     remove_upload: async (run) => {
+      const exec = execFor(env, run);
       const f = files(run.input);
-      await execFor(env, run)(env.repository.host, xcat.remove([f.image, f.done, f.failed]));
+      // A capture environment still at work (a capture cancelled or failed during the upload, or resumed
+      // after a crash and failed) would write on, and its marker last, after the removal: stop it first.
+      const stat = parseNodestat((await exec(mn, xcat.nodestat(node))).stdout, node);
+      if (CAPTURE_ENV.test(stat) || NETBOOTING.test(stat)) {
+        run.log.info({ nodestat: stat }, 'powering off the node to stop its capture environment');
+        await exec(mn, xcat.powerOff(node));
+      }
+      await exec(env.repository.host, xcat.remove([f.image, f.done, f.failed]));
       return {};
     },
   };
