@@ -93,10 +93,32 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
   };
 
   /**
-   * Runs an end-state command that takes the computer down; `fallback` runs instead when the computer
-   * does not have the command (status 127).
+   * Whether a command that takes the computer down, sent by an attempt a crash interrupted, already took
+   * effect: the computer no longer answers, answers while going down (its probe fails), or, for a
+   * reboot (`newBoot`), answers with a boot id other than the one it had before. Only the re-run of an
+   * interrupted step asks: in a first run, a computer that does not answer is a failure.
    */
-  const goDown = async (run: StepRun<OsStepInput>, command: string[], fallback?: string[]): Promise<void> => {
+  const wentDown = async (run: StepRun<OsStepInput>, newBoot: boolean): Promise<boolean> => {
+    const id = await probeBootId(run, true);
+    if (id === undefined || id === null) return true;
+    return newBoot && run.input.bootId !== undefined && id !== run.input.bootId;
+  };
+
+  /**
+   * Runs an end-state command that takes the computer down; `fallback` runs instead when the computer
+   * does not have the command (status 127). A re-run after a crash (`run.resumed`) first looks whether
+   * the interrupted attempt's command already took effect, and sends it again only if not.
+   */
+  const goDown = async (
+    run: StepRun<OsStepInput>,
+    command: string[],
+    fallback: string[] | undefined,
+    newBoot: boolean,
+  ): Promise<void> => {
+    if (run.resumed && (await wentDown(run, newBoot))) {
+      run.log.info({ command: command[0] }, 'the interrupted attempt already took the computer down');
+      return;
+    }
     const exec = execFor(env, run);
     let argv = command;
     let alternative = fallback;
@@ -112,6 +134,8 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
         alternative = undefined;
         continue;
       }
+      // Re-sent after a crash: the shutdown in progress is the interrupted attempt's own.
+      if (run.resumed && /shutdown is in progress/i.test(r.stderr)) return;
       // Windows refuses a shutdown while another one is being processed: VCL retries 12 x 10 s.
       if (/processing another action|shutdown is in progress/i.test(r.stderr) && attempt < 12) {
         await sleep(Math.min(10_000, env.pollMs * 5), run.signal);
@@ -133,6 +157,7 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
         run,
         endStateCommand(env.computer.os, 'shutdown'),
         endStateFallback(env.computer.os, 'shutdown'),
+        false,
       );
       return {};
     },
@@ -141,6 +166,7 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
         run,
         endStateCommand(env.computer.os, 'reboot'),
         endStateFallback(env.computer.os, 'reboot'),
+        true,
       );
       return {};
     },
@@ -148,9 +174,10 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
       if (env.computer.os !== 'windows') throw driverError('COMMAND_FAILED', 'sysprep runs on Windows only');
       const argv = endStateCommand('windows', 'sysprep', run.input.endState);
       if (run.input.endState === 'on') {
+        // Nothing tells a finished `/quit` sysprep from one never run: a re-run generalises again.
         await execFor(env, run)(guest, argv);
       } else {
-        await goDown(run, argv);
+        await goDown(run, argv, undefined, run.input.endState === 'reboot');
       }
       return {};
     },
@@ -169,6 +196,12 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
     steps[id] = async (run) => {
       const exec = execFor(env, run);
       const p = plan(ctx(run.input));
+      // A step that reboots, re-run after a crash: when the computer is down, on its way, or back with a
+      // new boot id, the interrupted attempt got as far as its last command (the reboot).
+      if (p.reboots && run.resumed && (await wentDown(run, true))) {
+        run.log.info('the interrupted attempt already rebooted the computer');
+        return { bootId: await waitAnswering(run, run.input.bootId, true) };
+      }
       if (p.probe) {
         const r = await exec(guest, p.probe.argv, { check: false });
         if (r.code !== 0 || (p.probe.applies && !p.probe.applies(r.stdout)))
