@@ -14,7 +14,8 @@ import {
 import { isVclError } from '../errors.js';
 import { dryRun } from '../simulate/dry-run.js';
 import { writeVisualizations } from '../visualize/write.js';
-import { captureCommand } from './commands/capture.js';
+import { cancelCommand, captureCommand } from './commands/capture.js';
+import { daemonCommand } from './commands/daemon.js';
 import { demoCommand } from './commands/demo.js';
 import { inspectCommand } from './commands/inspect.js';
 import { labCommand } from './commands/lab.js';
@@ -190,6 +191,10 @@ program
   .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
   .option('--owner <name>', 'owner of a new image', process.env.USER ?? 'vcl')
   .option('--json', 'print the result as JSON')
+  .option(
+    '-q, --queue',
+    'record the capture as queued and return at once: a `vcl-capture daemon` on the same database runs it',
+  )
   .option('--inspect [port]', INSPECT_HELP, portNumber)
   .option(
     '--stately <ws-url>',
@@ -198,12 +203,72 @@ program
   .addHelpText(
     'after',
     `
-Exit codes: 0 completed, 1 failed, 2 bad input, 3 cancelled, 4 host unreachable (network, auth, host key).
+Exit codes: 0 completed (or queued), 1 failed, 2 bad input, 3 cancelled, 4 host unreachable (network, auth, host key).
 Example:
-  vcl-capture capture vm-ubuntu-1 --image "Ubuntu 24.04 base" --config examples/inventory.yaml`,
+  vcl-capture capture vm-ubuntu-1 --image "Ubuntu 24.04 base" --config examples/inventory.yaml
+  vcl-capture capture vm-ubuntu-1 --image "Ubuntu 24.04 base" --queue   # for the daemon`,
   )
   .action(async (computer: string, opts) => {
     process.exitCode = await captureCommand(computer, { ...globals(), ...opts });
+  });
+
+program
+  .command('daemon')
+  .description(
+    'Resume the captures a previous run left unfinished, then run captures queued in the database, until SIGTERM',
+  )
+  .option('-c, --config <file>', 'inventory file (YAML or JSON)', 'inventory.yaml')
+  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .option(
+    '--stop-timeout <ms>',
+    'at SIGTERM, wait at most this long for running steps to reach their next state (default: no limit); steps still running then re-run on the next start',
+    positiveInt,
+  )
+  .addOption(
+    new Option('--lease <ms>', 'how long a capture stays claimed by this daemon without renewal')
+      .argParser(positiveInt)
+      .default(60_000),
+  )
+  .addOption(
+    new Option('--queue-poll <ms>', 'how often to look for queued captures')
+      .argParser(positiveInt)
+      .default(1000),
+  )
+  .addOption(
+    new Option('--poll-ms <ms>', 'interval of power and upload waits').argParser(positiveInt).hideHelp(),
+  )
+  .option('--inspect [port]', INSPECT_HELP, portNumber)
+  .option(
+    '--stately <ws-url>',
+    'also send inspection events to a @statelyai/inspect WebSocket receiver (redacted)',
+  )
+  .addHelpText(
+    'after',
+    `
+Logs (pino JSON, info level by default) go to stderr or --log-file. SIGTERM or SIGINT: take no new work,
+let each running capture reach its next state (persisted), exit 0; a second signal exits at once (143).
+Example:
+  vcl-capture daemon --config inventory.yaml --db /var/lib/vcl-capture/captures.sqlite --inspect`,
+  )
+  .action(async (opts) => {
+    process.exitCode = await daemonCommand({
+      ...globals(),
+      ...opts,
+      leaseMs: opts.lease,
+      queuePollMs: opts.queuePoll,
+    });
+  });
+
+program
+  .command('cancel')
+  .description(
+    'Cancel a capture: a queued one at once; a running one by asking the daemon that runs it (it cleans up)',
+  )
+  .argument('<capture-id>')
+  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .option('-r, --reason <text>', 'why (kept in the audit trail)', 'cancelled by the operator')
+  .action(async (id: string, opts: { db: string; reason: string }) => {
+    process.exitCode = await cancelCommand(id, { ...globals(), ...opts });
   });
 
 program

@@ -27,6 +27,7 @@ import { type Inventory, parseInventory } from '../inventory/schema.js';
 import { type Logger, silentLogger } from '../log.js';
 import { SshPool } from '../ssh/index.js';
 import type { CaptureRecord, CaptureStore, ImageRegistration } from '../store/index.js';
+import { cancelThroughStore } from './cancel.js';
 import {
   type CaptureHandle,
   type CaptureSteps,
@@ -417,17 +418,7 @@ export function createRunner(options: RunnerOptions): Runner {
     async cancel(captureId, reason = 'cancelled') {
       const local = handles.get(captureId);
       if (local) return local.cancel(reason);
-      const r = await store.getCapture(captureId);
-      if (!r) throw new VclError('NOT_FOUND', `capture ${captureId} does not exist`);
-      if (r.status === 'queued' && r.owner === null) {
-        await store.cancelCapture(
-          captureId,
-          { code: 'CANCELLED', step: 'queued', message: `cancelled while queued: ${reason}` },
-          'restore',
-        );
-        return;
-      }
-      await store.requestCancel(captureId, reason);
+      await cancelThroughStore(store, captureId, reason);
     },
     on(listener) {
       listeners.add(listener);

@@ -4,6 +4,7 @@ import { isVclError } from '../../errors.js';
 import { secretsOfInventory } from '../../inspector/redact.js';
 import { composeInspect, statelyBridge } from '../../inspector/stately.js';
 import { loadInventoryFile } from '../../inventory/load.js';
+import { cancelThroughStore } from '../../runner/cancel.js';
 import { type CaptureRunResult, createRunner } from '../../runner/runner.js';
 import { openSqliteStore } from '../../store/index.js';
 import { EXIT, exitCodeForResult } from '../exit-codes.js';
@@ -18,6 +19,8 @@ export interface CaptureOptions extends LogOptions {
   db: string;
   owner: string;
   json?: boolean;
+  /** Record the capture as queued for a daemon and return. */
+  queue?: boolean;
   pollMs?: number;
   /** `--inspect [port]`: serve the live inspector while the capture runs. */
   inspect?: boolean | number;
@@ -71,11 +74,24 @@ export async function captureCommand(computer: string, o: CaptureOptions): Promi
   inspecting?.inspector.attach(runner);
   try {
     const existing = (await store.listImages()).find((i) => i.prettyName === o.image);
-    const handle = await runner.capture({
+    const request = {
       computer,
       image: existing ? existing.id : { osName: entry?.os ?? 'linux', prettyName: o.image, owner: o.owner },
       ...(o.endState ? { endState: o.endState } : {}),
-    });
+    };
+    if (o.queue) {
+      const queued = await runner.enqueue(request);
+      if (o.json)
+        console.log(
+          JSON.stringify({ status: 'queued', captureId: queued.id, image: queued.image.name }, null, 2),
+        );
+      else
+        console.log(
+          `queued: ${queued.id} (${queued.image.name}); a \`vcl-capture daemon --db ${o.db}\` runs it`,
+        );
+      return EXIT.OK;
+    }
+    const handle = await runner.capture(request);
     const view = o.json
       ? undefined
       : progressView(new Map([[handle.id, `${computer} ${handle.image.name}`]]));
@@ -113,6 +129,25 @@ export async function captureCommand(computer: string, o: CaptureOptions): Promi
       console.error(`Inspector closed; replay this capture with: vcl-capture inspect --db ${o.db}`);
       await inspecting.inspector.close();
     }
+    await store.close();
+  }
+}
+
+/** `vcl-capture cancel <id>`: through the store, for a capture this process does not run. */
+export async function cancelCommand(
+  captureId: string,
+  o: LogOptions & { db: string; reason: string },
+): Promise<number> {
+  const store = openSqliteStore(o.db, { logger: cliLogger(o) });
+  try {
+    const outcome = await cancelThroughStore(store, captureId, o.reason);
+    console.log(
+      outcome === 'cancelled'
+        ? `cancelled: ${captureId} was still queued`
+        : `cancel requested: the runner of ${captureId} cancels it and cleans up (see \`vcl-capture show ${captureId}\`)`,
+    );
+    return EXIT.OK;
+  } finally {
     await store.close();
   }
 }

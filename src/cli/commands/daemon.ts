@@ -1,0 +1,112 @@
+/**
+ * `vcl-capture daemon --config inventory.yaml`: resumes the captures a previous daemon left unfinished,
+ * then runs captures queued in the store (`vcl-capture capture --queue`, `runner.enqueue`) within the
+ * inventory's concurrency limits, until SIGTERM or SIGINT.
+ *
+ * The first signal stops gracefully: no new work, each running capture goes on to its next transition,
+ * which is persisted, then the process exits 0. A second signal exits at once: what is persisted is
+ * consistent (every write is one transaction), and the in-flight steps re-run on the next start.
+ */
+import { secretsOfInventory } from '../../inspector/redact.js';
+import { composeInspect, statelyBridge } from '../../inspector/stately.js';
+import { loadInventoryFile } from '../../inventory/load.js';
+import { createRunner } from '../../runner/runner.js';
+import { openSqliteStore } from '../../store/index.js';
+import { EXIT } from '../exit-codes.js';
+import { cliLogger, type LogOptions } from '../logging.js';
+import { inspectPort, startCliInspector } from './inspect.js';
+
+export interface DaemonOptions extends LogOptions {
+  config: string;
+  db: string;
+  /** Longest wait for running steps at a graceful stop before they are stopped (re-run on resume). */
+  stopTimeout?: number;
+  leaseMs?: number;
+  queuePollMs?: number;
+  pollMs?: number;
+  inspect?: boolean | number;
+  stately?: string;
+}
+
+/** Exit code of a second signal: the process was told twice to stop and did not wait. */
+const FORCED_EXIT = 128 + 15;
+
+export async function daemonCommand(o: DaemonOptions): Promise<number> {
+  const inventory = loadInventoryFile(o.config);
+  const logger = cliLogger({ ...o, logLevel: o.logLevel ?? 'info' }).child({ component: 'daemon' });
+  const store = openSqliteStore(o.db, { logger });
+  const port = inspectPort(o.inspect);
+  const inspecting =
+    port === undefined
+      ? undefined
+      : await startCliInspector(port, store, inventory).catch(async (err: unknown) => {
+          await store.close();
+          throw err;
+        });
+  const stately = o.stately ? statelyBridge(o.stately, secretsOfInventory(inventory)) : undefined;
+  const inspect = composeInspect(inspecting?.inspector.inspect, stately?.inspect);
+  const runner = createRunner({
+    inventory,
+    store,
+    logger,
+    ...(o.pollMs ? { pollMs: o.pollMs } : {}),
+    ...(o.leaseMs ? { leaseMs: o.leaseMs } : {}),
+    ...(o.queuePollMs ? { queuePollMs: o.queuePollMs } : {}),
+    ...(inspect ? { inspect } : {}),
+  });
+  inspecting?.inspector.attach(runner);
+  runner.on((e) => {
+    if (e.type === 'finished')
+      logger.info(
+        {
+          captureId: e.captureId,
+          status: e.result.status,
+          ...(e.result.status === 'completed'
+            ? {}
+            : { code: e.result.error.code, step: e.result.error.step }),
+        },
+        'capture finished',
+      );
+    else if (e.type === 'resumed') logger.info({ captureId: e.captureId, state: e.state }, 'capture resumed');
+  });
+
+  let signals = 0;
+  let stopRequested: () => void = () => undefined;
+  const stopping = new Promise<void>((resolve) => {
+    stopRequested = resolve;
+  });
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals += 1;
+    if (signals > 1) {
+      logger.warn({ signal }, 'second signal: exiting at once; in-flight steps re-run on the next start');
+      process.exit(FORCED_EXIT);
+    }
+    logger.info({ signal }, 'stopping: no new work; running captures stop at their next transition');
+    stopRequested();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    const report = await runner.start();
+    logger.info(
+      {
+        runner: runner.id,
+        db: o.db,
+        resumed: report.resumed,
+        started: report.started,
+        failed: report.failed,
+      },
+      'daemon ready',
+    );
+    await stopping;
+    await runner.stop(o.stopTimeout === undefined ? {} : { timeoutMs: o.stopTimeout });
+    logger.info('daemon stopped');
+    return EXIT.OK;
+  } finally {
+    stately?.stop();
+    await inspecting?.inspector.close();
+    await store.close();
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  }
+}
