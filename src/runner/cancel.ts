@@ -4,7 +4,7 @@
  * when it renews its leases (within a third of its lease) and runs the capture's cleanup.
  */
 import { VclError } from '../errors.js';
-import type { CaptureStore } from '../store/index.js';
+import type { CaptureRecord, CaptureStore } from '../store/index.js';
 
 export type CancelOutcome = 'cancelled' | 'requested';
 
@@ -12,17 +12,16 @@ export async function cancelThroughStore(
   store: CaptureStore,
   captureId: string,
   reason: string,
-): Promise<CancelOutcome> {
+): Promise<{ outcome: CancelOutcome; record: CaptureRecord }> {
   const r = await store.getCapture(captureId);
   if (!r) throw new VclError('NOT_FOUND', `capture ${captureId} does not exist`);
   if (r.status === 'queued' && r.owner === null) {
-    await store.cancelCapture(
+    const record = await store.cancelCapture(
       captureId,
       { code: 'CANCELLED', step: 'queued', message: `cancelled while queued: ${reason}` },
       'restore',
     );
-    return 'cancelled';
+    return { outcome: 'cancelled', record };
   }
-  await store.requestCancel(captureId, reason);
-  return 'requested';
+  return { outcome: 'requested', record: await store.requestCancel(captureId, reason) };
 }

@@ -418,7 +418,21 @@ export function createRunner(options: RunnerOptions): Runner {
     async cancel(captureId, reason = 'cancelled') {
       const local = handles.get(captureId);
       if (local) return local.cancel(reason);
-      await cancelThroughStore(store, captureId, reason);
+      const { outcome, record: r } = await cancelThroughStore(store, captureId, reason);
+      if (outcome === 'cancelled' && r.lastError) {
+        emit({
+          type: 'finished',
+          captureId,
+          result: {
+            status: 'cancelled',
+            captureId,
+            image: r.image,
+            error: r.lastError,
+            warnings: [],
+            cleanupFailures: [],
+          },
+        });
+      }
     },
     on(listener) {
       listeners.add(listener);

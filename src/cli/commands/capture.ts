@@ -140,7 +140,7 @@ export async function cancelCommand(
 ): Promise<number> {
   const store = openSqliteStore(o.db, { logger: cliLogger(o) });
   try {
-    const outcome = await cancelThroughStore(store, captureId, o.reason);
+    const { outcome } = await cancelThroughStore(store, captureId, o.reason);
     console.log(
       outcome === 'cancelled'
         ? `cancelled: ${captureId} was still queued`
