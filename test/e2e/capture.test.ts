@@ -11,10 +11,14 @@
  * 3. refusal: `copy_image` against the running domain fails on qemu-img's write lock, nothing left;
  * 4. escalation: the guest ignores ACPI, the runner forces it off with `virsh destroy` after the short
  *    graceful timeout, and the capture (raw, streamed to a separate repository host) completes;
- * 5. nothing started by the suite is left running.
+ * 5. crash resume (issue 8): a capture queued for `vcl-capture daemon` is killed (SIGKILL of the daemon)
+ *    while `qemu-img convert` writes the copy; a new daemon on the same store takes it over and completes
+ *    it: one image, nothing temporary left, the same image checks, the takeover in the audit trail, and the
+ *    killed daemon's convert, still running on the host, changes nothing;
+ * 6. nothing started by the suite is left running.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -42,9 +46,12 @@ import {
   sha256File,
   stepTimings,
 } from './checks.js';
+import { cliWithDb, type DaemonProcess, openFiles, sizeOf, startDaemon, storeReader } from './daemon.js';
 import { ACPI_DISABLED_FLAG, MARKER_IN_GUEST, MARKER_ON_DISK } from './guest.js';
+import { run } from './libvirt.js';
 import { e2eAvailable } from './requirements.js';
 import {
+  alive,
   DOMAIN,
   processesMentioning,
   type Rig,
@@ -163,7 +170,22 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
     console.log(`e2e rig ready in ${rig.setup.total} ms`, rig.setup);
   }, 90_000);
 
+  /** Daemons and held (SIGSTOP) processes of case 5, released here whatever happened. */
+  const daemons: DaemonProcess[] = [];
+  const held = new Set<number>();
+  const readers: { close(): void }[] = [];
+
   afterAll(async () => {
+    for (const d of daemons) d.kill('SIGKILL');
+    await Promise.all(daemons.map((d) => d.exited));
+    for (const pid of held) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        // Gone.
+      }
+    }
+    for (const r of readers) r.close();
     await rig?.stop();
     console.log(`e2e suite: ${Date.now() - suiteStart} ms wall time`);
   }, 60_000);
@@ -409,7 +431,246 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
     }, 180_000);
   });
 
-  describe('5. cleanup', () => {
+  describe('5. crash resume: the daemon is killed during the copy, a new daemon completes the capture', () => {
+    /**
+     * Data added to the disk for this case only (after the other cases: their copies stay small), so that
+     * the real `qemu-img convert` lasts long enough (1-2 s alone on 2 cores) to be caught writing.
+     */
+    const BULK_MIB = 1024;
+    const BULK_CHUNK_MIB = 256;
+    /** The ext2 file system the guest made on first boot: the disk's original 64 MiB. */
+    const FS_MIB = 64;
+    const caseStart = { at: 0 };
+    let written: { marker: string; dataSha256: string };
+    let store: ReturnType<typeof storeReader>;
+    let db: string;
+    let captureId: string;
+    let image: string;
+    let killedOwner: string;
+    let first: DaemonProcess;
+    let second: DaemonProcess;
+    /** The killed daemon's `qemu-img convert`, found on the host after the kill. */
+    let leftovers: number[] = [];
+    const daemonLog = (n: number) => join(rig.dir, 'logs', `daemon-${n}.jsonl`);
+    const target = () => join(rig.localRepository, `${image}.qcow2`);
+    const partial = () => `${target()}.partial`;
+
+    it(
+      `the guest's disk grows by ${BULK_MIB} MiB of data written by qemu-io; the guest boots and gets a marker`,
+      async () => {
+        caseStart.at = Date.now();
+        if ((await rig.libvirt.domstate(DOMAIN)) !== 'shut off') await rig.libvirt.virsh(['destroy', DOMAIN]);
+        await rig.libvirt.waitState(DOMAIN, 'shut off', 30_000);
+        const grown = await qemuImg(['resize', '-q', rig.disk, `+${BULK_MIB}M`]);
+        expect(grown.code, grown.stderr).toBe(0);
+        // Past the guest's file system: real allocated clusters the copy must convert, in 4 patterns.
+        const writes: string[] = [];
+        for (let off = 0, i = 1; off < BULK_MIB; off += BULK_CHUNK_MIB, i += 1)
+          writes.push('-c', `write -q -P 0x${(0x11 * i).toString(16)} ${FS_MIB + off}M ${BULK_CHUNK_MIB}M`);
+        const t = Date.now();
+        const filled = await run('qemu-io', ['-f', 'qcow2', ...writes, rig.disk], undefined, 120_000);
+        expect(filled.code, filled.stderr).toBe(0);
+        console.log(`crash resume: ${BULK_MIB} MiB written to the source disk in ${Date.now() - t} ms`);
+        const { ms } = await rig.startGuest();
+        console.log(`guest boot to SSH: ${ms} ms`);
+        // A new boot: the ACPI flag of case 4 (on the initramfs) is gone; the guest powers off normally.
+        expect((await rig.guestSsh(`test ! -e ${ACPI_DISABLED_FLAG}`)).code).toBe(0);
+        written = await writeMarker('three');
+      },
+      BOOT_MS + 60_000,
+    );
+
+    it('capture --queue records it; a daemon runs it and is killed (SIGKILL) while qemu-img convert writes the copy', async () => {
+      db = join(rig.dir, 'resume.sqlite');
+      const q = await cliWithDb(
+        db,
+        ['capture', VM_LOCAL, '--image', 'e2e-resume', '--config', rig.inventoryFile, '--queue', '--json'],
+        join(rig.dir, 'logs', 'queue.jsonl'),
+      );
+      expect(q.code, q.stderr.slice(-3000)).toBe(0);
+      const queued = JSON.parse(q.stdout) as { status: string; captureId: string; image: string };
+      expect(queued.status).toBe('queued');
+      captureId = queued.captureId;
+      image = queued.image;
+      store = storeReader(db);
+      readers.push(store);
+      expect(store.capture(captureId)?.status).toBe('queued');
+
+      first = startDaemon({ inventory: rig.inventoryFile, db, logFile: daemonLog(1) });
+      daemons.push(first);
+      const started = Date.now();
+      let copySeen: number | undefined;
+      const sizes: number[] = [];
+      for (;;) {
+        if (!first.running()) throw new Error(`the daemon exited before the kill:\n${first.output()}`);
+        const row = store.capture(captureId);
+        if (row?.status !== 'queued' && row?.status !== 'running')
+          throw new Error(`the capture ended (${row?.status}) before it could be killed`);
+        if (row.stateValue?.includes('copy_image')) {
+          copySeen ??= Date.now();
+          const size = sizeOf(partial());
+          const last = sizes.at(-1);
+          if (size !== undefined && last !== undefined && size > last) {
+            // Bytes are flowing into the copy: the crash.
+            killedOwner = row.owner ?? '';
+            first.kill('SIGKILL');
+            break;
+          }
+          if (size !== undefined) sizes.push(size);
+        } else if (copySeen !== undefined) {
+          throw new Error(
+            `the capture left copy_image (${row.stateValue}) before it could be killed: the copy of ${BULK_MIB} MiB is too fast here (partial sizes seen: ${sizes.join(', ')})`,
+          );
+        }
+        if (Date.now() - started > 100_000)
+          throw new Error(`no copy in progress after 100 s (state ${row.stateValue}):\n${first.output()}`);
+        await sleep(50);
+      }
+      const exit = await first.exited;
+      expect(exit.signal).toBe('SIGKILL');
+      const atKill = sizeOf(partial());
+      console.log(
+        `crash resume: daemon ${first.pid} killed ${Date.now() - (copySeen ?? 0)} ms after copy_image was seen, ` +
+          `${Date.now() - started} ms after its start; ${image}.qcow2.partial: ${sizes.join(' -> ')} -> ${atKill} bytes`,
+      );
+      // The owner recorded for the capture was the killed process.
+      expect(killedOwner.split('/')[1]).toBe(String(first.pid));
+
+      // The convert it started over SSH is not ours to kill: a crash leaves it running on the host.
+      leftovers = processesMentioning(partial())
+        .filter((p) => p.cmdline.startsWith('qemu-img convert'))
+        .map((p) => p.pid);
+      await sleep(300);
+      const later = sizeOf(partial());
+      console.log(
+        `crash resume: leftover qemu-img convert after the kill: ${leftovers.length ? leftovers.join(', ') : 'none'}; ` +
+          `partial ${atKill} -> ${later} bytes 300 ms later`,
+      );
+      // Hold it (SIGSTOP) until the resumed capture has completed, then let it finish: the latest it can
+      // end, made deterministic. Whatever it writes then must not touch the result.
+      for (const pid of leftovers.filter(alive)) {
+        process.kill(pid, 'SIGSTOP');
+        held.add(pid);
+      }
+
+      const after = store.capture(captureId);
+      expect(after).toMatchObject({ status: 'running', owner: killedOwner });
+      expect(after?.stateValue).toContain('copy_image');
+    }, 150_000);
+
+    it('a new daemon on the same store takes the capture over at once, re-runs the copy and completes; SIGTERM exits 0', async () => {
+      second = startDaemon({ inventory: rig.inventoryFile, db, logFile: daemonLog(2) });
+      daemons.push(second);
+      const started = Date.now();
+      for (;;) {
+        if (!second.running()) throw new Error(`the second daemon exited:\n${second.output()}`);
+        const row = store.capture(captureId);
+        if (row?.status === 'completed') break;
+        if (row?.status !== 'running') {
+          const last = store.events(captureId).slice(-5);
+          throw new Error(`the resumed capture ended ${row?.status}: ${JSON.stringify(last)}`);
+        }
+        if (Date.now() - started > 150_000) throw new Error(`not completed after 150 s (${row.stateValue})`);
+        await sleep(200);
+      }
+      const resumeMs = Date.now() - started;
+      console.log(`crash resume: second daemon start to completed: ${resumeMs} ms`);
+
+      // The held convert still has its file open: the one the resumed copy removed, not the image.
+      for (const pid of [...held].filter(alive)) {
+        const open = openFiles(pid, rig.localRepository);
+        console.log(`crash resume: held convert ${pid} has open: ${open.join(', ') || 'nothing'}`);
+        for (const f of open) expect(f, `pid ${pid}`).toMatch(/ \(deleted\)$/);
+      }
+
+      second.kill('SIGTERM');
+      const exit = await Promise.race([
+        second.exited,
+        sleep(30_000).then(() => ({ code: null, signal: 'timeout' as const })),
+      ]);
+      expect(exit, second.output()).toEqual({ code: 0, signal: null });
+
+      const log = readFileSync(daemonLog(2), 'utf8')
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as { msg?: string; rerun?: string[]; previousOwner?: string });
+      expect(log.find((l) => l.msg === 'took over a capture of a runner that is gone')?.previousOwner).toBe(
+        killedOwner,
+      );
+      expect(log.find((l) => l.msg === 'capture resumed')?.rerun).toEqual(['copy_image']);
+      const timings = stepTimings(daemonLog(2));
+      printTimings('resumed capture of vm1 (second daemon)', timings, resumeMs);
+      expect(timings.map((t) => t.step)).toEqual(['copy_image', 'verify_image', 'record_revision']);
+      expect(timings.every((t) => t.ok)).toBe(true);
+    }, 200_000);
+
+    it('one image, nothing temporary left (also after the killed convert finished), the image checks, the store and the domain agree', async () => {
+      // Let the killed daemon's convert go on; it ends on its own.
+      for (const pid of held) process.kill(pid, 'SIGCONT');
+      const continued = Date.now();
+      const until = continued + 90_000;
+      while (leftovers.some(alive)) {
+        if (Date.now() > until) throw new Error(`the leftover convert ${leftovers.join(', ')} still runs`);
+        await sleep(100);
+      }
+      held.clear();
+      if (leftovers.length)
+        console.log(`crash resume: the leftover convert ended ${Date.now() - continued} ms after SIGCONT`);
+
+      const repository = readdirSync(rig.localRepository);
+      expect(repository.filter((f) => f.startsWith(image))).toEqual([`${image}.qcow2`]);
+      expect(
+        repository.filter(
+          (f) => f.endsWith('.partial') || f.includes('.vcl-tmp-') || f.includes('.vcl-capture-'),
+        ),
+      ).toEqual([]);
+      expect(readdirSync(rig.remoteRepository).filter((f) => f.includes('.vcl-tmp-'))).toEqual([]);
+      expect(readdirSync(join(rig.disk, '..')).filter((f) => f.startsWith('.vcl-capture'))).toEqual([]);
+
+      const row = store.capture(captureId);
+      expect(row?.status).toBe('completed');
+      const revision = row ? store.revision(row.revisionId) : undefined;
+      expect(revision).toMatchObject({
+        name: image,
+        deleted: 0,
+        repository: rig.localRepository,
+        path: `${image}.qcow2`,
+      });
+      expect(statSync(target()).size).toBe(revision?.sizeBytes);
+      expect(await sha256File(target())).toBe(revision?.sha256);
+      const check = await qemuImg(['check', target()]);
+      expect(check.code, check.stdout + check.stderr).toBe(0);
+      const compare = await qemuImg(['compare', rig.disk, target()]);
+      expect(compare.code, compare.stdout + compare.stderr).toBe(0);
+      // The guest's file system is the first 64 MiB: the marker and data read back from there.
+      const raw = join(rig.dir, 'captured-three.raw');
+      const dd = await qemuImg([
+        'dd',
+        '-f',
+        'qcow2',
+        '-O',
+        'raw',
+        'bs=1M',
+        `count=${FS_MIB}`,
+        `if=${target()}`,
+        `of=${raw}`,
+      ]);
+      expect(dd.code, dd.stderr).toBe(0);
+      expect(await readBack(raw, 'three')).toEqual(written);
+
+      expect(store.computerState(VM_LOCAL)).toBe('reload');
+      const claims = store.events(captureId).filter((e) => e.type === 'capture.claimed');
+      const takeover = claims.find((e) => e.details?.previousOwner === killedOwner);
+      expect(takeover?.details?.previousOwner).toBe(killedOwner);
+      expect(String(takeover?.details?.owner).split('/')[1]).toBe(String(second.pid));
+      expect(killedOwner).toMatch(/^[^/]+\/\d+\/.+/);
+      // End state off: the domain stays shut off.
+      expect(await rig.libvirt.domstate(DOMAIN)).toBe('shut off');
+      console.log(`crash resume case: ${Date.now() - caseStart.at} ms in all`);
+    }, 120_000);
+  });
+
+  describe('6. cleanup', () => {
     it('stops every VM, libvirtd, both sshd, and removes the temp folder', async () => {
       const { dir, libvirt, kvmHost, repoHost } = rig;
       const left = await rig.stop();

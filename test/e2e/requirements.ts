@@ -88,6 +88,7 @@ const QEMU_DRIVER_DIRS = [
 const REQUIREMENTS: Requirement[] = [
   binary('qemu-system-x86_64', 'qemu-system-x86'),
   binary('qemu-img', 'qemu-utils'),
+  binary('qemu-io', 'qemu-utils'),
   {
     what: 'a kernel',
     package: 'linux-image-amd64',

@@ -80,7 +80,8 @@ export interface Rig {
   stop(): Promise<string[]>;
 }
 
-function alive(pid: number): boolean {
+/** Whether `pid` runs (a zombie does not). */
+export function alive(pid: number): boolean {
   if (pid <= 0) return false;
   try {
     process.kill(pid, 0);
