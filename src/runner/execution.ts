@@ -347,6 +347,9 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     const persist = () => {
       const s = a.getSnapshot();
       if (s.status !== 'active') return;
+      // An OS sub-machine that just ended hands over to the capture machine in the same step: the
+      // capture's next state is what gets persisted.
+      if ((osChild()?.getSnapshot() as { status?: string } | undefined)?.status === 'done') return;
       const key = keyOf();
       if (key === lastKey) return;
       lastKey = key;

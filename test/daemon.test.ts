@@ -1,0 +1,195 @@
+/**
+ * `vcl-capture daemon`, `capture --queue` and `cancel` as a user runs them (child processes) against the
+ * built-in lab: queued work runs, a cancel reaches the daemon, SIGTERM stops at the next state with exit
+ * 0 and the next daemon resumes, a second SIGTERM exits at once, and `--inspect` serves the daemon's
+ * captures.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
+import { startLab } from '../src/lab/index.js';
+import type { Lab } from '../src/lab/types.js';
+import { openSqliteStore, type SqliteCaptureStore } from '../src/store/index.js';
+
+const BIN = new URL('../src/cli/bin.mjs', import.meta.url).pathname;
+let dir: string;
+let lab: Lab;
+let inventoryFile: string;
+let db: string;
+let store: SqliteCaptureStore;
+
+interface Proc {
+  child: ChildProcess;
+  out: () => string;
+  err: () => string;
+  exit: Promise<number | null>;
+}
+
+function run(args: string[]): Proc {
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout?.on('data', (d) => {
+    out += String(d);
+  });
+  child.stderr?.on('data', (d) => {
+    err += String(d);
+  });
+  const exit = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  return { child, out: () => out, err: () => err, exit };
+}
+
+const daemon = (...extra: string[]) =>
+  run(['daemon', '--config', inventoryFile, '--db', db, '--poll-ms', '20', '--queue-poll', '50', ...extra]);
+
+async function queue(computer: string, image: string): Promise<string> {
+  const p = run([
+    'capture',
+    computer,
+    '--image',
+    image,
+    '--config',
+    inventoryFile,
+    '--db',
+    db,
+    '--queue',
+    '--json',
+  ]);
+  expect(await p.exit, p.err()).toBe(0);
+  const parsed = JSON.parse(p.out()) as { status: string; captureId: string };
+  expect(parsed.status).toBe('queued');
+  return parsed.captureId;
+}
+
+async function until(check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > end) {
+      const recent = (await store.listCaptures({ limit: 1 }))[0];
+      const detail = recent ? await store.getCapture(recent.id) : undefined;
+      throw new Error(
+        `timed out waiting for ${what}; last capture: ${detail?.status} ${detail?.events.map((e) => `${e.type}:${JSON.stringify(e.stateValue)}`).join(' ')}`,
+      );
+    }
+    await sleep(10);
+  }
+}
+
+const status = async (id: string) => (await store.getCapture(id))?.status;
+
+async function ready(computer: string) {
+  const record = await store.getComputer(computer);
+  if (record && record.state !== 'available') await store.setComputerState(computer, 'available');
+  if (lab.computer(computer).power !== 'on') {
+    lab.powerOn(computer);
+    await lab.waitForPower(computer, 'on');
+  }
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'vcl-daemon-'));
+  lab = await startLab({ powerDelayMs: 150 });
+  inventoryFile = join(dir, 'lab.yaml');
+  writeFileSync(inventoryFile, stringify(lab.inventory));
+  db = join(dir, 'captures.sqlite');
+  store = openSqliteStore(db);
+});
+
+afterAll(async () => {
+  await store?.close();
+  await lab?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('vcl-capture daemon', () => {
+  it('runs queued captures, carries out a cancel from another process, and serves the inspector', {
+    timeout: 120_000,
+  }, async () => {
+    const first = await queue('lv-linux-1', 'Daemon one');
+    // A short lease: the daemon renews it, and sees cancel requests, every 200 ms.
+    const d = daemon('--inspect', '0', '--lease', '600');
+    await until(
+      async () => /Inspector: http:\/\/127\.0\.0\.1:\d+\//.test(d.err()),
+      30_000,
+      'the inspector URL',
+    );
+    const url = /Inspector: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(d.err())?.[1] ?? '';
+    await until(async () => (await status(first)) === 'completed', 60_000, 'the queued capture');
+    const listed = (await (await fetch(`${url}api/captures`)).json()) as { captures: { id: string }[] };
+    expect(JSON.stringify(listed)).toContain(first);
+
+    // A cancel from another process while the daemon runs the capture: cleanup runs, nothing is kept.
+    lab.faults.add({ kind: 'hangCommand', host: 'esxi-host', match: ['vmkfstools'], times: 1 });
+    const second = await queue('vm-linux-1', 'Daemon two');
+    await until(
+      async () => JSON.stringify((await store.getCapture(second))?.stateValue).includes('clone_disk'),
+      30_000,
+      'the second capture to hang in its clone',
+    );
+    const c = run(['cancel', second, '--db', db, '--reason', 'operator']);
+    expect(await c.exit, c.err()).toBe(0);
+    expect(c.out()).toMatch(/cancel requested/);
+    await until(async () => (await status(second)) === 'cancelled', 60_000, 'the cancellation');
+    const events = (await store.getCapture(second))?.events.map((e) => e.type) ?? [];
+    expect(events).toContain('capture.cancel_requested');
+
+    d.child.kill('SIGTERM');
+    expect(await d.exit).toBe(0);
+  });
+
+  it('SIGTERM stops at the next state with exit 0; the next daemon resumes the capture to the end', {
+    timeout: 120_000,
+  }, async () => {
+    await ready('lv-linux-1');
+    const id = await queue('lv-linux-1', 'Daemon three');
+    const d = daemon();
+    // The OS waits for the computer to go down (at least a second): a step that is sure to be running.
+    const lastEvent = async () => (await store.getCapture(id))?.events.at(-1);
+    await until(
+      async () => JSON.stringify((await lastEvent())?.details?.os ?? null).includes('wait_gone'),
+      60_000,
+      'the OS end-state wait',
+    );
+    const atTerm = (await store.getCapture(id))?.eventCount ?? 0;
+    d.child.kill('SIGTERM');
+    expect(await d.exit).toBe(0);
+    const stopped = await store.getCapture(id);
+    expect(stopped).toMatchObject({ status: 'running', owner: null });
+    // The running step finished; exactly its transition was persisted, and nothing ran after it.
+    const after = stopped?.events.slice(atTerm) ?? [];
+    expect(after.map((e) => e.type)).toEqual(['state.entered']);
+    expect(stopped?.stateValue).toEqual({ capturing: 'request_power_off' });
+
+    const next = daemon();
+    await until(async () => (await status(id)) === 'completed', 60_000, 'the resumed capture');
+    next.child.kill('SIGTERM');
+    expect(await next.exit).toBe(0);
+    const trail = (await store.getCapture(id))?.events ?? [];
+    expect(trail.filter((e) => e.type === 'capture.claimed')).toHaveLength(2);
+  });
+
+  it('a second SIGTERM exits at once with 143, and what it left resumes', { timeout: 120_000 }, async () => {
+    await ready('lv-linux-1');
+    lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'], times: 1 });
+    const id = await queue('lv-linux-1', 'Daemon four');
+    const d = daemon();
+    await until(
+      async () => JSON.stringify((await store.getCapture(id))?.stateValue).includes('copy_image'),
+      60_000,
+      'the hung copy',
+    );
+    d.child.kill('SIGTERM');
+    await sleep(300);
+    expect(d.child.exitCode, d.err()).toBeNull(); // still waiting for the hung step
+    d.child.kill('SIGTERM');
+    expect(await d.exit).toBe(143);
+    const next = daemon();
+    await until(async () => (await status(id)) === 'completed', 60_000, 'the resumed capture');
+    next.child.kill('SIGTERM');
+    expect(await next.exit).toBe(0);
+  });
+});
