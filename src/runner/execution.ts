@@ -221,6 +221,34 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     cleanupFailures: [],
   });
 
+  /**
+   * The runner itself failed (no driver, the store refusing a write): the capture fails to maintenance
+   * rather than stay running with nobody driving it, and the result still settles (a daemon must not
+   * die of an unhandled rejection).
+   */
+  const crashed = async (err: unknown): Promise<CaptureResult> => {
+    const error = {
+      code: err instanceof VclError ? err.code : 'INTERNAL',
+      step: actor?.getSnapshot().context.step ?? 'start',
+      message: `the runner failed: ${err instanceof Error ? err.message : String(err)}`,
+    };
+    log.error({ err }, 'capture failed in the runner');
+    actor?.stop();
+    const now = await x.store.getCapture(record.id).catch(() => undefined);
+    if (now && (now.status === 'running' || now.status === 'queued'))
+      await x.store
+        .failCapture(record.id, error, now.status === 'running' ? 'maintenance' : 'restore')
+        .catch((e: unknown) => log.error({ err: e }, 'could not record the failure'));
+    return {
+      status: 'failed',
+      captureId: record.id,
+      image: record.image,
+      error,
+      warnings: [],
+      cleanupFailures: [],
+    };
+  };
+
   execution.result = (async (): Promise<RunResult> => {
     const releases: (() => void)[] = [];
     try {
@@ -252,7 +280,7 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
           return result;
         }
       }
-      const result = await run();
+      const result = await run().catch((err: unknown) => crashed(err));
       x.emit({ type: 'finished', captureId: record.id, result });
       return result;
     } finally {

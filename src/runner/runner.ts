@@ -292,7 +292,8 @@ export function createRunner(options: RunnerOptions): Runner {
   function launch(r: CaptureRecord, snapshot?: unknown): Execution {
     const execution = execute(context, r, snapshot);
     handles.set(r.id, execution);
-    void execution.result.finally(() => handles.delete(r.id));
+    const forget = () => handles.delete(r.id);
+    execution.result.then(forget, forget);
     if (r.cancelRequested) execution.cancel(r.cancelRequested);
     return execution;
   }
@@ -334,9 +335,12 @@ export function createRunner(options: RunnerOptions): Runner {
           },
           'stored snapshot does not fit the machine',
         );
+        // Its cleanup cannot run either (the machine that would run it does not fit): say what may remain.
+        const facts = (snapshot as { context?: { facts?: Record<string, unknown> } }).context?.facts;
+        const left = facts?.target === undefined ? '' : `; a copy may remain at ${String(facts.target)}`;
         return fail(
           'SNAPSHOT_INCOMPATIBLE',
-          `capture ${r.id} cannot resume: its stored snapshot (machine ${stored?.machineVersion ?? 'unknown'}) does not fit this version of the machine (${machineVersion(machine)}): ${problem}; the computer goes to maintenance`,
+          `capture ${r.id} cannot resume: its stored snapshot (machine ${stored?.machineVersion ?? 'unknown'}) does not fit this version of the machine (${machineVersion(machine)}): ${problem}; the computer goes to maintenance${left}`,
         );
       }
       if (stored?.machineVersion !== machineVersion(sharedMachine(r.provisioner, r.os)))
