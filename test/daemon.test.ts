@@ -145,9 +145,11 @@ describe('vcl-capture daemon', () => {
     timeout: 120_000,
   }, async () => {
     await ready('lv-linux-1');
+    // The computer ignores its shutdown and keeps answering until the test switches it off: the OS's
+    // wait for it to go down is a step sure to be running when SIGTERM comes, and it ends only then.
+    const ignore = lab.faults.add({ kind: 'neverPowersOff', computer: 'lv-linux-1', mode: 'ignore' });
     const id = await queue('lv-linux-1', 'Daemon three');
     const d = daemon();
-    // The OS waits for the computer to go down (at least a second): a step that is sure to be running.
     const lastEvent = async () => (await store.getCapture(id))?.events.at(-1);
     await until(
       async () => JSON.stringify((await lastEvent())?.details?.os ?? null).includes('wait_gone'),
@@ -156,6 +158,10 @@ describe('vcl-capture daemon', () => {
     );
     const atTerm = (await store.getCapture(id))?.eventCount ?? 0;
     d.child.kill('SIGTERM');
+    await sleep(300);
+    expect(d.child.exitCode, d.err()).toBeNull(); // waiting for the running step
+    lab.faults.clear(ignore);
+    lab.powerOff('lv-linux-1');
     expect(await d.exit).toBe(0);
     const stopped = await store.getCapture(id);
     expect(stopped).toMatchObject({ status: 'running', owner: null });

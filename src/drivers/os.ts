@@ -4,6 +4,7 @@
  * drops its SSH session; that is the expected outcome of an end-state command (`expectDisconnect`).
  */
 import type { OsStepInput, OsStepOutput } from '../../machines/index.js';
+import { VclError } from '../errors.js';
 import { type StepFn, type StepRun, sleep } from '../runner/step.js';
 import { isSshError } from '../ssh/index.js';
 import { type DriverEnv, execFor } from './env.js';
@@ -50,7 +51,15 @@ export function osSteps(env: DriverEnv): Record<string, Step> {
     run: StepRun<OsStepInput>,
     changing = false,
   ): Promise<string | null | undefined> {
-    const budget = AbortSignal.timeout(Math.min(15_000, Math.max(1_000, env.pollMs * 3)));
+    const budgetMs = Math.min(15_000, Math.max(1_000, env.pollMs * 3));
+    // A guest going down or booting mostly refuses connections: find that out without an SSH handshake
+    // (and without starting the transport's connection retries against a host that is not there).
+    if (env.remote.answers !== undefined) {
+      const answers = await env.remote.answers(guest, { timeoutMs: budgetMs, signal: run.signal });
+      if (run.signal.aborted) throw new VclError('ABORTED', 'aborted');
+      if (!answers) return undefined;
+    }
+    const budget = AbortSignal.timeout(budgetMs);
     try {
       const r = await env.remote.exec(guest, bootIdCommand(env.computer.os), {
         step: run.input.step,

@@ -17,6 +17,11 @@ import type {
 export interface Remote {
   exec(host: SshHost, argv: readonly string[], options?: ExecOptions): Promise<ExecResult>;
   copy(from: CopyEndpoint, to: CopyEndpoint, options?: CopyOptions): Promise<CopyResult>;
+  /**
+   * Whether the host's sshd answers, without logging in (`SshPool.answers`). Optional: without it, waits
+   * on a computer going down or coming up probe with a command.
+   */
+  answers?(host: SshHost, options: { timeoutMs: number; signal?: AbortSignal }): Promise<boolean>;
 }
 
 /** Builds (once per host) the transport's host objects from the inventory, reading key files eagerly. */

@@ -155,6 +155,12 @@ export class HostLink {
     });
   }
 
+  /** A connection is open and takes new channels. */
+  get hasLiveConnection(): boolean {
+    const cur = this.current;
+    return cur !== undefined && cur.lost === undefined && !cur.retired;
+  }
+
   /** New commands get a new connection; this one ends once its channels have (after a reboot command). */
   retire(conn: Conn): void {
     if (this.current === conn) this.current = undefined;

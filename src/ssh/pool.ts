@@ -3,6 +3,7 @@ import { DEFAULTS } from './connect.js';
 import { copyFile } from './copy.js';
 import { SshError, SshExitError } from './errors.js';
 import { HostLink } from './link.js';
+import { probeSshBanner } from './probe.js';
 import { collect, commandName, type RemoteProcess, startProcess } from './process.js';
 import type {
   CopyEndpoint,
@@ -124,6 +125,18 @@ export class SshPool {
       ...(options.step ? { step: options.step } : {}),
     });
     return await copyFile(this, from, to, options, log);
+  }
+
+  /**
+   * Whether `host`'s sshd answers now, without an SSH handshake: true at once while the pool holds a live
+   * connection to it; else a TCP connection that waits for the server's SSH identification line within
+   * `timeoutMs` (refused, reset, closed or silent: false). For waits on a computer going down or coming
+   * up, where most full connection attempts would be refused; it never starts the pool's connection.
+   */
+  async answers(host: SshHost, options: { timeoutMs: number; signal?: AbortSignal }): Promise<boolean> {
+    if (this.closed) return false;
+    if (this.links.get(linkKey(host))?.hasLiveConnection === true) return true;
+    return await probeSshBanner(host, options);
   }
 
   /** The cipher negotiated with `host`'s live connection, if there is one (for logs and benchmarks). */
