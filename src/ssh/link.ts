@@ -3,6 +3,7 @@
  * it drops. Channels are counted here against the host's limit.
  */
 import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
 import type ssh2 from 'ssh2';
 import type { Logger } from '../log.js';
 import { connect, DEFAULTS, endpointOf } from './connect.js';
@@ -49,6 +50,7 @@ export class Conn extends EventEmitter {
       ),
     );
     client.on('close', () => onLost('connection closed'));
+    coalesceWrites(client);
   }
 
   /**
@@ -82,6 +84,30 @@ export class Conn extends EventEmitter {
     this.retired = true;
     this.client.end();
   }
+}
+
+/**
+ * ssh2 writes each packet to the socket on its own: one system call per packet, several per command
+ * (channel open, exec request, EOF, close). Writes of one event loop turn are gathered instead (the socket
+ * corked at the first, uncorked in the check phase) and leave in one `writev`.
+ */
+function coalesceWrites(client: ssh2.Client): void {
+  const sock = (client as unknown as { _sock?: Socket })._sock;
+  if (sock === undefined || typeof sock.cork !== 'function') return;
+  let corked = false;
+  const uncork = () => {
+    corked = false;
+    sock.uncork();
+  };
+  const write = sock.write;
+  sock.write = function (this: Socket, ...args: Parameters<Socket['write']>): boolean {
+    if (!corked && !this.writableEnded && !this.destroyed) {
+      corked = true;
+      this.cork();
+      setImmediate(uncork);
+    }
+    return write.apply(this, args);
+  } as Socket['write'];
 }
 
 export class HostLink {

@@ -184,10 +184,12 @@ function linkKey(host: SshHost): string {
 function feedStdin(proc: RemoteProcess, stdin: ExecOptions['stdin']): void {
   // A channel closed under us (timeout, disconnect) errors its writable side; `done` reports why.
   proc.stdin.on('error', () => {});
+  // Ending it again (a fast command's channel may be closed by now) would only make an Error to ignore.
+  const ended = proc.stdin.writableEnded || proc.stdin.destroyed;
   if (stdin === undefined) {
-    proc.stdin.end();
+    if (!ended) proc.stdin.end();
   } else if (typeof stdin === 'string' || Buffer.isBuffer(stdin)) {
-    proc.stdin.end(stdin);
+    if (!ended) proc.stdin.end(stdin);
   } else {
     stdin.pipe(proc.stdin);
     stdin.on('error', () => proc.stop('SSH_ABORTED', 'the stdin stream of the command failed'));

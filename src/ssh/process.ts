@@ -168,6 +168,7 @@ function runOnChannel(
     pidKnown();
   });
   channel.pipe(stdout);
+  (channel as unknown as { destroy: typeof destroyChannel }).destroy = destroyChannel;
   // A write after the channel closed (stdin of a command that was stopped) surfaces here; `done` says why.
   channel.on('error', () => {});
   const stderrChunks: Buffer[] = [];
@@ -371,6 +372,17 @@ function runOnChannel(
       return pid;
     },
   };
+}
+
+/**
+ * ssh2's `Channel.destroy()` (called by the stream machinery once both sides are done) without its
+ * `end()` on a side already ended, which only made an ERR_STREAM_ALREADY_FINISHED to discard, once per
+ * command.
+ */
+function destroyChannel(this: ssh2.ClientChannel): ssh2.ClientChannel {
+  if (!this.writableEnded) this.end();
+  this.close();
+  return this;
 }
 
 /** The parts of ssh2's channel that `Channel.signal()` uses; not in its typings. */
