@@ -132,6 +132,8 @@ interface RunResult {
   /** Commands and copies the drivers asked of the transport during the batch. */
   execs: number;
   copies: number;
+  /** "Does sshd answer?" probes (`SshPool.answers`: TCP and the server's identification, no handshake). */
+  probes: number;
   /** SSH connections opened during the batch: attempts (refused ones included) and completed handshakes. */
   connectionsAttempted: number;
   connectionsReady: number;
@@ -341,7 +343,7 @@ async function runChild(s: Settings): Promise<RunResult> {
     }
     // The runner's own transport, wrapped to count what the drivers ask of it.
     const pool = new SshPool();
-    const counts = { exec: 0, copy: 0 };
+    const counts = { exec: 0, copy: 0, probe: 0 };
     const remote = {
       exec: (...a: Parameters<SshPool['exec']>) => {
         counts.exec++;
@@ -350,6 +352,10 @@ async function runChild(s: Settings): Promise<RunResult> {
       copy: (...a: Parameters<SshPool['copy']>) => {
         counts.copy++;
         return pool.copy(...a);
+      },
+      answers: (...a: Parameters<SshPool['answers']>) => {
+        counts.probe++;
+        return pool.answers(...a);
       },
       close: () => pool.close(),
     };
@@ -499,6 +505,7 @@ async function runChild(s: Settings): Promise<RunResult> {
       completed: results.length - failed.length,
       execs: counts.exec - counts0.exec,
       copies: counts.copy - counts0.copy,
+      probes: counts.probe - counts0.probe,
       connectionsAttempted: connections.attempted - connections0.attempted,
       connectionsReady: connections.ready - connections0.ready,
       failed,
@@ -575,7 +582,7 @@ function report(r: RunResult, largest: boolean): boolean {
         `waves ${ms(h.wavesMs)}, copies ${ms(h.copiesMs)}`,
     );
   console.log(
-    `  completed ${r.completed}/${n}; ${(r.execs / n).toFixed(1)} commands and ${(r.copies / n).toFixed(1)} streamed copies per capture; ` +
+    `  completed ${r.completed}/${n}; ${(r.execs / n).toFixed(1)} commands and ${(r.copies / n).toFixed(1)} streamed copies per capture; ${(r.probes / n).toFixed(1)} sshd probes per capture; ` +
       `${(r.connectionsReady / n).toFixed(1)} SSH handshakes (${(r.connectionsAttempted / n).toFixed(1)} attempts) per capture`,
   );
   for (const f of r.failed.slice(0, 5))
