@@ -88,6 +88,9 @@ export function transitionsOf(detail: CaptureDetail): RecordedTransition[] {
   const out: RecordedTransition[] = [];
   for (const e of detail.events) {
     const final = FINAL_OF_EVENT[e.type];
+    // The diagram is the capture machine's: its own transitions, not the OS sub-machine's
+    // (`os.state.entered`, which repeat the capture state they happen in).
+    if (final === undefined && e.type !== 'state.entered') continue;
     const value = final ?? stateValueOf(e.stateValue);
     if (value === null || value === undefined) continue;
     out.push({ seq: e.seq, at: Date.parse(e.at), type: e.type, value, step: e.step });

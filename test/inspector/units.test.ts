@@ -18,6 +18,7 @@ import {
   redact,
   type Sink,
   secretsOfInventory,
+  transitionsOf,
 } from '../../src/inspector/index.js';
 import type { RunnerEvent } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
@@ -437,5 +438,36 @@ describe('the server', () => {
 
   it('listens on loopback only', async () => {
     await expect(createInspector().listen({ host: '0.0.0.0' })).rejects.toThrow(/loopback/);
+  });
+});
+
+describe('replay transitions', () => {
+  it('are the capture machine states and its end, not the OS sub-machine steps recorded in between', () => {
+    const event = (seq: number, type: string, stateValue: unknown, details?: Record<string, unknown>) => ({
+      id: seq,
+      captureId: 'c',
+      seq,
+      at: new Date(1000 * seq).toISOString(),
+      type,
+      stateValue: stateValue as never,
+      step: null,
+      details: details ?? null,
+      durationMs: null,
+    });
+    const detail = {
+      events: [
+        event(1, 'capture.created', null),
+        event(2, 'state.entered', { capturing: 'pre_capture' }),
+        event(3, 'os.state.entered', { capturing: 'pre_capture' }, { os: 'clean_disk' }),
+        event(4, 'capture.claimed', null, { owner: 'b', previousOwner: 'a' }),
+        event(5, 'state.entered', { capturing: 'copy_image' }),
+        event(6, 'capture.completed', null),
+      ],
+    } as unknown as Parameters<typeof transitionsOf>[0];
+    expect(transitionsOf(detail).map((t) => [t.seq, t.value])).toEqual([
+      [2, { capturing: 'pre_capture' }],
+      [5, { capturing: 'copy_image' }],
+      [6, 'completed'],
+    ]);
   });
 });
