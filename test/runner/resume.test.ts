@@ -22,7 +22,7 @@ const runners: Runner[] = [];
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'vcl-resume-'));
-  lab = await startLab({ powerDelayMs: 300, computers: { 'libvirt-linux': 6 } });
+  lab = await startLab({ powerDelayMs: 300, computers: { 'libvirt-linux': 7 } });
   dbPath = join(dir, 'store.sqlite');
   store = openSqliteStore(dbPath);
 });
@@ -126,6 +126,32 @@ describe('stop and resume', () => {
       result.artifact.path.split('/').at(-1),
     ]);
     expect((await repositoryFiles()).filter((f) => /vcl-tmp|partial/.test(f))).toEqual([]);
+    await b.stop();
+  });
+});
+
+describe('deadlines across a restart', () => {
+  it('a step re-run after a restart keeps the deadline it started with', async () => {
+    const a = runner('runner-deadline');
+    lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'], times: 1 });
+    const handle = await a.capture({
+      computer: 'lv-linux-7',
+      image: image('Deadline'),
+      timeouts: { copyMs: 1500 },
+    });
+    await eventOf(a, handle.id, inState('copy_image'));
+    await a.stop({ timeoutMs: 50 });
+    expect((await handle.result).status).toBe('suspended');
+    // Down for longer than the copy's whole budget: a fresh deadline would let the copy run again.
+    await new Promise((r) => setTimeout(r, 1600));
+    const b = runner('runner-deadline-2');
+    const done = eventOf(b, handle.id, finished);
+    await b.start();
+    const result = ((await done) as Extract<RunnerEvent, { type: 'finished' }>).result;
+    expect(result.status).toBe('failed');
+    expect(result.error).toMatchObject({ code: 'TIMEOUT', step: 'copy_image' });
+    expect((await store.getComputer('lv-linux-7'))?.state).toBe('maintenance');
+    expect((await repositoryFiles()).filter((f) => f.includes(handle.image.name))).toEqual([]);
     await b.stop();
   });
 });
