@@ -208,3 +208,44 @@ describe('later migrations', () => {
     await expectVclError(() => openStore(path), 'SCHEMA_TOO_NEW');
   });
 });
+
+describe('a version 1 file with captures in flight', () => {
+  it('gains ownership columns and keeps every row: its running capture is resumable, owned by nobody', async () => {
+    const db = new Database(path);
+    applyMigrations(db, MIGRATIONS.slice(0, 1));
+    const now = '2025-03-01T08:00:00.000Z';
+    db.exec(`
+      INSERT INTO computers (name, state, capture_id, held_from_state, version, updated_at)
+        VALUES ('pc-01', 'available', NULL, NULL, 0, '${now}');
+      INSERT INTO images (id, os_name, pretty_name, owner, created_at) VALUES (7, 'rhel', 'Base', 'me', '${now}');
+      INSERT INTO image_revisions (id, image_id, revision, name, created_at) VALUES (1, 7, 0, 'rhel-Base7-v0', '${now}');
+      INSERT INTO captures (id, computer, image_id, revision_id, image_name, revision, provisioner, os, status,
+        state_value, snapshot, machine_version, event_count, created_at, updated_at)
+        VALUES ('old-1', 'pc-01', 7, 1, 'rhel-Base7-v0', 0, 'libvirt', 'linux', 'running',
+        '{"capturing":"copy_image"}', '{"status":"active"}', 'libvirt@old', 0, '${now}', '${now}');
+      UPDATE computers SET state = 'image', capture_id = 'old-1', held_from_state = 'available' WHERE name = 'pc-01';
+    `);
+    expect(db.pragma('user_version', { simple: true })).toBe(1);
+    db.close();
+
+    const store = openStore(path);
+    try {
+      expect(store.schemaVersion).toBe(SCHEMA_VERSION);
+      const [resumable] = await store.listResumableCaptures();
+      expect(resumable).toMatchObject({
+        id: 'old-1',
+        status: 'running',
+        owner: null,
+        leaseUntil: null,
+        request: null,
+        cancelRequested: null,
+        machineVersion: 'libvirt@old',
+        stateValue: { capturing: 'copy_image' },
+      });
+      expect((await store.loadSnapshot('old-1'))?.snapshot).toEqual({ status: 'active' });
+      expect((await store.claimCapture('old-1', 'new-runner', { leaseMs: 1000 })).owner).toBe('new-runner');
+    } finally {
+      await store.close();
+    }
+  });
+});
