@@ -6,8 +6,22 @@
 import { createHash } from 'node:crypto';
 import type { AnyStateMachine, StateValue } from 'xstate';
 
-/** Content hash of a machine's definition, its invoked machines' included (the OS sub-machine). */
+const versions = new WeakMap<AnyStateMachine, string>();
+
+/**
+ * Content hash of a machine's definition, its invoked machines' included (the OS sub-machine). Computed
+ * once per machine object (the runner shares one per provisioner and OS): a machine does not change.
+ */
 export function machineVersion(machine: AnyStateMachine): string {
+  let version = versions.get(machine);
+  if (version === undefined) {
+    version = computeVersion(machine);
+    versions.set(machine, version);
+  }
+  return version;
+}
+
+function computeVersion(machine: AnyStateMachine): string {
   const hash = createHash('sha256');
   hash.update(JSON.stringify(machine.root.definition));
   const actors = machine.implementations.actors as Record<string, unknown>;
