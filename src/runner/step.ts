@@ -88,7 +88,8 @@ export function boundStepActor<TInput extends { deadline: number; step: string }
     const left = deadline - Date.now();
     const timer = Number.isFinite(left) ? setTimeout(() => timeout.abort(), Math.max(0, left)) : undefined;
     const both = AbortSignal.any([signal, timeout.signal]);
-    const stepLog = log.child({ step: name });
+    // A silent logger's children are silent too: skip making one per step.
+    const stepLog = log.level === 'silent' ? log : log.child({ step: name });
     try {
       if (left <= 0)
         throw new VclError('TIMEOUT', `${name}: deadline passed before the step started`, { step: name });
@@ -96,7 +97,7 @@ export function boundStepActor<TInput extends { deadline: number; step: string }
         input,
         signal: both,
         remainingMs: () => Math.max(1, deadline - Date.now()),
-        log: resumed ? stepLog.child({ resumed }) : stepLog,
+        log: resumed && stepLog !== log ? stepLog.child({ resumed }) : stepLog,
         resumed,
       });
       stepLog.debug({ durationMs: Date.now() - started }, 'step done');

@@ -49,7 +49,7 @@ export class SshPool {
   async exec(host: SshHost, argv: readonly string[], options: ExecOptions = {}): Promise<ExecResult> {
     const link = this.link(host);
     const name = commandName(argv);
-    const log = link.log.child({ command: name, ...(options.step ? { step: options.step } : {}) });
+    const log = childLog(link.log, { command: name, ...(options.step ? { step: options.step } : {}) });
     const maxOutput = options.maxOutputBytes ?? EXEC_DEFAULTS.maxOutputBytes;
     const proc = await startProcess(
       link,
@@ -91,7 +91,7 @@ export class SshPool {
    */
   async spawn(host: SshHost, argv: readonly string[], options: SpawnOptions = {}): Promise<RemoteProcess> {
     const link = this.link(host);
-    const log = link.log.child({
+    const log = childLog(link.log, {
       command: commandName(argv),
       ...(options.step ? { step: options.step } : {}),
     });
@@ -120,7 +120,7 @@ export class SshPool {
    */
   async copy(from: CopyEndpoint, to: CopyEndpoint, options: CopyOptions = {}): Promise<CopyResult> {
     const label = (e: CopyEndpoint) => (e.host === undefined ? e.path : `${e.host.name}:${e.path}`);
-    const log = this.log.child({
+    const log = childLog(this.log, {
       copy: `${label(from)} -> ${label(to)}`,
       ...(options.step ? { step: options.step } : {}),
     });
@@ -174,6 +174,11 @@ export class SshPool {
     }
     return link;
   }
+}
+
+/** A child logger, or the logger itself when it is silent (a child per command costs, and logs nothing). */
+function childLog(log: Logger, bindings: Record<string, unknown>): Logger {
+  return log.level === 'silent' ? log : log.child(bindings);
 }
 
 /** Two inventory entries with the same name but another address or user get their own connections. */
