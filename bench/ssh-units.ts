@@ -3,7 +3,11 @@
  * process per command on a warm connection, per connection (handshake and first command), and per
  * "does sshd answer?" probe of a computer that is down. The lab runs in its own process.
  *
- * Usage: npx tsx bench/ssh-units.ts [--commands 3000] [--connections 200] [--probes 500]
+ * And the memory one open connection holds: `--held` guests each get a connection and one command, then
+ * resident, heap and external memory are compared with before (after full GCs; run with --expose-gc).
+ *
+ * Usage: npx tsx --expose-gc bench/ssh-units.ts [--commands 3000] [--connections 200] [--probes 500]
+ *        [--held 300]
  */
 import { parseArgs } from 'node:util';
 import { COMPUTER_KINDS, spawnLab } from '../src/lab/index.js';
@@ -15,6 +19,7 @@ const { values: args } = parseArgs({
     commands: { type: 'string', default: '3000' },
     connections: { type: 'string', default: '200' },
     probes: { type: 'string', default: '500' },
+    held: { type: 'string', default: '300' },
   },
 });
 
@@ -24,7 +29,13 @@ const cpuMs = (since: NodeJS.CpuUsage) => {
 };
 
 async function main(): Promise<void> {
-  const lab = await spawnLab({ computers: Object.fromEntries(COMPUTER_KINDS.map((k) => [k, 1])) });
+  const held = Number(args.held);
+  const lab = await spawnLab({
+    computers: {
+      ...Object.fromEntries(COMPUTER_KINDS.map((k) => [k, 1])),
+      'libvirt-linux': Math.max(1, held),
+    },
+  });
   try {
     const hosts = inventoryHosts(lab.inventory);
     const host = hosts.get('libvirt-host');
@@ -75,6 +86,34 @@ async function main(): Promise<void> {
       let answered = 0;
       for (let i = 0; i < n; i++) if (await probe.answers(guest, { timeoutMs: 1000 })) answered++;
       row(`probe of a computer that is down (${answered} answered)`, n, cpuMs(c0), performance.now() - t0);
+    }
+
+    // Memory held by open connections (one per guest, as captures hold them).
+    const gc = (globalThis as { gc?: () => void }).gc;
+    if (held > 0 && gc !== undefined) {
+      const guests = Object.values(lab.inventory.computers)
+        .map((c) => hosts.get(c.host))
+        .flatMap((h) => (h?.name.startsWith('lv-linux') && h.name !== guestHostName ? [h] : []))
+        .slice(0, held);
+      const settle = async () => {
+        for (let i = 0; i < 3; i++) {
+          gc();
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        return { ...process.memoryUsage() };
+      };
+      const m0 = await settle();
+      const pool = new SshPool();
+      for (let i = 0; i < guests.length; i += 25) {
+        await Promise.all(guests.slice(i, i + 25).map((g) => pool.exec(g, ['true'])));
+      }
+      const m1 = await settle();
+      const per = (k: 'rss' | 'heapUsed' | 'external' | 'arrayBuffers') =>
+        `${k} ${((m1[k] - m0[k]) / 1024 / guests.length).toFixed(1)} KiB`;
+      console.log(
+        `open connection held (${guests.length}), each: ${per('rss')}, ${per('heapUsed')}, ${per('external')}, ${per('arrayBuffers')}`,
+      );
+      await pool.close();
     }
   } finally {
     await lab.stop();
