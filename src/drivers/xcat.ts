@@ -3,10 +3,12 @@
  * node at the capture image first, let the OS reboot into it, then watch the upload (done/failed markers,
  * growth resets the no-progress timer) and hash what arrived.
  */
+import { posix } from 'node:path';
 import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
 import { pollUntil, type StepFn, sleep } from '../runner/step.js';
 import {
   type DriverEnv,
+  type Exec,
   execFor,
   exists,
   provisionerSettings,
@@ -37,6 +39,22 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
     return { image, done: `${image}.capturedone`, failed: `${image}.capturefailed` };
   };
 
+  /**
+   * The repository's files of this image (`find -printf '%s %f'`: sizes by name) and which upload markers
+   * are among them: one command where two `test -e` and the listing were three.
+   */
+  const upload = async (exec: Exec, input: CaptureStepInput) => {
+    const f = files(input);
+    const sizes = parseSizes(
+      (await exec(env.repository.host, xcat.sizes(env.repository.path, input.image.name))).stdout,
+    );
+    return {
+      sizes,
+      done: sizes.has(posix.basename(f.done)),
+      failed: sizes.has(posix.basename(f.failed)),
+    };
+  };
+
   return {
     check_target: async (run) => {
       const exec = execFor(env, run);
@@ -55,11 +73,11 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
     },
     ensure_node_on: async (run) => {
       const exec = execFor(env, run);
-      const f = files(run.input);
       const stat = async () => parseRpowerStat((await exec(mn, xcat.powerStat(node))).stdout, node);
-      const ended = async () =>
-        (await exists(exec, env.repository.host, f.done)) ||
-        (await exists(exec, env.repository.host, f.failed));
+      const ended = async () => {
+        const u = await upload(exec, run.input);
+        return u.done || u.failed;
+      };
       // After an `off` end state the OS stops answering before the node's power is off: wait for the
       // power itself (bounded by the step's deadline), or the node would never be powered on again.
       // On again, and booting or running the capture image, is this step already done: an attempt that
@@ -82,17 +100,13 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
     },
     wait_capture_env: async (run) => {
       const exec = execFor(env, run);
-      const f = files(run.input);
       for (;;) {
         const stat = parseNodestat((await exec(mn, xcat.nodestat(node))).stdout, node);
+        if (CAPTURE_ENV.test(stat)) return {};
         // A fast upload may already be over by the time we look (a re-run after a crash, too): done or
         // failed, watch_upload reads the marker.
-        if (
-          CAPTURE_ENV.test(stat) ||
-          (await exists(exec, env.repository.host, f.done)) ||
-          (await exists(exec, env.repository.host, f.failed))
-        )
-          return {};
+        const u = await upload(exec, run.input);
+        if (u.done || u.failed) return {};
         await sleep(env.pollMs, run.signal);
       }
     },
@@ -105,15 +119,13 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
       let lastProgress = Date.now();
       const started = Date.now();
       for (;;) {
-        if (await exists(exec, env.repository.host, f.failed))
+        const { sizes, done, failed } = await upload(exec, run.input);
+        if (failed)
           throw driverError(
             'UPLOAD_FAILED',
             `the capture environment reported a failed upload (${f.failed})`,
           );
-        if (await exists(exec, env.repository.host, f.done)) break;
-        const sizes = parseSizes(
-          (await exec(env.repository.host, xcat.sizes(env.repository.path, run.input.image.name))).stdout,
-        );
+        if (done) break;
         const total = [...sizes.values()].reduce((a, b) => a + b, 0);
         const stat = parseNodestat((await exec(mn, xcat.nodestat(node))).stdout, node);
         if (total !== lastTotal || stat !== lastStat) {

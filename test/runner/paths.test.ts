@@ -78,7 +78,8 @@ const FAIL: Record<ProvisionerName, Record<string, CommandMatch>> = {
     set_capture_boot: ['nodeset'],
     ensure_node_on: ['rpower'],
     wait_capture_env: ['nodestat'],
-    watch_upload: ['test'],
+    // The repository listing that also tells the upload's markers (src/drivers/xcat.ts).
+    watch_upload: ['find'],
     verify_image: ['sha256sum'],
     reset_boot: ['nodeset'],
   },
