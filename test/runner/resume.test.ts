@@ -148,7 +148,7 @@ describe('deadlines across a restart', () => {
     const done = eventOf(b, handle.id, finished);
     await b.start();
     const result = ((await done) as Extract<RunnerEvent, { type: 'finished' }>).result;
-    expect(result.status).toBe('failed');
+    if (result.status !== 'failed') throw new Error(`expected a failure, got ${result.status}`);
     expect(result.error).toMatchObject({ code: 'TIMEOUT', step: 'copy_image' });
     expect((await store.getComputer('lv-linux-7'))?.state).toBe('maintenance');
     expect((await repositoryFiles()).filter((f) => f.includes(handle.image.name))).toEqual([]);
