@@ -104,7 +104,10 @@ export function vmwareSteps(env: DriverEnv): Record<string, Step> {
       if ((await powerState(run)) === 'off') return {};
       // Without VMware Tools the guest shutdown is refused; the wait then times out and escalates.
       const r = await execFor(env, run)(host, vmware.shutdown(vmid(run.input)), { check: false });
-      if (r.code !== 0)
+      // After the OS's own shutdown its Tools stop first: a refusal for that reason is the expected case.
+      if (r.code !== 0 && /ToolsUnavailable/.test(r.stderr))
+        run.log.info('VMware Tools not running (the OS is going down); waiting for the power off');
+      else if (r.code !== 0)
         run.log.warn({ stderr: r.stderr.trim() }, 'guest shutdown refused; waiting for the OS to power off');
       return {};
     },
