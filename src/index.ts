@@ -22,9 +22,13 @@ export { createLogger } from './log.js';
 export {
   type CaptureHandle,
   type CaptureRequest,
+  type CaptureRunResult,
   createRunner,
+  type ListedCapture,
   type Runner,
   type RunnerEvent,
   type RunnerOptions,
+  type StartReport,
+  type SuspendedResult,
 } from './runner/runner.js';
 export { type CaptureStore, openSqliteStore } from './store/index.js';
