@@ -29,8 +29,12 @@ interface Proc {
   exit: Promise<number | null>;
 }
 
+/** Every process this file started: a failing test must not leave a daemon polling forever. */
+const started: ChildProcess[] = [];
+
 function run(args: string[]): Proc {
   const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  started.push(child);
   let out = '';
   let err = '';
   child.stdout?.on('data', (d) => {
@@ -100,6 +104,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  for (const child of started)
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   await store?.close();
   await lab?.stop();
   rmSync(dir, { recursive: true, force: true });

@@ -52,7 +52,8 @@ export async function startRig(labOptions: LabOptions): Promise<Rig> {
     dbPath,
     daemon: undefined,
     async close() {
-      await rig.daemon?.kill();
+      // Every daemon ever started, should a failing test have left one running.
+      for (const d of allDaemons) await d.kill();
       await producer.close();
       await store.close();
       await lab.stop();
@@ -115,11 +116,11 @@ export class Daemon {
   }
 }
 
-let daemons = 0;
+const allDaemons: Daemon[] = [];
 
 export function startDaemon(rig: Rig): Daemon {
-  daemons += 1;
-  rig.daemon = new Daemon(rig, daemons);
+  rig.daemon = new Daemon(rig, allDaemons.length + 1);
+  allDaemons.push(rig.daemon);
   return rig.daemon;
 }
 
