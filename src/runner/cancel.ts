@@ -13,7 +13,7 @@ export async function cancelThroughStore(
   captureId: string,
   reason: string,
 ): Promise<{ outcome: CancelOutcome; record: CaptureRecord }> {
-  const r = await store.getCapture(captureId);
+  const r = await store.getCaptureRecord(captureId);
   if (!r) throw new VclError('NOT_FOUND', `capture ${captureId} does not exist`);
   if (r.status === 'queued' && r.owner === null) {
     const record = await store.cancelCapture(

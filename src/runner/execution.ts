@@ -234,7 +234,7 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     };
     log.error({ err }, 'capture failed in the runner');
     actor?.stop();
-    const now = await x.store.getCapture(record.id).catch(() => undefined);
+    const now = await x.store.getCaptureRecord(record.id).catch(() => undefined);
     if (now && (now.status === 'running' || now.status === 'queued'))
       await x.store
         .failCapture(record.id, error, now.status === 'running' ? 'maintenance' : 'restore')
@@ -449,7 +449,7 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     if (result.status === 'suspended') return result;
     // A machine that ended without its closing transaction (reservation refused, release failed):
     // close the capture here so no record stays running.
-    const after = await x.store.getCapture(record.id);
+    const after = await x.store.getCaptureRecord(record.id);
     if (after && (after.status === 'running' || after.status === 'queued')) {
       const error =
         result.status === 'completed'

@@ -31,7 +31,7 @@ export function storeSteps(
       const artifact = run.input.artifact;
       if (!artifact) throw Object.assign(new Error('no verified copy to record'), { code: 'STEP_FAILED' });
       await flush();
-      const current = await store.getCapture(run.input.captureId);
+      const current = await store.getCaptureRecord(run.input.captureId);
       if (current?.status === 'completed') return {};
       await store.completeCapture(run.input.captureId, artifact, { details: { warnings: warnings() } });
       return {};
@@ -40,7 +40,7 @@ export function storeSteps(
       const release = run.input.release;
       if (!release) throw Object.assign(new Error('release without an outcome'), { code: 'STEP_FAILED' });
       await flush();
-      const current = await store.getCapture(run.input.captureId);
+      const current = await store.getCaptureRecord(run.input.captureId);
       if (current && ['failed', 'cancelled', 'completed'].includes(current.status)) return {};
       const details = { warnings: warnings() };
       if (release.error.code === 'CANCELLED')

@@ -1197,6 +1197,13 @@ export class SqliteCaptureStore implements CaptureStore {
     );
   }
 
+  async getCaptureRecord(id: string): Promise<CaptureRecord | undefined> {
+    return this.read('getCaptureRecord', () => {
+      const row = this.s.capture.get(id);
+      return row === undefined ? undefined : toCapture(row);
+    });
+  }
+
   async getCapture(id: string): Promise<CaptureDetail | undefined> {
     return this.read('getCapture', () => {
       const row = this.s.capture.get(id);

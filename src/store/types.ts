@@ -401,6 +401,8 @@ export interface CaptureStore {
   listCaptures(filter?: CaptureFilter): Promise<CaptureRecord[]>;
   /** One capture with its audit events, or undefined. */
   getCapture(id: string): Promise<CaptureDetail | undefined>;
+  /** One capture without its audit events (its status, owner...), or undefined. */
+  getCaptureRecord(id: string): Promise<CaptureRecord | undefined>;
   /** Every unfinished (queued or running) capture, oldest first: what a starting runner may claim. */
   listResumableCaptures(): Promise<CaptureRecord[]>;
   /**

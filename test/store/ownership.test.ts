@@ -50,6 +50,11 @@ describe('claims and leases', () => {
     await store.claimCapture('q-1', 'runner-a', { leaseMs: 30_000 });
     const events = (await store.getCapture('q-1'))?.events.map((e) => e.type);
     expect(events).toEqual(['capture.created', 'capture.claimed']);
+    // The record alone, without reading the audit trail.
+    const record = await store.getCaptureRecord('q-1');
+    expect(record).toMatchObject({ id: 'q-1', owner: 'runner-a', eventCount: 2 });
+    expect(record && 'events' in record).toBe(false);
+    expect(await store.getCaptureRecord('nope')).toBeUndefined();
   });
 
   it('renewing keeps a claim; once the lease runs out another runner takes it, and the trail says so', async () => {

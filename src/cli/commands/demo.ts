@@ -88,7 +88,7 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
     await Promise.all(
       handles.map(async (h) => {
         const result = await h.result;
-        const record = await store.getCapture(h.id);
+        const record = await store.getCaptureRecord(h.id);
         rows.push({
           computer: h.computer,
           provisioner: lab.computer(h.computer).provisioner,
