@@ -25,6 +25,7 @@ import type { Inventory } from '../inventory/schema.js';
 import type { Logger } from '../log.js';
 import type { SshHost } from '../ssh/index.js';
 import type { CaptureRecord, CaptureStore } from '../store/index.js';
+import { cancelQueued } from './cancel.js';
 import type { Limiter } from './limits.js';
 import type { Remote } from './remote.js';
 import { inFlightSteps, machineVersion, snapshotProblem } from './resume.js';
@@ -43,6 +44,19 @@ export interface SuspendedResult {
 
 /** How a capture ended in this process. */
 export type RunResult = CaptureResult | SuspendedResult;
+
+/** The result of a capture that ended outside its machine (queued, stopped, the runner failing). */
+export function endedResult<S extends 'failed' | 'cancelled' | 'suspended'>(
+  status: S,
+  captureId: string,
+  image: ImageRef,
+  error: StepFailure,
+): Extract<RunResult, { status: S }> {
+  return { status, captureId, image, error, warnings: [], cleanupFailures: [] } as Extract<
+    RunResult,
+    { status: S }
+  >;
+}
 
 /** What a runner tells its listeners: every capture's state changes, copy progress, and its end. */
 export type RunnerEvent =
@@ -208,18 +222,12 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     },
   };
 
-  const suspended = (state: string): SuspendedResult => ({
-    status: 'suspended',
-    captureId: record.id,
-    image: record.image,
-    error: {
+  const suspended = (state: string): SuspendedResult =>
+    endedResult('suspended', record.id, record.image, {
       code: 'RUNNER_STOPPED',
       step: state,
       message: 'the runner stopped; the capture resumes on its next start',
-    },
-    warnings: [],
-    cleanupFailures: [],
-  });
+    });
 
   /**
    * The runner itself failed (no driver, the store refusing a write): the capture fails to maintenance
@@ -239,14 +247,7 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
       await x.store
         .failCapture(record.id, error, now.status === 'running' ? 'maintenance' : 'restore')
         .catch((e: unknown) => log.error({ err: e }, 'could not record the failure'));
-    return {
-      status: 'failed',
-      captureId: record.id,
-      image: record.image,
-      error,
-      warnings: [],
-      cleanupFailures: [],
-    };
+    return endedResult('failed', record.id, record.image, error);
   };
 
   execution.result = (async (): Promise<RunResult> => {
@@ -261,21 +262,9 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
         if (suspendAsked) return suspended('queued');
         // A capture that already holds its computer (resumed) is cancelled by its machine, with cleanup.
         if (record.status === 'queued') {
-          const error = {
-            code: 'CANCELLED',
-            step: 'queued',
-            message: `cancelled while queued: ${cancelReason}`,
-          };
-          await x.store.cancelCapture(record.id, error, 'restore');
+          const { error } = await cancelQueued(x.store, record.id, cancelReason ?? 'cancelled');
           log.info('capture cancelled while queued');
-          const result: CaptureResult = {
-            status: 'cancelled',
-            captureId: record.id,
-            image: record.image,
-            error,
-            warnings: [],
-            cleanupFailures: [],
-          };
+          const result = endedResult('cancelled', record.id, record.image, error);
           x.emit({ type: 'finished', captureId: record.id, result });
           return result;
         }

@@ -32,6 +32,7 @@ import {
   type CaptureHandle,
   type CaptureSteps,
   type Execution,
+  endedResult,
   execute,
   type RunnerEvent,
   type RunResult,
@@ -422,21 +423,9 @@ export function createRunner(options: RunnerOptions): Runner {
     async cancel(captureId, reason = 'cancelled') {
       const local = handles.get(captureId);
       if (local) return local.cancel(reason);
-      const { outcome, record: r } = await cancelThroughStore(store, captureId, reason);
-      if (outcome === 'cancelled' && r.lastError) {
-        emit({
-          type: 'finished',
-          captureId,
-          result: {
-            status: 'cancelled',
-            captureId,
-            image: r.image,
-            error: r.lastError,
-            warnings: [],
-            cleanupFailures: [],
-          },
-        });
-      }
+      const { outcome, record: r, error } = await cancelThroughStore(store, captureId, reason);
+      if (outcome === 'cancelled' && error)
+        emit({ type: 'finished', captureId, result: endedResult('cancelled', captureId, r.image, error) });
     },
     on(listener) {
       listeners.add(listener);
