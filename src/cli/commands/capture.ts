@@ -1,16 +1,14 @@
 /** `vcl-capture capture <computer> --image <name>`: one capture against real hosts from an inventory file. */
 import type { EndState } from '../../../machines/index.js';
 import { isVclError } from '../../errors.js';
-import { secretsOfInventory } from '../../inspector/redact.js';
-import { composeInspect, statelyBridge } from '../../inspector/stately.js';
 import { loadInventoryFile } from '../../inventory/load.js';
 import { cancelThroughStore } from '../../runner/cancel.js';
-import { type CaptureRunResult, createRunner } from '../../runner/runner.js';
+import type { CaptureRunResult } from '../../runner/runner.js';
 import { openSqliteStore } from '../../store/index.js';
 import { EXIT, exitCodeForResult } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
 import { progressView } from '../progress.js';
-import { inspectPort, startCliInspector } from './inspect.js';
+import { startObservedRunner } from './inspect.js';
 
 export interface CaptureOptions extends LogOptions {
   image: string;
@@ -54,24 +52,17 @@ export async function captureCommand(computer: string, o: CaptureOptions): Promi
   const entry = inventory.computers[computer];
   const logger = cliLogger(o);
   const store = openSqliteStore(o.db, { logger });
-  const port = inspectPort(o.inspect);
-  const inspecting =
-    port === undefined
-      ? undefined
-      : await startCliInspector(port, store, inventory).catch(async (err: unknown) => {
-          await store.close();
-          throw err;
-        });
-  const stately = o.stately ? statelyBridge(o.stately, secretsOfInventory(inventory)) : undefined;
-  const inspect = composeInspect(inspecting?.inspector.inspect, stately?.inspect);
-  const runner = createRunner({
-    inventory,
+  const { runner, inspecting, stately } = await startObservedRunner({
     store,
+    inventory,
     logger,
-    ...(o.pollMs ? { pollMs: o.pollMs } : {}),
-    ...(inspect ? { inspect } : {}),
+    inspect: o.inspect,
+    stately: o.stately,
+    runner: o.pollMs ? { pollMs: o.pollMs } : {},
+  }).catch(async (err: unknown) => {
+    await store.close();
+    throw err;
   });
-  inspecting?.inspector.attach(runner);
   try {
     const existing = (await store.listImages()).find((i) => i.prettyName === o.image);
     const request = {

@@ -7,14 +7,11 @@
  * which is persisted, then the process exits 0. A second signal exits at once: what is persisted is
  * consistent (every write is one transaction), and the in-flight steps re-run on the next start.
  */
-import { secretsOfInventory } from '../../inspector/redact.js';
-import { composeInspect, statelyBridge } from '../../inspector/stately.js';
 import { loadInventoryFile } from '../../inventory/load.js';
-import { createRunner } from '../../runner/runner.js';
 import { openSqliteStore } from '../../store/index.js';
 import { EXIT } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
-import { inspectPort, startCliInspector } from './inspect.js';
+import { startObservedRunner } from './inspect.js';
 
 export interface DaemonOptions extends LogOptions {
   config: string;
@@ -35,26 +32,21 @@ export async function daemonCommand(o: DaemonOptions): Promise<number> {
   const inventory = loadInventoryFile(o.config);
   const logger = cliLogger({ ...o, logLevel: o.logLevel ?? 'info' }).child({ component: 'daemon' });
   const store = openSqliteStore(o.db, { logger });
-  const port = inspectPort(o.inspect);
-  const inspecting =
-    port === undefined
-      ? undefined
-      : await startCliInspector(port, store, inventory).catch(async (err: unknown) => {
-          await store.close();
-          throw err;
-        });
-  const stately = o.stately ? statelyBridge(o.stately, secretsOfInventory(inventory)) : undefined;
-  const inspect = composeInspect(inspecting?.inspector.inspect, stately?.inspect);
-  const runner = createRunner({
-    inventory,
+  const { runner, inspecting, stately } = await startObservedRunner({
     store,
+    inventory,
     logger,
-    ...(o.pollMs ? { pollMs: o.pollMs } : {}),
-    ...(o.leaseMs ? { leaseMs: o.leaseMs } : {}),
-    ...(o.queuePollMs ? { queuePollMs: o.queuePollMs } : {}),
-    ...(inspect ? { inspect } : {}),
+    inspect: o.inspect,
+    stately: o.stately,
+    runner: {
+      ...(o.pollMs ? { pollMs: o.pollMs } : {}),
+      ...(o.leaseMs ? { leaseMs: o.leaseMs } : {}),
+      ...(o.queuePollMs ? { queuePollMs: o.queuePollMs } : {}),
+    },
+  }).catch(async (err: unknown) => {
+    await store.close();
+    throw err;
   });
-  inspecting?.inspector.attach(runner);
   runner.on((e) => {
     if (e.type === 'finished')
       logger.info(

@@ -5,15 +5,13 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { secretsOfInventory } from '../../inspector/redact.js';
-import { composeInspect, statelyBridge } from '../../inspector/stately.js';
 import { startLab } from '../../lab/index.js';
-import { type CaptureRunResult, createRunner } from '../../runner/runner.js';
+import type { CaptureRunResult } from '../../runner/runner.js';
 import { openSqliteStore } from '../../store/index.js';
 import { EXIT } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
 import { progressView } from '../progress.js';
-import { inspectPort, startCliInspector, untilSignal } from './inspect.js';
+import { inspectPort, startObservedRunner, untilSignal } from './inspect.js';
 
 export const DEMO_COMPUTERS = ['lv-linux-1', 'vm-windows-1', 'xc-linux-1'] as const;
 
@@ -44,24 +42,18 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
     captureChunkBytes: 4 * 1024 * 1024,
   });
   const store = openSqliteStore(dbPath, { logger });
-  const inspecting =
-    port === undefined
-      ? undefined
-      : await startCliInspector(port, store, lab.inventory).catch(async (err: unknown) => {
-          await store.close();
-          await lab.stop();
-          throw err;
-        });
-  const stately = o.stately ? statelyBridge(o.stately, secretsOfInventory(lab.inventory)) : undefined;
-  const inspect = composeInspect(inspecting?.inspector.inspect, stately?.inspect);
-  const runner = createRunner({
-    inventory: lab.inventory,
+  const { runner, inspecting, stately } = await startObservedRunner({
     store,
+    inventory: lab.inventory,
     logger,
-    pollMs: 100,
-    ...(inspect ? { inspect } : {}),
+    inspect: o.inspect,
+    stately: o.stately,
+    runner: { pollMs: 100 },
+  }).catch(async (err: unknown) => {
+    await store.close();
+    await lab.stop();
+    throw err;
   });
-  inspecting?.inspector.attach(runner);
   const rows: {
     computer: string;
     provisioner: string;

@@ -5,7 +5,12 @@
  */
 import { existsSync } from 'node:fs';
 import { createInspector, DEFAULT_INSPECT_PORT, type Inspector } from '../../inspector/index.js';
+import { secretsOfInventory } from '../../inspector/redact.js';
 import type { InspectorServer } from '../../inspector/server.js';
+import { composeInspect, type StatelyBridge, statelyBridge } from '../../inspector/stately.js';
+import type { Inventory } from '../../inventory/schema.js';
+import type { Logger } from '../../log.js';
+import { createRunner, type Runner, type RunnerOptions } from '../../runner/runner.js';
 import type { CaptureStore } from '../../store/index.js';
 import { openSqliteStore } from '../../store/index.js';
 import { EXIT } from '../exit-codes.js';
@@ -43,6 +48,41 @@ export async function startCliInspector(
       );
     throw err;
   }
+}
+
+export interface ObservedRunner {
+  runner: Runner;
+  /** With `--inspect`: the page, attached to the runner. */
+  inspecting: { inspector: Inspector; server: InspectorServer } | undefined;
+  /** With `--stately`: the bridge to a @statelyai/inspect receiver. */
+  stately: StatelyBridge | undefined;
+}
+
+/**
+ * For the commands that run captures (demo, capture, daemon): the runner, observed by the `--inspect`
+ * page and the `--stately` receiver when asked. Closing them, the runner and the store is the caller's.
+ */
+export async function startObservedRunner(o: {
+  store: CaptureStore;
+  inventory: Inventory;
+  logger: Logger;
+  inspect: boolean | number | undefined;
+  stately: string | undefined;
+  runner: Omit<RunnerOptions, 'inventory' | 'store' | 'logger' | 'inspect'>;
+}): Promise<ObservedRunner> {
+  const port = inspectPort(o.inspect);
+  const inspecting = port === undefined ? undefined : await startCliInspector(port, o.store, o.inventory);
+  const stately = o.stately ? statelyBridge(o.stately, secretsOfInventory(o.inventory)) : undefined;
+  const inspect = composeInspect(inspecting?.inspector.inspect, stately?.inspect);
+  const runner = createRunner({
+    ...o.runner,
+    inventory: o.inventory,
+    store: o.store,
+    logger: o.logger,
+    ...(inspect ? { inspect } : {}),
+  });
+  inspecting?.inspector.attach(runner);
+  return { runner, inspecting, stately };
 }
 
 export function untilSignal(): Promise<void> {
