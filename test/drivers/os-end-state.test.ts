@@ -4,34 +4,22 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { OsStepInput } from '../../machines/index.js';
-import type { DriverEnv } from '../../src/drivers/env.js';
 import { osSteps } from '../../src/drivers/os.js';
 import { silentLogger } from '../../src/log.js';
-import { type ExecResult, SshError, SshExitError } from '../../src/ssh/index.js';
+import { SshError, SshExitError } from '../../src/ssh/index.js';
+import { execResult, fakeGuestEnv } from '../helpers/fake-guest.js';
 
 function fakeGuest(has: (cmd: string) => boolean) {
   const ran: string[][] = [];
-  const env = {
-    computer: { os: 'linux', reservationUsers: [] },
-    computerName: 'pc1',
-    guestHost: { name: 'pc1', host: '127.0.0.1', port: 22, username: 'root' },
-    pollMs: 10,
-    remote: {
-      async exec(_host: unknown, argv: readonly string[]): Promise<ExecResult> {
-        ran.push([...argv]);
-        const found = has(argv[0] as string);
-        return {
-          code: found ? null : 127,
-          signal: null,
-          stdout: '',
-          stderr: found ? '' : `sh: ${argv[0]}: not found\n`,
-          durationMs: 1,
-          disconnected: found,
-        };
-      },
-      copy: () => Promise.reject(new Error('no copies here')),
+  const env = fakeGuestEnv(
+    'linux',
+    (argv) => {
+      ran.push([...argv]);
+      const found = has(argv[0] as string);
+      return execResult(found ? null : 127, '', found ? '' : `sh: ${argv[0]}: not found\n`, found);
     },
-  } as unknown as DriverEnv;
+    10,
+  );
   return { steps: osSteps(env), ran };
 }
 
@@ -69,40 +57,23 @@ describe('Linux end state without shutdown', () => {
 /** A guest whose boot-id probes answer from a script: an id, a failing command, or no connection. */
 function scriptedGuest(script: ('id-a' | 'id-b' | 'fails' | 'gone')[]) {
   const seen: string[] = [];
-  const env = {
-    computer: { os: 'linux', reservationUsers: [] },
-    computerName: 'pc1',
-    guestHost: { name: 'pc1', host: '127.0.0.1', port: 22, username: 'root' },
-    pollMs: 1,
-    remote: {
-      async exec(_host: unknown, argv: readonly string[]): Promise<ExecResult> {
-        const next = script.shift() ?? 'gone';
-        seen.push(next);
-        const result = (code: number, stdout: string, stderr = ''): ExecResult => ({
-          code,
-          signal: null,
-          stdout,
-          stderr,
-          durationMs: 1,
-          disconnected: false,
-        });
-        if (next === 'gone') throw new SshError('SSH_UNREACHABLE', 'pc1 unreachable');
-        if (next === 'fails')
-          throw new SshExitError(
-            'pc1',
-            argv.join(' '),
-            result(1, '', "cat: can't open '/proc/sys/kernel/random/boot_id': No such file or directory"),
-          );
-        return result(
-          0,
-          next === 'id-a'
-            ? `${'a'.repeat(8)}-0000-0000-0000-000000000000\n`
-            : `${'b'.repeat(8)}-0000-0000-0000-000000000000\n`,
-        );
-      },
-      copy: () => Promise.reject(new Error('no copies here')),
-    },
-  } as unknown as DriverEnv;
+  const env = fakeGuestEnv('linux', (argv) => {
+    const next = script.shift() ?? 'gone';
+    seen.push(next);
+    if (next === 'gone') throw new SshError('SSH_UNREACHABLE', 'pc1 unreachable');
+    if (next === 'fails')
+      throw new SshExitError(
+        'pc1',
+        argv.join(' '),
+        execResult(1, '', "cat: can't open '/proc/sys/kernel/random/boot_id': No such file or directory"),
+      );
+    return execResult(
+      0,
+      next === 'id-a'
+        ? `${'a'.repeat(8)}-0000-0000-0000-000000000000\n`
+        : `${'b'.repeat(8)}-0000-0000-0000-000000000000\n`,
+    );
+  });
   return { steps: osSteps(env), seen };
 }
 

@@ -18,7 +18,8 @@ import { xcatSteps } from '../../src/drivers/xcat.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
-import { copyLeftoversCommand, type ExecResult, SshPool } from '../../src/ssh/index.js';
+import { copyLeftoversCommand, SshPool } from '../../src/ssh/index.js';
+import { execResult, fakeGuestEnv } from '../helpers/fake-guest.js';
 import {
   captureOf,
   driverEnv,
@@ -61,6 +62,22 @@ afterAll(async () => {
   await pool?.close();
   await Promise.all([big?.stop(), small?.stop()]);
 });
+
+/** A libvirt capture of `c`, its domain off, past inspect_domain: what its copy steps work with. */
+async function inspectedLibvirt(lab: Lab, c: string) {
+  await powerOff(lab, c);
+  const env = driverEnv(lab, pool, c);
+  const steps = libvirtSteps(env);
+  const cap = captureOf(lab, c, 'off');
+  const repo = repoOf(env);
+  const { facts = {} } = (await steps.inspect_domain?.(stepRun(cap.input('inspect_domain')))) ?? {};
+  const target = String(facts.target);
+  const staging = posix.join(
+    posix.dirname(String(facts.disk)),
+    `.vcl-capture-${cap.input('x').captureId}.qcow2`,
+  );
+  return { env, steps, cap, repo, facts, target, image: posix.basename(target), staging };
+}
 
 function repoOf(env: DriverEnv) {
   return { host: env.repository.host.name, path: env.repository.path };
@@ -137,18 +154,7 @@ describe('libvirt: the disk converted on the libvirt host, streamed into the rep
 
   it('copy_image interrupted while bytes flow, then re-run over what a killed process leaves: one image, the source bytes', async () => {
     const c = 'lv-linux-2';
-    await powerOff(big, c);
-    const env = driverEnv(big, pool, c);
-    const steps = libvirtSteps(env);
-    const cap = captureOf(big, c, 'off');
-    const repo = repoOf(env);
-    const { facts = {} } = (await steps.inspect_domain?.(stepRun(cap.input('inspect_domain')))) ?? {};
-    const target = String(facts.target);
-    const image = posix.basename(target);
-    const staging = posix.join(
-      posix.dirname(String(facts.disk)),
-      `.vcl-capture-${cap.input('x').captureId}.qcow2`,
-    );
+    const { env, steps, cap, repo, facts, target, image, staging } = await inspectedLibvirt(big, c);
 
     await interrupted(
       big,
@@ -181,19 +187,7 @@ describe('libvirt: the disk converted on the libvirt host, streamed into the rep
   });
 
   it('remove_copy after a killed copy leaves nothing, on either host; run twice, still nothing', async () => {
-    const c = 'lv-linux-3';
-    await powerOff(big, c);
-    const env = driverEnv(big, pool, c);
-    const steps = libvirtSteps(env);
-    const cap = captureOf(big, c, 'off');
-    const repo = repoOf(env);
-    const { facts = {} } = (await steps.inspect_domain?.(stepRun(cap.input('inspect_domain')))) ?? {};
-    const target = String(facts.target);
-    const image = posix.basename(target);
-    const staging = posix.join(
-      posix.dirname(String(facts.disk)),
-      `.vcl-capture-${cap.input('x').captureId}.qcow2`,
-    );
+    const { steps, cap, repo, facts, target, image, staging } = await inspectedLibvirt(big, 'lv-linux-3');
     await leave(big, repo.host, `${repo.path}/.${image}${KILLED_TMP_SUFFIX}`);
     await leave(big, repo.host, `${repo.path}/.${image}.vcl-tmp-fedcba987654`);
     await leave(big, repo.host, target);
@@ -214,15 +208,8 @@ describe('libvirt: the disk converted on the libvirt host, streamed into the rep
 describe('libvirt with the repository on the libvirt host (convert straight into it)', () => {
   it('copy_image re-run over a .partial, a temporary file and the renamed target: one image; remove_copy then leaves nothing', async () => {
     const c = 'lv-linux-1';
-    await powerOff(small, c);
-    const env = driverEnv(small, pool, c);
+    const { env, steps, cap, repo, facts, target, image } = await inspectedLibvirt(small, c);
     expect(env.repository.host.name).toBe('libvirt-host');
-    const steps = libvirtSteps(env);
-    const cap = captureOf(small, c, 'off');
-    const repo = repoOf(env);
-    const { facts = {} } = (await steps.inspect_domain?.(stepRun(cap.input('inspect_domain')))) ?? {};
-    const target = String(facts.target);
-    const image = posix.basename(target);
     await leave(small, repo.host, `${target}.partial`);
     await leave(small, repo.host, `${repo.path}/.${image}${KILLED_TMP_SUFFIX}`);
     await leave(small, repo.host, target);
@@ -479,28 +466,11 @@ describe('OS end state re-run after a crash', () => {
   it('Windows shutdown resumed, answered "a system shutdown is in progress": the interrupted attempt’s own, done', async () => {
     const ID = '20260101000000.000000+000';
     const sent: string[][] = [];
-    const env = {
-      computer: { os: 'windows', reservationUsers: [] },
-      computerName: 'pc1',
-      guestHost: { name: 'pc1', host: '127.0.0.1', port: 22, username: 'Administrator' },
-      pollMs: 1,
-      remote: {
-        async exec(_host: unknown, argv: readonly string[]): Promise<ExecResult> {
-          sent.push([...argv]);
-          const r = (code: number, stdout: string, stderr = ''): ExecResult => ({
-            code,
-            signal: null,
-            stdout,
-            stderr,
-            durationMs: 1,
-            disconnected: false,
-          });
-          if (argv[0] === 'wmic') return r(0, `LastBootUpTime=${ID}\r\n`);
-          return r(91, '', 'A system shutdown is in progress.(1115)\r\n');
-        },
-        copy: () => Promise.reject(new Error('no copies here')),
-      },
-    } as unknown as DriverEnv;
+    const env = fakeGuestEnv('windows', (argv) => {
+      sent.push([...argv]);
+      if (argv[0] === 'wmic') return execResult(0, `LastBootUpTime=${ID}\r\n`);
+      return execResult(91, '', 'A system shutdown is in progress.(1115)\r\n');
+    });
     const input = { step: 'shutdown', os: 'windows', bootId: ID, deadline: Date.now() + 5000 } as OsStepInput;
     await expect(osSteps(env).shutdown?.(stepRun(input, { resumed: true }))).resolves.toEqual({});
     expect(sent.map((a) => a[0])).toEqual(['wmic', 'shutdown.exe']);
