@@ -195,7 +195,6 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
   let cancelReason: string | undefined;
   let suspendAsked = false;
   let suspendNow: (() => void) | undefined;
-  let suspendAtNext: (() => void) | undefined;
   const execution: Execution = {
     id: record.id,
     image: record.image,
@@ -211,10 +210,10 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
       else waiting.abort();
     },
     async suspend(timeoutMs?: number) {
+      // A running capture stops at its next persisted transition (see persist), or at the timeout.
       suspendAsked = true;
       if (!actor) waiting.abort();
-      else suspendAtNext?.();
-      if (actor && timeoutMs !== undefined) {
+      else if (timeoutMs !== undefined) {
         const t = setTimeout(() => suspendNow?.(), timeoutMs);
         t.unref();
       }
@@ -344,7 +343,6 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     let announced = '';
     let enteredAt = Date.now();
     let watchedOs: AnyActorRef | undefined;
-    let stopAtNext = false;
     let settle: ((r: RunResult) => void) | undefined;
     let fail: ((e: unknown) => void) | undefined;
 
@@ -355,10 +353,6 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
       settle?.(suspended(a.getSnapshot().context.step));
     };
     suspendNow = () => stop('stop timeout: the step in flight re-runs on resume');
-    suspendAtNext = () => {
-      stopAtNext = true;
-    };
-    if (suspendAsked) stopAtNext = true;
 
     /** Records the state the capture (and its OS sub-machine) is in now, if it changed. */
     const persist = () => {
@@ -391,7 +385,7 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
           () => undefined,
           (err: unknown) => log.error({ err }, 'could not record a transition'),
         );
-      if (stopAtNext) queueMicrotask(() => stop('runner stopping: reached a transition'));
+      if (suspendAsked) queueMicrotask(() => stop('runner stopping: reached a transition'));
     };
 
     const done = new Promise<RunResult>((resolve, reject) => {
