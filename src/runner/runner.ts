@@ -301,12 +301,15 @@ export function createRunner(options: RunnerOptions): Runner {
 
   /** A capture this runner claimed: resumed from its snapshot, or started; or failed when it cannot be. */
   async function takeOver(r: CaptureRecord, report: StartReport): Promise<void> {
-    const fail = async (code: string, message: string) => {
-      const error = { code, step: 'resume', message };
-      if (r.status === 'running') await store.failCapture(r.id, error, 'maintenance');
-      else await store.failCapture(r.id, error, 'restore');
+    const fail = async (code: string, message: string, details: Record<string, unknown> = {}) => {
+      // A running capture holds its computer: it goes to maintenance; a queued one never took it.
+      await store.failCapture(
+        r.id,
+        { code, step: 'resume', message },
+        r.status === 'running' ? 'maintenance' : 'restore',
+      );
       report.failed.push({ captureId: r.id, code, message });
-      baseLog.error({ captureId: r.id, code }, message);
+      baseLog.error({ captureId: r.id, code, ...details }, message);
     };
     if (!inventory.computers[r.computer]) {
       return fail(
@@ -325,26 +328,18 @@ export function createRunner(options: RunnerOptions): Runner {
     const snapshot = stored?.snapshot ?? undefined;
     if (snapshot !== undefined) {
       const problem = resumeProblem(context, r, snapshot);
+      const version = machineVersion(sharedMachine(r.provisioner, r.os));
       if (problem) {
-        const machine = sharedMachine(r.provisioner, r.os);
-        baseLog.error(
-          {
-            captureId: r.id,
-            storedVersion: stored?.machineVersion,
-            version: machineVersion(machine),
-            problem,
-          },
-          'stored snapshot does not fit the machine',
-        );
         // Its cleanup cannot run either (the machine that would run it does not fit): say what may remain.
         const facts = (snapshot as { context?: { facts?: Record<string, unknown> } }).context?.facts;
         const left = facts?.target === undefined ? '' : `; a copy may remain at ${String(facts.target)}`;
         return fail(
           'SNAPSHOT_INCOMPATIBLE',
-          `capture ${r.id} cannot resume: its stored snapshot (machine ${stored?.machineVersion ?? 'unknown'}) does not fit this version of the machine (${machineVersion(machine)}): ${problem}; the computer goes to maintenance${left}`,
+          `capture ${r.id} cannot resume: its stored snapshot (machine ${stored?.machineVersion ?? 'unknown'}) does not fit this version of the machine (${version}): ${problem}; the computer goes to maintenance${left}`,
+          { storedVersion: stored?.machineVersion, version, problem },
         );
       }
-      if (stored?.machineVersion !== machineVersion(sharedMachine(r.provisioner, r.os)))
+      if (stored?.machineVersion !== version)
         baseLog.warn(
           { captureId: r.id, storedVersion: stored?.machineVersion },
           'resuming a snapshot written by another version of the machine: it still fits',
