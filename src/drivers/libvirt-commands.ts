@@ -9,7 +9,7 @@ export const libvirt = {
   domblklist: (domain: string) => ['virsh', 'domblklist', domain, '--details'],
   shutdown: (domain: string) => ['virsh', 'shutdown', domain],
   destroy: (domain: string) => ['virsh', 'destroy', domain],
-  /** Blocks until the domain's next lifecycle event or `seconds` pass (libvirt >= 1.2.?; polling is the fallback). */
+  /** Blocks until the domain's next lifecycle event or `seconds` pass (virsh >= 1.2.3; polling is the fallback). */
   awaitLifecycle: (domain: string, seconds: number) => [
     'virsh',
     'event',

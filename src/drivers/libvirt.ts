@@ -6,7 +6,8 @@
  */
 import { posix } from 'node:path';
 import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
-import { pollUntil, type StepFn } from '../runner/step.js';
+import { type StepFn, sleep } from '../runner/step.js';
+import type { SshHost } from '../ssh/index.js';
 import {
   copyOptions,
   type DriverEnv,
@@ -47,6 +48,21 @@ async function domainState(env: DriverEnv, run: Parameters<Step>[0]) {
     .state;
 }
 
+/** libvirt hosts whose virsh answered that it has no `event` command (libvirt before 1.2.3). */
+const noLifecycleEvents = new WeakSet<SshHost>();
+const eventsSupported = (h: SshHost) => !noLifecycleEvents.has(h);
+/** Time the event command's own deadline allows past virsh's timeout (connection, output, exit). */
+const EVENT_GRACE_MS = 5000;
+
+/**
+ * Seconds one `virsh event` may wait (whole seconds, as virsh takes them): ten poll intervals, at least
+ * one second, at most 60 and never past the step's deadline (rounded down, at least 1).
+ */
+export function eventWaitSeconds(pollMs: number, remainingMs: number): number {
+  const wanted = Math.min(60, Math.max(1, Math.ceil((10 * pollMs) / 1000)));
+  return Math.max(1, Math.min(wanted, Math.floor(remainingMs / 1000)));
+}
+
 export function libvirtSteps(env: DriverEnv): Record<string, Step> {
   const { domain, format } = settings(env);
   const host = env.provisionerHost;
@@ -76,11 +92,37 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
     await removeCopyLeftovers(exec, env.repository.host, target, [target, `${target}.partial`]);
   };
 
+  /**
+   * Waits for the domain to be off on its lifecycle events (`virsh event`), reading its state after each:
+   * three commands for a shutdown of any length instead of one every pollMs. Each event wait is bounded
+   * (eventWaitSeconds) because an event that fires between the state read and virsh's subscription is
+   * missed; the next state read then sees it. A virsh without `event` is polled.
+   */
   const waitOff: Step = async (run) => {
-    await pollUntil(run, env.pollMs, async () =>
-      (await domainState(env, run)) === 'shut off' ? true : undefined,
-    );
-    return {};
+    const exec = execFor(env, run);
+    for (;;) {
+      if ((await domainState(env, run)) === 'shut off') return {};
+      if (!eventsSupported(host)) {
+        await sleep(env.pollMs, run.signal);
+        continue;
+      }
+      const seconds = eventWaitSeconds(env.pollMs, run.remainingMs());
+      const r = await exec(host, libvirt.awaitLifecycle(domain, seconds), {
+        check: false,
+        timeoutMs: seconds * 1000 + EVENT_GRACE_MS,
+      });
+      if (r.code === 0) continue;
+      if (/unknown command/i.test(r.stderr)) {
+        noLifecycleEvents.add(host);
+        run.log.info({ host: host.name }, 'virsh has no event command on this host: polling domstate');
+      } else {
+        run.log.warn(
+          { host: host.name, code: r.code, stderr: r.stderr.trim().slice(0, 200) },
+          'virsh event failed',
+        );
+        await sleep(env.pollMs, run.signal);
+      }
+    }
   };
 
   return {
