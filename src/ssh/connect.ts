@@ -3,7 +3,7 @@
  * errors onto our codes, and the retry loop that tells a host still booting (retried until its deadline)
  * from a problem retrying cannot fix (wrong key, unknown or changed host key: fail at once).
  */
-import { createPrivateKey, sign as cryptoSign, type KeyObject } from 'node:crypto';
+import { createHash, createPrivateKey, sign as cryptoSign, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -103,23 +103,24 @@ async function privateKeyOf(host: SshHost): Promise<Buffer | string> {
   }
 }
 
-/** Each host's private key, parsed once (an ed25519 key: ~0.2 ms per parse, at every attempt before). */
-const parsedKeys = new WeakMap<
-  SshHost,
-  { material: Buffer | string; passphrase: string | undefined; key: ssh2.ParsedKey }
->();
+/**
+ * Private keys parsed once per key material and passphrase (an ed25519 key: ~0.2 ms per parse, and
+ * 0.1 ms more for its signing key object), keyed by a digest so that neither sits in the map as text.
+ * Hundreds of guests usually share one operator key: per host, each guest's first connection parsed it.
+ */
+const parsedKeys = new Map<string, ssh2.ParsedKey>();
+/** Distinct keys kept; the oldest goes first (a key file that changes leaves its old versions behind). */
+const PARSED_KEYS_KEPT = 64;
 
-/** The host's key parsed, reused while the material (a key file may change) and passphrase stay the same. */
+/** The key parsed, reused while the same material (a key file may change) and passphrase come back. */
 function parsedKeyOf(host: SshHost, material: Buffer | string): ssh2.ParsedKey {
-  const cached = parsedKeys.get(host);
-  if (
-    cached !== undefined &&
-    cached.passphrase === host.passphrase &&
-    (cached.material === material ||
-      (Buffer.isBuffer(cached.material) && Buffer.isBuffer(material) && cached.material.equals(material)))
-  ) {
-    return cached.key;
-  }
+  const id = createHash('sha256')
+    .update(material)
+    .update('\0')
+    .update(host.passphrase ?? '')
+    .digest('base64');
+  const cached = parsedKeys.get(id);
+  if (cached !== undefined) return cached;
   // What ssh2's `Client.connect` does with a `privateKey`, with its messages.
   let parsed = ssh2.utils.parseKey(material, host.passphrase);
   if (Array.isArray(parsed)) parsed = parsed[0] as ssh2.ParsedKey;
@@ -133,7 +134,8 @@ function parsedKeyOf(host: SshHost, material: Buffer | string): ssh2.ParsedKey {
     throw new SshError('SSH_CONFIG_INVALID', `${host.name}: ${problem}`, { details: { host: host.name } });
   }
   signWithKeyObject(parsed);
-  parsedKeys.set(host, { material, passphrase: host.passphrase, key: parsed });
+  if (parsedKeys.size >= PARSED_KEYS_KEPT) parsedKeys.delete(parsedKeys.keys().next().value as string);
+  parsedKeys.set(id, parsed);
   return parsed;
 }
 
