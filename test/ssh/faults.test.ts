@@ -2,11 +2,12 @@
  * Faults OpenSSH cannot be made to show on cue, injected with a scripted server on ssh2's `Server`, and
  * connection failures from plain TCP listeners (a host that accepts but never speaks, one still booting).
  */
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import ssh2 from 'ssh2';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { isSshError, type SshError, SshPool } from '../../src/ssh/index.js';
 import { type ExecCall, type FakeSshServer, pidHeader, startFakeSsh } from '../helpers/fakessh.js';
 import { ed25519KeyPair } from '../helpers/keys.js';
@@ -55,6 +56,44 @@ describe('fault injection with an ssh2 Server', () => {
     pool = new SshPool();
     return pool;
   };
+
+  it('a private key is parsed once per key material, whatever host uses it; a key file that changes is read anew', async () => {
+    script = ({ stream }) => {
+      stream.write(pidHeader(1));
+      stream.exit(0);
+      stream.end();
+    };
+    const shared = ed25519KeyPair().private;
+    const other = ed25519KeyPair().private;
+    const parse = vi.spyOn(ssh2.utils, 'parseKey');
+    try {
+      for (const [name, privateKey] of [
+        ['guest-a', shared],
+        ['guest-b', shared],
+        ['guest-c', other],
+        ['guest-a', shared],
+      ] as const) {
+        const p = new SshPool();
+        await p.exec(fake.host({ name, privateKey }), ['true']);
+        await p.close();
+      }
+      expect(parse).toHaveBeenCalledTimes(2);
+
+      const keys = mkdtempSync(join(tmpdir(), 'vcl-keys-'));
+      const file = join(keys, 'id_ed25519');
+      writeFileSync(file, shared);
+      await fresh().exec(fake.host({ name: 'from-file', privateKey: file }), ['true']);
+      await pool.close();
+      expect(parse).toHaveBeenCalledTimes(2);
+      writeFileSync(file, 'not a key\n');
+      const err = await failure(fresh().exec(fake.host({ name: 'from-file', privateKey: file }), ['true']));
+      expect(err.code).toBe('SSH_CONFIG_INVALID');
+      expect(parse).toHaveBeenCalledTimes(3);
+      rmSync(keys, { recursive: true, force: true });
+    } finally {
+      parse.mockRestore();
+    }
+  });
 
   it('a session closed without exit status is SSH_DISCONNECTED, or success with expectDisconnect', async () => {
     script = ({ stream }) => {
