@@ -32,6 +32,11 @@ export const libvirt = {
   check: (path: string) => ['qemu-img', 'check', '-q', path],
 };
 
+/** `virsh event --timeout` that saw no event prints `event loop timed out` (and exits 1). */
+export function lifecycleWaitTimedOut(stdout: string): boolean {
+  return /^event loop timed out$/m.test(stdout);
+}
+
 export type DomainState =
   | 'running'
   | 'shut off'

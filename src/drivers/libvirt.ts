@@ -21,7 +21,14 @@ import {
   sizeOf,
 } from './env.js';
 import { driverError } from './errors.js';
-import { firstDisk, libvirt, parseDomblklist, parseDomstate, parseImageInfo } from './libvirt-commands.js';
+import {
+  firstDisk,
+  libvirt,
+  lifecycleWaitTimedOut,
+  parseDomblklist,
+  parseDomstate,
+  parseImageInfo,
+} from './libvirt-commands.js';
 import { verifyArtifact } from './verify.js';
 
 type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
@@ -111,7 +118,7 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
         check: false,
         timeoutMs: seconds * 1000 + EVENT_GRACE_MS,
       });
-      if (r.code === 0) continue;
+      if (r.code === 0 || lifecycleWaitTimedOut(r.stdout)) continue;
       if (/unknown command/i.test(r.stderr)) {
         noLifecycleEvents.add(host);
         run.log.info({ host: host.name }, 'virsh has no event command on this host: polling domstate');

@@ -70,7 +70,12 @@ async function event(ctx: CommandContext, args: string[]): Promise<number> {
     stops.push(() => ctx.signal.removeEventListener('abort', onAbort));
   });
   if (ctx.signal.aborted) return 130;
-  await ctx.out(seen === undefined ? 'events received: 0\n' : `${seen}\nevents received: 1\n`);
+  // As virsh 9 prints it; a wait that timed out exits 1.
+  if (seen === undefined) {
+    await ctx.out('event loop timed out\nevents received: 0\n\n');
+    return 1;
+  }
+  await ctx.out(`${seen}\nevents received: 1\n\n`);
   return 0;
 }
 
