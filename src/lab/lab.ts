@@ -3,6 +3,7 @@
  * the inventory that points at them. See README-like notes in index.ts for the layout.
  */
 import { randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -97,6 +98,9 @@ class Runtime implements LabCore {
   private readonly written = new WeakMap<Fault, number>();
 
   constructor(readonly options: ResolvedOptions) {
+    // Every capture environment running listens for the lab's stop (one per xCAT node capturing):
+    // hundreds at a time are expected, not a leak.
+    setMaxListeners(0, this.stopController.signal);
     this.faults.checkNames = (fault) => {
       const hosts = 'host' in fault && fault.host !== undefined ? [fault.host].flat() : [];
       const unknownHost = hosts.find((h) => !this.hosts.has(h));
