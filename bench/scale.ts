@@ -35,10 +35,11 @@
  *
  * Usage: npm run bench:scale [-- --n 10,100,500 --limits default,raised --kinds all --power-delay-ms 400
  *        --sysprep-ms <power delay> --capture-chunk-ms 50 --capture-chunk-bytes 65536 --disk-bytes 262144
- *        --poll-ms 100 --sample-ms 50 --cpu-prof <dir> --gc-at-peak --json]
+ *        --poll-ms 100 --sample-ms 50 --cpu-prof <dir> --gc-at-peak --node-flags="<node flags>" --json]
  * `--cpu-prof` writes a CPU profile of each batch (not of the setup) into <dir>; `--gc-at-peak` forces a
  * full GC halfway through the shortest capture and prints the live heap per in-flight capture (a
- * diagnostic: it pauses the runner). Results: docs/performance-scale.md.
+ * diagnostic: it pauses the runner); `--node-flags` runs the measured process with those node/V8 flags
+ * (`--node-flags=--optimize-for-size`). Results: docs/performance-scale.md.
  * Exit code 1 when a target at the largest N misses (or a capture does not complete).
  */
 import { spawn } from 'node:child_process';
@@ -77,6 +78,7 @@ const { values: args } = parseArgs({
     'cpu-prof': { type: 'string' },
     json: { type: 'boolean', default: false },
     'gc-at-peak': { type: 'boolean', default: false },
+    'node-flags': { type: 'string', default: '' },
     child: { type: 'boolean', default: false },
     settings: { type: 'string' },
   },
@@ -540,7 +542,8 @@ async function runChild(s: Settings): Promise<RunResult> {
 /** Runs one (limits, N) in a fresh node process and returns what it printed. */
 function runInChild(s: Settings): Promise<RunResult> {
   const self = fileURLToPath(import.meta.url);
-  const nodeArgs = ['--expose-gc', '--import', 'tsx'];
+  const extra = (args['node-flags'] ?? '').split(' ').filter((f) => f !== '');
+  const nodeArgs = ['--expose-gc', ...extra, '--import', 'tsx'];
   const child = spawn(process.execPath, [...nodeArgs, self, '--child', '--settings', JSON.stringify(s)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
