@@ -104,9 +104,9 @@ async function privateKeyOf(host: SshHost): Promise<Buffer | string> {
 }
 
 /**
- * Private keys parsed once per key material and passphrase (an ed25519 key: ~0.2 ms per parse, and
- * 0.1 ms more for its signing key object), keyed by a digest so that neither sits in the map as text.
- * Hundreds of guests usually share one operator key: per host, each guest's first connection parsed it.
+ * Private keys parsed once per key material and passphrase, not per host: hundreds of guests usually
+ * share one operator key (an ed25519 key: ~0.2 ms per parse, and 0.1 ms more for its signing key object).
+ * Keyed by digests, so that neither the key nor its passphrase sits in the map as text.
  */
 const parsedKeys = new Map<string, ssh2.ParsedKey>();
 /** Distinct keys kept; the oldest goes first (a key file that changes leaves its old versions behind). */
@@ -114,11 +114,8 @@ const PARSED_KEYS_KEPT = 64;
 
 /** The key parsed, reused while the same material (a key file may change) and passphrase come back. */
 function parsedKeyOf(host: SshHost, material: Buffer | string): ssh2.ParsedKey {
-  const id = createHash('sha256')
-    .update(material)
-    .update('\0')
-    .update(host.passphrase ?? '')
-    .digest('base64');
+  const digest = (x: Buffer | string) => createHash('sha256').update(x).digest('base64');
+  const id = `${digest(material)}:${digest(host.passphrase ?? '')}`;
   const cached = parsedKeys.get(id);
   if (cached !== undefined) return cached;
   // What ssh2's `Client.connect` does with a `privateKey`, with its messages.
