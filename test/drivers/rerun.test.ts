@@ -312,16 +312,20 @@ describe('VMware: a thin clone on the datastore, streamed into the repository', 
   });
 });
 
+/** An xCAT capture of `c` (end state off) past check_target and set_capture_boot. */
+async function bootingCaptureImage(c: string) {
+  const env = driverEnv(small, pool, c);
+  const steps = xcatSteps(env);
+  const cap = captureOf(small, c, 'off');
+  const { facts = {} } = (await steps.check_target?.(stepRun(cap.input('check_target')))) ?? {};
+  await steps.set_capture_boot?.(stepRun(cap.input('set_capture_boot', facts)));
+  return { env, steps, cap, repo: repoOf(env), facts, image: `${cap.name}.img` };
+}
+
 describe('xCAT: the capture environment uploads, the provisioner watches', () => {
   it('ensure_node_on re-run after it powered the node on, watch_upload interrupted and re-run: the uploaded image, once', async () => {
     const c = 'xc-linux-1';
-    const env = driverEnv(small, pool, c);
-    const steps = xcatSteps(env);
-    const cap = captureOf(small, c, 'off');
-    const repo = repoOf(env);
-    const { facts = {} } = (await steps.check_target?.(stepRun(cap.input('check_target')))) ?? {};
-    const image = `${cap.name}.img`;
-    await steps.set_capture_boot?.(stepRun(cap.input('set_capture_boot', facts)));
+    const { env, steps, cap, repo, facts, image } = await bootingCaptureImage(c);
     // The OS shut down (end state off); the step powers the node on, into the capture image.
     await powerOff(small, c);
     const boots = small.computer(c).boots;
@@ -364,13 +368,7 @@ describe('xCAT: the capture environment uploads, the provisioner watches', () =>
 
   it('remove_upload while the capture environment still uploads (its watcher killed) leaves nothing, not even a late marker', async () => {
     const c = 'xc-linux-2';
-    const env = driverEnv(small, pool, c);
-    const steps = xcatSteps(env);
-    const cap = captureOf(small, c, 'off');
-    const repo = repoOf(env);
-    const { facts = {} } = (await steps.check_target?.(stepRun(cap.input('check_target')))) ?? {};
-    const image = `${cap.name}.img`;
-    await steps.set_capture_boot?.(stepRun(cap.input('set_capture_boot', facts)));
+    const { steps, cap, repo, facts, image } = await bootingCaptureImage(c);
     await powerOff(small, c);
     await steps.ensure_node_on?.(stepRun(cap.input('ensure_node_on', facts)));
     await waitForFile(small, repo.host, repo.path, (n) => n === image, 256 * 1024);
