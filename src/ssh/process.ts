@@ -28,10 +28,20 @@ class PidHeader extends Transform {
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    if (this.pending === undefined) {
-      cb(null, chunk);
-      return;
-    }
+    cb(null, this.readHeader(chunk));
+  }
+
+  /**
+   * Reads the header from bytes that bypass the stream: once a stopped command's output is drained, the
+   * header may still be on its way, and the kill needs the PID it carries.
+   */
+  scan(chunk: Buffer): void {
+    this.readHeader(chunk);
+  }
+
+  /** Consumes header bytes; returns what follows them (or everything, when there is no header). */
+  private readHeader(chunk: Buffer): Buffer | undefined {
+    if (this.pending === undefined) return chunk;
     const buf = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
     const nl = buf.indexOf(0x0a);
     const prefixOk = buf
@@ -41,18 +51,21 @@ class PidHeader extends Transform {
       // Not our header (a login script printed first): pass everything through, the PID stays unknown.
       this.pending = undefined;
       this.onPid(undefined);
-      cb(null, buf);
-      return;
+      return buf;
     }
     if (nl < 0) {
       this.pending = buf;
-      cb();
-      return;
+      return undefined;
     }
     const pid = Number(buf.subarray(PID_PREFIX.length, nl).toString('latin1'));
     this.pending = undefined;
     this.onPid(Number.isInteger(pid) && pid > 1 ? pid : undefined);
-    cb(null, nl + 1 < buf.length ? buf.subarray(nl + 1) : undefined);
+    return nl + 1 < buf.length ? buf.subarray(nl + 1) : undefined;
+  }
+
+  /** Whether the header is still expected. */
+  get waiting(): boolean {
+    return this.pending !== undefined;
   }
 
   override _flush(cb: TransformCallback): void {
@@ -122,7 +135,7 @@ export async function startProcess(
     conn = await link.conn(opts.signal, abortedError);
     conn.active++;
     try {
-      ({ channel, exit: exitOf } = await conn.exec(commandLine));
+      ({ channel, exit: exitOf } = await openChannel(conn, commandLine, opts.signal, log));
     } catch (err) {
       conn.channelClosed();
       const lost = conn.lost !== undefined;
@@ -144,6 +157,35 @@ export async function startProcess(
     throw err;
   }
   return runOnChannel(link, conn, channel, exitOf, name, started, opts, log, release);
+}
+
+/**
+ * OpenSSH frees a closed session only after the read that carried its close: a channel opened in the same
+ * write as other channels' closes (a busy pool reusing its slots) can find `MaxSessions` (10 by default)
+ * still full, and is refused. Such a refusal is retried a few times, over about 0.6 s; one that lasts is
+ * reported.
+ */
+const CHANNEL_RETRY_DELAYS_MS = [5, 10, 20, 40, 80, 160, 320];
+
+async function openChannel(
+  conn: Conn,
+  commandLine: string,
+  signal: AbortSignal | undefined,
+  log: Logger,
+): ReturnType<Conn['exec']> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await conn.exec(commandLine);
+    } catch (err) {
+      const delay = CHANNEL_RETRY_DELAYS_MS[attempt];
+      if (delay === undefined || conn.lost !== undefined || signal?.aborted) throw err;
+      log.debug(
+        { attempt: attempt + 1, delayMs: delay, reason: (err as Error).message },
+        'channel refused, retrying',
+      );
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
 }
 
 function runOnChannel(
@@ -256,7 +298,25 @@ function runOnChannel(
 
   const killRemote = async (): Promise<boolean> => {
     sendSignal(channel, 'KILL');
-    await Promise.race([pidArrived, new Promise((r) => setTimeout(r, 200))]);
+    // The PID header may still be on its way on a slow host: wait for it as long as the kill budget
+    // allows. Without the PID the group cannot be killed, and a shell that died of the signal above
+    // may have left its children running.
+    if (pid === undefined && stdout.waiting && !closedOnce) {
+      let timer: NodeJS.Timeout | undefined;
+      let gone: () => void = () => {};
+      await Promise.race([
+        pidArrived,
+        new Promise<void>((r) => {
+          gone = r;
+          channel.once('close', gone);
+          conn.once('lost', gone);
+          timer = setTimeout(gone, KILL_TIMEOUT_MS);
+        }),
+      ]);
+      clearTimeout(timer);
+      channel.off('close', gone);
+      conn.off('lost', gone);
+    }
     if (pid === undefined || conn.lost !== undefined) return false;
     const group = pid;
     const releaseKill = await link.killSlots.acquire(undefined, () => new Error('unreachable'));
@@ -293,6 +353,7 @@ function runOnChannel(
 
   const drain = () => {
     channel.unpipe(stdout);
+    if (stdout.waiting) channel.on('data', (chunk: Buffer) => stdout.scan(chunk));
     channel.resume();
     channel.stderr.resume();
     // A reader still waiting must see the stream cut short (premature close), never a clean end of data.
@@ -313,7 +374,8 @@ function runOnChannel(
         // Already closed.
       }
     });
-    const grace = setTimeout(() => finish('closed'), KILL_TIMEOUT_MS + CLOSE_GRACE_MS);
+    // The kill may wait for the PID, then for the kill command: each has the kill budget.
+    const grace = setTimeout(() => finish('closed'), 2 * KILL_TIMEOUT_MS + CLOSE_GRACE_MS);
     grace.unref();
     channel.once('close', () => clearTimeout(grace));
   };
