@@ -391,7 +391,9 @@ export async function connect(host: SshHost, log: Logger, signal: AbortSignal): 
       return r.ok;
     }
     const { error, retryable } = r.failed;
-    if (!retryable || Date.now() + delay >= deadline) {
+    // The last wait is cut to the deadline, so a slow attempt never ends the retries before it.
+    const remaining = deadline - Date.now();
+    if (!retryable || remaining <= 0) {
       if (retryable) {
         throw new SshError(
           'SSH_UNREACHABLE',
@@ -404,7 +406,7 @@ export async function connect(host: SshHost, log: Logger, signal: AbortSignal): 
     }
     log.debug({ attempt, code: error.code, reason: error.message, retryInMs: delay }, 'connect failed');
     try {
-      await sleep(delay, undefined, { signal });
+      await sleep(Math.min(delay, remaining), undefined, { signal });
     } catch {
       throw poolClosed(host);
     }
