@@ -490,7 +490,10 @@ export async function copyFile(
     options.onProgress?.(progress(true));
     log.info({ bytes, sha256, durationMs }, 'copy done');
     return result;
-  } catch (err) {
+  } catch (thrown) {
+    // What stopped the copy (deadline, idle, caller) is the error, not the abort it caused in a side
+    // still opening.
+    const err = failure ?? thrown;
     source?.stop();
     dest?.stop();
     await dest?.discard().catch(() => {});
