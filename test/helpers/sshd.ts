@@ -265,6 +265,9 @@ export async function startSshd(options: StartSshdOptions = {}): Promise<SshdSer
       'PrintMotd no',
       'PrintLastLog no',
       'UseDNS no',
+      // Debian's bash reads ~/.bashrc for every command sshd runs unless SHLVL says it is nested: the
+      // user's rc file (on CI machines, pyenv's 1.3 s of set-up) must not be part of every command.
+      'SetEnv SHLVL=1',
       `LogLevel ${options.logLevel ?? 'ERROR'}`,
       'Subsystem sftp internal-sftp',
       ...(options.extraConfig ?? []),
