@@ -83,6 +83,11 @@ async function until(check: () => Promise<boolean>, timeoutMs: number, what: str
   }
 }
 
+/** Waits until the daemon has taken the signal in (it logs 'stopping' at info level). */
+async function stopping(d: Proc): Promise<void> {
+  await until(async () => d.err().includes('stopping'), 30_000, 'the daemon to take SIGTERM in');
+}
+
 const status = async (id: string) => (await store.getCapture(id))?.status;
 
 async function ready(computer: string) {
@@ -155,7 +160,7 @@ describe('vcl-capture daemon', () => {
     // wait for it to go down is a step sure to be running when SIGTERM comes, and it ends only then.
     const ignore = lab.faults.add({ kind: 'neverPowersOff', computer: 'lv-linux-1', mode: 'ignore' });
     const id = await queue('lv-linux-1', 'Daemon three');
-    const d = daemon();
+    const d = daemon('--log-level', 'info');
     const lastEvent = async () => (await store.getCapture(id))?.events.at(-1);
     await until(
       async () => JSON.stringify((await lastEvent())?.details?.os ?? null).includes('wait_gone'),
@@ -164,7 +169,7 @@ describe('vcl-capture daemon', () => {
     );
     const atTerm = (await store.getCapture(id))?.eventCount ?? 0;
     d.child.kill('SIGTERM');
-    await sleep(300);
+    await stopping(d);
     expect(d.child.exitCode, d.err()).toBeNull(); // waiting for the running step
     lab.faults.clear(ignore);
     lab.powerOff('lv-linux-1');
@@ -188,14 +193,14 @@ describe('vcl-capture daemon', () => {
     await ready('lv-linux-1');
     lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'], times: 1 });
     const id = await queue('lv-linux-1', 'Daemon four');
-    const d = daemon();
+    const d = daemon('--log-level', 'info');
     await until(
       async () => JSON.stringify((await store.getCapture(id))?.stateValue).includes('copy_image'),
       60_000,
       'the hung copy',
     );
     d.child.kill('SIGTERM');
-    await sleep(300);
+    await stopping(d);
     expect(d.child.exitCode, d.err()).toBeNull(); // still waiting for the hung step
     d.child.kill('SIGTERM');
     expect(await d.exit).toBe(143);

@@ -46,11 +46,10 @@ async function shutDown(computer: string, pool: SshPool): Promise<string[]> {
   const { facts } = (await steps.inspect_domain?.(stepRun(cap.input('inspect_domain')))) ?? {};
   await steps.request_power_off?.(stepRun(cap.input('request_power_off', facts)));
   expect(lab.computer(computer).power).not.toBe('off');
-  const started = Date.now();
   const sent = await virshDuring(() => steps.wait_power_off?.(stepRun(cap.input('wait_power_off', facts))));
+  // That the event ended the wait (not a timeout, not polling) is asserted on the commands sent: a time
+  // bound could not tell them apart on a loaded machine.
   expect(lab.computer(computer).power).toBe('off');
-  // Seen off soon after it went off: the event ended the wait, not a timeout.
-  expect(Date.now() - started).toBeLessThan(POWER_DELAY_MS + 900);
   return sent;
 }
 
@@ -105,7 +104,9 @@ describe('libvirt wait_power_off', () => {
           }),
         ).rejects.toMatchObject({ code: 'SSH_ABORTED' }),
       );
-      expect(Date.now() - started).toBeLessThan(2500 + 500);
+      // The abort ends the event wait in flight (1 s each here) instead of letting it run out; with room
+      // for a loaded machine.
+      expect(Date.now() - started).toBeLessThan(2500 + 2000);
       expect(lab.computer(computer).power).toBe('on');
       // Event waits that time out (virsh exits 1, "event loop timed out") follow each other: no warning.
       expect(sent.filter((l) => l.startsWith('virsh event')).length).toBeGreaterThanOrEqual(2);

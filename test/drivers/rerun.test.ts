@@ -399,9 +399,10 @@ describe('OS end state re-run after a crash', () => {
     await big.waitForPower(linux, 'off');
     const started = Date.now();
     await expect(
-      os.shutdown?.(stepRun(osInput(big, linux, 'shutdown', id), { resumed: true, timeoutMs: 5000 })),
+      os.shutdown?.(stepRun(osInput(big, linux, 'shutdown', id), { resumed: true, timeoutMs: 20_000 })),
     ).resolves.toEqual({});
-    expect(Date.now() - started).toBeLessThan(4000);
+    // Seen gone by its probe, not by waiting out the step's budget.
+    expect(Date.now() - started).toBeLessThan(10_000);
     await expect(
       os.shutdown?.(stepRun(osInput(big, linux, 'shutdown', id), { timeoutMs: 1500 })),
     ).rejects.toThrow();

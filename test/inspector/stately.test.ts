@@ -27,8 +27,14 @@ it('sends the capture actors to a Stately receiver without secrets', async () =>
       image: { osName: 'linux', prettyName: 'Stately', owner: 't' },
     });
     expect((await handle.result).status).toBe('completed');
-    await new Promise((r) => setTimeout(r, 300));
-    const events = frames.map((f) => JSON.parse(f) as { type: string; snapshot?: { value?: unknown } });
+    type Frame = { type: string; snapshot?: { value?: unknown } };
+    const parsed = () => frames.map((f) => JSON.parse(f) as Frame);
+    const completedSeen = () =>
+      parsed().some((e) => JSON.stringify(e.snapshot?.value ?? '') === '"completed"');
+    // The bridge sends asynchronously: wait for the last frame rather than for a fixed time.
+    for (const until = Date.now() + 15_000; !completedSeen() && Date.now() < until; )
+      await new Promise((r) => setTimeout(r, 20));
+    const events = parsed();
     expect(events.some((e) => e.type === '@xstate.actor')).toBe(true);
     expect(events.some((e) => JSON.stringify(e.snapshot?.value ?? '') === '"completed"')).toBe(true);
     const key = readFileSync(lab.privateKeyPath, 'utf8');

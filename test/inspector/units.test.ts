@@ -249,7 +249,8 @@ describe('bounded queues', () => {
     const q = new ClientQueue(sink, { limit: 100, maxInFlight: 4 });
     const started = performance.now();
     for (let i = 0; i < 50_000; i++) q.push(`{"n":${i}}`);
-    expect(performance.now() - started).toBeLessThan(500);
+    // Generous on purpose (a few ms here): only a push that grew with the backlog would come near it.
+    expect(performance.now() - started).toBeLessThan(5000);
     // Nothing is written in the pusher's turn; the queue holds the newest `limit`.
     expect(sink.data).toHaveLength(0);
     expect(q.length).toBe(100);
@@ -296,7 +297,8 @@ describe('bounded queues', () => {
       inRunner += performance.now() - started;
       await tick();
     }
-    expect(inRunner).toBeLessThan(2000);
+    // Generous on purpose: a hub that waited for the stuck page would never get through.
+    expect(inRunner).toBeLessThan(10_000);
     // The reading page got everything; the stuck one holds a bounded queue and counts its losses.
     const states = reader.messages().filter((m) => m.t === 'state');
     expect(states).toHaveLength(20_000);
