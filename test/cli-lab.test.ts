@@ -111,7 +111,8 @@ describe('vcl-capture capture', () => {
     expect(out.sha256).toBe(await lab.diskSha256('vm-linux-1'));
   });
 
-  it('refuses bad inventory files with exit 2 and a message naming the problem', () => {
+  // Five CLI processes one after another: a budget for a loaded machine, where each takes seconds to start.
+  it('refuses bad inventory files with exit 2 and a message naming the problem', { timeout: 120_000 }, () => {
     const good = stringify(lab.inventory);
     const cases: [string, string, RegExp][] = [
       [

@@ -213,7 +213,7 @@ export async function startRig(options: StartRigOptions = {}): Promise<Rig> {
 
     t = Date.now();
     const kvmHost = await startSshd({
-      extraConfig: [`SetEnv LIBVIRT_DEFAULT_URI=${libvirt.uri}`],
+      env: { LIBVIRT_DEFAULT_URI: libvirt.uri },
       lifetimeMs: options.lifetimeMs ?? 900_000,
     });
     stops.push(() => kvmHost.stop());

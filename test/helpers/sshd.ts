@@ -40,7 +40,11 @@ const PRIVSEP_MARKER = join(tmpdir(), '.vcl-test-created-run-sshd');
 export interface StartSshdOptions {
   /** OpenSSH's `MaxSessions` (channels per connection). Default 10, OpenSSH's own default. */
   maxSessions?: number;
-  /** Extra sshd_config lines. */
+  /**
+   * Environment for every command (sshd `SetEnv`, which takes only its first line: so one line for all).
+   */
+  env?: Readonly<Record<string, string>>;
+  /** Extra sshd_config lines (not `SetEnv`: use `env`). */
   extraConfig?: readonly string[];
   /** The server exits by itself after this long, whatever happens. Default 15 minutes. */
   lifetimeMs?: number;
@@ -267,7 +271,9 @@ export async function startSshd(options: StartSshdOptions = {}): Promise<SshdSer
       'UseDNS no',
       // Debian's bash reads ~/.bashrc for every command sshd runs unless SHLVL says it is nested: the
       // user's rc file (on CI machines, pyenv's 1.3 s of set-up) must not be part of every command.
-      'SetEnv SHLVL=1',
+      `SetEnv ${Object.entries({ SHLVL: '1', ...options.env })
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ')}`,
       `LogLevel ${options.logLevel ?? 'ERROR'}`,
       'Subsystem sftp internal-sftp',
       ...(options.extraConfig ?? []),
