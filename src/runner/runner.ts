@@ -20,6 +20,7 @@ import {
   type ProvisionerName,
   provisioners,
   type Timeouts,
+  upgradeCaptureSnapshot,
 } from '../../machines/index.js';
 import { resolveTimeouts } from '../../machines/steps.js';
 import { isVclError, VclError } from '../errors.js';
@@ -325,7 +326,8 @@ export function createRunner(options: RunnerOptions): Runner {
     // A running capture without a snapshot crashed between its reservation and its first recorded
     // state: it starts again from the reservation, which it already holds.
     const stored = await store.loadSnapshot(r.id);
-    const snapshot = stored?.snapshot ?? undefined;
+    // A snapshot of an older version of the machines gets the context fields added since (defaults).
+    const snapshot = stored?.snapshot == null ? undefined : upgradeCaptureSnapshot(stored.snapshot);
     if (snapshot !== undefined) {
       const problem = resumeProblem(context, r, snapshot);
       const version = machineVersion(sharedMachine(r.provisioner, r.os));
