@@ -56,7 +56,7 @@ export const xcatMachine = xcatSetup.createMachine({
       states: {
         reserve: reserveStep('check_target'),
         check_target: forwardStep('check_target', {
-          title: 'Refuse existing image files in the repository',
+          title: 'Make sure xCAT knows the node; refuse existing image files in the repository',
           effect: 'check',
           touches: false,
           next: 'set_capture_boot',

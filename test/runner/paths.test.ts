@@ -375,9 +375,7 @@ describe('paths forced through the runner against the lab', () => {
       expect(record?.status).toBe(result.status);
       // Failed or cancelled alike: back where it was unless the computer was touched (the OS sub-machine
       // got past its first look, which every OS run here does) or an undo failed.
-      const touched =
-        expected.states.includes('capturing.pre_capture') ||
-        result.cleanupFailures.length > 0;
+      const touched = expected.states.includes('capturing.pre_capture') || result.cleanupFailures.length > 0;
       expect(computerState).toBe(touched ? 'maintenance' : 'available');
     }
     expect(await lab.diskSha256(computer)).toBe(source);
