@@ -17,6 +17,7 @@ import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { createRunner } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
+import { ed25519KeyPair } from '../helpers/keys.js';
 
 let lab: Lab;
 let store: SqliteCaptureStore;
@@ -26,7 +27,7 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'vcl-untouched-'));
   lab = await startLab({
     powerDelayMs: 20,
-    computers: { 'libvirt-linux': 7, 'vmware-linux': 4, 'xcat-linux': 4 },
+    computers: { 'libvirt-linux': 7, 'vmware-linux': 4, 'xcat-linux': 5 },
   });
   store = openSqliteStore(join(dir, 'store.sqlite'));
 });
@@ -130,6 +131,19 @@ const cases: Case[] = [
       const file = join(dir, 'empty_known_hosts');
       writeFileSync(file, '');
       hostOf(inv, 'esxi-host').hostKey = { knownHostsFile: file };
+    },
+  },
+  {
+    name: 'a known_hosts entry that changed (another key for the xCAT management node)',
+    computer: 'xc-linux-5',
+    code: 'SSH_HOSTKEY_MISMATCH',
+    step: 'check_target',
+    breakIt: (inv) => {
+      const file = join(dir, 'changed_known_hosts');
+      const mn = hostOf(inv, 'xcat-mn');
+      const other = ed25519KeyPair().public.split(' ').slice(0, 2).join(' ');
+      writeFileSync(file, `[${mn.address}]:${mn.port} ${other}\n`);
+      mn.hostKey = { knownHostsFile: file };
     },
   },
   {
