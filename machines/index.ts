@@ -77,5 +77,6 @@ export type {
   CaptureStepOutput,
   Facts,
 } from './provisioners/capture-machine.js';
+export { releaseOutcome, upgradeCaptureSnapshot } from './provisioners/capture-machine.js';
 export * from './types.js';
 export { libvirtMachine, linuxMachine, vmwareMachine, windowsMachine, xcatMachine };

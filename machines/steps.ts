@@ -25,6 +25,12 @@ export interface StepMeta {
    * `reserve`, `os`, `power`, `copy`, `verify`, `record`, `release`, `check`, `boot-config`, `cleanup`.
    */
   effect: string;
+  /**
+   * Whether starting this step touches the computer itself (the OS sub-machine, a power command, a copy
+   * of its disk). A capture that fails or is cancelled before any touching step started hands the
+   * computer back to the state it was reserved from; after one, it goes to maintenance.
+   */
+  touches: boolean;
 }
 
 /** Deadlines live in context (epoch ms) so a wait resumed from a persisted snapshot keeps its original one. */

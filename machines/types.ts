@@ -131,9 +131,13 @@ export type OsPowerState =
   /** The computer is running and answers. */
   | 'on';
 
+/**
+ * `touched`: whether a step that touches the computer started (absent: assume it did). A failure with
+ * `touched: false` (the computer refused us in `ensure_responding`) leaves the computer as it was.
+ */
 export type OsResult =
-  | { ok: true; powerState: OsPowerState; bootId?: string; warnings: StepWarning[] }
-  | { ok: false; error: StepFailure; warnings: StepWarning[] };
+  | { ok: true; powerState: OsPowerState; bootId?: string; warnings: StepWarning[]; touched?: boolean }
+  | { ok: false; error: StepFailure; warnings: StepWarning[]; touched?: boolean };
 
 /** Input of an OS sub-machine, given by the provisioner that invokes it. */
 export interface OsInput {
@@ -188,9 +192,14 @@ export type CaptureResult =
       cleanupFailures: StepFailure[];
     };
 
-/** How the computer is handed back at the end of a capture. */
+/**
+ * How the computer is handed back at the end of a capture that did not complete. One rule, the guard
+ * `computerUntouched` of every capture machine (machines/provisioners/capture-machine.ts): a capture that
+ * failed or was cancelled before any step that touches the computer started (and whose undo steps all
+ * worked) restores it; any other goes to maintenance.
+ */
 export type ReleaseOutcome =
-  /** Failure, or cancelled after the OS was touched: an operator must look at it. */
+  /** Failed or cancelled after the computer was touched (or an undo failed): an operator must look at it. */
   | 'maintenance'
-  /** Cancelled before anything on the computer changed: back to the state it was reserved from. */
+  /** Failed or cancelled before anything on the computer changed: back to the state it was reserved from. */
   | 'restore';

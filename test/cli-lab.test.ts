@@ -210,3 +210,108 @@ describe('vcl-capture capture', () => {
     }
   });
 });
+
+describe('a computer the capture never touched, and one in maintenance', () => {
+  it('a wrong host key fingerprint: exit 4, the computer as it was; fixed, the same database captures', async () => {
+    const db = join(dir, 'untouched.sqlite');
+    const broken = structuredClone(lab.inventory);
+    const libvirtHost = broken.hosts['libvirt-host'];
+    if (!libvirtHost) throw new Error('no libvirt-host');
+    libvirtHost.hostKey = { fingerprints: [`SHA256:${'A'.repeat(43)}`] };
+    const brokenFile = join(dir, 'wrong-fingerprint.yaml');
+    writeFileSync(brokenFile, stringify(broken));
+    const args = ['capture', 'lv-windows-1', '--image', 'Untouched', '--db', db, '--json'];
+    const first = await cliAsync([...args, '--config', brokenFile]);
+    expect(first.code, first.stderr).toBe(4);
+    const out = JSON.parse(first.stdout) as { status: string; error: { code: string; step: string } };
+    expect(out).toMatchObject({
+      status: 'failed',
+      error: { code: 'SSH_HOSTKEY_MISMATCH', step: 'inspect_domain' },
+    });
+    const listed = cli(['computers', '--db', db, '--json']);
+    expect(listed.code, listed.stderr).toBe(0);
+    const computers = JSON.parse(listed.stdout) as { name: string; state: string }[];
+    expect(computers.find((c) => c.name === 'lv-windows-1')?.state).toBe('available');
+
+    const second = await cliAsync([...args, '--config', inventoryFile]);
+    expect(second.code, second.stderr).toBe(0);
+    expect((JSON.parse(second.stdout) as { status: string }).status).toBe('completed');
+  }, 60_000);
+
+  it('refused at reservation (maintenance, or held): exit 5, says which and what to do, records nothing; release puts it back', async () => {
+    const db = join(dir, 'maintenance.sqlite');
+    const computer = 'xc-windows-1';
+    const store = openSqliteStore(db);
+    const image = await store.registerImage({ osName: 'windows', prettyName: 'Broken', owner: 'test' });
+    await store.registerComputers([{ name: computer }]);
+    const created = { computer, imageId: image.id, provisioner: 'xcat', os: 'windows' } as const;
+    await store.createCapture({ ...created, id: 'broke-1' });
+    const error = { code: 'UPLOAD_FAILED', step: 'watch_upload', message: 'the capture environment failed' };
+    await store.failCapture('broke-1', error, 'maintenance');
+    await store.close();
+    const count = async () => {
+      const s = openSqliteStore(db);
+      try {
+        return (await s.listCaptures({ computer })).length;
+      } finally {
+        await s.close();
+      }
+    };
+    const capture = ['capture', computer, '--image', 'Broken', '--config', inventoryFile, '--db', db];
+
+    const refused = await cliAsync([...capture, '--json']);
+    expect(refused.code, refused.stderr).toBe(5);
+    const out = JSON.parse(refused.stdout) as { status: string; error: { code: string; details: unknown } };
+    expect(out).toMatchObject({
+      status: 'refused',
+      error: {
+        code: 'COMPUTER_BUSY',
+        details: { reason: 'maintenance', maintenance: { captureId: 'broke-1' } },
+      },
+    });
+    expect(refused.stderr).toContain('UPLOAD_FAILED in watch_upload');
+    expect(refused.stderr).toContain(`vcl-capture release ${computer} --reason`);
+    expect(await count()).toBe(1);
+
+    const listed = cli(['computers', '--db', db]);
+    expect(listed.code, listed.stderr).toBe(0);
+    expect(listed.stdout).toMatch(new RegExp(`${computer} +maintenance .*capture broke-1 .*UPLOAD_FAILED`));
+    expect(listed.stdout).toContain('vcl-capture release <computer> --reason');
+    const json = JSON.parse(cli(['computers', '--db', db, '--json']).stdout) as {
+      name: string;
+      maintenance: unknown;
+    }[];
+    expect(json.find((c) => c.name === computer)?.maintenance).toMatchObject({ captureId: 'broke-1', error });
+
+    expect(cli(['release', computer, '--db', db]).code).toBe(2);
+    const released = cli(['release', computer, '--reason', 'checked the node', '--db', db]);
+    expect(released.code, released.stderr).toBe(0);
+    expect(released.stdout).toContain(`released: ${computer} is available again`);
+    const again = cli(['release', computer, '--reason', 'checked the node', '--db', db]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toMatch(/not maintenance/);
+    const shown = JSON.parse(cli(['show', 'broke-1', '--db', db, '--json']).stdout) as {
+      events: { type: string; details: unknown }[];
+    };
+    expect(shown.events.at(-1)).toMatchObject({
+      type: 'computer.released',
+      details: { reason: 'checked the node', to: 'available' },
+    });
+
+    // Held by another capture: the same exit code, the holder named, how to end it.
+    const holder = openSqliteStore(db);
+    await holder.createCapture({ ...created, id: 'holder-1' });
+    await holder.close();
+    const held = await cliAsync([...capture, '--json']);
+    expect(held.code, held.stderr).toBe(5);
+    expect(JSON.parse(held.stdout)).toMatchObject({
+      status: 'refused',
+      error: { code: 'COMPUTER_BUSY', details: { reason: 'held', heldBy: 'holder-1' } },
+    });
+    expect(held.stderr).toContain('vcl-capture cancel holder-1');
+    const releaseHeld = cli(['release', computer, '--reason', 'x', '--db', db]);
+    expect(releaseHeld.code).toBe(5);
+    expect(releaseHeld.stderr).toMatch(/held by capture holder-1.*vcl-capture cancel holder-1/);
+    expect(await count()).toBe(2);
+  }, 120_000);
+});

@@ -56,6 +56,11 @@ export interface OsStepSpec {
   kind: StepKind;
   title: string;
   timeout?: TimeoutName;
+  /**
+   * Whether the step touches the computer (changes something on it). Default true; a read-only check
+   * (`ensure_responding`) does not, so a computer that refuses us there is handed back as it was.
+   */
+  touches?: boolean;
 }
 
 export interface OsContext {
@@ -71,6 +76,8 @@ export interface OsContext {
   powerState: OsPowerState | undefined;
   warnings: StepWarning[];
   error: StepFailure | undefined;
+  /** True once a step that touches the computer started (reported to the provisioner in the result). */
+  touched: boolean;
 }
 
 /** Steps every OS module runs first (capture-flow.md, "OS modules": common first steps). */
@@ -80,6 +87,8 @@ export const COMMON_FIRST_STEPS: readonly OsStepSpec[] = [
     kind: 'critical',
     title: 'Make sure the computer answers',
     timeout: 'respondMs',
+    // Only connects and reads the boot id: nothing on the computer changes.
+    touches: false,
   },
   { id: 'write_metadata', kind: 'critical', title: 'Write the image metadata file' },
   { id: 'run_stage_scripts', kind: 'advisory', title: 'Run pre_capture stage scripts' },
@@ -106,7 +115,15 @@ const END_STATE_STEPS = {
 type EndStateStep = keyof typeof END_STATE_STEPS;
 
 function stepMeta(spec: Omit<OsStepSpec, 'id'>, effect: string): { step: StepMeta } {
-  return { step: { kind: spec.kind, title: spec.title, timeout: spec.timeout ?? 'commandMs', effect } };
+  return {
+    step: {
+      kind: spec.kind,
+      title: spec.title,
+      timeout: spec.timeout ?? 'commandMs',
+      effect,
+      touches: spec.touches ?? true,
+    },
+  };
 }
 
 export interface OsMachineSpec {
@@ -139,8 +156,14 @@ export function createOsMachine(spec: OsMachineSpec) {
       armDeadline: assign(
         (
           { context },
-          params: { step: string; timeout: TimeoutName; sysprepTimeout?: TimeoutName | undefined },
+          params: {
+            step: string;
+            timeout: TimeoutName;
+            sysprepTimeout?: TimeoutName | undefined;
+            touches?: boolean;
+          },
         ) => ({
+          touched: context.touched || params.touches === true,
           deadlines: withDeadline(
             context.deadlines,
             context.timeouts,
@@ -207,7 +230,7 @@ export function createOsMachine(spec: OsMachineSpec) {
     timeout: TimeoutName;
     /** A different timeout when sysprep carries out the end state. */
     sysprepTimeout?: TimeoutName;
-    meta: object;
+    meta: { step: StepMeta };
     onDone?: OnDone;
     onError?: OnError;
   }
@@ -217,7 +240,12 @@ export function createOsMachine(spec: OsMachineSpec) {
     return {
       entry: {
         type: 'armDeadline',
-        params: { step: id, timeout: o.timeout, sysprepTimeout: o.sysprepTimeout },
+        params: {
+          step: id,
+          timeout: o.timeout,
+          sysprepTimeout: o.sysprepTimeout,
+          touches: o.meta.step.touches,
+        },
       },
       meta: o.meta,
       invoke: {
@@ -325,6 +353,7 @@ export function createOsMachine(spec: OsMachineSpec) {
       powerState: undefined,
       warnings: [],
       error: undefined,
+      touched: false,
     }),
     initial: spec.steps[0]?.id ?? 'end_state',
     states: {
@@ -339,9 +368,10 @@ export function createOsMachine(spec: OsMachineSpec) {
     },
     output: ({ context }): OsResult =>
       context.error
-        ? { ok: false, error: context.error, warnings: context.warnings }
+        ? { ok: false, error: context.error, warnings: context.warnings, touched: context.touched }
         : {
             ok: true,
+            touched: context.touched,
             powerState: context.powerState ?? 'on',
             ...(context.bootId === undefined ? {} : { bootId: context.bootId }),
             warnings: context.warnings,

@@ -6,6 +6,14 @@
  * provisioner-specific sequence is written out in each provisioner's module. Cleanup is a stack of
  * compensations: a forward step pushes the compensation that undoes it when it starts (a step interrupted
  * half-way may have done part of its work), and `cleanup` pops them, newest first.
+ *
+ * Every forward step says whether it touches the computer (`touches` in its `meta.step`, like its effect
+ * and timeout): checks, the reservation and the boot setting xCAT undoes itself do not; the OS
+ * sub-machine's changing steps, power commands and copies do. `touched` in the context is set when a
+ * touching step starts (the OS sub-machine reports its own), and when an undo fails. The last undo,
+ * the computer's release, is chosen by one guard, `computerUntouched`: an untouched computer goes back
+ * to the state it was reserved from (`restore_computer`), a touched one to maintenance
+ * (`release_computer`), whether the capture failed or was cancelled.
  */
 import { assign, setup } from 'xstate';
 import type { OsMachine } from '../os/os-machine.js';
@@ -86,8 +94,11 @@ export interface CaptureContext {
   warnings: StepWarning[];
   error: StepFailure | undefined;
   cancelled: boolean;
-  /** True once the OS sub-machine started: a cancelled capture then still goes to maintenance. */
-  osTouched: boolean;
+  /**
+   * True once a step that touches the computer started, or an undo failed: a capture that ends without
+   * an image then sends the computer to maintenance; until then it hands it back as it was.
+   */
+  touched: boolean;
   /** Compensations still owed, newest last. */
   compensations: string[];
   cleanupFailures: StepFailure[];
@@ -139,7 +150,7 @@ export function initialCaptureContext(spec: ProvisionerSpec, input: CaptureInput
     warnings: [],
     error: undefined,
     cancelled: false,
-    osTouched: false,
+    touched: false,
     compensations: [],
     cleanupFailures: [],
     repairAttempted: false,
@@ -163,7 +174,28 @@ export function captureResult(context: CaptureContext): CaptureResult {
   return { ...base, status: 'completed', artifact: context.artifact };
 }
 
-function stepInput(context: CaptureContext, step: string): CaptureStepInput {
+/** How a capture that ends now without an image hands its computer back: the one rule, see `touched`. */
+export function releaseOutcome(context: Pick<CaptureContext, 'touched'>): ReleaseOutcome {
+  return context.touched ? 'maintenance' : 'restore';
+}
+
+/**
+ * A persisted capture snapshot written before `touched` existed gets it from the field it replaces,
+ * `osTouched` (the same flag then: every touching step came after the OS sub-machine started). Returns
+ * the snapshot unchanged when it needs nothing.
+ */
+export function upgradeCaptureSnapshot(snapshot: unknown): unknown {
+  const context = (snapshot as { context?: Record<string, unknown> } | null)?.context;
+  if (typeof context !== 'object' || context === null || 'touched' in context) return snapshot;
+  const { osTouched, ...rest } = context;
+  return { ...(snapshot as object), context: { ...rest, touched: osTouched !== false } };
+}
+
+function stepInput(
+  context: CaptureContext,
+  step: string,
+  outcome: ReleaseOutcome = releaseOutcome(context),
+): CaptureStepInput {
   return {
     step,
     captureId: context.captureId,
@@ -179,7 +211,7 @@ function stepInput(context: CaptureContext, step: string): CaptureStepInput {
     ...(step === 'release_computer'
       ? {
           release: {
-            outcome: context.cancelled && !context.osTouched ? 'restore' : 'maintenance',
+            outcome,
             error: context.error ?? {
               code: FAILURE_CODES.STEP_FAILED,
               step: context.step,
@@ -215,10 +247,17 @@ export function captureSetup(stepIds: readonly string[]) {
       CaptureStepLogic | typeof osPlaceholder | OsMachine
     >,
     actions: {
-      /** Every forward step starts here: stamp its deadline and note it as the current step. */
+      /**
+       * Every forward step starts here: stamp its deadline, note it as the current step, and note that
+       * the computer is touched if the step touches it.
+       */
       beginStep: assign(
-        ({ context }, params: { step: string; timeout: TimeoutName; compensation?: string }) => ({
+        (
+          { context },
+          params: { step: string; timeout: TimeoutName; touches: boolean; compensation?: string },
+        ) => ({
           step: params.step,
+          touched: context.touched || params.touches,
           deadlines: withDeadline(
             context.deadlines,
             context.timeouts,
@@ -248,11 +287,13 @@ export function captureSetup(stepIds: readonly string[]) {
       recordWarning: assign(({ context, event }) => ({
         warnings: [...context.warnings, toWarning((event as { error?: unknown }).error, context.step)],
       })),
-      markOsTouched: assign({ osTouched: true }),
+      /** The OS sub-machine was stopped or crashed: whether it touched the computer is unknown. */
+      markTouched: assign({ touched: true }),
       recordOsResult: assign(({ context, event }) => {
         const result = (event as { output?: OsResult }).output;
-        if (!result) return {};
+        if (!result) return { touched: true };
         return {
+          touched: context.touched || result.touched !== false,
           warnings: [...context.warnings, ...result.warnings],
           error: result.ok ? context.error : (context.error ?? result.error),
           facts: result.ok
@@ -277,7 +318,9 @@ export function captureSetup(stepIds: readonly string[]) {
       settle: assign(({ context }, params: { compensation: string }) => ({
         compensations: context.compensations.filter((c) => c !== params.compensation),
       })),
+      /** An undo that failed may have left the computer changed: it counts as touched. */
       recordCleanupFailure: assign(({ context, event }, params: { step: string }) => ({
+        touched: true,
         cleanupFailures: [
           ...context.cleanupFailures,
           toFailure((event as { error?: unknown }).error, params.step),
@@ -291,6 +334,12 @@ export function captureSetup(stepIds: readonly string[]) {
       nextCompensationIs: ({ context }, params: { compensation: string }) =>
         context.compensations.at(-1) === params.compensation,
       wasCancelled: ({ context }) => context.cancelled,
+      /**
+       * The one rule for a capture that ends without an image: when the computer's release is all that
+       * is left to undo and nothing touched the computer, it goes back to the state it was reserved from.
+       */
+      computerUntouched: ({ context }, params: { compensation: string }) =>
+        context.compensations.at(-1) === params.compensation && releaseOutcome(context) === 'restore',
       endStateIs: ({ context }, params: { endState: EndState }) => context.endState === params.endState,
       mayRepairOnce: ({ context, event }) =>
         !context.repairAttempted &&
@@ -308,6 +357,8 @@ export interface ForwardStepOptions<TStep extends string> {
   kind?: StepKind;
   title: string;
   effect: string;
+  /** Whether starting the step touches the computer (see `CaptureContext.touched`); always decided. */
+  touches: boolean;
   timeout?: TimeoutName;
   /** Where success goes. */
   next: string;
@@ -326,6 +377,9 @@ export interface ForwardStepOptions<TStep extends string> {
  */
 export function captureStates<TStep extends string>(machineId: ProvisionerName) {
   const cleanup = `#${machineId}.cleanup`;
+  /** The release every capture owes from its reservation, and the state that releases without maintenance. */
+  const RELEASE = 'release_computer' as TStep;
+  const RESTORE = 'restore_computer';
 
   function forwardStep(id: TStep, o: ForwardStepOptions<TStep>): StateConfig {
     const meta: { step: StepMeta } = {
@@ -334,6 +388,7 @@ export function captureStates<TStep extends string>(machineId: ProvisionerName) 
         title: o.title,
         timeout: o.timeout ?? 'commandMs',
         effect: o.effect,
+        touches: o.touches,
       },
     };
     return {
@@ -343,6 +398,7 @@ export function captureStates<TStep extends string>(machineId: ProvisionerName) 
         params: {
           step: id,
           timeout: o.timeout ?? 'commandMs',
+          touches: o.touches,
           ...(o.compensation ? { compensation: o.compensation } : {}),
         },
       },
@@ -356,15 +412,38 @@ export function captureStates<TStep extends string>(machineId: ProvisionerName) 
     };
   }
 
-  /** The OS sub-machine, asked for the end state this capture needs. */
-  /** `when` sends success elsewhere for one end state (xCAT points the node at its image after an `off`). */
-  function preCapture(next: string, when?: { endState: EndState; target: string }): StateConfig {
+  /**
+   * The OS sub-machine, asked for the end state this capture needs. Its own steps say whether they touch
+   * the computer (its first, `ensure_responding`, only looks) and its result reports it; a CANCEL while
+   * it runs cannot know, so it counts as touched. `when` sends success elsewhere for one end state (xCAT
+   * points the node at its image after an `off`); `compensation` is made owed when it starts.
+   */
+  function preCapture(
+    next: string,
+    when?: { endState: EndState; target: string },
+    compensation?: TStep,
+  ): StateConfig {
     const meta: { step: StepMeta } = {
-      step: { kind: 'critical', title: 'OS pre_capture (sub-machine)', timeout: 'commandMs', effect: 'os' },
+      step: {
+        kind: 'critical',
+        title: 'OS pre_capture (sub-machine; touches from its first changing step)',
+        timeout: 'commandMs',
+        effect: 'os',
+        touches: false,
+      },
     };
     return {
       meta,
-      entry: [{ type: 'beginStep', params: { step: 'pre_capture', timeout: 'commandMs' } }, 'markOsTouched'],
+      entry: {
+        type: 'beginStep',
+        params: {
+          step: 'pre_capture',
+          timeout: 'commandMs',
+          touches: false,
+          ...(compensation ? { compensation } : {}),
+        },
+      },
+      on: { CANCEL: { target: cleanup, actions: ['markTouched', 'markCancelled'] } },
       invoke: {
         id: 'os',
         src: 'os',
@@ -389,7 +468,7 @@ export function captureStates<TStep extends string>(machineId: ProvisionerName) 
             : []),
           { target: next, actions: 'recordOsResult' },
         ],
-        onError: { target: cleanup, actions: 'recordFailure' },
+        onError: { target: cleanup, actions: ['markTouched', 'recordFailure'] },
       },
     };
   }
@@ -402,26 +481,36 @@ export function captureStates<TStep extends string>(machineId: ProvisionerName) 
     const states: Record<string, StateConfig> = {
       route: {
         always: [
-          ...compensations.map((c) => ({
-            guard: { type: 'nextCompensationIs' as const, params: { compensation: c } },
-            target: c,
-          })),
+          ...compensations.flatMap((c) => [
+            ...(c === RELEASE
+              ? [
+                  {
+                    guard: { type: 'computerUntouched' as const, params: { compensation: c } },
+                    target: RESTORE,
+                  },
+                ]
+              : []),
+            {
+              guard: { type: 'nextCompensationIs' as const, params: { compensation: c } },
+              target: c,
+            },
+          ]),
           { guard: 'wasCancelled' as const, target: `#${machineId}.cancelled` },
           { target: `#${machineId}.failed` },
         ],
       },
     };
-    for (const c of compensations) {
+    const undo = (c: TStep, title: string, outcome?: ReleaseOutcome): StateConfig => {
       const meta: { step: StepMeta } = {
-        step: { kind: 'advisory', title: `Undo: ${c}`, timeout: 'commandMs', effect: 'cleanup' },
+        step: { kind: 'advisory', title, timeout: 'commandMs', effect: 'cleanup', touches: false },
       };
-      states[c] = {
+      return {
         meta,
         entry: { type: 'armDeadline', params: { step: c, timeout: 'commandMs' } },
         invoke: {
           id: c as string,
           src: c as string,
-          input: ({ context }) => stepInput(context, c),
+          input: ({ context }) => stepInput(context, c, outcome),
           onDone: { target: 'route', actions: { type: 'settle', params: { compensation: c } } },
           onError: {
             target: 'route',
@@ -432,6 +521,18 @@ export function captureStates<TStep extends string>(machineId: ProvisionerName) 
           },
         },
       };
+    };
+    for (const c of compensations) {
+      states[c] =
+        c === RELEASE
+          ? undo(c, 'Undo: release_computer to maintenance (the computer was touched)', 'maintenance')
+          : undo(c, `Undo: ${c}`);
+      if (c === RELEASE)
+        states[RESTORE] = undo(
+          c,
+          'Undo: release_computer back to the state it was reserved from (nothing touched it)',
+          'restore',
+        );
     }
     return {
       description:
@@ -455,8 +556,9 @@ export function captureStates<TStep extends string>(machineId: ProvisionerName) 
     return forwardStep('reserve' as TStep, {
       title: 'Reserve the computer (compare-and-swap) and create the image revision',
       effect: 'reserve',
+      touches: false,
       next,
-      compensation: 'release_computer' as TStep,
+      compensation: RELEASE,
       onError: {
         target: `#${machineId}.failed`,
         actions: ['recordFailure', { type: 'settle', params: { compensation: 'release_computer' } }],
@@ -476,11 +578,13 @@ export function captureStates<TStep extends string>(machineId: ProvisionerName) 
       request_power_off: forwardStep('request_power_off' as TStep, {
         title: titles.request,
         effect: 'power',
+        touches: true,
         next: 'wait_power_off',
       }),
       wait_power_off: forwardStep('wait_power_off' as TStep, {
         title: titles.wait,
         effect: 'power',
+        touches: true,
         timeout: 'powerOffMs',
         next,
         onError: [
@@ -495,11 +599,13 @@ export function captureStates<TStep extends string>(machineId: ProvisionerName) 
       force_power_off: forwardStep('force_power_off' as TStep, {
         title: titles.force,
         effect: 'power',
+        touches: true,
         next: 'wait_forced_off',
       }),
       wait_forced_off: forwardStep('wait_forced_off' as TStep, {
         title: titles.waitForced,
         effect: 'power',
+        touches: true,
         timeout: 'forcedOffMs',
         next,
       }),

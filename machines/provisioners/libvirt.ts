@@ -50,6 +50,7 @@ export const libvirtMachine = libvirtSetup.createMachine({
         inspect_domain: forwardStep('inspect_domain', {
           title: 'Find the domain and its first disk; refuse an existing target',
           effect: 'check',
+          touches: false,
           next: 'pre_capture',
         }),
         pre_capture: preCapture('request_power_off'),
@@ -62,6 +63,7 @@ export const libvirtMachine = libvirtSetup.createMachine({
         copy_image: forwardStep('copy_image', {
           title: 'Copy the disk into the repository (qemu-img convert)',
           effect: 'copy',
+          touches: true,
           timeout: 'copyMs',
           next: 'verify_image',
           compensation: 'remove_copy',
@@ -69,12 +71,14 @@ export const libvirtMachine = libvirtSetup.createMachine({
         verify_image: forwardStep('verify_image', {
           title: 'Verify the copy (qemu-img check, sha256)',
           effect: 'verify',
+          touches: false,
           timeout: 'verifyMs',
           next: 'record_revision',
         }),
         record_revision: forwardStep('record_revision', {
           title: 'Record the image revision and release the computer for reload (one transaction)',
           effect: 'record',
+          touches: false,
           next: '#libvirt.completed',
         }),
       },

@@ -56,11 +56,13 @@ export const vmwareMachine = vmwareSetup.createMachine({
         locate_vm: forwardStep('locate_vm', {
           title: 'Find the VM (registered, unique, exactly one persistent disk)',
           effect: 'check',
+          touches: false,
           next: 'check_target',
         }),
         check_target: forwardStep('check_target', {
           title: 'Refuse an existing target on the datastore or in the repository',
           effect: 'check',
+          touches: false,
           next: 'pre_capture',
         }),
         pre_capture: preCapture('request_power_off'),
@@ -73,6 +75,7 @@ export const vmwareMachine = vmwareSetup.createMachine({
         clone_disk: forwardStep('clone_disk', {
           title: 'Clone the disk thin (vmkfstools -i -d thin)',
           effect: 'copy',
+          touches: true,
           timeout: 'copyMs',
           next: 'copy_to_repository',
           compensation: 'remove_clone',
@@ -84,6 +87,7 @@ export const vmwareMachine = vmwareSetup.createMachine({
         repair_disk: forwardStep('repair_disk', {
           title: 'Repair the source disk (vmkfstools -x repair), then clone again once',
           effect: 'copy',
+          touches: true,
           timeout: 'copyMs',
           next: 'clone_disk',
           onDone: { target: 'clone_disk', actions: ['mergeOutput', 'markRepairAttempted'] },
@@ -91,6 +95,7 @@ export const vmwareMachine = vmwareSetup.createMachine({
         copy_to_repository: forwardStep('copy_to_repository', {
           title: 'Copy the clone into the image repository (sha256 while copying)',
           effect: 'copy',
+          touches: true,
           timeout: 'copyMs',
           next: 'verify_image',
           compensation: 'remove_repository_copy',
@@ -98,12 +103,14 @@ export const vmwareMachine = vmwareSetup.createMachine({
         verify_image: forwardStep('verify_image', {
           title: 'Verify the repository copy (re-hash, compare)',
           effect: 'verify',
+          touches: false,
           timeout: 'verifyMs',
           next: 'record_revision',
         }),
         record_revision: forwardStep('record_revision', {
           title: 'Record the image revision and release the computer for reload (one transaction)',
           effect: 'record',
+          touches: false,
           next: '#vmware.completed',
         }),
       },

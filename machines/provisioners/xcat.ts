@@ -56,8 +56,9 @@ export const xcatMachine = xcatSetup.createMachine({
       states: {
         reserve: reserveStep('check_target'),
         check_target: forwardStep('check_target', {
-          title: 'Refuse existing image files in the repository',
+          title: 'Make sure xCAT knows the node; refuse existing image files in the repository',
           effect: 'check',
+          touches: false,
           next: 'set_capture_boot',
           onDone: [
             {
@@ -71,6 +72,8 @@ export const xcatMachine = xcatSetup.createMachine({
         set_capture_boot: forwardStep('set_capture_boot', {
           title: 'Point the node at the capture image (nodeset osimage=...)',
           effect: 'boot-config',
+          // The node's boot setting in xCAT, which reset_boot undoes; the node itself is not touched.
+          touches: false,
           next: 'pre_capture',
           compensation: 'reset_boot',
           onDone: [
@@ -84,48 +87,49 @@ export const xcatMachine = xcatSetup.createMachine({
         }),
         // The reboot lands in the capture environment, which starts uploading: from here a partial
         // upload may exist.
-        pre_capture: {
-          ...preCapture('ensure_node_on', { endState: 'off', target: 'set_capture_boot' }),
-          entry: [
-            {
-              type: 'beginStep',
-              params: { step: 'pre_capture', timeout: 'commandMs', compensation: 'remove_upload' },
-            },
-            'markOsTouched',
-          ],
-        },
+        pre_capture: preCapture(
+          'ensure_node_on',
+          { endState: 'off', target: 'set_capture_boot' },
+          'remove_upload',
+        ),
         ensure_node_on: forwardStep('ensure_node_on', {
           title: 'Power the node on unless it is on (rpower stat / on)',
           effect: 'power',
+          touches: true,
           next: 'wait_capture_env',
         }),
         wait_capture_env: forwardStep('wait_capture_env', {
           title: 'Wait until the node runs the capture environment (nodestat)',
           effect: 'power',
+          touches: true,
           timeout: 'captureEnvMs',
           next: 'watch_upload',
         }),
         watch_upload: forwardStep('watch_upload', {
           title: 'Watch the upload: done/failed markers, growth, no-progress and overall deadlines',
           effect: 'copy',
+          touches: true,
           timeout: 'uploadOverallMs',
           next: 'verify_image',
         }),
         verify_image: forwardStep('verify_image', {
           title: 'Verify the uploaded image (size, format, sha256)',
           effect: 'verify',
+          touches: false,
           timeout: 'verifyMs',
           next: 'reset_boot',
         }),
         reset_boot: forwardStep('reset_boot', {
           title: 'Set the node back to boot from disk (nodeset boot)',
           effect: 'boot-config',
+          touches: false,
           next: 'record_revision',
           doneActions: [{ type: 'settle', params: { compensation: 'reset_boot' } }],
         }),
         record_revision: forwardStep('record_revision', {
           title: 'Record the image revision and release the computer for reload (one transaction)',
           effect: 'record',
+          touches: false,
           next: '#xcat.completed',
         }),
       },

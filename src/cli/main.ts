@@ -15,6 +15,7 @@ import { isVclError } from '../errors.js';
 import { dryRun } from '../simulate/dry-run.js';
 import { writeVisualizations } from '../visualize/write.js';
 import { cancelCommand, captureCommand } from './commands/capture.js';
+import { computersCommand, releaseCommand } from './commands/computers.js';
 import { daemonCommand } from './commands/daemon.js';
 import { demoCommand } from './commands/demo.js';
 import { inspectCommand } from './commands/inspect.js';
@@ -203,7 +204,9 @@ program
   .addHelpText(
     'after',
     `
-Exit codes: 0 completed (or queued), 1 failed, 2 bad input, 3 cancelled, 4 host unreachable (network, auth, host key).
+Exit codes: 0 completed (or queued), 1 failed, 2 bad input, 3 cancelled, 4 host unreachable (network, auth, host key),
+5 computer busy (held by another capture, or in maintenance: nothing recorded).
+A failed capture sends the computer to maintenance only if it had touched it; see \`vcl-capture computers\`.
 Example:
   vcl-capture capture vm-ubuntu-1 --image "Ubuntu 24.04 base" --config examples/inventory.yaml
   vcl-capture capture vm-ubuntu-1 --image "Ubuntu 24.04 base" --queue   # for the daemon`,
@@ -314,6 +317,38 @@ program
   .option('--json', 'JSON output')
   .action(async (id: string, opts) => {
     process.exitCode = await showCommand(id, opts);
+  });
+
+program
+  .command('computers')
+  .description(
+    'List computers with their state; one in maintenance with the capture and error that put it there',
+  )
+  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .option('--json', 'JSON output')
+  .action(async (opts) => {
+    process.exitCode = await computersCommand(opts);
+  });
+
+program
+  .command('release')
+  .description(
+    'Put a computer back from maintenance after a look (to the state it was reserved from); recorded in the audit trail',
+  )
+  .argument('<computer>')
+  .requiredOption('-r, --reason <text>', 'what was checked or fixed (kept in the audit trail)')
+  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .option('--json', 'JSON output')
+  .addHelpText(
+    'after',
+    `
+Refused (exit 5) while a capture holds the computer, and (exit 2) when it is not in maintenance.
+Example:
+  vcl-capture computers --db captures.sqlite
+  vcl-capture release vm1 --reason "fixed the host key in the inventory" --db captures.sqlite`,
+  )
+  .action(async (computer: string, opts: { db: string; reason: string; json?: boolean }) => {
+    process.exitCode = await releaseCommand(computer, { ...globals(), ...opts });
   });
 
 program

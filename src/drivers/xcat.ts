@@ -58,6 +58,9 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
   return {
     check_target: async (run) => {
       const exec = execFor(env, run);
+      // xCAT must know the node (read-only: a node it does not know fails here, before its boot setting
+      // is changed, so the computer is handed back as it was).
+      parseRpowerStat((await exec(mn, xcat.powerStat(node))).stdout, node);
       const f = files(run.input);
       for (const path of [f.image, f.done, f.failed]) {
         if (await exists(exec, env.repository.host, path))

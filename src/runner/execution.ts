@@ -12,6 +12,7 @@ import {
   type ImageRef,
   operatingSystems,
   provisioners,
+  releaseOutcome,
   type StepFailure,
   type Timeouts,
 } from '../../machines/index.js';
@@ -438,8 +439,7 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
         result.status === 'completed'
           ? { code: 'STEP_FAILED', step: 'record_revision', message: 'completed without a record' }
           : result.error;
-      const outcome =
-        result.status === 'cancelled' && !a.getSnapshot().context.osTouched ? 'restore' : 'maintenance';
+      const outcome = releaseOutcome(a.getSnapshot().context);
       await (result.status === 'cancelled'
         ? x.store.cancelCapture(record.id, error, outcome)
         : x.store.failCapture(record.id, error, outcome));

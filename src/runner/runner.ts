@@ -20,13 +20,20 @@ import {
   type ProvisionerName,
   provisioners,
   type Timeouts,
+  upgradeCaptureSnapshot,
 } from '../../machines/index.js';
 import { resolveTimeouts } from '../../machines/steps.js';
 import { isVclError, VclError } from '../errors.js';
 import { type Inventory, parseInventory } from '../inventory/schema.js';
 import { type Logger, silentLogger } from '../log.js';
 import { SshPool } from '../ssh/index.js';
-import type { CaptureRecord, CaptureStore, ImageRegistration } from '../store/index.js';
+import {
+  CAPTURABLE_COMPUTER_STATES,
+  type CaptureRecord,
+  type CaptureStore,
+  type ComputerStatus,
+  type ImageRegistration,
+} from '../store/index.js';
 import { cancelThroughStore } from './cancel.js';
 import {
   type CaptureHandle,
@@ -123,6 +130,48 @@ export interface Runner {
   stop(options?: { timeoutMs?: number }): Promise<void>;
   /** Cancels every capture of this runner, waits for their cleanup, closes the transport it owns. */
   close(): Promise<void>;
+}
+
+/**
+ * Why a capture may not take `computer` now, as the COMPUTER_BUSY error its request is refused with, or
+ * undefined: held by another capture (wait, or cancel it), in maintenance (an operator looks, then
+ * releases it), or in another state a capture may not take it from. `details.reason` says which.
+ */
+export function reservationRefusal(
+  computer: string,
+  status: ComputerStatus | undefined,
+  queuedBy?: string,
+): VclError | undefined {
+  const refuse = (reason: string, message: string, details: Record<string, unknown> = {}) =>
+    new VclError('COMPUTER_BUSY', message, {
+      step: 'request',
+      details: { computer, reason, state: status?.state ?? null, ...details },
+    });
+  const holder = status?.heldBy ?? queuedBy;
+  if (holder) {
+    return refuse(
+      'held',
+      `computer ${computer} is held by capture ${holder}: wait until it ends, or cancel it with \`vcl-capture cancel ${holder}\``,
+      { heldBy: holder },
+    );
+  }
+  if (status === undefined || (CAPTURABLE_COMPUTER_STATES as readonly string[]).includes(status.state))
+    return undefined;
+  if (status.state === 'maintenance') {
+    const cause = status.maintenance;
+    const why = cause
+      ? ` since capture ${cause.captureId} (${cause.image}) ${cause.status}${cause.error ? ` with ${cause.error.code} in ${cause.error.step}: ${cause.error.message}` : ''}`
+      : '';
+    return refuse(
+      'maintenance',
+      `computer ${computer} is in maintenance${why}. Look at it, then put it back with \`vcl-capture release ${computer} --reason "<what was checked or fixed>"\``,
+      { maintenance: cause },
+    );
+  }
+  return refuse(
+    'state',
+    `computer ${computer} is in state ${status.state}; a capture may only take it from ${CAPTURABLE_COMPUTER_STATES.join(' or ')}`,
+  );
 }
 
 /** `<host>/<pid>/<random>`: a runner on this host whose process is gone can be replaced at once. */
@@ -253,15 +302,15 @@ export function createRunner(options: RunnerOptions): Runner {
     }
     // Checked now, so that a bad value fails the request rather than the capture later.
     resolveTimeouts(timeoutsOf(inventory, request.computer, request.timeouts));
-    // Fail at once, not after queueing: the reservation's compare-and-swap still decides any race.
+    // Refused at once, before anything is recorded: the reservation's compare-and-swap still decides
+    // any race (the capture then fails with the same code in `reserve`).
     const queued = [...handles.values()].find((h) => h.computer === request.computer);
-    const held = (await store.getComputer(request.computer))?.heldBy ?? queued?.id;
-    if (held) {
-      throw new VclError('COMPUTER_BUSY', `computer ${request.computer} is held by capture ${held}`, {
-        step: 'request',
-        details: { computer: request.computer, heldBy: held },
-      });
-    }
+    const refusal = reservationRefusal(
+      request.computer,
+      await store.describeComputer(request.computer),
+      queued?.id,
+    );
+    if (refusal) throw refusal;
     const repository = inventory.repositories[computer.repository] as Inventory['repositories'][string];
     const imageId =
       typeof request.image === 'number' ? request.image : (await store.registerImage(request.image)).id;
@@ -325,7 +374,8 @@ export function createRunner(options: RunnerOptions): Runner {
     // A running capture without a snapshot crashed between its reservation and its first recorded
     // state: it starts again from the reservation, which it already holds.
     const stored = await store.loadSnapshot(r.id);
-    const snapshot = stored?.snapshot ?? undefined;
+    // A snapshot of an older version of the machines gets the context fields added since (defaults).
+    const snapshot = stored?.snapshot == null ? undefined : upgradeCaptureSnapshot(stored.snapshot);
     if (snapshot !== undefined) {
       const problem = resumeProblem(context, r, snapshot);
       const version = machineVersion(sharedMachine(r.provisioner, r.os));

@@ -56,13 +56,16 @@ import {
   type CompleteOptions,
   type ComputerRecord,
   type ComputerRegistration,
+  type ComputerRelease,
   type ComputerState,
+  type ComputerStatus,
   type FinishOptions,
   type ImageFilter,
   type ImageRecord,
   type ImageRegistration,
   type ImageRevisionRecord,
   type ImageWithRevisions,
+  type MaintenanceCause,
   type NewCapture,
   type OwnedCapture,
   STORE_EVENT_TYPES,
@@ -285,6 +288,23 @@ function prepareStatements(db: Database.Database) {
       `UPDATE computers SET state = @state, version = version + 1, updated_at = @now
        WHERE name = @name AND capture_id IS NULL AND (@expectedVersion IS NULL OR version = @expectedVersion)
        RETURNING *`,
+    ),
+    releaseFromMaintenance: db.prepare<
+      [{ name: string; state: string; expectedVersion: number | null; now: string }],
+      ComputerRow
+    >(
+      `UPDATE computers SET state = @state, version = version + 1, updated_at = @now
+       WHERE name = @name AND capture_id IS NULL AND state = 'maintenance'
+         AND (@expectedVersion IS NULL OR version = @expectedVersion)
+       RETURNING *`,
+    ),
+    // The newest capture that sent the computer to maintenance (see maintenanceCause).
+    lastToMaintenance: db.prepare<[string], CaptureRow>(
+      `SELECT ${CAPTURE_COLUMNS} FROM captures WHERE computer = ? AND release_outcome = 'maintenance'
+       ORDER BY finished_at DESC, rowid DESC LIMIT 1`,
+    ),
+    eventOfType: db.prepare<[string, string], EventRow>(
+      'SELECT * FROM capture_events WHERE capture_id = ? AND type = ? ORDER BY seq LIMIT 1',
     ),
     // The compare-and-swap: only from a capturable state, only if nobody holds it.
     reserve: db.prepare<
@@ -794,6 +814,80 @@ export class SqliteCaptureStore implements CaptureStore {
       const row = this.s.setComputerState.get({ name, state, expectedVersion, now: this.now() });
       if (row === undefined) this.explainComputer(name, null, expectedVersion);
       return toComputer(row);
+    });
+  }
+
+  /**
+   * The capture that put a computer in maintenance: the newest one that released it there, unless an
+   * operator released the computer from that one since (it went back to maintenance another way).
+   */
+  private maintenanceCause(row: ComputerRow): MaintenanceCause | null {
+    if (row.state !== 'maintenance' || row.capture_id !== null) return null;
+    const capture = this.s.lastToMaintenance.get(row.name);
+    if (capture === undefined) return null;
+    if (this.s.eventOfType.get(capture.id, STORE_EVENT_TYPES.RELEASED) !== undefined) return null;
+    const record = toCapture(capture);
+    return {
+      captureId: record.id,
+      image: record.image.name,
+      status: record.status,
+      error: record.lastError,
+      at: record.finishedAt,
+    };
+  }
+
+  async describeComputers(): Promise<ComputerStatus[]> {
+    return this.read('describeComputers', () =>
+      this.s.computers.all().map((row) => ({ ...toComputer(row), maintenance: this.maintenanceCause(row) })),
+    );
+  }
+
+  async describeComputer(name: string): Promise<ComputerStatus | undefined> {
+    return this.read('describeComputer', () => {
+      const row = this.s.computer.get(name);
+      return row === undefined ? undefined : { ...toComputer(row), maintenance: this.maintenanceCause(row) };
+    });
+  }
+
+  async releaseComputer(name: string, reason: string, options?: CasOptions): Promise<ComputerRelease> {
+    validateSafeName(name, 'computer name');
+    const why = checkShortText(reason, 'reason');
+    const expectedVersion = checkCasOptions(options);
+    return this.write('releaseComputer', () => {
+      const row = this.s.computer.get(name);
+      if (row === undefined || row.capture_id !== null) this.explainComputer(name, null, expectedVersion);
+      if (row.state !== 'maintenance') {
+        throw storeError(
+          STORE_ERROR_CODES.INVALID_TRANSITION,
+          `computer ${name} is in state ${row.state}, not maintenance: there is nothing to release`,
+          { computer: name, state: row.state },
+        );
+      }
+      const cause = this.maintenanceCause(row);
+      // Back to the state the capture that sent it to maintenance had reserved it from.
+      const reserved =
+        cause === null ? undefined : this.s.eventOfType.get(cause.captureId, STORE_EVENT_TYPES.RESERVED);
+      const from = parseJson<{ from?: unknown }>(reserved?.details ?? null)?.from;
+      const state: ComputerState = CAPTURABLE_COMPUTER_STATES.find((s) => s === from) ?? 'available';
+      const now = this.now();
+      const released = this.s.releaseFromMaintenance.get({ name, state, expectedVersion, now });
+      if (released === undefined) this.explainComputer(name, null, expectedVersion);
+      if (cause !== null) {
+        this.appendEvent(cause.captureId, now, {
+          type: STORE_EVENT_TYPES.RELEASED,
+          details: toJson(
+            {
+              computer: name,
+              from: 'maintenance',
+              to: released.state,
+              reason: why,
+              version: released.version,
+            },
+            'details',
+          ),
+        });
+      }
+      return { computer: toComputer(released), cause, reason: why };
     });
   }
 

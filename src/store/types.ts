@@ -79,6 +79,29 @@ export interface ComputerRecord {
   updatedAt: string;
 }
 
+/** What sent a computer to maintenance: the capture that ended there, and its error. */
+export interface MaintenanceCause {
+  captureId: string;
+  image: string;
+  status: CaptureRecordStatus;
+  error: StepFailure | null;
+  /** When that capture ended. */
+  at: string | null;
+}
+
+/** A computer with, when it is in maintenance, the capture that put it there (null if none did). */
+export interface ComputerStatus extends ComputerRecord {
+  maintenance: MaintenanceCause | null;
+}
+
+/** What {@link CaptureStore.releaseComputer} did. */
+export interface ComputerRelease {
+  computer: ComputerRecord;
+  /** The capture that had put the computer in maintenance, whose audit trail records the release; or null. */
+  cause: MaintenanceCause | null;
+  reason: string;
+}
+
 /** A computer from the inventory. */
 export interface ComputerRegistration {
   name: string;
@@ -189,6 +212,8 @@ export const STORE_EVENT_TYPES = {
   COMPLETED: 'capture.completed',
   FAILED: 'capture.failed',
   CANCELLED: 'capture.cancelled',
+  /** An operator put the computer back from maintenance ({@link CaptureStore.releaseComputer}). */
+  RELEASED: 'computer.released',
 } as const;
 
 /** One entry of a capture's append-only audit trail. */
@@ -343,6 +368,17 @@ export interface CaptureStore {
    * puts a computer there).
    */
   setComputerState(name: string, state: ComputerState, options?: CasOptions): Promise<ComputerRecord>;
+  /** Every computer by name; one in maintenance with the capture (and its error) that put it there. */
+  describeComputers(): Promise<ComputerStatus[]>;
+  /** One computer as {@link describeComputers} shows it, or undefined. */
+  describeComputer(name: string): Promise<ComputerStatus | undefined>;
+  /**
+   * An operator puts a computer back from maintenance, after a look: to the state the capture that sent
+   * it there had reserved it from (`available` or `reserved`; `available` when no capture did), with
+   * `reason` in that capture's audit trail (`computer.released`). Refused with `COMPUTER_BUSY` while a
+   * capture holds it, and `INVALID_TRANSITION` when it is not in maintenance.
+   */
+  releaseComputer(name: string, reason: string, options?: CasOptions): Promise<ComputerRelease>;
 
   /**
    * Registers an image (validating its OS and pretty names). Idempotent for an `id` registered with the

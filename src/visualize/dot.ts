@@ -37,7 +37,7 @@ export function toDot(d: Diagram): string {
       }
       const sub = [
         c.invokes.some((i) => i !== c.key) ? `invokes ${c.invokes.join(', ')}` : '',
-        c.kind ? `${c.kind}, ${c.timeout}` : '',
+        c.kind ? `${c.kind}, ${c.timeout}${c.touches ? ', touches' : ''}` : '',
       ]
         .filter(Boolean)
         .join('\n');

@@ -9,7 +9,7 @@ function describe(s: DiagramState): string {
   const parts = [s.key];
   const others = s.invokes.filter((i) => i !== s.key);
   if (others.length) parts.push(`invokes ${others.join(', ')}`);
-  if (s.kind) parts.push(`${s.kind}, ${s.timeout ?? 'commandMs'}`);
+  if (s.kind) parts.push(`${s.kind}, ${s.timeout ?? 'commandMs'}${s.touches ? ', touches' : ''}`);
   return parts.join(' · ');
 }
 

@@ -11,6 +11,8 @@ export interface DiagramState {
   title?: string;
   kind?: string;
   timeout?: string;
+  /** The step touches the computer (a failure from here on sends it to maintenance). */
+  touches?: boolean;
   invokes: string[];
   final: boolean;
   initial?: string;
@@ -31,7 +33,7 @@ export interface Diagram {
 }
 
 interface StepMetaLike {
-  step?: { title?: string; kind?: string; timeout?: string };
+  step?: { title?: string; kind?: string; timeout?: string; touches?: boolean };
 }
 
 function safeId(node: AnyStateNode): string {
@@ -76,6 +78,7 @@ export function diagramOf(machine: AnyStateMachine): Diagram {
       ...(meta?.title ? { title: meta.title } : {}),
       ...(meta?.kind ? { kind: meta.kind } : {}),
       ...(meta?.timeout ? { timeout: meta.timeout } : {}),
+      ...(meta?.touches ? { touches: true } : {}),
       invokes: node.invoke.map((i) => i.id),
       final: node.type === 'final',
       ...(initialKey && children.length ? { initial: children.find((c) => c.key === initialKey)?.id } : {}),

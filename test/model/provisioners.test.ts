@@ -7,7 +7,9 @@
  *
  * Each replayed effect log is then checked against the capture rules that do not depend on how the
  * machines are written: reservation first, no copy before the power state is confirmed, record only
- * after verification, cleanup of exactly what was started in reverse order, release last.
+ * after verification, cleanup of exactly what was started in reverse order, release last; and, on
+ * every path that ends without an image, the computer's release: an untouched computer is never sent to
+ * maintenance, a touched one that fails (or is cancelled) always is.
  */
 
 import { afterAll, describe, expect, it } from 'vitest';
@@ -57,6 +59,8 @@ const RULES: Record<
     settles: Record<string, string>;
     copies: string[];
     powerConfirmed: string[];
+    /** forward steps that touch the computer itself: power commands and waits, copies of its disk */
+    touches: string[];
   }
 > = {
   libvirt: {
@@ -64,6 +68,7 @@ const RULES: Record<
     settles: {},
     copies: ['copy_image'],
     powerConfirmed: ['wait_power_off', 'wait_forced_off'],
+    touches: ['request_power_off', 'wait_power_off', 'force_power_off', 'wait_forced_off', 'copy_image'],
   },
   vmware: {
     owes: {
@@ -74,12 +79,23 @@ const RULES: Record<
     settles: {},
     copies: ['clone_disk', 'copy_to_repository'],
     powerConfirmed: ['wait_power_off', 'wait_forced_off'],
+    touches: [
+      'request_power_off',
+      'wait_power_off',
+      'force_power_off',
+      'wait_forced_off',
+      'clone_disk',
+      'repair_disk',
+      'copy_to_repository',
+    ],
   },
   xcat: {
     owes: { reserve: 'release_computer', set_capture_boot: 'reset_boot', pre_capture: 'remove_upload' },
     settles: { reset_boot: 'reset_boot' },
     copies: ['watch_upload'],
     powerConfirmed: ['wait_capture_env'],
+    // set_capture_boot changes the node's boot setting in xCAT, which reset_boot undoes: not the node.
+    touches: ['ensure_node_on', 'wait_capture_env', 'watch_upload'],
   },
 };
 
@@ -92,6 +108,8 @@ function comparable(result: CaptureResult): unknown {
 const OS_EFFECTS = new Set(
   (['linux', 'windows'] as const).flatMap((os) => effectNames(operatingSystems[os].machine)),
 );
+/** The OS's first step only connects and reads the boot id: refused there, nothing on the computer changed. */
+const OS_LOOK_ONLY = 'ensure_responding';
 
 interface Combination {
   provisioner: ProvisionerName;
@@ -135,7 +153,7 @@ async function osWitnesses(os: OsName, input: OsInput): Promise<OsWitness[]> {
     const kind = JSON.stringify(
       out.ok
         ? { ok: true, power: out.powerState, boot: out.bootId, warned: out.warnings.length > 0 }
-        : { ok: false, code: out.error.code, warned: out.warnings.length > 0 },
+        : { ok: false, code: out.error.code, warned: out.warnings.length > 0, touched: out.touched },
     );
     if (byKind.has(kind)) continue;
     const executor = new ScriptedExecutor();
@@ -227,10 +245,22 @@ function checkCaptureRules(provisioner: ProvisionerName, log: Effect[], result: 
   if (release?.src !== 'release_computer') {
     problems.push('the computer was not released last');
   } else {
-    const touched = names.some((n) => OS_EFFECTS.has(n) || n === 'os');
+    // Touched: a forward step that touches the computer started, the OS went past its look-only first
+    // step (or was stopped or crashed while running: nobody can tell how far it got), or an undo failed.
+    const touched =
+      log
+        .slice(0, start)
+        .some(
+          (e) =>
+            rules.touches.includes(e.src) ||
+            e.src === 'os' ||
+            (OS_EFFECTS.has(e.src) && (e.src !== OS_LOOK_ONLY || e.outcome === 'hang')),
+        ) || log.slice(start, -1).some((e) => e.outcome === 'error');
     const outcome = (release.input as { release?: { outcome?: string } }).release?.outcome;
-    const want = result.status === 'cancelled' && !touched ? 'restore' : 'maintenance';
-    if (outcome !== want) problems.push(`released to ${outcome}, expected ${want}`);
+    if (!touched && outcome !== 'restore')
+      problems.push(`an untouched computer was sent to ${outcome} (never to maintenance)`);
+    if (touched && outcome !== 'maintenance')
+      problems.push(`a touched computer that ${result.status} was released to ${outcome}, not maintenance`);
   }
   return problems;
 }
@@ -294,6 +324,8 @@ describe.each(combinations())('$provisioner capture of $os, end state $endState'
   it('every generated path runs as predicted with the real OS sub-machine and keeps the capture rules', async () => {
     const snapshotOf = snapshotLookup(graph);
     const osEffects = effectNames(operatingSystems[c.os].machine);
+    // How failed captures released the computer, and whether one the OS refused in its look-only step did.
+    const releases = new Set<string>();
     for (const path of graph.paths) {
       const executor = new ScriptedExecutor();
       const osCrashes = path.events.some((e) => e.type === 'xstate.error.actor.os');
@@ -341,7 +373,17 @@ describe.each(combinations())('$provisioner capture of $os, end state $endState'
         expect(result.cleanupFailures.map((f) => f.step)).toEqual(failedCleanup);
       }
       expect(checkCaptureRules(c.provisioner, log, result), trace.join(', ')).toEqual([]);
+      const release = log.at(-1);
+      if (result.status === 'failed' && release?.src === 'release_computer') {
+        const outcome = (release.input as { release?: { outcome?: string } }).release?.outcome;
+        const osRefused = log.some((e) => e.src === OS_LOOK_ONLY && e.outcome === 'error');
+        releases.add(`${outcome}${osRefused ? ' after the OS refused' : ''}`);
+      }
     }
+    // The generated paths include failures on both sides of the first touch, the OS's refusal among them.
+    expect([...releases]).toEqual(
+      expect.arrayContaining(['maintenance', 'restore', 'restore after the OS refused']),
+    );
   });
 });
 

@@ -373,8 +373,10 @@ describe('paths forced through the runner against the lab', () => {
       // Nothing half-made is kept: no image, no marker, no temporary file.
       expect(files).toEqual([]);
       expect(record?.status).toBe(result.status);
-      const osTouched = expected.states.includes('capturing.pre_capture');
-      expect(computerState).toBe(result.status === 'cancelled' && !osTouched ? 'available' : 'maintenance');
+      // Failed or cancelled alike: back where it was unless the computer was touched (the OS sub-machine
+      // got past its first look, which every OS run here does) or an undo failed.
+      const touched = expected.states.includes('capturing.pre_capture') || result.cleanupFailures.length > 0;
+      expect(computerState).toBe(touched ? 'maintenance' : 'available');
     }
     expect(await lab.diskSha256(computer)).toBe(source);
     expect(lab.internalErrors).toEqual([]);

@@ -22,7 +22,7 @@ const runners: Runner[] = [];
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'vcl-resume-'));
-  lab = await startLab({ powerDelayMs: 300, computers: { 'libvirt-linux': 7 } });
+  lab = await startLab({ powerDelayMs: 300, computers: { 'libvirt-linux': 8 } });
   dbPath = join(dir, 'store.sqlite');
   store = openSqliteStore(dbPath);
 });
@@ -182,6 +182,20 @@ describe('snapshots of another machine version', () => {
     expect(stored?.lastError).toMatchObject({ code: 'SNAPSHOT_INCOMPATIBLE', step: 'resume' });
     expect(stored?.lastError?.message).toMatch(/copy_everything/);
     expect((await store.getComputer('lv-linux-3'))?.state).toBe('maintenance');
+    await b.stop();
+  });
+
+  it('one written before `touched` replaced `osTouched` resumes with the flag it had', async () => {
+    const handle = await suspendedAtCopy('lv-linux-8', 'runner-old-1');
+    tamper(
+      handle.id,
+      `snapshot = json_remove(json_set(snapshot, '$.context.osTouched', json('true')), '$.context.touched')`,
+    );
+    const b = runner('runner-old-2');
+    const done = eventOf(b, handle.id, finished);
+    expect((await b.start()).resumed).toEqual([handle.id]);
+    const result = ((await done) as Extract<RunnerEvent, { type: 'finished' }>).result;
+    expect(result.status).toBe('completed');
     await b.stop();
   });
 

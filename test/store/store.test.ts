@@ -237,6 +237,57 @@ describe('capture lifecycle', () => {
   });
 });
 
+describe('computers in maintenance: what put them there, and their release', () => {
+  it('describes the capture and error that sent a computer to maintenance', async () => {
+    await store.createCapture({ ...base, id: 'cap-1', computer: 'pc-04' });
+    await store.failCapture('cap-1', failure, 'maintenance');
+    const computers = await store.describeComputers();
+    expect(computers.find((c) => c.name === 'pc-04')).toMatchObject({
+      state: 'maintenance',
+      maintenance: { captureId: 'cap-1', image: 'vmwarewin7-Base12345-v0', status: 'failed', error: failure },
+    });
+    // In maintenance by other means (registered so): no capture to name.
+    expect(computers.find((c) => c.name === 'pc-05')).toMatchObject({
+      state: 'maintenance',
+      maintenance: null,
+    });
+    expect(computers.find((c) => c.name === 'pc-01')?.maintenance).toBeNull();
+  });
+
+  it('releases to the state the capture reserved it from, with the reason in that capture’s audit trail', async () => {
+    await store.createCapture({ ...base, id: 'cap-1', computer: 'pc-04' });
+    await store.failCapture('cap-1', failure, 'maintenance');
+    const released = await store.releaseComputer('pc-04', 'powered it off by hand');
+    expect(released).toMatchObject({
+      computer: { name: 'pc-04', state: 'reserved', heldBy: null },
+      cause: { captureId: 'cap-1' },
+      reason: 'powered it off by hand',
+    });
+    expect((await store.getCapture('cap-1'))?.events.at(-1)).toMatchObject({
+      type: 'computer.released',
+      details: { computer: 'pc-04', from: 'maintenance', to: 'reserved', reason: 'powered it off by hand' },
+    });
+    // Released from that capture: it no longer counts as the cause.
+    expect((await store.describeComputer('pc-04'))?.maintenance).toBeNull();
+    await expectVclError(store.releaseComputer('pc-04', 'again'), 'INVALID_TRANSITION', /not maintenance/);
+  });
+
+  it('releases a computer no capture put in maintenance to available', async () => {
+    const released = await store.releaseComputer('pc-05', 'repaired');
+    expect(released).toMatchObject({ computer: { state: 'available' }, cause: null });
+  });
+
+  it('refuses while a capture holds the computer, and bad input, writing nothing', async () => {
+    await store.createCapture({ ...base, id: 'cap-1', computer: 'pc-01' });
+    const before = dump(path);
+    await expectVclError(store.releaseComputer('pc-01', 'x'), 'COMPUTER_BUSY', /held by capture cap-1/);
+    await expectVclError(store.releaseComputer('pc-02', 'x'), 'INVALID_TRANSITION', /in state available/);
+    await expectVclError(store.releaseComputer('nope', 'x'), 'UNKNOWN_COMPUTER');
+    await expectVclError(store.releaseComputer('pc-05', ''), 'INVALID_INPUT', /reason/);
+    expect(dump(path)).toEqual(before);
+  });
+});
+
 describe('revisions and names', () => {
   it('numbers revisions highest + 1 and renames the trailing -vN, even after the pretty name changed', async () => {
     const names: string[] = [];

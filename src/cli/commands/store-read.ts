@@ -3,7 +3,7 @@ import { openSqliteStore } from '../../store/index.js';
 import type { CaptureRecordStatus } from '../../store/types.js';
 import { EXIT } from '../exit-codes.js';
 
-function table(rows: Record<string, unknown>[]): string {
+export function table(rows: Record<string, unknown>[]): string {
   if (rows.length === 0) return '(none)';
   const cols = Object.keys(rows[0] as object);
   const width = cols.map((c) => Math.max(c.length, ...rows.map((r) => String(r[c] ?? '').length)));
