@@ -54,9 +54,13 @@ let tarball: string;
 let packSeconds: number;
 let installSeconds: number;
 
-/** The children get the environment of a user's shell, not the npm lifecycle variables of `npm test`. */
+// What `npm test` / `npx vitest` set about the project itself (its package, its directory as the local
+// prefix) must not reach the npm run in the consumer; the user's npm configuration (npm_config_cache...)
+// does.
+const ABOUT_THE_PROJECT = /^npm_(package_|lifecycle_|command$|config_local_prefix$|config_call$)/i;
+
 function userEnv(): NodeJS.ProcessEnv {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k)));
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !ABOUT_THE_PROJECT.test(k)));
   return { ...env, NO_COLOR: '1' };
 }
 
