@@ -1,5 +1,6 @@
 /**
- * A host daemon embedding the runner with crash resume: run it with `npx tsx examples/daemon.ts`.
+ * A host daemon embedding the runner with crash resume: run it with `npx tsx examples/daemon.ts`. It
+ * imports the sources of this clone; a project that installed the package imports from 'vcl-capture'.
  *
  * `runner.start()` first resumes what a previous process left unfinished in the store (from the
  * persisted snapshots), then keeps taking captures queued in the store, by this process

@@ -1,5 +1,6 @@
 /**
- * Embedding the runner in a daemon: run it with `npx tsx examples/embed.ts`.
+ * Embedding the runner in a daemon: run it with `npx tsx examples/embed.ts`. It imports the sources of this
+ * clone; a project that installed the package imports the same names from 'vcl-capture'.
  *
  * A real daemon loads its inventory with `loadInventoryFile('inventory.yaml')`; this example starts the
  * built-in lab instead so it runs anywhere, and captures one computer of each provisioner at once.

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// The installed `vcl-capture` command: runs the TypeScript CLI through tsx (no build step).
+// `vcl-capture` in a clone, with no build: runs the TypeScript CLI through tsx (a devDependency). The
+// installed package's bin is the compiled dist/src/cli/main.js (`npm run build`); this file is not shipped.
 import { register } from 'tsx/esm/api';
 
 register();

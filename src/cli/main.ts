@@ -1,5 +1,4 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
 /** The `vcl-capture` command. */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
@@ -12,6 +11,7 @@ import {
   provisioners,
 } from '../../machines/index.js';
 import { isVclError } from '../errors.js';
+import { PACKAGE_VERSION } from '../package.js';
 import { dryRun } from '../simulate/dry-run.js';
 import { writeVisualizations } from '../visualize/write.js';
 import { cancelCommand, captureCommand } from './commands/capture.js';
@@ -23,15 +23,12 @@ import { labCommand } from './commands/lab.js';
 import { capturesCommand, imagesCommand, showCommand } from './commands/store-read.js';
 import { EXIT, exitCodeForError } from './exit-codes.js';
 
-const VERSION = (
-  JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
-).version;
 const DEFAULT_DB = process.env.VCL_CAPTURE_DB ?? 'vcl-capture.sqlite';
 
 const program = new Command()
   .name('vcl-capture')
   .description('Capture disk images of lab computers (xCAT, VMware ESXi, libvirt/KVM) as XState machines')
-  .version(VERSION)
+  .version(PACKAGE_VERSION)
   .option(
     '--log-level <level>',
     'fatal, error, warn, info, debug, trace or silent (default: warn, info with --log-file)',

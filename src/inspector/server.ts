@@ -13,6 +13,7 @@ import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
+import { packageFile } from '../package.js';
 import { generateVisualizations } from '../visualize/generate.js';
 import type { InspectorHub } from './hub.js';
 
@@ -31,7 +32,7 @@ export interface InspectorServer {
   close(): Promise<void>;
 }
 
-const PUBLIC = new URL('./public/', import.meta.url);
+const PUBLIC = packageFile('src/inspector/public/');
 const ASSETS: Record<string, { file: string; type: string }> = {
   '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
   '/index.html': { file: 'index.html', type: 'text/html; charset=utf-8' },

@@ -1,6 +1,6 @@
 /**
- * Starts a lab in a child process (src/lab/main.ts under tsx), so that a benchmark measures the runner's
- * CPU time and memory without the lab's. The child stops when `stop()` is called, and also when this
+ * Starts a lab in a child process (main.ts under tsx in a clone, the compiled main.js in the package), so
+ * that a benchmark measures the runner's CPU time and memory without the lab's. The child stops when `stop()` is called, and also when this
  * process goes away (its stdin pipe closes).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -20,10 +20,14 @@ export interface ChildLab {
   stop(graceMs?: number): Promise<void>;
 }
 
-const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
+// This module runs as TypeScript under tsx (a clone, the tests, the benchmarks) or compiled (the installed
+// package, where tsx is not a dependency): the child runs the same form.
+const FROM_SOURCE = import.meta.url.endsWith('.ts');
+const MAIN = fileURLToPath(new URL(FROM_SOURCE ? './main.ts' : './main.js', import.meta.url));
 
 export async function spawnLab(options: LabOptions = {}): Promise<ChildLab> {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, JSON.stringify(options)], {
+  const loader = FROM_SOURCE ? ['--import', 'tsx'] : [];
+  const child = spawn(process.execPath, [...loader, MAIN, JSON.stringify(options)], {
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));

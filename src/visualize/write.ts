@@ -1,6 +1,8 @@
 /** `npm run visualize`: (re)writes `visualizations/` from the machines. */
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { packageFile } from '../package.js';
 import { generateVisualizations } from './generate.js';
 
 export async function writeVisualizations(dir: string): Promise<string[]> {
@@ -15,7 +17,7 @@ export async function writeVisualizations(dir: string): Promise<string[]> {
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const dir = new URL('../../visualizations/', import.meta.url).pathname;
+  const dir = fileURLToPath(packageFile('visualizations'));
   const written = await writeVisualizations(dir);
   console.log(`wrote ${written.length} files to ${dir}: ${written.join(', ')}`);
 }

@@ -5,7 +5,9 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { startLab } from '../../lab/index.js';
+import { packageFile } from '../../package.js';
 import type { CaptureRunResult } from '../../runner/runner.js';
 import { openSqliteStore } from '../../store/index.js';
 import { EXIT } from '../exit-codes.js';
@@ -117,7 +119,7 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
     seconds: Number((r.ms / 1000).toFixed(1)),
     ...(r.result.status === 'completed' ? {} : { error: r.result.error }),
   }));
-  const diagrams = resolve(new URL('../../../visualizations/', import.meta.url).pathname);
+  const diagrams = fileURLToPath(packageFile('visualizations'));
   if (o.json) {
     console.log(JSON.stringify({ captures: summary, database: dbPath, diagrams }, null, 2));
   } else {
