@@ -1,7 +1,7 @@
 import { defineConfig } from 'vitest/config';
 
 /**
- * Suites that boot QEMU, kill and restart daemon fleets or drive Chromium. Each one loads both cores by
+ * Suites that boot QEMU, kill and restart daemon fleets, drive Chromium or build and install the package. Each one loads both cores by
  * itself: they run after everything else, one file at a time, so no two of them (and no timing-sensitive
  * light suite) ever share the machine.
  */
@@ -10,6 +10,8 @@ const HEAVY = [
   'test/crash/**/*.test.ts',
   'test/inspector/browser.test.ts',
   'test/daemon.test.ts',
+  // Builds, packs and installs the package, then runs its demo and a strict tsc in the install.
+  'test/package.test.ts',
 ];
 
 const shared = {
