@@ -18,11 +18,12 @@
  * 6. nothing started by the suite is left running.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AnyActorLogic, createActor } from 'xstate';
+import { parse, stringify } from 'yaml';
 import {
   type CaptureStepInput,
   DEFAULT_TIMEOUTS,
@@ -204,6 +205,31 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
       },
       BOOT_MS,
     );
+
+    it('a wrong pinned host key for the libvirt host fails at once (exit 4); the computer stays available, untouched', async () => {
+      const inventory = parse(readFileSync(rig.inventoryFile, 'utf8')) as {
+        hosts: Record<string, { hostKey: { fingerprints: string[] } }>;
+      };
+      const kvm = inventory.hosts.kvm;
+      if (kvm === undefined) throw new Error('the rig has no kvm host');
+      // Well formed (SHA256 + 43 base64 characters), but not the host's key.
+      kvm.hostKey.fingerprints = [`SHA256:${randomBytes(32).toString('base64').replace(/=+$/, '')}`];
+      const wrong = join(rig.dir, 'wrong-fingerprint.yaml');
+      writeFileSync(wrong, stringify(inventory));
+      const bootBefore = await rig.bootId();
+      const refused = await capture([VM_LOCAL, '--image', 'e2e-refused', '--config', wrong]);
+      expect(refused.code, refused.stderr.slice(-3000)).toBe(4);
+      expect(refused.summary.status).toBe('failed');
+      expect(refused.summary.error).toMatchObject({ code: 'SSH_HOSTKEY_MISMATCH', step: 'inspect_domain' });
+      expect(await rig.libvirt.domstate(DOMAIN)).toBe('running');
+      expect(await rig.bootId()).toBe(bootBefore);
+      const listed = await rig.cli(['computers', '--json']);
+      cliCalls += 1;
+      expect(listed.code, listed.stderr).toBe(0);
+      const computers = JSON.parse(listed.stdout) as { name: string; state: string }[];
+      expect(computers.find((c) => c.name === VM_LOCAL)?.state).toBe('available');
+      // The next test captures with the right inventory on the same database.
+    }, 120_000);
 
     it('vcl-capture capture completes: the OS shuts the guest down, the disk is converted and verified', async () => {
       result = await capture([VM_LOCAL, '--image', 'e2e-base']);

@@ -358,7 +358,7 @@ export async function startRig(options: StartRigOptions = {}): Promise<Rig> {
           '--log-file',
           join(logs, `cli-${captureNo}.jsonl`),
           ...args,
-          ...(args[0] === 'capture' ? ['--config', inventoryFile] : []),
+          ...(args[0] === 'capture' && !args.includes('--config') ? ['--config', inventoryFile] : []),
           '--db',
           db,
         ];
