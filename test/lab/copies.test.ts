@@ -14,7 +14,8 @@ import { eventually, type LabHarness, openLab } from './helpers.js';
 
 let h: LabHarness;
 beforeAll(async () => {
-  h = await openLab({ powerDelayMs: 30, captureChunkBytes: 1024 * 1024, captureChunkMs: 15 });
+  // The capture environment's upload takes 8 chunks of 100 ms: long enough to be seen growing.
+  h = await openLab({ powerDelayMs: 30, captureChunkBytes: 512 * 1024, captureChunkMs: 100 });
 });
 afterAll(async () => {
   await h?.close();
@@ -139,17 +140,19 @@ describe('xCAT capture environment', () => {
     const r = await h.exec(node, endStateCommand('linux', 'reboot'), { expectDisconnect: true });
     expect(r.disconnected).toBe(true);
     await h.lab.waitForPower(node, 'on');
+    // Watched from the start of the upload, while the checks below run.
+    const sizes: number[] = [];
+    const watched = eventually(async () => {
+      const s = parseSizes((await h.exec('xcat-mn', xcat.sizes(repo, 'xc-img-v0'))).stdout);
+      sizes.push(s.get('xc-img-v0.img') ?? 0);
+      return s.has('xc-img-v0.img.capturedone');
+    }, 30_000);
     expect(h.lab.computer(node).running).toBe('captureEnv');
     expect(parseNodestat((await h.exec('xcat-mn', xcat.nodestat(node))).stdout, node)).toBe('capturing');
     // The OS does not run: its SSH server does not answer.
     const quick = { ...h.host(node), name: 'xc-quick', connectDeadlineMs: 100 };
     await expect(h.pool.exec(quick, ['true'])).rejects.toMatchObject({ code: 'SSH_UNREACHABLE' });
-    const sizes: number[] = [];
-    await eventually(async () => {
-      const s = parseSizes((await h.exec('xcat-mn', xcat.sizes(repo, 'xc-img-v0'))).stdout);
-      sizes.push(s.get('xc-img-v0.img') ?? 0);
-      return s.has('xc-img-v0.img.capturedone');
-    });
+    await watched;
     expect(new Set(sizes).size).toBeGreaterThan(1);
     expect(await h.lab.sha256('xcat-mn', image)).toBe(await h.lab.diskSha256(node));
     await h.lab.waitForPower(node, 'off');
