@@ -7,7 +7,7 @@
 import { posix } from 'node:path';
 import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
 import { type StepFn, sleep } from '../runner/step.js';
-import type { SshHost } from '../ssh/index.js';
+import { durableMoveCommand, type SshHost } from '../ssh/index.js';
 import {
   copyOptions,
   type DriverEnv,
@@ -177,7 +177,9 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
       if (sameHost(host, env.repository.host)) {
         const sha256 = await sha256Of(exec, host, partial);
         const sizeBytes = await sizeOf(exec, host, partial);
-        await exec(host, ['mv', '-f', '--', partial, target]);
+        // qemu-img convert leaves its output in the page cache (its default target cache mode does not
+        // flush): the image and its name are made durable before the revision can be recorded.
+        await exec(host, durableMoveCommand(partial, target));
         return { artifact: { path: target, sizeBytes, sha256, format } };
       }
       try {

@@ -157,6 +157,20 @@ function readFirstLine(stream: Readable, limit: number): Promise<string | undefi
  * in one command. A separate `stat` command beside the transfer cost a second session start on the host
  * (~0.1 s of sshd CPU each time), and the data waited for it.
  */
+const DURABLE_MOVE =
+  'chmod "$3" "$1" && { sync -- "$1" 2>/dev/null || sync; } && mv -f -- "$1" "$2" && ' +
+  '{ sync -- "$(dirname -- "$2")" 2>/dev/null || true; }';
+
+/**
+ * Makes a finished file at `tmp` the durable `path` on its host: sets its mode, syncs its data (a `sync`
+ * without file arguments where coreutils' is missing), renames it over `path`, then syncs the folder so the
+ * new name survives a crash. The copies commit through it, and so does any step that makes an image on a
+ * host by other means (qemu-img convert) before it is recorded.
+ */
+export function durableMoveCommand(tmp: string, path: string, mode = 0o644): string[] {
+  return ['sh', '-c', DURABLE_MOVE, 'sh', tmp, path, mode.toString(8)];
+}
+
 const REMOTE_READER = 'stat -L -c %s:%F -- "$1" && exec cat -- "$1"';
 
 async function openSource(
@@ -308,10 +322,7 @@ async function openRemoteDestination(
     finished,
     stop: () => proc.stop('SSH_ABORTED', `copy to ${host.name}:${path} stopped`),
     async commit() {
-      const script =
-        'chmod "$3" "$1" && { sync -- "$1" 2>/dev/null || sync; } && mv -f -- "$1" "$2" && ' +
-        '{ sync -- "$(dirname -- "$2")" 2>/dev/null || true; }';
-      const r = await runner.exec(host, ['sh', '-c', script, 'sh', tmp, path, mode.toString(8)], {
+      const r = await runner.exec(host, durableMoveCommand(tmp, path, mode), {
         timeoutMs: 300_000,
         check: false,
         ...stepOpt,

@@ -11,7 +11,7 @@
  * await pool.close();
  * ```
  */
-export { copyLeftoversCommand } from './copy.js';
+export { copyLeftoversCommand, durableMoveCommand } from './copy.js';
 export { isSshError, SshError, type SshErrorCode, SshExitError } from './errors.js';
 export { fingerprintSha256 } from './hostkeys.js';
 export { SshPool, type SshPoolOptions } from './pool.js';

@@ -6,7 +6,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startLab } from '../../src/lab/index.js';
+import { COPY_FINALIZE_SCRIPT, startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { createRunner, type Runner } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
@@ -126,5 +126,54 @@ describe('deadlines and hostile values', () => {
       await hostileRunner.close();
       await hostileStore.close();
     }
+  });
+});
+
+describe('durability: the image and its name are synced on the host that keeps them, before the revision', () => {
+  let local: Lab;
+  let localStore: SqliteCaptureStore;
+  let localRunner: Runner;
+
+  beforeAll(async () => {
+    local = await startLab({ powerDelayMs: 20, repositories: { libvirt: 'kvm-local' } });
+    localStore = openSqliteStore(join(dir, 'durable.sqlite'));
+    localRunner = createRunner({ inventory: local.inventory, store: localStore, pollMs: 20 });
+  });
+
+  afterAll(async () => {
+    await localRunner?.close();
+    await localStore?.close();
+    await local?.stop();
+  });
+
+  /** The commands on `host` that synced `tmp`, renamed it to `path` and synced its folder. */
+  const durableMoves = (l: Lab, host: string, path: string) =>
+    l.commandLog.filter(
+      (e) =>
+        e.host === host && e.argv?.[0] === 'sh' && e.argv[2] === COPY_FINALIZE_SCRIPT && e.argv[5] === path,
+    );
+
+  it.each([
+    [
+      'qemu-img convert into the repository on the libvirt host',
+      'lv-linux-1',
+      () => local,
+      () => localRunner,
+    ],
+    ['the copy streamed to the repository host', 'lv-linux-1', () => lab, () => runner],
+    ['the VMware clone streamed to the repository host', 'vm-linux-1', () => lab, () => runner],
+  ])('%s', async (_what, computer, labOf, runnerOf) => {
+    const l = labOf();
+    if (l === lab) await again(computer);
+    const handle = await runnerOf().capture({
+      computer,
+      image: { osName: l.computer(computer).os, prettyName: `Durable ${computer}`, owner: 'test' },
+    });
+    const result = await handle.result;
+    if (result.status !== 'completed') throw new Error(`${result.status}: ${JSON.stringify(result.error)}`);
+    const repo = l.inventory.repositories[l.inventory.computers[computer]?.repository ?? ''];
+    const moves = durableMoves(l, repo?.host ?? '', result.artifact.path);
+    expect(moves).toHaveLength(1);
+    expect(await l.sha256(repo?.host ?? '', result.artifact.path)).toBe(result.artifact.sha256);
   });
 });
