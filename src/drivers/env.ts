@@ -67,6 +67,15 @@ export async function exists(exec: Exec, host: SshHost, path: string): Promise<b
   );
 }
 
+/**
+ * Makes files written on `host` by another program (an upload, a converter) durable: coreutils `sync`
+ * fsyncs each file, then the folders that name them, before anything is recorded about them.
+ */
+export async function syncPaths(exec: Exec, host: SshHost, files: readonly string[]): Promise<void> {
+  const folders = [...new Set(files.map((f) => posix.dirname(f)))];
+  await exec(host, ['sync', '--', ...files, ...folders]);
+}
+
 export async function sha256Of(exec: Exec, host: SshHost, path: string): Promise<string> {
   const r = await exec(host, ['sha256sum', '--', path]);
   const m = /^([0-9a-f]{64})\s/.exec(r.stdout);

@@ -15,6 +15,7 @@ import {
   repositoryPath,
   sha256Of,
   sizeOf,
+  syncPaths,
 } from './env.js';
 import { driverError } from './errors.js';
 import { verifyArtifact } from './verify.js';
@@ -147,6 +148,8 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
         await sleep(env.pollMs, run.signal);
       }
       await exec(env.repository.host, xcat.chmod('644', f.image));
+      // The capture environment's writes may still sit in the repository host's cache.
+      await syncPaths(exec, env.repository.host, [f.image]);
       const sizeBytes = await sizeOf(exec, env.repository.host, f.image);
       if (sizeBytes === 0) throw driverError('UPLOAD_FAILED', `the uploaded image ${f.image} is empty`);
       const sha256 = await sha256Of(exec, env.repository.host, f.image);

@@ -279,6 +279,15 @@ describe('guests answer the pre_capture plans', () => {
 });
 
 describe('like a shell', () => {
+  it('sync: files and folders that exist are synced (exit 0); a missing one fails as coreutils 9 says', async () => {
+    expect((await h.exec('repo-host', ['sync', '--', '/srv/vcl/images', '/root'])).code).toBe(0);
+    const r = await h.exec('repo-host', ['sync', '--', '/srv/vcl/images', '/srv/vcl/images/nothing']);
+    expect(r).toMatchObject({
+      code: 1,
+      stderr: "sync: error opening '/srv/vcl/images/nothing': No such file or directory\n",
+    });
+  });
+
   it('answers unknown commands with 127 and "not found"', async () => {
     const r = await h.exec('lv-linux-1', ['frobnicate', '--now']);
     expect(r).toMatchObject({ code: 127, stdout: '', stderr: 'sh: 1: frobnicate: not found\n' });

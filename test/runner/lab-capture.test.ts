@@ -176,4 +176,20 @@ describe('durability: the image and its name are synced on the host that keeps t
     expect(moves).toHaveLength(1);
     expect(await l.sha256(repo?.host ?? '', result.artifact.path)).toBe(result.artifact.sha256);
   });
+
+  it('the image the xCAT capture environment uploaded, and its folder', async () => {
+    await again('xc-linux-1');
+    const handle = await runner.capture({
+      computer: 'xc-linux-1',
+      image: { osName: 'linux', prettyName: 'Durable xc-linux-1', owner: 'test' },
+    });
+    const result = await handle.result;
+    if (result.status !== 'completed') throw new Error(`${result.status}: ${JSON.stringify(result.error)}`);
+    const repo = lab.inventory.repositories[lab.inventory.computers['xc-linux-1']?.repository ?? ''];
+    const path = result.artifact.path;
+    const synced = lab.commandLog.filter(
+      (e) => e.host === repo?.host && e.argv?.join(' ') === `sync -- ${path} ${path.replace(/\/[^/]*$/, '')}`,
+    );
+    expect(synced).toHaveLength(1);
+  });
 });

@@ -612,7 +612,26 @@ const sleepCmd: Handler = async (ctx) => {
 };
 
 /** `sync` has nothing to flush in the lab (files are written synchronously before a command answers). */
-const sync: Handler = async () => 0;
+/** coreutils `sync [FILE]...`: with operands, fsyncs each file or folder (a missing one is an error). */
+const sync: Handler = async (ctx) => {
+  const { operands } = options(ctx.argv.slice(1));
+  let status = 0;
+  for (const p of operands) {
+    const { real } = await ctx.host.fs.prepare(p);
+    if ((await statOf(real)) === undefined) {
+      await ctx.err(`sync: error opening '${p}': No such file or directory\n`);
+      status = 1;
+      continue;
+    }
+    const fh = await open(real, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+  return status;
+};
 
 /** POSIX character classes inside brackets, for the JS RegExp a sed script becomes. */
 const CLASSES: Record<string, string> = {
