@@ -141,7 +141,11 @@ describe.skipIf(!available)('host keys and connection errors against OpenSSH ssh
     const port = await freePort();
     const started = Date.now();
     const err = await failure(
-      pool.exec(server.sshHost({ name: name(), port, connectDeadlineMs: 1500 }), ['true']),
+      // 127.0.0.253: no suite listens there, so the port stays refused for the whole deadline even if
+      // another suite's server takes it on 127.0.0.1 meanwhile.
+      pool.exec({ ...server.sshHost({ name: name(), port, connectDeadlineMs: 1500 }), host: '127.0.0.253' }, [
+        'true',
+      ]),
     );
     const elapsed = Date.now() - started;
     expect(err.code).toBe('SSH_UNREACHABLE');
