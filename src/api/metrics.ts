@@ -61,8 +61,14 @@ export function runnerMetrics(o: { runner: Runner; store: CaptureStore; logger?:
   });
   const copiedBytes = new Counter({
     name: 'vcl_capture_copied_bytes_total',
-    help: 'Bytes copied or uploaded by capture steps (copy, clone, upload), as their progress reports them',
+    help: 'Bytes copied or uploaded by capture steps (copy, clone, upload) as their progress reports them (the last bytes of a copy may end before a report)',
     labelNames: ['step'] as const,
+    registers: [registry],
+  });
+  const imageBytes = new Counter({
+    name: 'vcl_capture_image_bytes_total',
+    help: 'Size of the images of completed captures (what was copied, counted once the copy is verified)',
+    labelNames: ['provisioner'] as const,
     registers: [registry],
   });
   // The latest reported rate of each copy running now; their sum is the gauge.
@@ -163,7 +169,11 @@ export function runnerMetrics(o: { runner: Runner; store: CaptureStore; logger?:
       const status = e.result.status;
       if (status === 'suspended') return;
       store.getCaptureRecord(e.captureId).then(
-        (r) => captures.inc({ provisioner: r?.provisioner ?? 'unknown', status }),
+        (r) => {
+          const provisioner = r?.provisioner ?? 'unknown';
+          captures.inc({ provisioner, status });
+          if (e.result.status === 'completed') imageBytes.inc({ provisioner }, e.result.artifact.sizeBytes);
+        },
         (err: unknown) => o.logger?.warn({ err, captureId: e.captureId }, 'metrics: capture not found'),
       );
     }

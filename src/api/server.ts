@@ -5,7 +5,7 @@
  * beyond loopback), and `/metrics` from `metrics.ts`.
  */
 import type { AddressInfo } from 'node:net';
-import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyReply, type FastifyRequest, LogController } from 'fastify';
 import type { z } from 'zod';
 import { isVclError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
@@ -115,7 +115,11 @@ export async function startApiServer(o: ApiServerOptions): Promise<ApiServer> {
 
   // fastify logs through our pino logger; its per-request lines are replaced by one line per response
   // (method, route, status, time): never headers, so never the token.
-  const app = Fastify({ loggerInstance: log, disableRequestLogging: true, bodyLimit: 64 * 1024 });
+  const app = Fastify({
+    loggerInstance: log,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: 64 * 1024,
+  });
   app.addHook('onResponse', async (req, reply) => {
     log.info(
       {
