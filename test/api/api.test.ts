@@ -320,8 +320,34 @@ describe('a capture through the API', () => {
     );
   });
 
-  it('refuses a capture of a computer in maintenance (409, nothing recorded), and releases it with a reason', async () => {
-    await store.setComputerState('vm-linux-1', 'maintenance');
+  it('a capture that fails after touching its computer: counted, the computer refused (409, nothing recorded), then released with a reason', async () => {
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'esxi-host',
+      match: ['vmkfstools'],
+      exitCode: 1,
+      stderr: 'Failed to clone disk: No space left on device',
+    });
+    const queued = await call('POST', '/captures', {
+      body: { computer: 'vm-linux-1', image: registration('Api failing') },
+    });
+    expect(queued.status, queued.text).toBe(202);
+    const failed = await until('the capture to fail', async () => {
+      const r = await call('GET', `/captures/${queued.body.id}`);
+      return ['completed', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
+    });
+    lab.faults.clear();
+    expect(failed).toMatchObject({ status: 'failed', releaseOutcome: 'maintenance' });
+    const m = await until('the failure counted', async () => {
+      const t = (await call('GET', '/metrics')).text;
+      return sample(t, 'vcl_capture_captures_total', { provisioner: 'vmware', status: 'failed' }) === 1
+        ? t
+        : undefined;
+    });
+    expect(
+      sample(m, 'vcl_capture_remote_failures_total', { code: 'SSH_EXIT_NONZERO' }),
+    ).toBeGreaterThanOrEqual(1);
+
     const count = (await store.listCaptures()).length;
     const refused = await call('POST', '/captures', {
       body: { computer: 'vm-linux-1', image: registration('Api refused') },
@@ -332,12 +358,18 @@ describe('a capture through the API', () => {
 
     const computers = await call('GET', '/computers');
     const vm = computers.body.computers.find((c: { name: string }) => c.name === 'vm-linux-1');
-    expect(vm).toMatchObject({ state: 'maintenance' });
+    expect(vm).toMatchObject({ state: 'maintenance', maintenance: { captureId: queued.body.id } });
     const released = await call('POST', '/computers/vm-linux-1/release', {
-      body: { reason: 'checked by hand' },
+      body: { reason: 'disk space freed' },
     });
     expect(released.status, released.text).toBe(200);
-    expect(released.body).toMatchObject({ computer: { state: 'available' }, reason: 'checked by hand' });
+    expect(released.body).toMatchObject({
+      computer: { state: 'available' },
+      cause: { captureId: queued.body.id },
+      reason: 'disk space freed',
+    });
+    const trail = (await call('GET', `/captures/${queued.body.id}`)).body.events;
+    expect(trail.at(-1)).toMatchObject({ type: 'computer.released' });
     const twice = await call('POST', '/computers/vm-linux-1/release', { body: { reason: 'again' } });
     expect(twice.status).toBe(409);
     expect(twice.body.error.code).toBe('INVALID_TRANSITION');
@@ -395,6 +427,50 @@ describe('readiness', () => {
     } finally {
       await s2.close();
       await r2.close();
+    }
+  });
+
+  it('is 503 naming the leases when their renewal fails while a capture runs, and counts it', async () => {
+    const other = openSqliteStore(join(dir, 'leases.sqlite'));
+    // The store answers everything but the renewal of leases, as a database locked by another writer would.
+    const failing = new Proxy(other, {
+      get(target, key) {
+        if (key === 'renewLeases') return async () => Promise.reject(new Error('database is locked'));
+        const v = Reflect.get(target, key, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    const r3 = createRunner({ inventory: lab.inventory, store: failing, pollMs: 20, leaseMs: 300 });
+    const s3 = await startApiServer({ runner: r3, store: failing });
+    try {
+      // The computer ignores its shutdown until the test switches it off: the capture is sure to run
+      // through several renewal rounds, however fast or slow the machine.
+      const ignore = lab.faults.add({ kind: 'neverPowersOff', computer: 'lv-linux-1', mode: 'ignore' });
+      const handle = await r3.capture({
+        computer: 'lv-linux-1',
+        image: registration('Leases'),
+      });
+      await until('the OS end-state wait', async () => {
+        const last = (await other.getCapture(handle.id))?.events.at(-1);
+        return JSON.stringify(last?.details?.os ?? null).includes('wait_gone') ? true : undefined;
+      });
+      const notReady = await until('readiness to fail on the leases', async () => {
+        const r = await call('GET', '/readyz', { base: s3.url });
+        return r.status === 503 ? r.body : undefined;
+      });
+      lab.faults.clear(ignore);
+      lab.powerOff('lv-linux-1');
+      expect(notReady.checks).toMatchObject({
+        store: { ok: true },
+        leases: { ok: false, last: { ok: false, error: 'database is locked' } },
+      });
+      const m = (await call('GET', '/metrics', { base: s3.url })).text;
+      expect(sample(m, 'vcl_capture_lease_renewals_total', { result: 'failed' })).toBeGreaterThanOrEqual(1);
+      expect((await handle.result).status).toBe('completed');
+    } finally {
+      await s3.close();
+      await r3.close();
+      await other.close();
     }
   });
 });
