@@ -240,6 +240,10 @@ describe('a capture through the API', () => {
 
     const listed = await call('GET', '/captures?status=completed');
     expect(listed.body.captures.map((c: { id: string }) => c.id)).toEqual([captureId]);
+    const several = await call('GET', '/captures?status=failed&status=completed&computer=xc-linux-1');
+    expect(several.body.captures.map((c: { id: string }) => c.id)).toEqual([captureId]);
+    const none = await call('GET', '/captures?status=failed&status=cancelled');
+    expect(none.body.captures).toEqual([]);
 
     const after = await until('the counters of the finished capture', async () => {
       const t = (await call('GET', '/metrics')).text;
