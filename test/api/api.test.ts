@@ -477,4 +477,40 @@ describe('readiness', () => {
       await other.close();
     }
   });
+
+  it('counts a capture taken over from a runner whose lease ran out', async () => {
+    const other = openSqliteStore(join(dir, 'takeover.sqlite'));
+    await other.registerComputers([{ name: 'vm-windows-1' }]);
+    const image = await other.registerImage({ osName: 'win10', prettyName: 'Takeover', owner: 'api-test' });
+    // Queued and claimed by a runner that then went silent: its 1 ms lease has run out.
+    const left = await other.createCapture({
+      computer: 'vm-windows-1',
+      imageId: image.id,
+      provisioner: 'vmware',
+      os: 'windows',
+      reserve: false,
+      owner: 'elsewhere/1/gone',
+      leaseMs: 1,
+    });
+    const r4 = createRunner({ inventory: lab.inventory, store: other, pollMs: 20 });
+    const s4 = await startApiServer({ runner: r4, store: other });
+    try {
+      const before = (await call('GET', '/metrics', { base: s4.url })).text;
+      expect(sample(before, 'vcl_capture_takeovers_total')).toBe(0);
+      await new Promise((r) => setTimeout(r, 5));
+      const report = await r4.start();
+      expect(report.started).toEqual([left.id]);
+      const after = (await call('GET', '/metrics', { base: s4.url })).text;
+      expect(sample(after, 'vcl_capture_takeovers_total')).toBe(1);
+      const ended = await until('the capture taken over to end', async () => {
+        const r = await call('GET', `/captures/${left.id}`, { base: s4.url });
+        return ['completed', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
+      });
+      expect(ended.status, JSON.stringify(ended.lastError)).toBe('completed');
+    } finally {
+      await s4.close();
+      await r4.close();
+      await other.close();
+    }
+  });
 });
