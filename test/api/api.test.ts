@@ -488,6 +488,8 @@ describe('readiness', () => {
       imageId: image.id,
       provisioner: 'vmware',
       os: 'windows',
+      repository:
+        lab.inventory.repositories[lab.inventory.computers['vm-windows-1']?.repository ?? '']?.path ?? '',
       reserve: false,
       owner: 'elsewhere/1/gone',
       leaseMs: 1,
