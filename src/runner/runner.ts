@@ -476,12 +476,13 @@ export function createRunner(options: RunnerOptions): Runner {
           continue;
         throw err;
       }
-      if (r.owner !== null && r.owner !== runnerId) takeovers += 1;
-      if (r.owner !== null && r.owner !== runnerId)
+      if (r.owner !== null && r.owner !== runnerId) {
+        takeovers += 1;
         baseLog.info(
           { captureId: r.id, previousOwner: r.owner },
           'took over a capture of a runner that is gone',
         );
+      }
       await takeOver(claimed, report);
     }
   }
