@@ -11,6 +11,8 @@ export type {
   StepWarning,
   Timeouts,
 } from '../machines/index.js';
+export { type ApiServer, type ApiServerOptions, startApiServer } from './api/server.js';
+export { type RunnerMetrics, runnerMetrics } from './api/metrics.js';
 export { isVclError, VclError } from './errors.js';
 export { createInspector, type Inspector } from './inspector/index.js';
 export { statelyBridge } from './inspector/stately.js';
@@ -27,6 +29,7 @@ export {
   type ListedCapture,
   type Runner,
   type RunnerEvent,
+  type RunnerHealth,
   type RunnerOptions,
   type StartReport,
   type SuspendedResult,

@@ -122,16 +122,29 @@ describe('vcl-capture daemon', () => {
   }, async () => {
     const first = await queue('lv-linux-1', 'Daemon one');
     // A short lease: the daemon renews it, and sees cancel requests, every 200 ms.
-    const d = daemon('--inspect', '0', '--lease', '600');
+    const d = daemon('--inspect', '0', '--lease', '600', '--listen', '127.0.0.1:0', '--log-level', 'info');
     await until(
       async () => /Inspector: http:\/\/127\.0\.0\.1:\d+\//.test(d.err()),
       30_000,
       'the inspector URL',
     );
     const url = /Inspector: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(d.err())?.[1] ?? '';
+    await until(async () => /"url":"http:\/\/127\.0\.0\.1:\d+"/.test(d.err()), 30_000, 'the API URL');
+    const apiUrl = /"url":"(http:\/\/127\.0\.0\.1:\d+)"/.exec(d.err())?.[1] ?? '';
     await until(async () => (await status(first)) === 'completed', 60_000, 'the queued capture');
     const listed = (await (await fetch(`${url}api/captures`)).json()) as { captures: { id: string }[] };
     expect(JSON.stringify(listed)).toContain(first);
+    // The daemon's HTTP API serves the same store, and its metrics counted the capture it ran.
+    const viaApi = (await (await fetch(`${apiUrl}/captures/${first}`)).json()) as { status: string };
+    expect(viaApi.status).toBe('completed');
+    await until(
+      async () =>
+        /vcl_capture_captures_total\{provisioner="libvirt",status="completed"\} 1/.test(
+          await (await fetch(`${apiUrl}/metrics`)).text(),
+        ),
+      30_000,
+      'the capture counted in /metrics',
+    );
 
     // A cancel from another process while the daemon runs the capture: cleanup runs, nothing is kept.
     lab.faults.add({ kind: 'hangCommand', host: 'esxi-host', match: ['vmkfstools'], times: 1 });
@@ -150,6 +163,12 @@ describe('vcl-capture daemon', () => {
 
     d.child.kill('SIGTERM');
     expect(await d.exit).toBe(0);
+  });
+
+  it('refuses --listen beyond loopback without a token (exit 2), before running anything', async () => {
+    const d = run(['daemon', '--config', inventoryFile, '--db', db, '--listen', '0.0.0.0:0']);
+    expect(await d.exit).toBe(2);
+    expect(d.err()).toMatch(/VCL_CAPTURE_API_TOKEN or give --api-token-file/);
   });
 
   it('SIGTERM stops at the next state with exit 0; the next daemon resumes the capture to the end', {

@@ -10,6 +10,7 @@ import {
   type ProvisionerName,
   provisioners,
 } from '../../machines/index.js';
+import { API_TOKEN_ENV, type ListenAddress, parseListen } from '../api/auth.js';
 import { isVclError } from '../errors.js';
 import { PACKAGE_VERSION } from '../package.js';
 import { dryRun } from '../simulate/dry-run.js';
@@ -54,6 +55,14 @@ function portNumber(value: string): number {
   const n = positiveInt(value);
   if (n > 65535) throw new InvalidArgumentError('expected a TCP port (0 picks a free one)');
   return n;
+}
+
+function listenAddress(value: string): ListenAddress {
+  try {
+    return parseListen(value);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
 }
 
 const INSPECT_HELP =
@@ -242,13 +251,24 @@ program
     '--stately <ws-url>',
     'also send inspection events to a @statelyai/inspect WebSocket receiver (redacted)',
   )
+  .option(
+    '--listen <host:port>',
+    'serve the HTTP API (OpenAPI at /openapi.json) and Prometheus /metrics, e.g. 127.0.0.1:7781; beyond loopback a bearer token is required',
+    listenAddress,
+  )
+  .option(
+    '--api-token-file <file>',
+    `file holding the API's bearer token (first line; default: env ${API_TOKEN_ENV})`,
+  )
   .addHelpText(
     'after',
     `
 Logs (pino JSON, info level by default) go to stderr or --log-file. SIGTERM or SIGINT: take no new work,
 let each running capture reach its next state (persisted), exit 0; a second signal exits at once (143).
 Example:
-  vcl-capture daemon --config inventory.yaml --db /var/lib/vcl-capture/captures.sqlite --inspect`,
+  vcl-capture daemon --config inventory.yaml --db /var/lib/vcl-capture/captures.sqlite --inspect
+  vcl-capture daemon --config inventory.yaml --db captures.sqlite --listen 127.0.0.1:7781
+  curl http://127.0.0.1:7781/captures?status=running`,
   )
   .action(async (opts) => {
     process.exitCode = await daemonCommand({

@@ -23,7 +23,8 @@ const absolutePath = z
   )
   .refine((p) => !p.split('/').includes('..'), 'must not contain ".." segments');
 
-const timeouts = z
+/** Per-step timeouts in ms, each optional (the inventory's and a capture request's). */
+export const timeoutsSchema = z
   .object(
     Object.fromEntries(
       Object.keys(DEFAULT_TIMEOUTS).map((k) => [k, z.number().int().positive().optional()]),
@@ -65,7 +66,7 @@ export const hostSchema = z
     /** Copies that may run from or to this host at once. */
     maxCopies: z.number().int().positive().default(2),
     maxChannels: z.number().int().positive().max(10).optional(),
-    timeouts: timeouts.optional(),
+    timeouts: timeoutsSchema.optional(),
   })
   .strict()
   .refine((h) => h.privateKeyPath !== undefined || h.privateKey !== undefined, {
@@ -112,7 +113,7 @@ export const computerSchema = z
     repository: name,
     reservationUsers: z.array(z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'a POSIX user name')).default([]),
     sysprep: z.boolean().optional(),
-    timeouts: timeouts.optional(),
+    timeouts: timeoutsSchema.optional(),
   })
   .strict();
 
@@ -130,7 +131,7 @@ export const inventorySchema = z
     repositories: z.record(name, repositorySchema),
     defaults: z
       .object({
-        timeouts: timeouts.optional(),
+        timeouts: timeoutsSchema.optional(),
         maxConcurrentCaptures: z.number().int().positive().default(100),
       })
       .strict()

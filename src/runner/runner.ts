@@ -92,6 +92,31 @@ export interface StartReport {
   failed: { captureId: string; code: string; message: string }[];
 }
 
+/**
+ * What an operator's readiness probe and metrics read of a runner (`runner.health()`): counters since it
+ * was created and the outcome of its last lease renewal. Kept by the runner because only it sees them.
+ */
+export interface RunnerHealth {
+  /** `stop()` or `close()` was called: the runner takes no new work. */
+  stopping: boolean;
+  /** Captures this runner runs or has queued for a slot now. */
+  captures: number;
+  leases: {
+    leaseMs: number;
+    /** Renewal rounds that succeeded / failed (a round runs every third of the lease while captures run). */
+    renewals: number;
+    failures: number;
+    /** The last round, or null when none was needed yet. */
+    last: { at: string; ok: boolean; error?: string } | null;
+  };
+  /** Captures this runner claimed from another owner (gone, or its lease ran out). */
+  takeovers: number;
+  /** Capture and copy slots in use (and waited for) per provisioner host. */
+  slots: Record<string, { captures: number; copies: number; waiting: number }>;
+  /** Remote commands and copies that failed, by error code (expected ones included: a shutdown's `SSH_DISCONNECTED`). */
+  remoteFailures: Record<string, number>;
+}
+
 /** An unfinished capture as `runner.list()` reports it. */
 export interface ListedCapture extends CaptureRecord {
   /** This runner runs it. */
@@ -120,6 +145,8 @@ export interface Runner {
    * one another runner runs, by asking it through the store (it acts within a third of its lease).
    */
   cancel(captureId: string, reason?: string): Promise<void>;
+  /** Counters and the last lease renewal, for readiness probes and metrics. */
+  health(): RunnerHealth;
   /** Listens to every capture's events; returns the unsubscribe function. A listener never blocks a capture. */
   on(listener: (event: RunnerEvent) => void): () => void;
   /**
@@ -174,6 +201,20 @@ export function reservationRefusal(
   );
 }
 
+/** The transport, counting its failures by code for `health()`; what it does is unchanged. */
+function countingFailures(inner: Remote, count: (code: string) => void): Remote {
+  const counted = <T>(p: Promise<T>): Promise<T> =>
+    p.catch((err: unknown) => {
+      count(isVclError(err) ? err.code : 'ERROR');
+      throw err;
+    });
+  return {
+    exec: (host, argv, o) => counted(inner.exec(host, argv, o)),
+    copy: (from, to, o) => counted(inner.copy(from, to, o)),
+    ...(inner.answers ? { answers: inner.answers.bind(inner) } : {}),
+  };
+}
+
 /** `<host>/<pid>/<random>`: a runner on this host whose process is gone can be replaced at once. */
 function defaultRunnerId(): string {
   return `${hostname()}/${process.pid}/${randomBytes(4).toString('hex')}`;
@@ -199,7 +240,11 @@ export function createRunner(options: RunnerOptions): Runner {
   const leaseMs = options.leaseMs ?? 60_000;
   const baseLog = (options.logger ?? silentLogger()).child({ runner: runnerId });
   const ownsRemote = options.remote === undefined;
-  const remote = options.remote ?? new SshPool({ logger: baseLog });
+  const ownRemote = options.remote ?? new SshPool({ logger: baseLog });
+  const remoteFailures: Record<string, number> = {};
+  const remote = countingFailures(ownRemote, (code) => {
+    remoteFailures[code] = (remoteFailures[code] ?? 0) + 1;
+  });
   const store = options.store;
   const captureSlots = new Limiter((key) =>
     key === '*' ? inventory.defaults.maxConcurrentCaptures : (inventory.hosts[key]?.maxCaptures ?? 5),
@@ -262,6 +307,8 @@ export function createRunner(options: RunnerOptions): Runner {
   };
 
   let closing = false;
+  let takeovers = 0;
+  const leaseHealth: RunnerHealth['leases'] = { leaseMs, renewals: 0, failures: 0, last: null };
   let queueTimer: NodeJS.Timeout | undefined;
   let picking: Promise<void> | undefined;
   // Renews this runner's claims, and carries out cancellations other processes asked for.
@@ -270,9 +317,19 @@ export function createRunner(options: RunnerOptions): Runner {
       if (handles.size === 0) return;
       store.renewLeases(runnerId, leaseMs).then(
         (owned) => {
+          leaseHealth.renewals += 1;
+          leaseHealth.last = { at: new Date().toISOString(), ok: true };
           for (const o of owned) if (o.cancelRequested) handles.get(o.captureId)?.cancel(o.cancelRequested);
         },
-        (err: unknown) => baseLog.error({ err }, 'could not renew the leases of running captures'),
+        (err: unknown) => {
+          leaseHealth.failures += 1;
+          leaseHealth.last = {
+            at: new Date().toISOString(),
+            ok: false,
+            error: err instanceof Error ? err.message : String(err),
+          };
+          baseLog.error({ err }, 'could not renew the leases of running captures');
+        },
       );
     },
     Math.max(50, Math.floor(leaseMs / 3)),
@@ -419,11 +476,13 @@ export function createRunner(options: RunnerOptions): Runner {
           continue;
         throw err;
       }
-      if (r.owner !== null && r.owner !== runnerId)
+      if (r.owner !== null && r.owner !== runnerId) {
+        takeovers += 1;
         baseLog.info(
           { captureId: r.id, previousOwner: r.owner },
           'took over a capture of a runner that is gone',
         );
+      }
       await takeOver(claimed, report);
     }
   }
@@ -472,6 +531,27 @@ export function createRunner(options: RunnerOptions): Runner {
       if (outcome === 'cancelled' && error)
         emit({ type: 'finished', captureId, result: endedResult('cancelled', captureId, r.image, error) });
     },
+    health() {
+      const slots: RunnerHealth['slots'] = {};
+      for (const c of Object.values(inventory.computers)) {
+        const host = c.provisioner.host;
+        const captures = captureSlots.usage(host);
+        const copies = copySlots.usage(host);
+        slots[host] = {
+          captures: captures.active,
+          copies: copies.active,
+          waiting: captures.waiting + copies.waiting,
+        };
+      }
+      return {
+        stopping: closing,
+        captures: handles.size,
+        leases: { ...leaseHealth, last: leaseHealth.last && { ...leaseHealth.last } },
+        takeovers,
+        slots,
+        remoteFailures: { ...remoteFailures },
+      };
+    },
     on(listener) {
       listeners.add(listener);
       return () => listeners.delete(listener);
@@ -484,7 +564,7 @@ export function createRunner(options: RunnerOptions): Runner {
       await Promise.allSettled([...handles.values()].map((h) => h.suspend(o.timeoutMs)));
       clearInterval(leaseTimer);
       await store.releaseCaptures(runnerId);
-      if (ownsRemote) await (remote as SshPool).close();
+      if (ownsRemote) await (ownRemote as SshPool).close();
       baseLog.info('runner stopped');
     },
     async close() {
@@ -496,7 +576,7 @@ export function createRunner(options: RunnerOptions): Runner {
       for (const h of pending) h.cancel('runner closing');
       await Promise.allSettled(pending.map((h) => h.result));
       clearInterval(leaseTimer);
-      if (ownsRemote) await (remote as SshPool).close();
+      if (ownsRemote) await (ownRemote as SshPool).close();
     },
   };
 }

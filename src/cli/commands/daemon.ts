@@ -6,7 +6,12 @@
  * The first signal stops gracefully: no new work, each running capture goes on to its next transition,
  * which is persisted, then the process exits 0. A second signal exits at once: what is persisted is
  * consistent (every write is one transaction), and the in-flight steps re-run on the next start.
+ *
+ * `--listen host:port` serves the HTTP API and `/metrics` (src/api) for the same runner and store; beyond
+ * loopback only with a bearer token (`VCL_CAPTURE_API_TOKEN` or `--api-token-file`).
  */
+import { checkExposure, type ListenAddress, readApiToken } from '../../api/auth.js';
+import { type ApiServer, startApiServer } from '../../api/server.js';
 import { loadInventoryFile } from '../../inventory/load.js';
 import { openSqliteStore } from '../../store/index.js';
 import { EXIT } from '../exit-codes.js';
@@ -23,6 +28,10 @@ export interface DaemonOptions extends LogOptions {
   pollMs?: number;
   inspect?: boolean | number;
   stately?: string;
+  /** Serve the HTTP API here. */
+  listen?: ListenAddress;
+  /** File holding the API's bearer token (else `VCL_CAPTURE_API_TOKEN`). */
+  apiTokenFile?: string;
 }
 
 /** Exit code of a second signal: the process was told twice to stop and did not wait. */
@@ -30,6 +39,11 @@ const FORCED_EXIT = 128 + 15;
 
 export async function daemonCommand(o: DaemonOptions): Promise<number> {
   const inventory = loadInventoryFile(o.config);
+  // Refused before anything opens: an API exposed without a token is bad input, not a warning.
+  const token = o.listen
+    ? readApiToken(o.apiTokenFile === undefined ? {} : { file: o.apiTokenFile })
+    : undefined;
+  if (o.listen) checkExposure(o.listen, token);
   const logger = cliLogger({ ...o, logLevel: o.logLevel ?? 'info' }).child({ component: 'daemon' });
   const store = openSqliteStore(o.db, { logger });
   const { runner, inspecting, stately } = await startObservedRunner({
@@ -47,6 +61,24 @@ export async function daemonCommand(o: DaemonOptions): Promise<number> {
     await store.close();
     throw err;
   });
+  let api: ApiServer | undefined;
+  if (o.listen) {
+    try {
+      api = await startApiServer({
+        runner,
+        store,
+        listen: o.listen,
+        logger,
+        ...(token === undefined ? {} : { token }),
+      });
+    } catch (err) {
+      await runner.close();
+      stately?.stop();
+      await inspecting?.inspector.close();
+      await store.close();
+      throw err;
+    }
+  }
   runner.on((e) => {
     if (e.type === 'finished')
       logger.info(
@@ -95,6 +127,7 @@ export async function daemonCommand(o: DaemonOptions): Promise<number> {
     logger.info('daemon stopped');
     return EXIT.OK;
   } finally {
+    await api?.close();
     stately?.stop();
     await inspecting?.inspector.close();
     await store.close();
