@@ -11,8 +11,8 @@ export type {
   StepWarning,
   Timeouts,
 } from '../machines/index.js';
-export { type ApiServer, type ApiServerOptions, startApiServer } from './api/server.js';
 export { type RunnerMetrics, runnerMetrics } from './api/metrics.js';
+export { type ApiServer, type ApiServerOptions, startApiServer } from './api/server.js';
 export { isVclError, VclError } from './errors.js';
 export { createInspector, type Inspector } from './inspector/index.js';
 export { statelyBridge } from './inspector/stately.js';
