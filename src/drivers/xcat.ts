@@ -164,10 +164,12 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
       const exec = execFor(env, run);
       const f = files(run.input);
       // A capture environment still at work (a capture cancelled or failed during the upload, or resumed
-      // after a crash and failed) would write on, and its marker last, after the removal: stop it first.
-      const stat = parseNodestat((await exec(mn, xcat.nodestat(node))).stdout, node);
-      if (CAPTURE_ENV.test(stat) || NETBOOTING.test(stat)) {
-        run.log.info({ nodestat: stat }, 'powering off the node to stop its capture environment');
+      // after a crash and failed) would write on, and its marker last, after the removal; so would one
+      // still to come: the node's next boot is the capture image until reset_boot, after this step, and
+      // a node going down, booting or still in its OS (its reboot on the way) would start one. Any node
+      // that is on is stopped first.
+      if (parseRpowerStat((await exec(mn, xcat.powerStat(node))).stdout, node) === 'on') {
+        run.log.info('powering off the node: its next boot is the capture image');
         await exec(mn, xcat.powerOff(node));
       }
       await exec(env.repository.host, xcat.remove([f.image, f.done, f.failed]));

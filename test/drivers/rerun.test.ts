@@ -379,6 +379,21 @@ describe('xCAT: the capture environment uploads, the provisioner watches', () =>
     expect(await filesWith(small, repo.host, repo.path, cap.name)).toEqual([]);
     expect(small.computer(c).power).toBe('off');
   });
+
+  it('remove_upload powers off a node still up in its OS while its next boot is the capture image', async () => {
+    // pre_capture failed, or its reboot is still on its way: the node would boot into the capture
+    // environment and upload after the removal (before reset_boot runs). Only a node that is off is safe.
+    const c = 'xc-linux-1';
+    await powerOff(small, c);
+    await small.waitForPower(c, 'off');
+    await pool.exec(driverEnv(small, pool, c).provisionerHost, ['nodeset', c, 'boot']);
+    await powerOn(small, c);
+    expect(small.computer(c).running).toBe('os');
+    const { steps, cap, repo, facts } = await bootingCaptureImage(c);
+    await steps.remove_upload?.(stepRun(cap.input('remove_upload', facts)));
+    expect(small.computer(c).power).toBe('off');
+    expect(await filesWith(small, repo.host, repo.path, cap.name)).toEqual([]);
+  });
 });
 
 describe('OS end state re-run after a crash', () => {
