@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import {
+  firstDisk,
   libvirt,
   lifecycleWaitTimedOut,
   parseDomblklist,
@@ -82,6 +83,37 @@ describe('libvirt commands', () => {
       format: 'raw',
       virtualSize: 512,
     });
+  });
+
+  it('reads only a whole domstate line, and shows the unreadable output (at most 200 characters)', () => {
+    expect(codeOf(() => parseDomstate('domain is not running\n'))).toBe('PARSE_FAILED');
+    expect(codeOf(() => parseDomstate('running (booted) since boot\n'))).toBe('PARSE_FAILED');
+    expect(parseDomstate('running   (booted)\n')).toEqual({ state: 'running', reason: 'booted' });
+    expect(() => parseDomstate('shut offf\n')).toThrow('cannot read virsh domstate output: "shut offf\\n"');
+    const long = `error: ${'x'.repeat(300)}`;
+    expect(() => parseDomstate(long)).toThrow(`cannot read virsh domstate output: "${long.slice(0, 200)}"`);
+  });
+
+  it('lists every device under the domblklist header, nothing above it or from the rule line', () => {
+    const out = [
+      'warning: the domain is transient',
+      ' Type   Device   Target   Source',
+      '-------------------------------------',
+      ' file   cdrom    sda      /iso/install disk.iso',
+      '',
+      ' block  disk     vda      -',
+      ' file   disk     vdb      /var/lib/libvirt/images/vm1.qcow2',
+    ].join('\n');
+    const devices = parseDomblklist(out);
+    expect(devices).toEqual([
+      { type: 'file', device: 'cdrom', target: 'sda', source: '/iso/install disk.iso' },
+      { type: 'block', device: 'disk', target: 'vda', source: '-' },
+      { type: 'file', device: 'disk', target: 'vdb', source: '/var/lib/libvirt/images/vm1.qcow2' },
+    ]);
+    // The CD-ROM has a source but is no disk; vda is a disk without one.
+    expect(firstDisk(devices).target).toBe('vdb');
+    expect(codeOf(() => firstDisk(devices.slice(0, 2)))).toBe('NO_DISK');
+    expect(codeOf(() => parseDomblklist('Type Device Target Source Bus\n'))).toBe('PARSE_FAILED');
   });
 });
 

@@ -359,6 +359,8 @@ describe('end state and boot id commands', () => {
     );
     expect(parseBootId('cat: /proc/sys/kernel/random/boot_id: No such file')).toBeUndefined();
     expect(parseBootId('3c1f0e6a')).toBeUndefined();
+    expect(parseBootId('boot 3c1f0e6a-8f0e-4a8c-9a4e-2b9a4c1d7e10')).toBeUndefined();
+    expect(parseBootId('3c1f0e6a-8f0e-4a8c-9a4e-2b9a4c1d7e10 boot')).toBeUndefined();
     expect(parseBootId('')).toBeUndefined();
     expect(osPlans('linux')).toBe(LINUX_PLANS);
     expect(osPlans('windows')).toBe(WINDOWS_PLANS);
