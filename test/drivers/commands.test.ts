@@ -34,6 +34,26 @@ function codeOf(f: () => unknown): string | undefined {
   return undefined;
 }
 
+describe('refused output', () => {
+  it('is named in the error an operator reads', () => {
+    expect(() => parseDomblklist('error: no domain')).toThrow(
+      'virsh domblklist printed no header (Type Device Target Source)',
+    );
+    expect(() => firstDisk([])).toThrow('the domain has no disk with a source to capture');
+    expect(() => parseImageInfo('qemu-img: Could not open')).toThrow('qemu-img info did not print JSON');
+    expect(() => parseImageInfo('{}')).toThrow('qemu-img info JSON lacks format or virtual-size');
+    expect(() => parseGetallvms('Connection failed')).toThrow('vim-cmd vmsvc/getallvms printed no VM table');
+    expect(() => datastorePath('vm1/vm1.vmx')).toThrow('not a datastore path: vm1/vm1.vmx');
+    expect(() => parsePowerState(`vim.fault.NotFound${' '.repeat(300)}`)).toThrow(
+      `cannot read power state: "vim.fault.NotFound${' '.repeat(182)}"`,
+    );
+    expect(() => parseRpowerStat(`n1: unknown${'.'.repeat(300)}`, 'n1')).toThrow(
+      `cannot read rpower stat for n1: "n1: unknown${'.'.repeat(189)}"`,
+    );
+    expect(() => parseNodestat('n2: boot', 'n1')).toThrow('cannot read nodestat for n1');
+  });
+});
+
 describe('libvirt commands', () => {
   it('sends these virsh and qemu-img command lines', () => {
     expect(libvirt.domstate('vm 1')).toEqual(['virsh', 'domstate', 'vm 1', '--reason']);
@@ -144,6 +164,7 @@ describe('VMware commands', () => {
     expect(parseGetallvms('Vmid   Name   File   Guest OS   Version   Annotation\n')).toEqual([]);
     expect(codeOf(() => parseGetallvms('Connection failed\n'))).toBe('PARSE_FAILED');
     expect(codeOf(() => datastorePath('vm1/vm1.vmx'))).toBe('PARSE_FAILED');
+    expect(codeOf(() => datastorePath('see [datastore1] vm1/vm1.vmx'))).toBe('PARSE_FAILED');
     expect(parsePowerState('Retrieved runtime info\nSuspended\n')).toBe('suspended');
   });
 
