@@ -90,6 +90,8 @@ describe('libvirt commands', () => {
     expect(lifecycleWaitTimedOut('event loop timed out\n')).toBe(true);
     expect(lifecycleWaitTimedOut("event 'lifecycle' for domain 'vm1': Stopped Shutdown\n")).toBe(false);
     expect(lifecycleWaitTimedOut('the event loop timed out twice\n')).toBe(false);
+    expect(lifecycleWaitTimedOut('the event loop timed out\n')).toBe(false);
+    expect(lifecycleWaitTimedOut('event loop timed out twice\n')).toBe(false);
   });
 
   it('refuses output it cannot read with PARSE_FAILED', () => {
@@ -99,7 +101,7 @@ describe('libvirt commands', () => {
     expect(codeOf(() => parseImageInfo('not json'))).toBe('PARSE_FAILED');
     expect(codeOf(() => parseImageInfo('{"format": "qcow2"}'))).toBe('PARSE_FAILED');
     expect(codeOf(() => parseImageInfo('{"virtual-size": 1}'))).toBe('PARSE_FAILED');
-    expect(parseImageInfo('{"format": "raw", "virtual-size": 512}')).toEqual({
+    expect(parseImageInfo('{"format": "raw", "virtual-size": 512}')).toStrictEqual({
       format: 'raw',
       virtualSize: 512,
     });
@@ -162,6 +164,13 @@ describe('VMware commands', () => {
 
   it('reads an empty VM table as no VMs, and output without the table as PARSE_FAILED', () => {
     expect(parseGetallvms('Vmid   Name   File   Guest OS   Version   Annotation\n')).toEqual([]);
+    // An annotation runs on over lines of its own: a VM named in it is not a registered VM.
+    const annotated = [
+      'Vmid   Name   File                     Guest OS        Version   Annotation',
+      '4      web    [datastore1] web/web.vmx  ubuntu64Guest   vmx-19    cloned from',
+      'copy of 3 old [datastore1] old/old.vmx ',
+    ].join('\n');
+    expect(parseGetallvms(annotated)).toEqual([{ vmid: 4, name: 'web', file: '[datastore1] web/web.vmx' }]);
     expect(codeOf(() => parseGetallvms('Connection failed\n'))).toBe('PARSE_FAILED');
     expect(codeOf(() => datastorePath('vm1/vm1.vmx'))).toBe('PARSE_FAILED');
     expect(codeOf(() => datastorePath('see [datastore1] vm1/vm1.vmx'))).toBe('PARSE_FAILED');
@@ -179,10 +188,14 @@ describe('VMware commands', () => {
       'usb0:0.fileName = "stick.vmdk"',
       '  scsi1:3.fileName   =   "two words.vmdk"  ',
       'scsi1:3.mode = "independent-persistent"',
+      '# scsi0:1.fileName = "commented.vmdk"',
+      'scsi0:10.fileName = "unit10.vmdk"',
+      'scsi0:11.fileName = "trailing.vmdk" junk',
     ].join('\n');
     expect(parseVmxDisks(vmx)).toEqual([
       { key: 'nvme0:0', fileName: 'data.VMDK', mode: undefined },
       { key: 'scsi1:3', fileName: 'two words.vmdk', mode: 'independent-persistent' },
+      { key: 'scsi0:10', fileName: 'unit10.vmdk', mode: undefined },
     ]);
   });
 
@@ -229,5 +242,6 @@ describe('xCAT commands', () => {
 
   it('reads file sizes, skipping lines that are not a size and a name', () => {
     expect(parseSizes('find: /x: Permission denied\n12 a b.img\n\n7\n')).toEqual(new Map([['a b.img', 12]]));
+    expect(parseSizes("find: '/install/x/12 b': Permission denied\n")).toEqual(new Map());
   });
 });
