@@ -16,8 +16,8 @@ export default {
     'src/store/naming.ts',
     'src/inventory/**/*.ts',
   ],
-  // Only the files that tests and sources need: the sandbox copy stays small and fast.
-  ignorePatterns: ['/visualizations', '/docs', '/bench', '/reports', '/coverage', '/*.qcow2', '/*.img'],
+  // Not copied to the sandbox: files no test reads (test/visualize.test.ts reads visualizations/).
+  ignorePatterns: ['/docs', '/bench', '/reports', '/coverage', '/*.qcow2', '/*.img'],
   // Each mutant runs only the tests that reached it in the dry run (vitest `related` narrows the files).
   coverageAnalysis: 'perTest',
   // 2 shared cores: one test-runner process.
