@@ -8,7 +8,15 @@ import { join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { type AnyStateMachine, type AnyStateNode, createActor, waitFor } from 'xstate';
 import { composeCaptureMachine, effectNames, operatingSystems, provisioners } from '../machines/index.js';
-import { resolveTimeouts } from '../machines/steps.js';
+import {
+  deadlineOf,
+  errorCode,
+  placeholder,
+  resolveTimeouts,
+  toFailure,
+  toWarning,
+  withDeadline,
+} from '../machines/steps.js';
 import { DEFAULT_TIMEOUTS } from '../machines/types.js';
 
 const MACHINES_DIR = new URL('../machines/', import.meta.url).pathname;
@@ -144,7 +152,63 @@ describe('input validation', () => {
     expect(resolveTimeouts(undefined)).toEqual(DEFAULT_TIMEOUTS);
     expect(() => resolveTimeouts({ copyMs: -1 })).toThrow(/copyMs must be a positive number/);
     expect(() => resolveTimeouts({ copyMS: 5 } as never)).toThrow(
-      /unknown timeout 'copyMS'; known timeouts: commandMs/,
+      /unknown timeout 'copyMS'; known timeouts: commandMs, respondMs, osShutdownMs/,
     );
+    expect(() => resolveTimeouts({ copyMs: 0 })).toThrow(
+      'timeout copyMs must be a positive number of milliseconds, got 0',
+    );
+    expect(resolveTimeouts({ copyMs: undefined, verifyMs: 7 })).toEqual({ ...DEFAULT_TIMEOUTS, verifyMs: 7 });
+  });
+
+  it('arms a step deadline at now + its timeout and refuses to read one never armed', () => {
+    const timeouts = resolveTimeouts({ copyMs: 500 });
+    const deadlines = withDeadline({ other: 1 }, timeouts, 'copy_image', 'copyMs', 10_000);
+    expect(deadlines).toEqual({ other: 1, copy_image: 10_500 });
+    expect(deadlineOf(deadlines, 'copy_image')).toBe(10_500);
+    expect(() => deadlineOf(deadlines, 'verify_image')).toThrow('no deadline armed for step verify_image');
+  });
+});
+
+describe('step failures as recorded', () => {
+  it("keep a typed error's code, step and message", () => {
+    const e = Object.assign(new Error('disk full'), { code: 'NO_SPACE', step: 'clone_disk' });
+    expect(toFailure(e, 'copy_image')).toEqual({
+      code: 'NO_SPACE',
+      step: 'clone_disk',
+      message: 'disk full',
+    });
+    expect(errorCode(e)).toBe('NO_SPACE');
+    expect(toWarning(e, 'copy_image')).toEqual({
+      step: 'copy_image',
+      code: 'NO_SPACE',
+      message: 'disk full',
+    });
+  });
+
+  it('default to STEP_FAILED of the running step, with a message even when none was given', () => {
+    expect(toFailure(new Error('boom'), 'verify_image')).toEqual({
+      code: 'STEP_FAILED',
+      step: 'verify_image',
+      message: 'boom',
+    });
+    expect(toFailure('plain words', 's')).toEqual({ code: 'STEP_FAILED', step: 's', message: 'plain words' });
+    for (const odd of [null, undefined, 42, { message: '', code: '', step: '' }, { code: 7 }]) {
+      expect(toFailure(odd, 's')).toEqual({
+        code: 'STEP_FAILED',
+        step: 's',
+        message: 'step failed without a message',
+      });
+      expect(errorCode(odd)).toBeUndefined();
+    }
+  });
+
+  it('name the effect nobody provided', async () => {
+    const actor = createActor(placeholder<void, void>('copy_image')).start();
+    const error = await new Promise<unknown>((resolve) => actor.subscribe({ error: resolve }));
+    expect(error).toMatchObject({
+      name: 'NotProvidedError',
+      code: 'NOT_PROVIDED',
+      message: 'copy_image is not provided: supply it with machine.provide({ actors: { copy_image } })',
+    });
   });
 });
