@@ -6,8 +6,15 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { type AnyStateMachine, type AnyStateNode, createActor, waitFor } from 'xstate';
-import { composeCaptureMachine, effectNames, operatingSystems, provisioners } from '../machines/index.js';
+import { type AnyStateMachine, type AnyStateNode, createActor, fromPromise, waitFor } from 'xstate';
+import {
+  allowedEndStates,
+  composeCaptureMachine,
+  defaultEndStateOf,
+  effectNames,
+  operatingSystems,
+  provisioners,
+} from '../machines/index.js';
 import {
   deadlineOf,
   errorCode,
@@ -118,8 +125,27 @@ describe('placeholders', () => {
       /unknown provisioner 'hyperv'; known: libvirt, vmware, xcat/,
     );
     expect(() => composeCaptureMachine({ provisioner: 'xcat', os: 'beos' as 'linux' })).toThrow(
-      /unknown OS 'beos'/,
+      /unknown OS 'beos'; known: linux, windows/,
     );
+  });
+
+  it("plugs the runner's OS effects into the OS sub-machine", () => {
+    const writeMetadata = fromPromise(async () => ({}));
+    const machine = composeCaptureMachine({
+      provisioner: 'libvirt',
+      os: 'linux',
+      osActors: { write_metadata: writeMetadata },
+    });
+    const os = machine.implementations.actors.os as unknown as AnyStateMachine;
+    expect(os.implementations.actors.write_metadata).toBe(writeMetadata);
+  });
+
+  it('tells the end states each provisioner allows and the one a request without one gets', () => {
+    expect(allowedEndStates('xcat')).toEqual(['reboot', 'off']);
+    expect(allowedEndStates('libvirt')).toEqual(['off', 'on']);
+    expect(defaultEndStateOf('xcat', 'linux')).toBe('reboot');
+    expect(defaultEndStateOf('xcat', 'windows')).toBe('off');
+    expect(defaultEndStateOf('vmware', 'windows')).toBe('off');
   });
 });
 
