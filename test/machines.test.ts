@@ -12,8 +12,11 @@ import {
   composeCaptureMachine,
   defaultEndStateOf,
   effectNames,
+  type OsStepInput,
+  type OsStepOutput,
   operatingSystems,
   provisioners,
+  windowsMachine,
 } from '../machines/index.js';
 import {
   deadlineOf,
@@ -192,6 +195,41 @@ describe('input validation', () => {
     expect(deadlines).toEqual({ other: 1, copy_image: 10_500 });
     expect(deadlineOf(deadlines, 'copy_image')).toBe(10_500);
     expect(() => deadlineOf(deadlines, 'verify_image')).toThrow('no deadline armed for step verify_image');
+  });
+});
+
+describe('OS step deadlines', () => {
+  it('give wait_gone the sysprep timeout when Windows is sysprepped, the shutdown timeout otherwise', async () => {
+    for (const [sysprep, expected] of [
+      [true, 9_000_000],
+      [false, 5_000],
+    ] as const) {
+      const inputs: Record<string, OsStepInput> = {};
+      const actors = Object.fromEntries(
+        effectNames(windowsMachine).map((name) => [
+          name,
+          fromPromise<OsStepOutput, OsStepInput>(async ({ input }) => {
+            inputs[name] = input;
+            return {};
+          }),
+        ]),
+      );
+      const before = Date.now();
+      const actor = createActor(windowsMachine.provide({ actors }), {
+        input: {
+          computer: 'pc1',
+          image: { name: 'windows-A1-v0', imageId: 1, revision: 0 },
+          endState: 'off',
+          sysprep,
+          timeouts: { sysprepMs: 9_000_000, osShutdownMs: 5_000 },
+        },
+      }).start();
+      await waitFor(actor, (s) => s.status === 'done');
+      expect(inputs.sysprep === undefined, `sysprep step run: ${sysprep}`).toBe(!sysprep);
+      const left = (inputs.wait_gone?.deadline ?? 0) - before;
+      expect(left).toBeGreaterThanOrEqual(expected);
+      expect(left).toBeLessThan(expected + 60_000);
+    }
   });
 });
 
