@@ -12,6 +12,7 @@ import {
   composeCaptureMachine,
   defaultEndStateOf,
   effectNames,
+  linuxMachine,
   type OsStepInput,
   type OsStepOutput,
   operatingSystems,
@@ -230,6 +231,53 @@ describe('OS step deadlines', () => {
       expect(left).toBeGreaterThanOrEqual(expected);
       expect(left).toBeLessThan(expected + 60_000);
     }
+  });
+});
+
+describe('OS sub-machine defaults and boot ids', () => {
+  /** Runs an OS machine whose effects all succeed; `outputs` gives some of them an output. */
+  async function runOs(
+    machine: typeof windowsMachine,
+    input: Record<string, unknown>,
+    outputs: Record<string, OsStepOutput> = {},
+  ) {
+    const inputs: Record<string, OsStepInput> = {};
+    const actors = Object.fromEntries(
+      effectNames(machine).map((name) => [
+        name,
+        fromPromise<OsStepOutput, OsStepInput>(async ({ input: stepInput }) => {
+          inputs[name] = stepInput;
+          return outputs[name] ?? {};
+        }),
+      ]),
+    );
+    const actor = createActor(machine.provide({ actors }), {
+      // Partial on purpose: the tests check the defaults the machine fills in.
+      input: { computer: 'pc1', image: { name: 'x-A1-v0', imageId: 1, revision: 0 }, ...input } as never,
+    }).start();
+    const done = await waitFor(actor, (s) => s.status === 'done');
+    return { inputs, output: done.output };
+  }
+
+  it('syspreps Windows and leaves it off when the request says neither', async () => {
+    const { inputs, output } = await runOs(windowsMachine, {});
+    expect(inputs.sysprep?.sysprep).toBe(true);
+    expect(inputs.wait_gone).toBeDefined();
+    expect(output).toEqual({ ok: true, powerState: 'off', warnings: [] });
+  });
+
+  it('hands the boot id a step learned to the later steps and to its result', async () => {
+    const { inputs, output } = await runOs(
+      linuxMachine,
+      { endState: 'reboot' },
+      { write_metadata: { bootId: 'b1' } },
+    );
+    expect(inputs.write_metadata?.bootId).toBeUndefined();
+    expect(inputs.reboot?.bootId).toBe('b1');
+    expect(output).toMatchObject({ ok: true, bootId: 'b1' });
+    const none = await runOs(linuxMachine, { endState: 'off' });
+    expect(none.output).not.toHaveProperty('bootId');
+    expect(none.inputs.shutdown).not.toHaveProperty('bootId');
   });
 });
 
