@@ -175,6 +175,7 @@ describe('VMware commands', () => {
     expect(codeOf(() => datastorePath('vm1/vm1.vmx'))).toBe('PARSE_FAILED');
     expect(codeOf(() => datastorePath('see [datastore1] vm1/vm1.vmx'))).toBe('PARSE_FAILED');
     expect(parsePowerState('Retrieved runtime info\nSuspended\n')).toBe('suspended');
+    expect(codeOf(() => parsePowerState('vim.fault.NotFound'))).toBe('PARSE_FAILED');
   });
 
   it('lists hard disks whatever the key case and bus, skipping non-vmdk files, CD-ROMs and absent disks', () => {
