@@ -19,6 +19,8 @@ import {
   provisioners,
   windowsMachine,
 } from '../machines/index.js';
+import { LINUX_STEPS } from '../machines/os/linux.js';
+import { createOsMachine } from '../machines/os/os-machine.js';
 import {
   deadlineOf,
   errorCode,
@@ -266,6 +268,29 @@ describe('OS sub-machine defaults and boot ids', () => {
     expect(output).toEqual({ ok: true, powerState: 'off', warnings: [] });
   });
 
+  it('refuses an OS definition that uses a step id twice', () => {
+    const first = LINUX_STEPS[0];
+    if (!first) throw new Error('no Linux steps');
+    expect(() =>
+      createOsMachine({ id: 'linux', steps: [...LINUX_STEPS, first], supportsSysprep: false }),
+    ).toThrow(`OS machine linux: step id ${first.id} is used twice`);
+  });
+
+  it('records a step that does not apply here as a NOT_APPLICABLE warning, and goes on', async () => {
+    const { output } = await runOs(
+      linuxMachine,
+      { endState: 'off' },
+      { run_stage_scripts: { notApplicable: 'no /etc/vcl/pre_capture scripts' } },
+    );
+    expect(output).toEqual({
+      ok: true,
+      powerState: 'off',
+      warnings: [
+        { step: 'run_stage_scripts', code: 'NOT_APPLICABLE', message: 'no /etc/vcl/pre_capture scripts' },
+      ],
+    });
+  });
+
   it('hands the boot id a step learned to the later steps and to its result', async () => {
     const { inputs, output } = await runOs(
       linuxMachine,
@@ -274,6 +299,8 @@ describe('OS sub-machine defaults and boot ids', () => {
     );
     expect(inputs.write_metadata?.bootId).toBeUndefined();
     expect(inputs.reboot?.bootId).toBe('b1');
+    // Nobody said the provisioner watches the return: the OS machine waits for the guest itself.
+    expect(inputs.wait_up).toBeDefined();
     expect(output).toMatchObject({ ok: true, bootId: 'b1' });
     const none = await runOs(linuxMachine, { endState: 'off' });
     expect(none.output).not.toHaveProperty('bootId');
