@@ -330,11 +330,11 @@ describe('end state and boot id commands', () => {
     expect(endStateCommand('linux', 'reboot')).toEqual(['shutdown', '-r', 'now']);
     expect(endStateCommand('windows', 'shutdown')).toEqual(['shutdown.exe', '/s', '/t', '0', '/f']);
     expect(endStateCommand('windows', 'reboot')).toEqual(['shutdown.exe', '/r', '/t', '0', '/f']);
-    const sysprep = (end: 'off' | 'reboot' | 'on' | undefined) => [
+    const sysprep = (mode: string) => [
       '/cygdrive/c/Windows/System32/sysprep/sysprep.exe',
       '/generalize',
       '/oobe',
-      end,
+      mode,
       '/quiet',
       '/unattend:C:\\Windows\\System32\\sysprep\\unattend.xml',
     ];
