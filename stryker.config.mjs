@@ -1,0 +1,35 @@
+// @ts-check
+/**
+ * Mutation testing (`npm run mutate`, not part of CI): see docs/testing.md for the commands, the measured
+ * scores and the surviving mutants.
+ * @type {import('@stryker-mutator/api/core').PartialStrykerOptions}
+ */
+export default {
+  testRunner: 'vitest',
+  vitest: { configFile: 'vitest.mutate.config.ts', related: true },
+  plugins: ['@stryker-mutator/vitest-runner'],
+  mutate: [
+    'machines/**/*.ts',
+    'src/runner/**/*.ts',
+    'src/drivers/**/*.ts',
+    'src/ssh/quote.ts',
+    'src/store/naming.ts',
+    'src/inventory/**/*.ts',
+  ],
+  // Not copied to the sandbox: files no test reads (test/visualize.test.ts reads visualizations/).
+  ignorePatterns: ['/docs', '/bench', '/reports', '/coverage', '/*.qcow2', '/*.img'],
+  // Each mutant runs only the tests that reached it in the dry run (vitest `related` narrows the files).
+  coverageAnalysis: 'perTest',
+  // 2 shared cores: one test-runner process.
+  concurrency: 1,
+  // A rerun only tests mutants whose code or covering tests changed since the recorded run.
+  incremental: true,
+  incrementalFile: 'reports/stryker-incremental.json',
+  reporters: ['clear-text', 'progress', 'html', 'json'],
+  htmlReporter: { fileName: 'reports/mutation/mutation.html' },
+  jsonReporter: { fileName: 'reports/mutation/mutation.json' },
+  thresholds: { high: 85, low: 75, break: null },
+  timeoutMS: 30_000,
+  tempDirName: '.stryker-tmp',
+  cleanTempDir: 'always',
+};
