@@ -265,7 +265,7 @@ describe('OS sub-machine defaults and boot ids', () => {
     const { inputs, output } = await runOs(windowsMachine, {});
     expect(inputs.sysprep?.sysprep).toBe(true);
     expect(inputs.wait_gone).toBeDefined();
-    expect(output).toEqual({ ok: true, powerState: 'off', warnings: [] });
+    expect(output).toEqual({ ok: true, touched: true, powerState: 'off', warnings: [] });
   });
 
   it('refuses an OS definition that uses a step id twice, naming that step', () => {
@@ -284,6 +284,7 @@ describe('OS sub-machine defaults and boot ids', () => {
     );
     expect(output).toEqual({
       ok: true,
+      touched: true,
       powerState: 'off',
       warnings: [
         { step: 'run_stage_scripts', code: 'NOT_APPLICABLE', message: 'no /etc/vcl/pre_capture scripts' },
