@@ -210,14 +210,18 @@ describe('vcl-capture daemon', () => {
 
   it('a second SIGTERM exits at once with 143, and what it left resumes', { timeout: 120_000 }, async () => {
     await ready('lv-linux-1');
-    lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'], times: 1 });
+    const hang = lab.faults.add({
+      kind: 'hangCommand',
+      host: 'libvirt-host',
+      match: ['qemu-img', 'convert'],
+      times: 1,
+    });
     const id = await queue('lv-linux-1', 'Daemon four');
     const d = daemon('--log-level', 'info');
-    await until(
-      async () => JSON.stringify((await store.getCapture(id))?.stateValue).includes('copy_image'),
-      60_000,
-      'the hung copy',
-    );
+    // The convert itself must hang: copy_image is persisted before its command reaches the host, and a
+    // daemon stopped in between would leave the fault to hang the resumed copy instead.
+    await until(async () => hang.remaining === 0, 60_000, 'the hung copy');
+    expect(JSON.stringify((await store.getCapture(id))?.stateValue)).toContain('copy_image');
     d.child.kill('SIGTERM');
     await stopping(d);
     expect(d.child.exitCode, d.err()).toBeNull(); // still waiting for the hung step
