@@ -33,6 +33,7 @@ import {
   type CaptureStore,
   type ComputerStatus,
   type ImageRegistration,
+  maintenanceCauseText,
 } from '../store/index.js';
 import { cancelThroughStore } from './cancel.js';
 import {
@@ -186,9 +187,7 @@ export function reservationRefusal(
     return undefined;
   if (status.state === 'maintenance') {
     const cause = status.maintenance;
-    const why = cause
-      ? ` since capture ${cause.captureId} (${cause.image}) ${cause.status}${cause.error ? ` with ${cause.error.code} in ${cause.error.step}: ${cause.error.message}` : ''}`
-      : '';
+    const why = cause ? ` since ${maintenanceCauseText(cause)}` : '';
     return refuse(
       'maintenance',
       `computer ${computer} is in maintenance${why}. Look at it, then put it back with \`vcl-capture release ${computer} --reason "<what was checked or fixed>"\``,

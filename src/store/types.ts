@@ -89,6 +89,12 @@ export interface MaintenanceCause {
   at: string | null;
 }
 
+/** `capture <id> (<image>) <status>[: <code> in <step>: <message>]`, as the CLI and the runner tell it. */
+export function maintenanceCauseText(cause: MaintenanceCause): string {
+  const error = cause.error ? `: ${cause.error.code} in ${cause.error.step}: ${cause.error.message}` : '';
+  return `capture ${cause.captureId} (${cause.image}) ${cause.status}${error}`;
+}
+
 /** A computer with, when it is in maintenance, the capture that put it there (null if none did). */
 export interface ComputerStatus extends ComputerRecord {
   maintenance: MaintenanceCause | null;

@@ -3,16 +3,14 @@
  * error that put it there. `release`: an operator puts a computer back from maintenance after a look.
  */
 import { isVclError } from '../../errors.js';
-import { openSqliteStore } from '../../store/index.js';
+import { maintenanceCauseText, openSqliteStore } from '../../store/index.js';
 import type { MaintenanceCause } from '../../store/types.js';
 import { EXIT } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
 import { table } from './store-read.js';
 
 function causeText(cause: MaintenanceCause | null): string {
-  if (!cause) return '';
-  const error = cause.error ? `: ${cause.error.code} in ${cause.error.step}: ${cause.error.message}` : '';
-  return `capture ${cause.captureId} (${cause.image}) ${cause.status}${error}`;
+  return cause ? maintenanceCauseText(cause) : '';
 }
 
 export async function computersCommand(o: { db: string; json?: boolean }): Promise<number> {
