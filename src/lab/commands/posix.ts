@@ -353,8 +353,11 @@ const statCmd: Handler = async (ctx) => {
       await ctx.out(`  File: ${p}\n  Size: ${st.size}\t${fileType(st)}\n`);
       continue;
     }
-    const text = format.replace(/%([sFnaU%])/g, (_, c: string) => {
+    const text = format.replace(/%([sbBFnaU%])/g, (_, c: string) => {
       if (c === 's') return String(st.size);
+      // Node reports allocated blocks in 512-byte units, as stat's %b does with %B = 512.
+      if (c === 'b') return String(st.blocks);
+      if (c === 'B') return '512';
       if (c === 'F') return fileType(st);
       if (c === 'n') return p;
       if (c === 'a') return (st.mode & 0o7777).toString(8);
@@ -602,6 +605,31 @@ const command: Handler = async (ctx) => {
 
 const BUILTINS = new Set(['true', 'false', 'echo', 'test', '[', 'command']);
 
+/** The lab's file systems as df sees them: one per host, this large. */
+const LAB_FS_BYTES = 2 * 1024 ** 4;
+
+/**
+ * `df -P -B1 DIR`: GNU coreutils' POSIX format in bytes, one file system per host whose free space is the
+ * lab's `freeBytes` for the host (a `diskFull` fault: what it still lets through).
+ */
+const df: Handler = async (ctx) => {
+  const args = ctx.argv.slice(1);
+  const operands = args.filter((a) => !a.startsWith('-'));
+  if (!args.includes('-P') || !args.includes('-B1') || operands.length !== 1)
+    fail(1, 'df: the lab supports only `df -P -B1 DIR`');
+  const dir = operands[0] as string;
+  const { real } = await ctx.host.fs.prepare(dir);
+  if ((await statOf(real)) === undefined) fail(1, `df: ${dir}: No such file or directory`);
+  const available = Math.min(LAB_FS_BYTES, ctx.core.freeBytes(ctx.host.name));
+  const used = LAB_FS_BYTES - available;
+  const capacity = Math.ceil((used * 100) / LAB_FS_BYTES);
+  await ctx.out(
+    'Filesystem         1-blocks          Used     Available Capacity Mounted on\n' +
+      `/dev/vda1 ${String(LAB_FS_BYTES).padStart(17)} ${String(used).padStart(13)} ${String(available).padStart(13)} ${String(capacity).padStart(7)}% /\n`,
+  );
+  return 0;
+};
+
 /** `sleep SECONDS`: waits, and stops when the command is killed or its channel closes. */
 const sleepCmd: Handler = async (ctx) => {
   const seconds = Number(ctx.argv[1]);
@@ -715,4 +743,5 @@ export const POSIX_COMMANDS: ReadonlyMap<string, Handler> = new Map<string, Hand
   ['sync', sync],
   ['sleep', sleepCmd],
   ['sed', sed],
+  ['df', df],
 ]);

@@ -7,7 +7,9 @@
  */
 import { rm } from 'node:fs/promises';
 import { posix } from 'node:path';
+import { TOOLS_SCRIPT } from '../../drivers/preflight-commands.js';
 import { type CommandContext, CommandError, fail, type Handler, NoSpaceError } from '../core.js';
+import { lookup } from '../exec.js';
 import { errnoText, move, statOf, writeStdinTo } from './posix.js';
 
 /** The copy's reader: `sh -c <this> sh <path>` (size line, then the bytes). */
@@ -61,11 +63,18 @@ async function readWithSize(ctx: CommandContext, path: string): Promise<number> 
   return await cat({ ...ctx, argv: ['cat', '--', path] });
 }
 
+/** The preflight's tool check (src/drivers/preflight-commands.ts): `present <tool>` or `missing <tool>` each. */
+async function reportTools(ctx: CommandContext, tools: readonly string[]): Promise<number> {
+  for (const t of tools) await ctx.out(`${lookup(ctx.host, t) === undefined ? 'missing' : 'present'} ${t}\n`);
+  return 0;
+}
+
 export const sh: Handler = async (ctx) => {
   const [, flag, script, , ...args] = ctx.argv;
   if (flag === '-c' && ctx.argv[3] === 'sh') {
     if (script === COPY_READ_SCRIPT && args.length === 1) return await readWithSize(ctx, args[0] as string);
     if (script === COPY_WRITE_SCRIPT && args.length === 1) return await writeTemp(ctx, args[0] as string);
+    if (script === TOOLS_SCRIPT) return await reportTools(ctx, args);
     if (script === COPY_FINALIZE_SCRIPT && args.length === 3) {
       const [tmp, target, mode] = args as [string, string, string];
       return await finalize(ctx, tmp, target, mode);
