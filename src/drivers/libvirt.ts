@@ -145,20 +145,15 @@ export async function libvirtPreflight(
   // and then streamed to another host arrives dense, at its virtual size.
   const allocated = info.actualSize ?? info.virtualSize;
   const staged = !sameHost(host, env.repository.host);
-  const spaceChecks = [
-    checkSpace(
-      env,
-      run,
-      list,
-      { what: `repository ${env.computer.repository}`, host: env.repository.host, dir: env.repository.path },
-      staged && format === 'raw' ? info.virtualSize : allocated,
-    ),
-  ];
+  await checkSpace(
+    env,
+    run,
+    list,
+    { what: `repository ${env.computer.repository}`, host: env.repository.host, dir: env.repository.path },
+    staged && format === 'raw' ? info.virtualSize : allocated,
+  );
   if (staged)
-    spaceChecks.push(
-      checkSpace(env, run, list, { what: 'staging folder', host, dir: posix.dirname(disk) }, allocated),
-    );
-  await Promise.all(spaceChecks);
+    await checkSpace(env, run, list, { what: 'staging folder', host, dir: posix.dirname(disk) }, allocated);
   if (!list.ok) return undefined;
   run.log.info({ domain, state: found.state, disk, sourceFormat: info.format }, 'domain inspected');
   return { domain, disk, sourceFormat: info.format, ...(target === undefined ? {} : { target }) };

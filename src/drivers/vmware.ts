@@ -140,22 +140,20 @@ export async function checkVmTarget(
     if (!free) return undefined;
     paths = { clone, target };
   } else list.skip('target', 'no image name given');
-  await Promise.all([
-    checkSpace(
-      env,
-      run,
-      list,
-      { what: `datastore ${datastore}`, host, dir: `/vmfs/volumes/${datastore}`, reader: 'vmfs' },
-      Number(facts.allocatedBytes),
-    ),
-    checkSpace(
-      env,
-      run,
-      list,
-      { what: `repository ${env.computer.repository}`, host: env.repository.host, dir: env.repository.path },
-      Number(facts.virtualBytes),
-    ),
-  ]);
+  await checkSpace(
+    env,
+    run,
+    list,
+    { what: `datastore ${datastore}`, host, dir: `/vmfs/volumes/${datastore}`, reader: 'vmfs' },
+    Number(facts.allocatedBytes),
+  );
+  await checkSpace(
+    env,
+    run,
+    list,
+    { what: `repository ${env.computer.repository}`, host: env.repository.host, dir: env.repository.path },
+    Number(facts.virtualBytes),
+  );
   if (!list.ok) return undefined;
   return paths ?? {};
 }
