@@ -22,6 +22,12 @@ export { startLab } from './lab/index.js';
 export type { Lab, LabOptions } from './lab/types.js';
 export { createLogger } from './log.js';
 export {
+  type PreflightCheck,
+  type PreflightReport,
+  type PreflightRequest,
+  preflight,
+} from './runner/preflight.js';
+export {
   type CaptureHandle,
   type CaptureRequest,
   type CaptureRunResult,
