@@ -56,6 +56,14 @@ export function toolsCommand(tools: readonly string[]): string[] {
   return ['sh', '-c', TOOLS_SCRIPT, 'sh', ...tools];
 }
 
+/** Prints where the shell finds `$1` and exits 0, or exits non-zero (bash 1, dash 127): one tool, for a probe (see TOOLS_SCRIPT). */
+export const HAS_TOOL_SCRIPT = 'command -v "$1"';
+
+export function hasToolCommand(tool: string): string[] {
+  if (!TOOL_NAME.test(tool)) throw driverError('COMMAND_FAILED', `not a tool name: ${JSON.stringify(tool)}`);
+  return ['sh', '-c', HAS_TOOL_SCRIPT, 'sh', tool];
+}
+
 /** The tools the script reported missing; every tool asked for must be accounted for. */
 export function parseTools(stdout: string, tools: readonly string[]): { missing: string[] } {
   const seen = new Map<string, boolean>();

@@ -9,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import {
   allocationCommand,
   dfCommand,
+  hasToolCommand,
   MARGIN,
   parseAllocation,
   parseDf,
@@ -147,6 +148,15 @@ describe('on a real POSIX shell, behind the transport’s exec prefix', () => {
     const r = viaShell(toolsCommand(tools));
     expect(r.code).toBe(0);
     expect(parseTools(r.stdout, tools)).toEqual({ missing: ['vcl-capture-no-such-tool'] });
+  });
+
+  it('the one-tool probe of the OS plans exits 0 with the path, or non-zero (bash 1, dash 127)', () => {
+    const found = viaShell(hasToolCommand('sh'));
+    expect(found.code).toBe(0);
+    expect(found.stdout).toMatch(/\/sh\n$/);
+    const missing = viaShell(hasToolCommand('vcl-capture-no-such-tool'));
+    expect(missing.code).not.toBe(0);
+    expect(missing.stdout).toBe('');
   });
 
   it("this machine's df -P -B1 parses", () => {

@@ -1,6 +1,6 @@
 /**
  * The POSIX tools every lab host has (coreutils/busybox subset): enough of `test`, `mkdir`, `rm`, `mv`, `cp`,
- * `cat`, `tee`, `stat`, `sha256sum`, `chmod`, `find`, `command -v`, `sed -i` for what the drivers, the
+ * `cat`, `tee`, `stat`, `sha256sum`, `chmod`, `find`, `sed -i`, `df` for what the drivers, the
  * transport and the OS plans send, with GNU's messages and exit statuses. Everything acts on the host's
  * virtual file system (real files under the lab's temp dir).
  */
@@ -590,10 +590,11 @@ const SBIN = new Set([
   'run-parts',
 ]);
 
-const command: Handler = async (ctx) => {
-  const [opt, name, ...rest] = ctx.argv.slice(1);
-  if ((opt !== '-v' && opt !== '-V') || name === undefined || rest.length > 0)
-    fail(2, 'sh: 1: command: the lab supports only `command -v NAME`');
+/**
+ * `command -v NAME` as a shell runs it (inside `sh -c`: `command` is a builtin, which the transport's
+ * `exec` cannot run, so it is no program here): prints where NAME is and exits 0, or exits 1.
+ */
+export async function commandV(ctx: CommandContext, name: string): Promise<number> {
   if (BUILTINS.has(name)) {
     await ctx.out(`${name}\n`);
     return 0;
@@ -601,7 +602,7 @@ const command: Handler = async (ctx) => {
   if (lookup(ctx.host, name) === undefined) return 1;
   await ctx.out(name.includes('/') ? `${name}\n` : `/usr/${SBIN.has(name) ? 'sbin' : 'bin'}/${name}\n`);
   return 0;
-};
+}
 
 const BUILTINS = new Set(['true', 'false', 'echo', 'test', '[', 'command']);
 
@@ -739,7 +740,6 @@ export const POSIX_COMMANDS: ReadonlyMap<string, Handler> = new Map<string, Hand
   ['sha256sum', sha256sum],
   ['chmod', chmodCmd],
   ['find', find],
-  ['command', command],
   ['sync', sync],
   ['sleep', sleepCmd],
   ['sed', sed],
