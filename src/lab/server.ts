@@ -64,6 +64,8 @@ export class HostServer {
     socket.on('error', () => {});
     const computer = this.host.computer;
     const unreachable = this.core.faults.peek('unreachable', (f) => hostMatches(f.host, this.host.name));
+    // Each refused connection counts as a firing (the handle's `fired`).
+    if (unreachable !== undefined) this.core.faults.fire(unreachable);
     if (
       this.core.stopping.aborted ||
       unreachable !== undefined ||
