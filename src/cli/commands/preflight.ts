@@ -57,6 +57,8 @@ export async function preflightCommand(computer: string, o: PreflightOptions): P
     if (o.json) console.log(JSON.stringify(report, null, 2));
     else print(report, o.config ?? 'the built-in lab');
     if (report.ok) return EXIT.OK;
+    // Ctrl-C stopped the checks in flight: what failed then says nothing about the hosts.
+    if (interrupt.signal.aborted) return EXIT.CANCELLED;
     return exitCodeForResult('failed', report.error?.code);
   } finally {
     process.off('SIGINT', onSignal);
