@@ -6,8 +6,9 @@
  * result reported, a failure skipping only what needs it, nothing reserved.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLab } from '../../src/lab/index.js';
 import type { ComputerKind, Fault, Lab, LabOptions } from '../../src/lab/types.js';
@@ -63,9 +64,79 @@ interface Case {
   step: string;
   /** What the message must say (what to fix). */
   says: RegExp;
+  /** Prepares the lab for a capture of `image` (its revision name) before it starts; `fix` undoes it. */
+  prepare?: (lab: Lab, image: string) => Promise<void>;
+  fix?: (lab: Lab, image: string) => Promise<void>;
 }
 
+const TWO_DISK_VMX = [
+  '.encoding = "UTF-8"',
+  'displayName = "vm-linux-1"',
+  'scsi0:0.present = "TRUE"',
+  'scsi0:0.fileName = "vm-linux-1.vmdk"',
+  'scsi0:1.present = "TRUE"',
+  'scsi0:1.fileName = "vm-linux-1_1.vmdk"',
+  '',
+].join('\n');
+
 const cases: Case[] = [
+  {
+    name: 'libvirt: the first disk is a network disk (rbd), which qemu-img cannot copy as a file',
+    kind: 'libvirt-linux',
+    fault: {
+      kind: 'failCommand',
+      host: 'libvirt-host',
+      match: ['virsh', 'domblklist'],
+      exitCode: 0,
+      stdout:
+        ' Type      Device   Target   Source\n------------------------------------\n network   disk     vda      libvirt-pool/lv-linux-1\n',
+    },
+    code: 'UNSUPPORTED_DISK',
+    step: 'inspect_domain',
+    says: /lv-linux-1's first disk \(vda\) is a network disk; a capture copies file or block disks only/,
+  },
+  {
+    name: 'vmware: the VM has two disks',
+    kind: 'vmware-linux',
+    fault: {
+      kind: 'failCommand',
+      host: 'esxi-host',
+      match: ['cat', '/vmfs/volumes/datastore1/vm-linux-1/vm-linux-1.vmx'],
+      exitCode: 0,
+      stdout: TWO_DISK_VMX,
+    },
+    code: 'UNSUPPORTED_DISK',
+    step: 'locate_vm',
+    says: /vm-linux-1 has 2 disks; a capture needs exactly one/,
+  },
+  {
+    name: 'vmware: the clone folder already exists on the datastore',
+    kind: 'vmware-linux',
+    code: 'TARGET_EXISTS',
+    step: 'check_target',
+    says: /\/vmfs\/volumes\/datastore1\/linux-\w+-v0\/linux-\w+-v0\.vmdk already exists on esxi-host/,
+    prepare: async (lab, image) => {
+      const path = `/vmfs/volumes/datastore1/${image}/${image}.vmdk`;
+      await mkdir(dirname(await lab.realPath('esxi-host', path)), { recursive: true });
+      await writeFile(await lab.realPath('esxi-host', path), 'someone else’s clone');
+    },
+    fix: async (lab, image) => {
+      await rm(await lab.realPath('esxi-host', `/vmfs/volumes/datastore1/${image}`), { recursive: true });
+    },
+  },
+  {
+    name: 'xcat: the upload’s done marker is already in the repository',
+    kind: 'xcat-linux',
+    code: 'TARGET_EXISTS',
+    step: 'check_target',
+    says: /\/install\/image\/x86\/linux-\w+-v0\.img\.capturedone already exists/,
+    prepare: async (lab, image) => {
+      await writeFile(await lab.realPath('xcat-mn', `/install/image/x86/${image}.img.capturedone`), '');
+    },
+    fix: async (lab, image) => {
+      await rm(await lab.realPath('xcat-mn', `/install/image/x86/${image}.img.capturedone`));
+    },
+  },
   {
     name: 'libvirt: qemu-img missing on the libvirt host',
     kind: 'libvirt-linux',
@@ -159,7 +230,11 @@ describe('a failed preflight fails the capture untouched', () => {
     const bootId = lab.computer(computer).bootId;
     const source = await lab.diskSha256(computer);
     const fault = c.fault === undefined ? undefined : lab.faults.add(c.fault);
-    const image = { osName: 'linux', prettyName: `Preflight ${c.kind}`, owner: 'test' };
+    // Registered first: its first revision's name is known before the capture (the target of `prepare`).
+    const registered = await store.registerImage({ osName: 'linux', prettyName: 'Preflight', owner: 'test' });
+    const image = registered.id;
+    const revision = `linux-Preflight${image}-v0`;
+    await c.prepare?.(lab, revision);
     const capture = await runner.capture({ computer, image });
     const result = await capture.result;
     expect(result.status).toBe('failed');
@@ -183,9 +258,10 @@ describe('a failed preflight fails the capture untouched', () => {
     if (fault?.fault.kind === 'diskFull') expect(fault.fired).toBe(0);
     await runner.close();
 
-    if (fault) {
+    if (fault || c.fix) {
       // The cause gone, the same computer captures.
-      fault.clear();
+      fault?.clear();
+      await c.fix?.(lab, revision);
       const again = createRunner({ inventory: lab.inventory, store, pollMs: 20 });
       const second = await (await again.capture({ computer, image })).result;
       await again.close();
