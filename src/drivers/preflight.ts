@@ -139,13 +139,15 @@ export interface SpaceTarget {
   what: string;
   host: SshHost;
   dir: string;
-  /** `df` on POSIX hosts; `vmfs` (vmkfstools -P) for an ESXi datastore. */
+  /** `df` on POSIX hosts; `vmfs` (vmkfstools -P) for an ESXi datastore (the default under /vmfs/volumes/). */
   reader?: 'df' | 'vmfs';
 }
 
 /** Free bytes of the file system holding `target.dir`. */
 export async function freeBytes(exec: Exec, target: SpaceTarget): Promise<number> {
-  if (target.reader === 'vmfs')
+  // A repository on an ESXi datastore is read as one: ESXi's df takes neither -P nor -B.
+  const reader = target.reader ?? (target.dir.startsWith('/vmfs/volumes/') ? 'vmfs' : 'df');
+  if (reader === 'vmfs')
     return parseVmfs((await exec(target.host, vmfsCommand(target.dir))).stdout).availableBytes;
   return parseDf((await exec(target.host, dfCommand(target.dir))).stdout).availableBytes;
 }

@@ -6,6 +6,8 @@
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { describe, expect, it } from 'vitest';
+import type { Exec } from '../../src/drivers/env.js';
+import { freeBytes } from '../../src/drivers/preflight.js';
 import {
   allocationCommand,
   dfCommand,
@@ -21,6 +23,7 @@ import {
   toolsFor,
   vmfsCommand,
 } from '../../src/drivers/preflight-commands.js';
+import type { SshHost } from '../../src/ssh/index.js';
 import { toCommandLine } from '../../src/ssh/quote.js';
 
 describe('df -P -B1', () => {
@@ -124,6 +127,28 @@ describe('the tool check', () => {
     expect(both).toEqual(expect.arrayContaining(['rpower', 'nodeset', 'df', 'find', 'chmod']));
     expect(new Set(both).size).toBe(both.length);
     expect(toolsFor(['repository'], 'vmware')).not.toContain('find');
+  });
+});
+
+describe('where free space is read', () => {
+  const host = { name: 'h', host: '127.0.0.1', username: 'root', privateKey: '' } as SshHost;
+  const asked: string[][] = [];
+  const exec: Exec = async (_h, argv) => {
+    asked.push([...argv]);
+    const stdout =
+      argv[0] === 'df'
+        ? 'Filesystem 1-blocks Used Available Capacity Mounted on\n/dev/sda1 100 40 60 40% /\n'
+        : 'Capacity 100 (100 file blocks * 1), 70 (70 blocks) avail\n';
+    return { code: 0, signal: null, stdout, stderr: '', durationMs: 1, disconnected: false };
+  };
+
+  it('with df on a POSIX folder, with vmkfstools -P on an ESXi datastore (whose df takes no -P)', async () => {
+    expect(await freeBytes(exec, { what: 'repository', host, dir: '/srv/vcl/images' })).toBe(60);
+    expect(await freeBytes(exec, { what: 'repository', host, dir: '/vmfs/volumes/ds2/images' })).toBe(70);
+    expect(asked).toEqual([
+      ['df', '-P', '-B1', '/srv/vcl/images'],
+      ['vmkfstools', '-P', '/vmfs/volumes/ds2/images'],
+    ]);
   });
 });
 
