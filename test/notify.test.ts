@@ -11,13 +11,21 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { runnerMetrics } from '../src/api/metrics.js';
 import { parseInventory } from '../src/inventory/schema.js';
 import { backoffMs, createNotifier, type Notifier } from '../src/notify/index.js';
+import type { Runner } from '../src/runner/runner.js';
 import type { SqliteCaptureStore } from '../src/store/index.js';
 import type { NotificationEvent } from '../src/store/types.js';
 import { expectVclError, openStore, REPO, SHA, seed, tempFolder } from './store/helpers.js';
 
 const SECRET = 'test-signing-key-0123456789abcdef';
+
+/** The runner side of the metrics is not under test here: a runner with nothing running. */
+const idleRunner = {
+  on: () => () => undefined,
+  health: () => ({ slots: {}, leases: { renewals: 0, failures: 0 }, takeovers: 0, remoteFailures: {} }),
+} as unknown as Runner; // only the two members runnerMetrics reads
 const base = { imageId: 12345, provisioner: 'vmware', os: 'windows', repository: REPO } as const;
 
 interface Received {
@@ -209,6 +217,10 @@ describe('webhooks', () => {
     expect(dead).toMatchObject({ attempts: 3, lastError: 'HTTP 500: receiver is down for maintenance' });
     await sleep(200);
     expect(hook.got).toHaveLength(3);
+    // The operator sees it in /metrics (read from the store at each scrape).
+    const metrics = runnerMetrics({ runner: idleRunner, store });
+    expect(await metrics.scrape()).toMatch(/^vcl_capture_notifications\{status="dead"\} 1$/m);
+    metrics.close();
   });
 
   it('a receiver that does not answer in time is a failed attempt (timeout), retried', async () => {
