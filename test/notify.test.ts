@@ -287,6 +287,32 @@ describe('secrets', () => {
   });
 });
 
+describe('a foreground command draining before it exits', () => {
+  it('stops at its deadline, handing an unanswered attempt back uncounted for the daemon', async () => {
+    const server = createServer(() => undefined); // takes the request and never answers
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    closers.push(async () => {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    });
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
+    notifier = createNotifier({
+      store,
+      config: config({ webhooks: [{ name: 'slow', url, secret: { env: 'S' }, timeoutMs: 120_000 }] }),
+      env: { S: SECRET },
+    });
+    await failToMaintenance('cap-1', 'pc-01');
+    const started = Date.now();
+    expect(await notifier?.drain(300)).toBe(2);
+    // Far below the receiver's 120 s deadline: the drain's own deadline ended the attempts.
+    expect(Date.now() - started).toBeLessThan(20_000);
+    expect((await store.listNotifications()).map((d) => [d.status, d.attempts, d.lastError])).toEqual([
+      ['pending', 0, null],
+      ['pending', 0, null],
+    ]);
+  });
+});
+
 describe('command hooks', () => {
   it('runs the command with the event as JSON on stdin; a non-zero exit is retried', async () => {
     const out = join(folder.dir, 'events.jsonl');

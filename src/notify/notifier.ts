@@ -92,20 +92,21 @@ export function createNotifier(o: NotifierOptions): Notifier | undefined {
   let kicked = false;
   let loop: Promise<void> | undefined;
 
-  const attempt = async (d: NotificationDelivery): Promise<void> => {
+  const attempt = async (d: NotificationDelivery, signal: AbortSignal): Promise<void> => {
     const receiver = byName.get(d.target);
     const where = { delivery: d.id, receiver: d.target, event: d.event.type, eventId: d.event.id };
     let outcome: Parameters<NotificationOutbox['finishDelivery']>[1];
     try {
       if (receiver === undefined) throw new Error('no such receiver configured here');
-      if (receiver.kind === 'webhook') await postWebhook(receiver, d.event, stopping.signal, o.fetch);
-      else await runCommandHook(receiver, d.event, stopping.signal);
+      if (receiver.kind === 'webhook') await postWebhook(receiver, d.event, signal, o.fetch);
+      else await runCommandHook(receiver, d.event, signal);
       outcome = { result: 'delivered' };
       stats.delivered += 1;
       log.info({ ...where, attempts: d.attempts + 1 }, 'notification delivered');
     } catch (err) {
       const error = (err as Error).message;
-      if (stopping.signal.aborted) {
+      if (signal.aborted) {
+        // Cut short by a stop or a drain's deadline: not the receiver's failure, not counted.
         outcome = { result: 'released' };
       } else {
         const attempts = d.attempts + 1;
@@ -140,14 +141,14 @@ export function createNotifier(o: NotifierOptions): Notifier | undefined {
   };
 
   /** One claim and its attempts; returns how many deliveries were claimed. */
-  const round = async (): Promise<number> => {
+  const round = async (signal: AbortSignal): Promise<number> => {
     const batch = await o.store.claimNotifications(id, {
       targets,
       leaseMs,
       limit: concurrency,
       maxAgeMs: retry.maxAgeMs,
     });
-    await Promise.all(batch.map(attempt));
+    await Promise.all(batch.map((d) => attempt(d, signal)));
     return batch.length;
   };
 
@@ -171,7 +172,7 @@ export function createNotifier(o: NotifierOptions): Notifier | undefined {
   const run = async () => {
     while (!stopping.signal.aborted) {
       try {
-        if ((await round()) > 0) continue;
+        if ((await round(stopping.signal)) > 0) continue;
       } catch (err) {
         // The store may be busy or closing: say so, and try again at the next poll.
         if (!stopping.signal.aborted) log.warn({ err }, 'notification round failed');
@@ -191,9 +192,9 @@ export function createNotifier(o: NotifierOptions): Notifier | undefined {
       wake?.();
     },
     async drain(timeoutMs: number) {
-      const end = Date.now() + timeoutMs;
-      while (Date.now() < end && !stopping.signal.aborted) {
-        if ((await round()) === 0) break;
+      const signal = AbortSignal.any([stopping.signal, AbortSignal.timeout(timeoutMs)]);
+      while (!signal.aborted) {
+        if ((await round(signal)) === 0) break;
       }
       return (await o.store.countNotifications()).pending;
     },
