@@ -3,6 +3,7 @@
  * a receiver that fails its first attempts gets the event once it answers (after growing back-off), a
  * command hook reads the event on stdin, and a bad configuration is refused naming the field and the fix.
  */
+import { spawnSync } from 'node:child_process';
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
@@ -20,6 +21,7 @@ import type { NotificationEvent } from '../src/store/types.js';
 import { expectVclError, openStore, REPO, SHA, seed, tempFolder } from './store/helpers.js';
 
 const SECRET = 'test-signing-key-0123456789abcdef';
+const BIN = new URL('../src/cli/bin.mjs', import.meta.url).pathname;
 
 /** The runner side of the metrics is not under test here: a runner with nothing running. */
 const idleRunner = {
@@ -448,5 +450,37 @@ describe('configuration', () => {
     const r = { initialDelayMs: 1000, maxDelayMs: 5000 };
     expect([1, 2, 3, 4, 5].map((n) => backoffMs(n, r, () => 1))).toEqual([1000, 2000, 4000, 5000, 5000]);
     expect([1, 2, 3].map((n) => backoffMs(n, r, () => 0))).toEqual([500, 1000, 2000]);
+  });
+});
+
+describe('the operator', () => {
+  it('`vcl-capture notifications` shows a dead delivery with its error and how to retry; --retry makes it pending', async () => {
+    await failToMaintenance('cap-1', 'pc-01');
+    const [d] = await store.claimNotifications('w', {
+      targets: [{ name: 'ops', events: ['computer.maintenance'] }],
+      leaseMs: 60_000,
+    });
+    if (!d) throw new Error('a delivery expected');
+    await store.finishDelivery(d.id, { result: 'failed', error: 'HTTP 410: gone', retryAt: null });
+    const db = folder.file('store.sqlite');
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, [BIN, 'notifications', ...args, '--db', db], {
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
+    const listed = cli('--status', 'dead');
+    expect(listed.status, listed.stderr).toBe(0);
+    expect(listed.stdout).toMatch(
+      new RegExp(`${d.id}\\s+ops\\s+computer\\.maintenance\\s+cap-1\\s+pc-01\\s+dead\\s+1\\s+HTTP 410: gone`),
+    );
+    expect(listed.stdout).toContain('1 notification was given up (dead)');
+    expect(listed.stdout).toContain(`vcl-capture notifications --retry <id> --db ${db}`);
+    const retried = cli('--retry', String(d.id));
+    expect(retried.status, retried.stderr).toBe(0);
+    expect(retried.stdout).toMatch(/pending again: delivery \d+ of computer\.maintenance/);
+    expect((await store.listNotifications())[0]).toMatchObject({ id: d.id, status: 'pending' });
+    const again = cli('--retry', String(d.id));
+    expect(again.status).toBe(2);
+    expect(again.stderr).toMatch(/is pending; only a dead one can be retried/);
   });
 });
