@@ -5,13 +5,14 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
 import { runnerMetrics } from '../src/api/metrics.js';
 import { parseInventory } from '../src/inventory/schema.js';
 import { backoffMs, createNotifier, type Notifier } from '../src/notify/index.js';
@@ -439,6 +440,27 @@ describe('configuration', () => {
       /notifications\.commands\.0\.name: the receiver name 'ops' is used twice/,
     );
     expect(problem({ webhooks: [hook] })).toBe('accepted');
+  });
+
+  it('the daemon refuses to start without the secret: exit 2, the field and the fix, nothing opened', () => {
+    const inventory = folder.file('inventory.yaml');
+    writeFileSync(
+      inventory,
+      stringify({ hosts: {}, computers: {}, repositories: {}, notifications: { webhooks: [hook] } }),
+    );
+    const db = folder.file('daemon.sqlite');
+    const env = { ...process.env };
+    delete env.VCL_HOOK_SECRET;
+    const r = spawnSync(process.execPath, [BIN, 'daemon', '--config', inventory, '--db', db], {
+      encoding: 'utf8',
+      timeout: 60_000,
+      env,
+    });
+    expect(r.status, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(
+      /notifications\.webhooks\.0\.secret\.env: the environment variable VCL_HOOK_SECRET is not set/,
+    );
+    expect(existsSync(db)).toBe(false);
   });
 
   it('no receiver configured: no notifier (the events stay in the outbox)', () => {
