@@ -73,6 +73,7 @@ async function runCapture(provisioner: ProvisionerName, script: Scripted = {}) {
     actors: {
       ...stepActors,
       os: fromPromise(async ({ input }) => {
+        calls.push({ step: 'os', input: input as unknown as CaptureStepInput });
         osInputs.push(input);
         return 'os' in script ? script.os : OS_OK;
       }),
@@ -121,7 +122,21 @@ describe('a capture machine run with scripted effects', () => {
     expect(run.output.warnings).toEqual([warning]);
     expect(run.inputOf('request_power_off')?.facts).toMatchObject({ osPowerState: 'off', bootId: 'b1' });
     const none = await runCapture('libvirt', { os: { ...OS_OK, powerState: 'on' } });
-    expect(none.inputOf('request_power_off')?.facts).toEqual({ osPowerState: 'on' });
+    expect(none.inputOf('request_power_off')?.facts).toStrictEqual({ osPowerState: 'on' });
+  });
+
+  it('adds the facts each step learns to those learned before', async () => {
+    const run = await runCapture('libvirt', {
+      answers: {
+        inspect_domain: { output: { facts: { disk: '/var/lib/libvirt/images/pc1.qcow2' } } },
+        copy_image: { output: { artifact: ARTIFACT, facts: { copiedBytes: 42 } } },
+      },
+    });
+    expect(run.inputOf('verify_image')?.facts).toStrictEqual({
+      disk: '/var/lib/libvirt/images/pc1.qcow2',
+      osPowerState: 'off',
+      copiedBytes: 42,
+    });
   });
 
   it("fails with the OS sub-machine's own error and restores an untouched computer", async () => {
@@ -130,7 +145,7 @@ describe('a capture machine run with scripted effects', () => {
       os: { ok: false, touched: false, warnings: [], error },
     });
     expect(run.output).toMatchObject({ status: 'failed', error });
-    expect(run.steps).toEqual(['reserve', 'inspect_domain', 'release_computer']);
+    expect(run.steps).toEqual(['reserve', 'inspect_domain', 'os', 'release_computer']);
     expect(run.inputOf('release_computer')?.release).toEqual({ outcome: 'restore', error });
   });
 
@@ -206,19 +221,21 @@ describe('a capture machine run with scripted effects', () => {
 
   it('xCAT with end state off points the node at its image after the OS shut it down', async () => {
     const off = await runCapture('xcat', { input: { endState: 'off' } });
-    expect(off.steps.slice(0, 5)).toEqual([
+    expect(off.steps.slice(0, 6)).toEqual([
       'reserve',
       'check_target',
+      'os',
       'set_capture_boot',
       'ensure_node_on',
       'wait_capture_env',
     ]);
-    expect(off.osInputs).toHaveLength(1);
+    // With reboot the node must already point at the capture image when the OS reboots.
     const reboot = await runCapture('xcat', { input: { endState: 'reboot' } });
-    expect(reboot.steps.slice(0, 4)).toEqual([
+    expect(reboot.steps.slice(0, 5)).toEqual([
       'reserve',
       'check_target',
       'set_capture_boot',
+      'os',
       'ensure_node_on',
     ]);
     expect(reboot.osInputs).toEqual([expect.objectContaining({ endState: 'reboot' })]);
