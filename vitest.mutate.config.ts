@@ -10,6 +10,7 @@ export default defineConfig({
   test: {
     include: [
       'test/machines.test.ts',
+      'test/capture-machine.test.ts',
       'test/visualize.test.ts',
       'test/model/*.test.ts',
       'test/drivers/*.test.ts',

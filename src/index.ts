@@ -22,6 +22,14 @@ export { startLab } from './lab/index.js';
 export type { Lab, LabOptions } from './lab/types.js';
 export { createLogger } from './log.js';
 export {
+  backoffMs,
+  createNotifier,
+  type Notifier,
+  type NotifierOptions,
+  SIGNATURE_HEADER,
+  signBody,
+} from './notify/index.js';
+export {
   type PreflightCheck,
   type PreflightReport,
   type PreflightRequest,
@@ -40,4 +48,11 @@ export {
   type StartReport,
   type SuspendedResult,
 } from './runner/runner.js';
-export { type CaptureStore, openSqliteStore } from './store/index.js';
+export {
+  type CaptureStore,
+  type NotificationDelivery,
+  type NotificationEvent,
+  type NotificationEventType,
+  type NotificationOutbox,
+  openSqliteStore,
+} from './store/index.js';

@@ -3,7 +3,10 @@
  * built-in lab: the demo, a capture from an inventory file, bad inventories, and Ctrl-C.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createHmac } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -27,9 +30,12 @@ function cli(args: string[], timeout = 60_000) {
 }
 
 /** For commands that talk to the in-process lab: spawnSync would block the lab's event loop. */
-function cliAsync(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function cliAsync(
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => {
@@ -109,6 +115,68 @@ describe('vcl-capture capture', () => {
     expect(out.image).toMatch(/^linux-CLIbase\d+-v0$/);
     expect(await lab.sha256('repo-host', out.path)).toBe(out.sha256);
     expect(out.sha256).toBe(await lab.diskSha256('vm-linux-1'));
+  });
+
+  it('notifies before it exits: a signed webhook on loopback and a command hook; `notifications` lists them', async () => {
+    const secret = 'cli-test-signing-key-0123456789';
+    const bodies: { body: string; signature: string }[] = [];
+    const server = createServer((req, res) => {
+      let body = '';
+      req.on('data', (d) => {
+        body += String(d);
+      });
+      req.on('end', () => {
+        bodies.push({ body, signature: String(req.headers['x-vcl-capture-signature']) });
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (server.address() as AddressInfo).port;
+      const hookOut = join(dir, 'hook.json');
+      const file = join(dir, 'notify.yaml');
+      writeFileSync(
+        file,
+        stringify({
+          ...lab.inventory,
+          notifications: {
+            webhooks: [
+              { name: 'ops', url: `http://127.0.0.1:${port}/vcl`, secret: { env: 'TEST_HOOK_SECRET' } },
+            ],
+            commands: [
+              { name: 'save', argv: ['/bin/sh', '-c', `cat > '${hookOut}'`], events: ['capture.completed'] },
+            ],
+          },
+        }),
+      );
+      const db = join(dir, 'notify.sqlite');
+      const r = await cliAsync(
+        ['capture', 'lv-linux-1', '--image', 'Notified', '--config', file, '--db', db, '--json'],
+        { ...process.env, TEST_HOOK_SECRET: secret },
+      );
+      expect(r.code, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout) as { captureId: string };
+      // Delivered by the time the command exited: no daemon involved.
+      expect(bodies).toHaveLength(1);
+      const [got] = bodies;
+      expect(got?.signature).toBe(
+        `sha256=${createHmac('sha256', secret)
+          .update(got?.body ?? '')
+          .digest('hex')}`,
+      );
+      expect(JSON.parse(got?.body ?? '')).toMatchObject({
+        type: 'capture.completed',
+        capture: { id: out.captureId },
+      });
+      expect(JSON.parse(readFileSync(hookOut, 'utf8'))).toEqual(JSON.parse(got?.body ?? ''));
+      const listed = await cliAsync(['notifications', '--db', db]);
+      expect(listed.code, listed.stderr).toBe(0);
+      expect(listed.stdout).toMatch(/ops\s+capture\.completed\s+\S+\s+lv-linux-1\s+delivered\s+1/);
+      expect(listed.stdout).toMatch(/save\s+capture\.completed\s+\S+\s+lv-linux-1\s+delivered\s+1/);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   // Five CLI processes one after another: a budget for a loaded machine, where each takes seconds to start.

@@ -1,11 +1,14 @@
 /**
  * `vcl-capture daemon`, `capture --queue` and `cancel` as a user runs them (child processes) against the
  * built-in lab: queued work runs, a cancel reaches the daemon, SIGTERM stops at the next state with exit
- * 0 and the next daemon resumes, a second SIGTERM exits at once, and `--inspect` serves the daemon's
- * captures.
+ * 0 and the next daemon resumes, a second SIGTERM exits at once, `--inspect` serves the daemon's
+ * captures, and a notification whose daemon was SIGKILLed mid-delivery is delivered by the next one.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -32,8 +35,8 @@ interface Proc {
 /** Every process this file started: a failing test must not leave a daemon polling forever. */
 const started: ChildProcess[] = [];
 
-function run(args: string[]): Proc {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+function run(args: string[], env: NodeJS.ProcessEnv = process.env): Proc {
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
   started.push(child);
   let out = '';
   let err = '';
@@ -231,5 +234,109 @@ describe('vcl-capture daemon', () => {
     await until(async () => (await status(id)) === 'completed', 60_000, 'the resumed capture');
     next.child.kill('SIGTERM');
     expect(await next.exit).toBe(0);
+  });
+
+  it('a daemon SIGKILLed during a delivery loses no notification: the next daemon delivers it', {
+    timeout: 120_000,
+  }, async () => {
+    await ready('xc-linux-1');
+    const secret = 'daemon-test-signing-key-0123456789';
+    // The receiver takes the first request in and never answers it (the daemon is then mid-delivery);
+    // it answers every later one.
+    const got: { body: string; signature: string }[] = [];
+    const server = createServer((req, res) => {
+      let body = '';
+      req.on('data', (d) => {
+        body += String(d);
+      });
+      req.on('end', () => {
+        got.push({ body, signature: String(req.headers['x-vcl-capture-signature']) });
+        if (got.length > 1) res.writeHead(200).end('ok');
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    // A database of its own: the captures of the tests above would be notified too.
+    const notifyDb = join(dir, 'notify.sqlite');
+    const notifyInventory = join(dir, 'notify.yaml');
+    writeFileSync(
+      notifyInventory,
+      stringify({
+        ...lab.inventory,
+        notifications: {
+          webhooks: [
+            {
+              name: 'ops',
+              url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/vcl`,
+              secret: { env: 'TEST_HOOK_SECRET' },
+              events: ['capture.completed'],
+              // The claim's lease is this plus 5 s: the next daemon takes the delivery over after it.
+              timeoutMs: 5_000,
+            },
+          ],
+        },
+      }),
+    );
+    const env = { ...process.env, TEST_HOOK_SECRET: secret };
+    const notifyStore = openSqliteStore(notifyDb);
+    try {
+      const q = run(
+        [
+          'capture',
+          'xc-linux-1',
+          '--image',
+          'Notified',
+          '--config',
+          notifyInventory,
+          '--db',
+          notifyDb,
+          '--queue',
+          '--json',
+        ],
+        env,
+      );
+      expect(await q.exit, q.err()).toBe(0);
+      const id = (JSON.parse(q.out()) as { captureId: string }).captureId;
+      const args = [
+        'daemon',
+        '--config',
+        notifyInventory,
+        '--db',
+        notifyDb,
+        '--poll-ms',
+        '20',
+        '--queue-poll',
+        '50',
+      ];
+      const first = run(args, env);
+      await until(async () => got.length > 0, 60_000, 'the first delivery attempt to reach the receiver');
+      first.child.kill('SIGKILL');
+      await first.exit;
+      expect((await notifyStore.getCapture(id))?.status).toBe('completed');
+      // The killed attempt was not recorded: the delivery is still pending, claimed by the dead daemon.
+      expect(await notifyStore.listNotifications()).toMatchObject([{ status: 'pending', attempts: 0 }]);
+
+      const second = run(args, env);
+      await until(
+        async () => (await notifyStore.listNotifications())[0]?.status === 'delivered',
+        60_000,
+        'the next daemon to deliver it',
+      );
+      second.child.kill('SIGTERM');
+      expect(await second.exit).toBe(0);
+      expect(await notifyStore.listNotifications()).toMatchObject([{ status: 'delivered', attempts: 1 }]);
+      // The same event both times (a receiver de-duplicates on its id), signed both times.
+      expect(got).toHaveLength(2);
+      const events = got.map(
+        (g) => JSON.parse(g.body) as { id: string; type: string; capture: { id: string } },
+      );
+      expect(events[1]).toEqual(events[0]);
+      expect(events[0]).toMatchObject({ type: 'capture.completed', capture: { id } });
+      for (const g of got)
+        expect(g.signature).toBe(`sha256=${createHmac('sha256', secret).update(g.body).digest('hex')}`);
+    } finally {
+      await notifyStore.close();
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });

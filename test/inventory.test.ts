@@ -1,8 +1,10 @@
 /** Inventory files: the documented example is valid, and each kind of mistake is named with its line. */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import { VclError } from '../src/errors.js';
 import { inventoryJsonSchema } from '../src/inventory/json-schema.js';
 import { loadInventoryFile, parseInventoryText } from '../src/inventory/load.js';
+import { parseInventory } from '../src/inventory/schema.js';
 
 const EXAMPLE = new URL('../examples/inventory.yaml', import.meta.url).pathname;
 
@@ -76,4 +78,95 @@ describe('inventory files', () => {
       inventoryJsonSchema(),
     );
   });
+
+  it('names an unknown host wherever an entry refers to one, with the hosts there are', () => {
+    const msg = problem(
+      base
+        .replace('r1: { host: h1', 'r1: { host: nas')
+        .replace('    host: h1\n', '    host: h2\n')
+        .replace('type: libvirt, host: h1', 'type: libvirt, host: kvm9'),
+    );
+    expect(msg.split('\n').slice(1)).toEqual([
+      "  inv.yaml:5: repositories.r1.host: unknown host 'nas'; hosts: h1",
+      "  inv.yaml:9: computers.pc1.host: unknown host 'h2'; hosts: h1",
+      "  inv.yaml:10: computers.pc1.provisioner.host: unknown host 'kvm9'; hosts: h1",
+    ]);
+  });
+
+  it('refuses control characters in a path (spaces are fine) and asks for a key', () => {
+    expect(problem(base.replace('path: /srv/images', 'path: "/srv/im\\tages"'))).toMatch(
+      /repositories\.r1\.path: must not contain control characters/,
+    );
+    expect(problem(base.replace('path: /srv/images', 'path: "/srv/im\\x7fages"'))).toMatch(
+      /must not contain control characters/,
+    );
+    expect(
+      parseInventoryText(base.replace('path: /srv/images', 'path: /srv/my images')).repositories.r1?.path,
+    ).toBe('/srv/my images');
+    expect(problem(base.replace('privateKeyPath: /k', 'port: 22'))).toMatch(
+      /inv\.yaml:3: hosts\.h1\.privateKeyPath: give privateKeyPath \(or privateKey\)/,
+    );
+    const inline = parseInventoryText(base.replace('privateKeyPath: /k', 'privateKey: "-----BEGIN"'));
+    expect(inline.hosts.h1?.privateKey).toBe('-----BEGIN');
+  });
+
+  it('says which file cannot be read, and where YAML is broken', () => {
+    const missing = '/nonexistent/inventory.yaml';
+    expect(() => loadInventoryFile(missing)).toThrow(
+      expect.objectContaining({
+        code: 'INVALID_INVENTORY',
+        message: expect.stringMatching(/^cannot read the inventory \/nonexistent\/inventory\.yaml: ENOENT/),
+      }),
+    );
+    const broken = caughtVcl(() => parseInventoryText('hosts: [a\ncomputers: {', 'lab.yaml'));
+    expect(broken.code).toBe('INVALID_INVENTORY');
+    expect(broken.message).toMatch(/^the inventory is not valid YAML\/JSON:\n {2}lab\.yaml:\d+:\d+: \S/);
+    expect(broken.details?.problems).toEqual([
+      'lab.yaml:2:1: Flow sequence in block collection must be sufficiently indented and end with a ]',
+      'lab.yaml:2:13: Flow map in block collection must be sufficiently indented and end with a }',
+    ]);
+    expect(caughtVcl(() => parseInventoryText('hosts: [a')).message).toMatch(/\(inventory\):1:\d+: /);
+  });
+
+  it('lists every problem of a file in its details, the root ones as (root)', () => {
+    const err = caughtVcl(() => parseInventoryText('[]', 'inv.yaml'));
+    expect(err.message).toMatch(/^the inventory is invalid:\n {2}inv\.yaml:1: \(root\): /);
+    const many = caughtVcl(() =>
+      parseInventoryText(
+        base.replace('user: root', 'user: 42').replace('domain: pc1', 'domain: "a b"'),
+        'inv.yaml',
+      ),
+    );
+    expect(many.details?.problems).toEqual([
+      expect.stringMatching(/^inv\.yaml:3: hosts\.h1\.user: /),
+      expect.stringMatching(/^inv\.yaml:10: computers\.pc1\.provisioner\.domain: use letters, digits/),
+    ]);
+    expect(many.message.split('\n')).toHaveLength(3);
+  });
+
+  it('validates an inventory object the same way (parseInventory), naming each path', () => {
+    expect(parseInventory(parseInventoryText(base)).computers.pc1?.provisioner).toEqual({
+      type: 'libvirt',
+      host: 'h1',
+      domain: 'pc1',
+      format: 'qcow2',
+    });
+    const root = caughtVcl(() => parseInventory(null));
+    expect(root.code).toBe('INVALID_INVENTORY');
+    expect(root.message).toMatch(/^the inventory is invalid:\n {2}\(root\): /);
+    const inv = parseInventoryText(base) as unknown as { hosts: Record<string, { user: unknown }> };
+    (inv.hosts.h1 as { user: unknown }).user = 'a b';
+    const bad = caughtVcl(() => parseInventory(inv));
+    expect(bad.details?.problems).toEqual(['hosts.h1.user: a plain user name']);
+  });
 });
+
+function caughtVcl(fn: () => unknown): VclError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof VclError) return err;
+    throw err;
+  }
+  throw new Error('expected a VclError');
+}

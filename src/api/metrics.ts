@@ -93,6 +93,15 @@ export function runnerMetrics(o: { runner: Runner; store: CaptureStore; logger?:
     },
   });
   new Gauge({
+    name: 'vcl_capture_notifications',
+    help: 'Notification deliveries in the store by status: pending (due or waiting for a retry), delivered, dead (given up)',
+    labelNames: ['status'] as const,
+    registers: [registry],
+    async collect() {
+      for (const [status, n] of Object.entries(await store.countNotifications())) this.set({ status }, n);
+    },
+  });
+  new Gauge({
     name: 'vcl_capture_slots_in_use',
     help: "Capture and copy slots this daemon uses per provisioner host (limits: the host's maxCaptures and maxCopies)",
     labelNames: ['host', 'kind'] as const,

@@ -19,6 +19,7 @@ import {
   computerParams,
   computerReleaseSchema,
   computerStatusSchema,
+  deliveryIdParams,
   enqueueRequestSchema,
   errorSchema,
   healthSchema,
@@ -26,6 +27,9 @@ import {
   imageListSchema,
   imageSchema,
   listCapturesQuery,
+  listNotificationsQuery,
+  notificationDeliverySchema,
+  notificationListSchema,
   productionRequestSchema,
   readinessSchema,
   releaseRequestSchema,
@@ -300,6 +304,39 @@ export function apiRoutes(d: RouteDeps): Route[] {
       auth: true,
       async handler({ params, body }) {
         return ok(200, await store.releaseComputer(params.name, body.reason));
+      },
+    }),
+    route({
+      method: 'GET',
+      url: '/notifications',
+      tag: 'notifications',
+      summary:
+        'Notification deliveries (webhooks, command hooks), newest first, with attempts and last error; counts per status',
+      query: listNotificationsQuery,
+      responses: { 200: { description: 'the deliveries', schema: notificationListSchema } },
+      auth: true,
+      async handler({ query }) {
+        const deliveries = await store.listNotifications({
+          ...(query.status === undefined ? {} : { status: query.status }),
+          ...(query.limit === undefined ? {} : { limit: query.limit }),
+        });
+        return ok(200, { deliveries, counts: await store.countNotifications() });
+      },
+    }),
+    route({
+      method: 'POST',
+      url: '/notifications/:id/retry',
+      tag: 'notifications',
+      summary: 'Make a dead delivery pending again, due now (the daemon attempts it at its next poll)',
+      params: deliveryIdParams,
+      responses: {
+        200: { description: 'pending again', schema: notificationDeliverySchema },
+        404: error('no such delivery'),
+        409: error('INVALID_TRANSITION: the delivery is not dead'),
+      },
+      auth: true,
+      async handler({ params }) {
+        return ok(200, await store.retryNotification(params.id));
       },
     }),
     route({

@@ -20,6 +20,9 @@ import {
   type ComputerStatus,
   type ImageRevisionRecord,
   type ImageWithRevisions,
+  NOTIFICATION_EVENT_TYPES,
+  NOTIFICATION_STATUSES,
+  type NotificationDelivery,
 } from '../store/types.js';
 
 const safeName = z.string().max(100).regex(SAFE_NAME_PATTERN, 'letters, digits, ".", "_" and "-"');
@@ -71,6 +74,19 @@ export const listCapturesQuery = z
     offset: z.coerce.number().int().min(0).optional(),
   })
   .strict();
+
+const notificationStatus = z.enum(NOTIFICATION_STATUSES);
+
+export const listNotificationsQuery = z
+  .object({
+    status: z
+      .union([notificationStatus, z.array(notificationStatus)])
+      .optional()
+      .describe('repeat for several'),
+    limit: z.coerce.number().int().min(1).max(1000).optional(),
+  })
+  .strict();
+export const deliveryIdParams = z.object({ id: z.coerce.number().int().positive() }).strict();
 
 const reasonText = z
   .string()
@@ -195,6 +211,58 @@ export const imageSchema = z.object({
 });
 export const imageListSchema = z.object({ images: z.array(imageSchema) });
 
+/** The JSON body a receiver gets (a webhook's body, a command hook's stdin). */
+const notificationEvent = z.object({
+  version: z.literal(1),
+  id: z.string().describe('stable across retries: receivers de-duplicate on it'),
+  type: z.enum(NOTIFICATION_EVENT_TYPES),
+  occurredAt: isoTime,
+  capture: z.object({
+    id: z.string(),
+    status: captureStatus,
+    provisioner: z.enum(PROVISIONERS),
+    os: z.enum(OPERATING_SYSTEMS),
+    endState: endState.nullable(),
+    createdAt: isoTime,
+    finishedAt: isoTime.nullable(),
+    error: stepFailure.nullable(),
+    releaseOutcome: z.enum(['maintenance', 'restore']).nullable(),
+  }),
+  computer: z.object({ name: z.string(), state: computerState.nullable() }),
+  image: z.object({
+    id: z.number().int(),
+    name: z.string(),
+    revision: z.number().int(),
+    owner: z.string(),
+    prettyName: z.string(),
+  }),
+  artifact: z
+    .object({
+      path: z.string(),
+      location: z.string(),
+      sizeBytes: z.number(),
+      sha256: z.string(),
+      format: z.string(),
+    })
+    .nullable(),
+});
+export const notificationDeliverySchema = z.object({
+  id: z.number().int(),
+  target: z.string().describe("the receiver's name in the inventory"),
+  status: notificationStatus,
+  attempts: z.number().int(),
+  nextAttemptAt: isoTime,
+  lastError: z.string().nullable(),
+  createdAt: isoTime,
+  updatedAt: isoTime,
+  deliveredAt: isoTime.nullable(),
+  event: notificationEvent,
+});
+export const notificationListSchema = z.object({
+  deliveries: z.array(notificationDeliverySchema),
+  counts: z.object({ pending: z.number().int(), delivered: z.number().int(), dead: z.number().int() }),
+});
+
 export const errorSchema = z.object({
   error: z.object({
     code: z.string().describe('VALIDATION, NOT_FOUND, UNAUTHORIZED, or the runner/store error code'),
@@ -235,6 +303,8 @@ fits<Same<ComputerStatus, z.output<typeof computerStatusSchema>>>(true);
 fits<Same<ComputerRelease, z.output<typeof computerReleaseSchema>>>(true);
 fits<Same<ImageWithRevisions, z.output<typeof imageSchema>>>(true);
 fits<Same<ImageRevisionRecord, z.output<typeof revisionSchema>>>(true);
+fits<Same<NotificationDelivery, z.output<typeof notificationDeliverySchema>>>(true);
+fits<Same<NotificationDelivery['event'], z.output<typeof notificationEvent>>>(true);
 fits<
   Same<
     NonNullable<RunnerHealth['leases']['last']>,

@@ -21,6 +21,7 @@ import { daemonCommand } from './commands/daemon.js';
 import { demoCommand } from './commands/demo.js';
 import { inspectCommand } from './commands/inspect.js';
 import { labCommand } from './commands/lab.js';
+import { notificationsCommand } from './commands/notifications.js';
 import { preflightCommand } from './commands/preflight.js';
 import { capturesCommand, imagesCommand, showCommand } from './commands/store-read.js';
 import { EXIT, exitCodeForError } from './exit-codes.js';
@@ -392,6 +393,29 @@ Example:
   )
   .action(async (computer: string, opts: { db: string; reason: string; json?: boolean }) => {
     process.exitCode = await releaseCommand(computer, { ...globals(), ...opts });
+  });
+
+program
+  .command('notifications')
+  .description(
+    'List notification deliveries (webhooks, command hooks) with their attempts and last error; retry a dead one',
+  )
+  .addOption(
+    new Option('--status <status...>', 'only these statuses').choices(['pending', 'delivered', 'dead']),
+  )
+  .option('--limit <n>', 'at most this many, newest first (default 100)', positiveInt)
+  .option('--retry <delivery-id>', 'make a dead delivery pending again (the daemon attempts it)', positiveInt)
+  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .option('--json', 'JSON output')
+  .addHelpText(
+    'after',
+    `
+Receivers are configured in the inventory (notifications:); the daemon delivers. Example:
+  vcl-capture notifications --status dead --db captures.sqlite
+  vcl-capture notifications --retry 42 --db captures.sqlite`,
+  )
+  .action(async (opts) => {
+    process.exitCode = await notificationsCommand(opts);
   });
 
 program

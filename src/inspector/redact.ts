@@ -123,5 +123,14 @@ export function secretsOfInventory(inventory: unknown, env: NodeJS.ProcessEnv = 
     if (typeof host.passphraseFile === 'string') add(readSmall(host.passphraseFile));
     if (typeof host.passphraseEnv === 'string') add(env[host.passphraseEnv]);
   }
+  // Webhook signing keys, and the webhook URLs themselves (chat webhooks carry their token in the path).
+  const notifications = (inventory as { notifications?: { webhooks?: unknown } } | null)?.notifications;
+  const webhooks = Array.isArray(notifications?.webhooks) ? (notifications.webhooks as unknown[]) : [];
+  for (const w of webhooks) {
+    const hook = w as { url?: unknown; secret?: { env?: unknown; file?: unknown } };
+    if (typeof hook.url === 'string') add(hook.url);
+    if (typeof hook.secret?.env === 'string') add(env[hook.secret.env]);
+    if (typeof hook.secret?.file === 'string') add(readSmall(hook.secret.file));
+  }
   return [...out];
 }

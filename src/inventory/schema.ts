@@ -124,6 +124,78 @@ export const repositorySchema = z
   })
   .strict();
 
+const envName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'an environment variable name');
+
+/** Event types a receiver may ask for (the store's NOTIFICATION_EVENT_TYPES, repeated for zod). */
+const notificationEvents = z
+  .array(z.enum(['capture.completed', 'capture.failed', 'capture.cancelled', 'computer.maintenance']))
+  .min(1)
+  .optional();
+
+/** A receiver's stable name: its deliveries are tracked under it (renaming makes a new receiver). */
+const receiverName = z
+  .string()
+  .regex(
+    /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/,
+    'use letters, digits, ".", "_" and "-", starting with a letter or digit',
+  );
+
+const webhookSchema = z
+  .object({
+    name: receiverName,
+    url: z
+      .string()
+      .url('must be an absolute http:// or https:// URL')
+      .refine((u) => /^https?:\/\//i.test(u), 'must be an http:// or https:// URL'),
+    /**
+     * The HMAC-SHA256 key signing each body: from the environment or a file (first line), never from
+     * the inventory itself.
+     */
+    secret: z.union([z.object({ env: envName }).strict(), z.object({ file: z.string().min(1) }).strict()]),
+    events: notificationEvents,
+    /** Deadline of one attempt (connect, send, answer). */
+    timeoutMs: z.number().int().positive().max(300_000).default(10_000),
+  })
+  .strict();
+
+const commandHookSchema = z
+  .object({
+    name: receiverName,
+    /** The program and its arguments, run without a shell; the event arrives as JSON on stdin. */
+    argv: z.array(z.string().min(1)).min(1),
+    events: notificationEvents,
+    /** Deadline of one run; the command is killed after it. */
+    timeoutMs: z.number().int().positive().max(3_600_000).default(30_000),
+  })
+  .strict();
+
+export const notificationsSchema = z
+  .object({
+    webhooks: z.array(webhookSchema).default([]),
+    commands: z.array(commandHookSchema).default([]),
+    /** Retries: exponential back-off with jitter, from `initialDelayMs` up to `maxDelayMs` between attempts. */
+    retry: z
+      .object({
+        maxAttempts: z.number().int().positive().max(1000).default(12),
+        initialDelayMs: z.number().int().positive().default(5_000),
+        maxDelayMs: z.number().int().positive().default(3_600_000),
+        /** An event still undelivered this long after it happened is given up (dead). */
+        maxAgeMs: z
+          .number()
+          .int()
+          .positive()
+          .default(2 * 24 * 3_600_000),
+      })
+      .strict()
+      .default({
+        maxAttempts: 12,
+        initialDelayMs: 5_000,
+        maxDelayMs: 3_600_000,
+        maxAgeMs: 2 * 24 * 3_600_000,
+      }),
+  })
+  .strict();
+
 export const inventorySchema = z
   .object({
     hosts: z.record(name, hostSchema),
@@ -136,9 +208,26 @@ export const inventorySchema = z
       })
       .strict()
       .default({ maxConcurrentCaptures: 100 }),
+    /** Webhooks and local commands told when a capture ends or a computer goes to maintenance. */
+    notifications: notificationsSchema.optional(),
   })
   .strict()
   .superRefine((inv, ctx) => {
+    const receivers = new Set<string>();
+    for (const [kind, list] of [
+      ['webhooks', inv.notifications?.webhooks ?? []],
+      ['commands', inv.notifications?.commands ?? []],
+    ] as const) {
+      list.forEach((r, i) => {
+        if (receivers.has(r.name))
+          ctx.addIssue({
+            code: 'custom',
+            path: ['notifications', kind, i, 'name'],
+            message: `the receiver name '${r.name}' is used twice; each webhook and command needs its own name`,
+          });
+        receivers.add(r.name);
+      });
+    }
     const host = (h: string, path: (string | number)[]) => {
       if (!(h in inv.hosts))
         ctx.addIssue({
@@ -165,6 +254,7 @@ export type InventoryInput = z.input<typeof inventorySchema>;
 export type HostEntry = Inventory['hosts'][string];
 export type ComputerEntry = Inventory['computers'][string];
 export type RepositoryEntry = Inventory['repositories'][string];
+export type NotificationsConfig = NonNullable<Inventory['notifications']>;
 
 /** Validates an inventory; the error lists every problem as `path: message`. */
 export function parseInventory(input: unknown): Inventory {

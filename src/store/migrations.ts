@@ -138,10 +138,48 @@ ALTER TABLE captures ADD COLUMN lease_until TEXT;        -- the owner renews it 
 ALTER TABLE captures ADD COLUMN cancel_requested TEXT;   -- a reason, set by another process
 `;
 
+/**
+ * The notification outbox. A row of `notifications` is written in the same transaction as the event it
+ * announces (a capture finished, a computer sent to maintenance), so a crash can neither lose one nor
+ * announce what did not happen. `notification_deliveries` is one row per (event, target): a delivery
+ * worker creates it when it first sees the event for a target it is configured with, claims it with a
+ * lease, and records each attempt, so delivery is at-least-once per target and survives restarts.
+ */
+const V3_NOTIFICATIONS = `
+CREATE TABLE notifications (
+  id          INTEGER PRIMARY KEY,
+  event_id    TEXT NOT NULL UNIQUE,    -- stable id receivers de-duplicate on
+  type        TEXT NOT NULL,
+  capture_id  TEXT REFERENCES captures(id),
+  payload     TEXT NOT NULL,           -- JSON, the body delivered as is
+  created_at  TEXT NOT NULL
+);
+CREATE INDEX notifications_created ON notifications(created_at);
+
+CREATE TABLE notification_deliveries (
+  id               INTEGER PRIMARY KEY,
+  notification_id  INTEGER NOT NULL REFERENCES notifications(id),
+  target           TEXT NOT NULL,
+  status           TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+  attempts         INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+  next_attempt_at  TEXT NOT NULL,
+  claimed_by       TEXT,
+  claim_until      TEXT,
+  last_error       TEXT,
+  created_at       TEXT NOT NULL,
+  updated_at       TEXT NOT NULL,
+  delivered_at     TEXT,
+  UNIQUE (notification_id, target),
+  CHECK ((delivered_at IS NULL) = (status != 'delivered'))
+);
+CREATE INDEX notification_deliveries_due ON notification_deliveries(status, next_attempt_at);
+`;
+
 /** Every migration, in order. The last one's version is the schema version this code writes. */
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: 'initial schema', up: V1_INITIAL },
   { version: 2, name: 'capture ownership and requests', up: V2_OWNERSHIP },
+  { version: 3, name: 'notification outbox', up: V3_NOTIFICATIONS },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;

@@ -42,6 +42,7 @@ import {
   validateRevisionNumber,
   validateSafeName,
 } from './naming.js';
+import { type Announcement, type Outbox, prepareOutbox } from './outbox.js';
 import { normalizeRepository, resolveLocation } from './paths.js';
 import {
   CAPTURABLE_COMPUTER_STATES,
@@ -52,6 +53,7 @@ import {
   type CaptureRecordStatus,
   type CaptureStore,
   type CasOptions,
+  type ClaimNotificationsOptions,
   type ClaimOptions,
   type CompleteOptions,
   type ComputerRecord,
@@ -59,6 +61,7 @@ import {
   type ComputerRelease,
   type ComputerState,
   type ComputerStatus,
+  type DeliveryOutcome,
   type FinishOptions,
   type ImageFilter,
   type ImageRecord,
@@ -67,6 +70,12 @@ import {
   type ImageWithRevisions,
   type MaintenanceCause,
   type NewCapture,
+  NOTIFICATION_EVENT_TYPES,
+  NOTIFICATION_STATUSES,
+  type NotificationDelivery,
+  type NotificationEventType,
+  type NotificationFilter,
+  type NotificationStatus,
   type OwnedCapture,
   STORE_EVENT_TYPES,
   type StoredSnapshot,
@@ -564,6 +573,7 @@ export class SqliteCaptureStore implements CaptureStore {
   readonly schemaVersion: number;
   private readonly db: Database.Database;
   private readonly s: Statements;
+  private readonly outbox: Outbox;
   private readonly tx: Database.Transaction<(fn: () => unknown) => unknown>;
   private readonly clock: () => Date;
   private readonly newCaptureId: () => string;
@@ -609,6 +619,7 @@ export class SqliteCaptureStore implements CaptureStore {
       if (applied.length > 0) logger.info({ path, applied }, 'store schema migrated');
       this.schemaVersion = db.pragma('user_version', { simple: true }) as number;
       this.s = prepareStatements(db);
+      this.outbox = prepareOutbox(db);
     } catch (err) {
       db.close();
       const sqliteCode =
@@ -1173,7 +1184,21 @@ export class SqliteCaptureStore implements CaptureStore {
         ),
         durationMs: Date.parse(now) - Date.parse(row.created_at),
       });
-      return toCapture(this.requireCapture(captureId));
+      const record = toCapture(this.requireCapture(captureId));
+      this.announce({
+        type: 'capture.completed',
+        capture: record,
+        computerState: computer.state as ComputerState,
+        artifact: {
+          path: location.path,
+          location: location.absolutePath,
+          sizeBytes: checked.sizeBytes,
+          sha256: checked.sha256,
+          format: checked.format,
+        },
+        now,
+      });
+      return record;
     });
   }
 
@@ -1236,7 +1261,18 @@ export class SqliteCaptureStore implements CaptureStore {
         ),
         durationMs: Date.parse(now) - Date.parse(row.created_at),
       });
-      return toCapture(this.requireCapture(captureId));
+      const record = toCapture(this.requireCapture(captureId));
+      const announced = {
+        capture: record,
+        computerState: (computer?.state ??
+          this.s.computer.get(row.computer)?.state ??
+          null) as ComputerState | null,
+        artifact: null,
+        now,
+      };
+      this.announce({ ...announced, type: status === 'failed' ? 'capture.failed' : 'capture.cancelled' });
+      if (held && outcome === 'maintenance') this.announce({ ...announced, type: 'computer.maintenance' });
+      return record;
     });
   }
 
@@ -1256,6 +1292,86 @@ export class SqliteCaptureStore implements CaptureStore {
     options: FinishOptions = {},
   ): Promise<CaptureRecord> {
     return this.finishUnsuccessfully('cancelled', captureId, reason, outcome, options);
+  }
+
+  /** Writes a notification into the outbox, inside the caller's transaction (see src/store/outbox.ts). */
+  private announce(a: Omit<Announcement, 'image'>): void {
+    const image = this.s.image.get(a.capture.image.imageId);
+    this.outbox.announce({
+      ...a,
+      image: { owner: image?.owner ?? '', prettyName: image?.pretty_name ?? '' },
+    });
+  }
+
+  // ---- notification outbox --------------------------------------------------------------------------
+
+  async claimNotifications(
+    owner: string,
+    options: ClaimNotificationsOptions,
+  ): Promise<NotificationDelivery[]> {
+    const me = checkShortText(owner, 'owner');
+    if (typeof options !== 'object' || options === null || !Array.isArray(options.targets))
+      throw invalid('claimNotifications expects { targets, leaseMs }');
+    const targets = options.targets.map((t, i) => ({
+      name: checkShortText(t?.name, `targets[${i}].name`),
+      events: (Array.isArray(t.events) ? (t.events as readonly unknown[]) : []).map((e) => {
+        if (!(NOTIFICATION_EVENT_TYPES as readonly unknown[]).includes(e))
+          throw invalid(
+            `targets[${i}].events: ${JSON.stringify(e)} is not one of ${NOTIFICATION_EVENT_TYPES.join(', ')}`,
+          );
+        return e as NotificationEventType;
+      }),
+    }));
+    const leaseMs = checkInteger(options.leaseMs, 'leaseMs', 1);
+    const limit = checkInteger(options.limit ?? 20, 'limit', 1);
+    if (limit > MAX_LIST_LIMIT) throw invalid(`limit must be at most ${MAX_LIST_LIMIT}`, { limit });
+    const maxAgeMs = checkInteger(options.maxAgeMs ?? 24 * 3600_000, 'maxAgeMs', 1);
+    return this.write('claimNotifications', () =>
+      this.outbox.claim(me, targets, {
+        now: this.now(),
+        since: this.later(-maxAgeMs),
+        until: this.later(leaseMs),
+        limit,
+      }),
+    );
+  }
+
+  async finishDelivery(id: number, outcome: DeliveryOutcome): Promise<NotificationDelivery> {
+    checkInteger(id, 'id', 1);
+    const result = (outcome as { result?: unknown } | null)?.result;
+    if (result !== 'delivered' && result !== 'failed' && result !== 'released')
+      throw invalid('outcome.result must be delivered, failed or released');
+    if (outcome.result === 'failed') {
+      if (typeof outcome.error !== 'string') throw invalid('outcome.error must be a string');
+      if (outcome.retryAt !== null && Number.isNaN(Date.parse(outcome.retryAt)))
+        throw invalid('outcome.retryAt must be an ISO time or null');
+    }
+    return this.write('finishDelivery', () => this.outbox.finish(id, outcome, this.now()));
+  }
+
+  async listNotifications(filter: NotificationFilter = {}): Promise<NotificationDelivery[]> {
+    const statuses: NotificationStatus[] =
+      filter.status === undefined
+        ? []
+        : (Array.isArray(filter.status) ? filter.status : [filter.status]).map((v: unknown) => {
+            if (!(NOTIFICATION_STATUSES as readonly unknown[]).includes(v))
+              throw invalid(
+                `notification status ${JSON.stringify(v)} is not one of ${NOTIFICATION_STATUSES.join(', ')}`,
+              );
+            return v as NotificationStatus;
+          });
+    const limit = checkInteger(filter.limit ?? DEFAULT_LIST_LIMIT, 'limit', 1);
+    if (limit > MAX_LIST_LIMIT) throw invalid(`limit must be at most ${MAX_LIST_LIMIT}`, { limit });
+    return this.read('listNotifications', () => this.outbox.list(statuses, limit));
+  }
+
+  async countNotifications(): Promise<Record<NotificationStatus, number>> {
+    return this.read('countNotifications', () => this.outbox.counts());
+  }
+
+  async retryNotification(id: number): Promise<NotificationDelivery> {
+    checkInteger(id, 'id', 1);
+    return this.write('retryNotification', () => this.outbox.retry(id, this.now()));
   }
 
   // ---- reads ----------------------------------------------------------------------------------------

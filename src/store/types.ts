@@ -355,10 +355,136 @@ export interface CompleteOptions extends FinishOptions {
 }
 
 /**
+ * Events announced to operators (webhooks, a local command): what VCL mails the image owner and the
+ * admins about. The store writes one into its outbox in the transaction of the change it announces:
+ * `completeCapture`, `failCapture`, `cancelCapture` (`capture.*`), and, when one of the last two sends the
+ * computer to maintenance, also `computer.maintenance`.
+ */
+export const NOTIFICATION_EVENT_TYPES = [
+  'capture.completed',
+  'capture.failed',
+  'capture.cancelled',
+  'computer.maintenance',
+] as const;
+export type NotificationEventType = (typeof NOTIFICATION_EVENT_TYPES)[number];
+
+/**
+ * The JSON body of a notification, as delivered (a webhook's body, a command's stdin). `version` is the
+ * payload's format: fields are only ever added within a version.
+ */
+export interface NotificationEvent {
+  version: 1;
+  /** Stable across retries and restarts: receivers de-duplicate on it (delivery is at-least-once). */
+  id: string;
+  type: NotificationEventType;
+  /** When the change happened (the store's transaction time). */
+  occurredAt: string;
+  capture: {
+    id: string;
+    status: CaptureRecordStatus;
+    provisioner: ProvisionerName;
+    os: OsName;
+    endState: EndState | null;
+    createdAt: string;
+    finishedAt: string | null;
+    /** The error (failed) or reason (cancelled), null when completed. */
+    error: StepFailure | null;
+    /** How the computer was handed back: `maintenance` or `restore`; null when completed or queued. */
+    releaseOutcome: ReleaseOutcome | null;
+  };
+  computer: { name: string; state: ComputerState | null };
+  image: { id: number; name: string; revision: number; owner: string; prettyName: string };
+  /** The recorded image of a completed capture, else null. */
+  artifact: { path: string; location: string; sizeBytes: number; sha256: string; format: string } | null;
+}
+
+/** Where a delivery stands: `pending` (due now or later), `delivered`, or `dead` (gave up: see `lastError`). */
+export const NOTIFICATION_STATUSES = ['pending', 'delivered', 'dead'] as const;
+export type NotificationStatus = (typeof NOTIFICATION_STATUSES)[number];
+
+/** A configured receiver as the outbox knows it: a stable name, and the event types it wants. */
+export interface NotificationTarget {
+  /** Deliveries are tracked per name: renaming a target makes it a new one. */
+  name: string;
+  events: readonly NotificationEventType[];
+}
+
+/** One event for one target. */
+export interface NotificationDelivery {
+  /** Row id of the delivery. */
+  id: number;
+  target: string;
+  status: NotificationStatus;
+  /** Attempts made and recorded (an attempt cut short by a crash is not counted: it is made again). */
+  attempts: number;
+  nextAttemptAt: string;
+  lastError: string | null;
+  createdAt: string;
+  updatedAt: string;
+  deliveredAt: string | null;
+  event: NotificationEvent;
+}
+
+/** Options of {@link NotificationOutbox.claimNotifications}. */
+export interface ClaimNotificationsOptions {
+  /** The targets this worker delivers to: a delivery is created for each new event a target wants. */
+  targets: readonly NotificationTarget[];
+  /** How long the claim holds: longer than one attempt can last (a crashed claimer's rows come back then). */
+  leaseMs: number;
+  /** Most deliveries returned (default 20). */
+  limit?: number;
+  /**
+   * Events older than this when a target first sees them get no delivery (a target added later is not
+   * sent the whole history). Default 24 h.
+   */
+  maxAgeMs?: number;
+}
+
+/** The outcome of one attempt ({@link NotificationOutbox.finishDelivery}). */
+export type DeliveryOutcome =
+  | { result: 'delivered' }
+  /** Failed: try again at `retryAt`, or give up (`dead`) when `retryAt` is null. */
+  | { result: 'failed'; error: string; retryAt: string | null }
+  /** Not attempted to the end (the worker stopped): back to pending at once, not counted. */
+  | { result: 'released' };
+
+/** Filter of {@link NotificationOutbox.listNotifications}. */
+export interface NotificationFilter {
+  status?: NotificationStatus | readonly NotificationStatus[];
+  /** Default 100, at most 1000. Newest first. */
+  limit?: number;
+}
+
+/**
+ * The notification outbox (part of {@link CaptureStore}). Events are written by the capture store's own
+ * terminal transactions; a delivery worker (src/notify) claims due deliveries, attempts them and records
+ * the outcome. Every method is one transaction.
+ */
+export interface NotificationOutbox {
+  /**
+   * Creates the deliveries of new events for `targets`, then claims up to `limit` due pending deliveries
+   * of those targets (not claimed by another worker whose lease still runs), oldest due first.
+   */
+  claimNotifications(owner: string, options: ClaimNotificationsOptions): Promise<NotificationDelivery[]>;
+  /**
+   * Records the outcome of an attempt on a pending delivery: `delivered`, `failed` (counted; pending
+   * again at `retryAt`, or `dead`), or `released` (not counted). `INVALID_TRANSITION` when the delivery is
+   * no longer pending (another worker finished it), `NOT_FOUND` when unknown.
+   */
+  finishDelivery(id: number, outcome: DeliveryOutcome): Promise<NotificationDelivery>;
+  /** Deliveries, newest first. */
+  listNotifications(filter?: NotificationFilter): Promise<NotificationDelivery[]>;
+  /** Number of deliveries per status (every status present, 0 when none). */
+  countNotifications(): Promise<Record<NotificationStatus, number>>;
+  /** An operator makes a dead delivery pending again, due now (`INVALID_TRANSITION` unless dead). */
+  retryNotification(id: number): Promise<NotificationDelivery>;
+}
+
+/**
  * The store a runner drives captures with. Every method is one transaction; errors are
  * `VclError`s with a code from `STORE_ERROR_CODES`.
  */
-export interface CaptureStore {
+export interface CaptureStore extends NotificationOutbox {
   /**
    * Registers computers from the inventory: new ones are inserted in `state` (default `available`),
    * existing ones are left as they are (their runtime state wins). All or nothing.

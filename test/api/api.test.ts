@@ -517,3 +517,66 @@ describe('readiness', () => {
     }
   });
 });
+
+describe('notifications', () => {
+  it('lists deliveries with their counts, retries a dead one, and refuses what cannot be retried', async () => {
+    const other = openSqliteStore(join(dir, 'notifications.sqlite'));
+    const r = createRunner({ inventory: lab.inventory, store: other, pollMs: 20 });
+    const s = await startApiServer({ runner: r, store: other });
+    try {
+      await other.registerComputers([{ name: 'pc-1' }]);
+      const image = await other.registerImage(registration('Notified'));
+      await other.createCapture({
+        id: 'cap-n',
+        computer: 'pc-1',
+        imageId: image.id,
+        provisioner: 'libvirt',
+        os: 'linux',
+        repository: '/srv/images',
+      });
+      await other.failCapture(
+        'cap-n',
+        { code: 'TIMEOUT', step: 'copy_image', message: 'slow' },
+        'maintenance',
+      );
+      const [d] = await other.claimNotifications('worker', {
+        targets: [{ name: 'ops', events: ['computer.maintenance'] }],
+        leaseMs: 60_000,
+      });
+      if (!d) throw new Error('a delivery expected');
+      await other.finishDelivery(d.id, { result: 'failed', error: 'HTTP 502', retryAt: null });
+
+      const dead = await call('GET', '/notifications?status=dead', { base: s.url });
+      expect(dead.status).toBe(200);
+      expect(dead.body.counts).toEqual({ pending: 0, delivered: 0, dead: 1 });
+      expect(dead.body.deliveries).toMatchObject([
+        {
+          id: d.id,
+          target: 'ops',
+          status: 'dead',
+          attempts: 1,
+          lastError: 'HTTP 502',
+          event: { type: 'computer.maintenance', capture: { id: 'cap-n' }, computer: { name: 'pc-1' } },
+        },
+      ]);
+      expect((await call('GET', '/notifications?status=pending', { base: s.url })).body.deliveries).toEqual(
+        [],
+      );
+      const retried = await call('POST', `/notifications/${d.id}/retry`, { base: s.url });
+      expect(retried).toMatchObject({ status: 200, body: { id: d.id, status: 'pending' } });
+      expect(await call('POST', `/notifications/${d.id}/retry`, { base: s.url })).toMatchObject({
+        status: 409,
+        body: { error: { code: 'INVALID_TRANSITION' } },
+      });
+      expect((await call('POST', '/notifications/999/retry', { base: s.url })).status).toBe(404);
+      expect(await call('GET', '/notifications?status=lost', { base: s.url })).toMatchObject({
+        status: 400,
+        body: { error: { code: 'VALIDATION', field: 'status' } },
+      });
+    } finally {
+      await s.close();
+      await r.close();
+      await other.close();
+    }
+  });
+});

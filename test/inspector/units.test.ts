@@ -137,6 +137,32 @@ describe('redact', () => {
       ]),
     );
   });
+
+  it('learns the webhook signing keys (env or file) and the webhook URLs, which may carry a token', () => {
+    const keyFile = join(dir, 'hook-key');
+    writeFileSync(keyFile, 'file-signing-key-0123456789\n');
+    const s = secretsOfInventory(
+      {
+        notifications: {
+          webhooks: [
+            { name: 'a', url: 'https://chat.example.org/hooks/T0K3N-abc', secret: { env: 'HOOK_KEY' } },
+            { name: 'b', url: 'https://hooks.example.org/vcl', secret: { file: keyFile } },
+          ],
+        },
+      },
+      { HOOK_KEY: 'env-signing-key-0123456789' },
+    );
+    expect(s).toEqual(
+      expect.arrayContaining([
+        'env-signing-key-0123456789',
+        'file-signing-key-0123456789',
+        'https://chat.example.org/hooks/T0K3N-abc',
+      ]),
+    );
+    expect(redact({ note: 'posted to https://chat.example.org/hooks/T0K3N-abc' }, { secrets: s })).toEqual({
+      note: 'posted to [redacted]',
+    });
+  });
 });
 
 describe('inspection events', () => {

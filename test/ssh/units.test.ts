@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { isVclError } from '../../src/errors.js';
+import { isVclError, type VclError } from '../../src/errors.js';
 import {
   decideHostKey,
   fingerprintSha256,
@@ -55,15 +55,35 @@ describe('shellQuote', () => {
     expect(shellQuote('')).toBe("''");
   });
 
-  it('refuses NUL bytes and empty argument vectors', () => {
-    expect(() => shellQuote('a\0b')).toThrow(/NUL/);
-    try {
-      toCommandLine([]);
-    } catch (err) {
-      expect(isVclError(err, 'SHELL_QUOTE_INVALID')).toBe(true);
-    }
+  it('refuses NUL bytes, non-strings and empty argument vectors with a typed error naming the word', () => {
+    const nul = caught(() => shellQuote('a\0b'));
+    expect(isVclError(nul, 'SHELL_QUOTE_NUL')).toBe(true);
+    expect((nul as Error).message).toMatch(/contains a NUL byte/);
+    // The operator sees which word it was, with the NUL spelled out (a raw NUL would cut the log line).
+    expect((nul as VclError).details).toEqual({ argument: 'a\\0b' });
+    expect(String((nul as VclError).details?.argument)).toHaveLength(4);
+    const long = caught(() => shellQuote(`${'x'.repeat(300)}\0`));
+    expect(String((long as VclError).details?.argument)).toHaveLength(200);
+
+    const notString = caught(() => shellQuote(42 as unknown as string));
+    expect(isVclError(notString, 'SHELL_QUOTE_INVALID')).toBe(true);
+    expect((notString as Error).message).toBe('shellQuote expects a string, got number');
+
+    const empty = caught(() => toCommandLine([]));
+    expect(isVclError(empty, 'SHELL_QUOTE_INVALID')).toBe(true);
+    expect((empty as Error).message).toMatch(/empty argument vector/);
   });
 });
+
+/** The error `fn` throws; fails the test when it throws nothing. */
+function caught(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (err) {
+    return err;
+  }
+  throw new Error('expected a throw');
+}
 
 describe('host keys', () => {
   const pub = ed25519KeyPair().public.trim().split(/\s+/).slice(0, 2).join(' ');

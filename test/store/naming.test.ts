@@ -2,7 +2,13 @@ import { describe, expect, it } from 'vitest';
 import { isVclError } from '../../src/errors.js';
 import {
   buildImageName,
+  IMAGE_NAME_RULE,
+  MAX_IMAGE_NAME_LENGTH,
+  MAX_OS_NAME_LENGTH,
+  MAX_PRETTY_NAME_LENGTH,
   nextRevisionName,
+  OS_NAME_RULE,
+  PRETTY_NAME_RULE,
   parseRevisionName,
   renameRevision,
   stripNonWordCharacters,
@@ -116,4 +122,102 @@ describe('VCL image names', () => {
       ).toBe('INVALID_INPUT');
     }
   });
+
+  it('accepts names exactly at each length limit and refuses one character more', () => {
+    expect(validateOsName('w'.repeat(MAX_OS_NAME_LENGTH))).toBe('w'.repeat(MAX_OS_NAME_LENGTH));
+    expect(refusal(() => validateOsName('w'.repeat(MAX_OS_NAME_LENGTH + 1)))).toMatchObject({
+      code: 'INVALID_IMAGE_NAME',
+      message: `OS name "${'w'.repeat(31)}" is not allowed: ${OS_NAME_RULE}`,
+      details: { osName: 'w'.repeat(31) },
+    });
+    expect(validatePrettyName('p'.repeat(MAX_PRETTY_NAME_LENGTH))).toBe('p'.repeat(60));
+    const atLimit = `${'a'.repeat(MAX_IMAGE_NAME_LENGTH - 3)}-v0`;
+    expect(validateImageName(atLimit)).toBe(atLimit);
+    expect(refusal(() => validateImageName(`a${atLimit}`))).toMatchObject({
+      message: `image name "a${atLimit}" is 101 characters long: ${IMAGE_NAME_RULE}`,
+      details: { name: `a${atLimit}` },
+    });
+    expect(validateSafeName('c'.repeat(MAX_IMAGE_NAME_LENGTH), 'computer name')).toHaveLength(100);
+  });
+
+  it('names the field, the value and the rule in every refusal', () => {
+    expect(refusal(() => validateOsName(''))).toMatchObject({
+      code: 'INVALID_IMAGE_NAME',
+      message: `OS name is empty: ${OS_NAME_RULE}`,
+      details: { osName: '' },
+    });
+    expect(refusal(() => validateOsName(7 as unknown as string))).toMatchObject({
+      code: 'INVALID_IMAGE_NAME',
+      message: `OS name is empty: ${OS_NAME_RULE}`,
+    });
+    expect(refusal(() => validatePrettyName('  '))).toMatchObject({
+      message: `pretty name is empty: ${PRETTY_NAME_RULE}`,
+      details: { prettyName: '  ' },
+    });
+    expect(refusal(() => validatePrettyName(undefined as unknown as string))).toMatchObject({
+      code: 'INVALID_IMAGE_NAME',
+      message: `pretty name is empty: ${PRETTY_NAME_RULE}`,
+    });
+    expect(refusal(() => validatePrettyName('tab\there'))).toMatchObject({
+      message: `pretty name "tab\\there" is not allowed: ${PRETTY_NAME_RULE}`,
+      details: { prettyName: 'tab\there' },
+    });
+    expect(refusal(() => validatePrettyName('~~'))).toMatchObject({
+      message: expect.stringContaining('has no ASCII letter or digit'),
+      details: { prettyName: '~~' },
+    });
+    expect(refusal(() => validateImageName(''))).toMatchObject({
+      message: `image name is empty: ${IMAGE_NAME_RULE}`,
+      details: { name: '' },
+    });
+    expect(refusal(() => validateImageName(5 as unknown as string))).toMatchObject({
+      code: 'INVALID_IMAGE_NAME',
+    });
+    expect(refusal(() => validateImageName('a b-v0'))).toMatchObject({
+      message: `image name "a b-v0" has characters that are not allowed: ${IMAGE_NAME_RULE}`,
+      details: { name: 'a b-v0' },
+    });
+    expect(refusal(() => validateImageName('noversion'))).toMatchObject({
+      message: `image name "noversion" does not end in -v<revision>: ${IMAGE_NAME_RULE}`,
+      details: { name: 'noversion' },
+    });
+    expect(refusal(() => renameRevision('noversion', 1))).toMatchObject({
+      code: 'INVALID_IMAGE_NAME',
+      message: 'previous revision name "noversion" does not end in -v<revision>',
+      details: { name: 'noversion' },
+    });
+    expect(refusal(() => buildImageName({ osName: 'a', prettyName: 'b', imageId: -2 }))).toMatchObject({
+      message: 'image id must be a positive integer, got -2',
+      details: { imageId: -2 },
+    });
+    expect(refusal(() => renameRevision('a-b1-v0', 0.5))).toMatchObject({
+      message: 'revision must be a non-negative integer, got 0.5',
+      details: { revision: 0.5 },
+    });
+    expect(refusal(() => validateSafeName('a b', 'capture id'))).toMatchObject({
+      code: 'INVALID_INPUT',
+      message: expect.stringMatching(/^capture id "a b" is not allowed: use 1-100 ASCII letters/),
+      details: { field: 'capture id', value: 'a b' },
+    });
+    expect(codeOf(() => validateSafeName(undefined as unknown as string, 'computer name'))).toBe(
+      'INVALID_INPUT',
+    );
+  });
+
+  it('returns the pretty name trimmed and takes revision numbers only while they are exact', () => {
+    expect(validatePrettyName('  Base lab ')).toBe('Base lab');
+    expect(parseRevisionName('x-v99999999999999999999')).toBeUndefined();
+    expect(parseRevisionName('x-v9007199254740991')).toEqual({ base: 'x', revision: 9007199254740991 });
+  });
 });
+
+/** The VclError `fn` throws, as a plain object; fails the test when it throws nothing. */
+function refusal(fn: () => unknown): { code: string; message: string; details: unknown } {
+  try {
+    fn();
+  } catch (err) {
+    if (!isVclError(err)) throw err;
+    return { code: err.code, message: err.message, details: err.details };
+  }
+  throw new Error('expected a refusal');
+}

@@ -2,6 +2,8 @@
 import type { EndState } from '../../../machines/index.js';
 import { isVclError } from '../../errors.js';
 import { loadInventoryFile } from '../../inventory/load.js';
+import type { Logger } from '../../log.js';
+import { createNotifier, type Notifier } from '../../notify/index.js';
 import { cancelThroughStore } from '../../runner/cancel.js';
 import type { CaptureRunResult } from '../../runner/runner.js';
 import { openSqliteStore } from '../../store/index.js';
@@ -45,6 +47,40 @@ export function resultSummary(result: CaptureRunResult) {
         warnings: result.warnings,
         cleanupFailures: result.cleanupFailures,
       };
+}
+
+/** How long `capture` waits, after the capture, for its notifications' first attempts. */
+const NOTIFY_DRAIN_MS = 15_000;
+
+/**
+ * The notifier of a foreground capture: it makes the first attempt of the capture's notifications
+ * before the command exits; whatever is not delivered then (receiver down, retry due later, a secret
+ * this shell lacks) stays in the store's outbox for a daemon on the same database.
+ */
+function foregroundNotifier(
+  store: Parameters<typeof createNotifier>[0]['store'],
+  config: Parameters<typeof createNotifier>[0]['config'],
+  logger: Logger,
+): Notifier | undefined {
+  try {
+    return createNotifier({ store, config, logger });
+  } catch (err) {
+    logger.warn(
+      { err: isVclError(err) ? err.message : String(err) },
+      'notifications are not delivered by this command; they stay in the store for a daemon',
+    );
+    return undefined;
+  }
+}
+
+async function deliverBeforeExit(notifier: Notifier | undefined, logger: Logger): Promise<void> {
+  if (notifier === undefined) return;
+  const pending = await notifier.drain(NOTIFY_DRAIN_MS);
+  if (pending > 0)
+    logger.warn(
+      { pending },
+      'notifications not delivered yet stay in the store: a `vcl-capture daemon` on this database retries them',
+    );
 }
 
 export async function captureCommand(computer: string, o: CaptureOptions): Promise<number> {
@@ -101,6 +137,7 @@ export async function captureCommand(computer: string, o: CaptureOptions): Promi
     process.off('SIGTERM', onSignal);
     off();
     view?.stop();
+    await deliverBeforeExit(foregroundNotifier(store, inventory.notifications, logger), logger);
     if (o.json) console.log(JSON.stringify(resultSummary(result), null, 2));
     else if (result.status === 'completed')
       console.log(

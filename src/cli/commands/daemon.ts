@@ -9,10 +9,15 @@
  *
  * `--listen host:port` serves the HTTP API and `/metrics` (src/api) for the same runner and store; beyond
  * loopback only with a bearer token (`VCL_CAPTURE_API_TOKEN` or `--api-token-file`).
+ *
+ * With `notifications` in the inventory, the daemon also delivers the store's notification outbox
+ * (src/notify): at once when one of its captures ends, and every poll for what other processes wrote
+ * or what is due for a retry. A missing signing secret is bad input (exit 2) before anything opens.
  */
 import { checkExposure, type ListenAddress, readApiToken } from '../../api/auth.js';
 import { type ApiServer, startApiServer } from '../../api/server.js';
 import { loadInventoryFile } from '../../inventory/load.js';
+import { createNotifier, resolveReceivers } from '../../notify/index.js';
 import { openSqliteStore } from '../../store/index.js';
 import { EXIT } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
@@ -44,6 +49,8 @@ export async function daemonCommand(o: DaemonOptions): Promise<number> {
     ? readApiToken(o.apiTokenFile === undefined ? {} : { file: o.apiTokenFile })
     : undefined;
   if (o.listen) checkExposure(o.listen, token);
+  // Checked here too, so a missing secret is refused before the store is opened.
+  resolveReceivers(inventory.notifications);
   const logger = cliLogger({ ...o, logLevel: o.logLevel ?? 'info' }).child({ component: 'daemon' });
   const store = openSqliteStore(o.db, { logger });
   const { runner, inspecting, stately } = await startObservedRunner({
@@ -61,6 +68,7 @@ export async function daemonCommand(o: DaemonOptions): Promise<number> {
     await store.close();
     throw err;
   });
+  const notifier = createNotifier({ store, config: inventory.notifications, logger });
   let api: ApiServer | undefined;
   if (o.listen) {
     try {
@@ -80,6 +88,7 @@ export async function daemonCommand(o: DaemonOptions): Promise<number> {
     }
   }
   runner.on((e) => {
+    if (e.type === 'finished') notifier?.kick();
     if (e.type === 'finished')
       logger.info(
         {
@@ -112,6 +121,7 @@ export async function daemonCommand(o: DaemonOptions): Promise<number> {
   process.on('SIGINT', onSignal);
   try {
     const report = await runner.start();
+    notifier?.start();
     logger.info(
       {
         runner: runner.id,
@@ -119,14 +129,17 @@ export async function daemonCommand(o: DaemonOptions): Promise<number> {
         resumed: report.resumed,
         started: report.started,
         failed: report.failed,
+        notify: notifier?.receivers.map((r) => r.name) ?? [],
       },
       'daemon ready',
     );
     await stopping;
     await runner.stop(o.stopTimeout === undefined ? {} : { timeoutMs: o.stopTimeout });
+    await notifier?.stop();
     logger.info('daemon stopped');
     return EXIT.OK;
   } finally {
+    await notifier?.stop();
     await api?.close();
     stately?.stop();
     await inspecting?.inspector.close();
