@@ -41,6 +41,10 @@ export const FAILURE_CODES = {
   CANCELLED: 'CANCELLED',
   /** A machine implementation was not provided (the runner must `.provide()` every effect). */
   NOT_PROVIDED: 'NOT_PROVIDED',
+  /** Preflight: a host on the capture's path lacks a program the capture runs there (the message names it). */
+  PREFLIGHT_TOOL_MISSING: 'PREFLIGHT_TOOL_MISSING',
+  /** Preflight: the repository, the staging folder or the datastore has less free space than the copy needs plus the margin. */
+  PREFLIGHT_NO_SPACE: 'PREFLIGHT_NO_SPACE',
 } as const;
 export type FailureCode = (typeof FAILURE_CODES)[keyof typeof FAILURE_CODES] | (string & {});
 

@@ -30,6 +30,12 @@ export {
   signBody,
 } from './notify/index.js';
 export {
+  type PreflightCheck,
+  type PreflightReport,
+  type PreflightRequest,
+  preflight,
+} from './runner/preflight.js';
+export {
   type CaptureHandle,
   type CaptureRequest,
   type CaptureRunResult,

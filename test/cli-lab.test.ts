@@ -255,7 +255,9 @@ describe('vcl-capture capture', () => {
     const deadline = Date.now() + 30_000;
     // The clone is the hung command: wait until it is the one running (not an earlier quick command).
     const cloning = () =>
-      lab.commandLog.slice(logStart).some((e) => e.host === 'esxi-host' && e.argv?.[0] === 'vmkfstools') &&
+      lab.commandLog
+        .slice(logStart)
+        .some((e) => e.host === 'esxi-host' && e.argv?.[0] === 'vmkfstools' && e.argv[1] === '-i') &&
       lab.runningCommands('esxi-host') > 0;
     while (!cloning() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     child.kill('SIGINT');

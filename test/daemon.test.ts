@@ -150,7 +150,7 @@ describe('vcl-capture daemon', () => {
     );
 
     // A cancel from another process while the daemon runs the capture: cleanup runs, nothing is kept.
-    lab.faults.add({ kind: 'hangCommand', host: 'esxi-host', match: ['vmkfstools'], times: 1 });
+    lab.faults.add({ kind: 'hangCommand', host: 'esxi-host', match: ['vmkfstools', '-i'], times: 1 });
     const second = await queue('vm-linux-1', 'Daemon two');
     await until(
       async () => JSON.stringify((await store.getCapture(second))?.stateValue).includes('clone_disk'),

@@ -48,7 +48,8 @@ export const libvirtMachine = libvirtSetup.createMachine({
       states: {
         reserve: reserveStep('inspect_domain'),
         inspect_domain: forwardStep('inspect_domain', {
-          title: 'Find the domain and its first disk; refuse an existing target',
+          title:
+            'Preflight: hosts and their tools, the domain and its first disk, the target free, room for the copy',
           effect: 'check',
           touches: false,
           next: 'pre_capture',

@@ -54,13 +54,14 @@ export const vmwareMachine = vmwareSetup.createMachine({
       states: {
         reserve: reserveStep('locate_vm'),
         locate_vm: forwardStep('locate_vm', {
-          title: 'Find the VM (registered, unique, exactly one persistent disk)',
+          title: 'Preflight: hosts and their tools; the VM registered once, with exactly one persistent disk',
           effect: 'check',
           touches: false,
           next: 'check_target',
         }),
         check_target: forwardStep('check_target', {
-          title: 'Refuse an existing target on the datastore or in the repository',
+          title:
+            'Preflight: the target free on the datastore and in the repository, room for the clone and the copy',
           effect: 'check',
           touches: false,
           next: 'pre_capture',

@@ -56,7 +56,8 @@ export const xcatMachine = xcatSetup.createMachine({
       states: {
         reserve: reserveStep('check_target'),
         check_target: forwardStep('check_target', {
-          title: 'Make sure xCAT knows the node; refuse existing image files in the repository',
+          title:
+            'Preflight: hosts and their tools, xCAT knows the node, no image files yet, the repository has the margin free',
           effect: 'check',
           touches: false,
           next: 'set_capture_boot',

@@ -22,6 +22,7 @@ import { demoCommand } from './commands/demo.js';
 import { inspectCommand } from './commands/inspect.js';
 import { labCommand } from './commands/lab.js';
 import { notificationsCommand } from './commands/notifications.js';
+import { preflightCommand } from './commands/preflight.js';
 import { capturesCommand, imagesCommand, showCommand } from './commands/store-read.js';
 import { EXIT, exitCodeForError } from './exit-codes.js';
 
@@ -220,6 +221,31 @@ Example:
   )
   .action(async (computer: string, opts) => {
     process.exitCode = await captureCommand(computer, { ...globals(), ...opts });
+  });
+
+program
+  .command('preflight')
+  .description(
+    'Check, without touching or reserving the computer, what a capture of it needs: hosts reachable with verified host keys, tools, the VM/domain/node and its disk, the target name, free space',
+  )
+  .argument('<computer>', 'computer name in the inventory')
+  .option('-c, --config <file>', 'inventory file (YAML or JSON); without it, the built-in lab')
+  .option(
+    '--image-name <revision>',
+    'also check that this image revision name (e.g. linux-Base12-v0) is free in the repository',
+  )
+  .option('--json', 'print the checks as JSON')
+  .addHelpText(
+    'after',
+    `
+Exit codes: 0 every check passed, 1 a check failed (the line says what to fix), 2 bad input,
+4 a host unreachable or refusing us (network, authentication, host key).
+Example:
+  vcl-capture preflight vm-ubuntu-1 --config inventory.yaml
+  vcl-capture preflight lv-linux-1 --json   # the built-in lab`,
+  )
+  .action(async (computer: string, opts) => {
+    process.exitCode = await preflightCommand(computer, { ...globals(), ...opts });
   });
 
 program

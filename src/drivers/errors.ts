@@ -1,3 +1,4 @@
+import { FAILURE_CODES } from '../../machines/types.js';
 import { VclError } from '../errors.js';
 
 /** Failures a driver tells apart; the machines route on some of them (TIMEOUT, NEEDS_REPAIR). */
@@ -15,6 +16,8 @@ export const DRIVER_ERROR_CODES = {
   NO_PROGRESS: 'NO_PROGRESS',
   TIMEOUT: 'TIMEOUT',
   COMMAND_FAILED: 'COMMAND_FAILED',
+  PREFLIGHT_TOOL_MISSING: FAILURE_CODES.PREFLIGHT_TOOL_MISSING,
+  PREFLIGHT_NO_SPACE: FAILURE_CODES.PREFLIGHT_NO_SPACE,
 } as const;
 
 export type DriverErrorCode = keyof typeof DRIVER_ERROR_CODES;

@@ -5,7 +5,7 @@
  * its sha256 computed in the same pass.
  */
 import { posix } from 'node:path';
-import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
+import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../machines/index.js';
 import { type StepFn, sleep } from '../runner/step.js';
 import { durableMoveCommand, type SshHost } from '../ssh/index.js';
 import {
@@ -29,6 +29,8 @@ import {
   parseDomstate,
   parseImageInfo,
 } from './libvirt-commands.js';
+import { Checklist, type CheckRun, checkHosts, checkSpace, logPassed } from './preflight.js';
+import { formatBytes } from './preflight-commands.js';
 import { verifyArtifact } from './verify.js';
 
 type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
@@ -68,6 +70,93 @@ const EVENT_GRACE_MS = 5000;
 export function eventWaitSeconds(pollMs: number, remainingMs: number): number {
   const wanted = Math.min(60, Math.max(1, Math.ceil((10 * pollMs) / 1000)));
   return Math.max(1, Math.min(wanted, Math.floor(remainingMs / 1000)));
+}
+
+/** virsh's words for a domain it does not know (`virsh domstate` exits 1 with them). */
+const UNKNOWN_DOMAIN = /failed to get domain|Domain not found/;
+
+/**
+ * The libvirt preflight (inspect_domain, and `vcl-capture preflight`): the libvirt and repository hosts
+ * reachable with their tools; the domain defined with a file or block disk qemu-img can read; the target
+ * free in the repository (`target`: false when no image name is known, from the CLI); room for the copy
+ * in the repository and, when the repository is another host, in the staging folder beside the disk.
+ * Returns the facts the capture goes on with, or undefined when a check failed (collecting checklist).
+ */
+export async function libvirtPreflight(
+  env: DriverEnv,
+  run: CheckRun & { input: { image?: { name: string } } },
+  list: Checklist,
+  options: { target: boolean },
+): Promise<Facts | undefined> {
+  const { domain, format } = settings(env);
+  const host = env.provisionerHost;
+  const exec = execFor(env, run);
+  if (!(await checkHosts(env, run, list))) {
+    list.skip(`domain ${domain}`, 'a host on the path failed its check');
+    return undefined;
+  }
+  const found = await list.check(`domain ${domain}`, async () => {
+    const r = await exec(host, libvirt.domstate(domain), { check: false });
+    if (r.code !== 0 && UNKNOWN_DOMAIN.test(r.stderr))
+      throw driverError(
+        'NOT_FOUND',
+        `${host.name} has no domain ${domain}: define it there (virsh define) or fix provisioner.domain of ${env.computerName} in the inventory`,
+        { domain },
+      );
+    if (r.code !== 0)
+      throw driverError(
+        'COMMAND_FAILED',
+        `virsh domstate ${domain} on ${host.name} failed: ${r.stderr.trim()}`,
+      );
+    const state = parseDomstate(r.stdout);
+    const disk = firstDisk(parseDomblklist((await exec(host, libvirt.domblklist(domain))).stdout));
+    if (disk.type !== 'file' && disk.type !== 'block')
+      throw driverError(
+        'UNSUPPORTED_DISK',
+        `${domain}'s first disk (${disk.target}) is a ${disk.type} disk; a capture copies file or block disks only`,
+        { type: disk.type, source: disk.source },
+      );
+    const info = parseImageInfo((await exec(host, libvirt.imageInfo(disk.source))).stdout);
+    return {
+      value: { state: state.state, disk: disk.source, info },
+      detail: `${state.state}, first disk ${disk.source} (${info.format}, ${formatBytes(info.actualSize ?? info.virtualSize)} allocated)`,
+    };
+  });
+  if (!found) {
+    list.skip('target', `domain ${domain} was not found`);
+    return undefined;
+  }
+  const { disk, info } = found;
+  const image = run.input.image;
+  let target: string | undefined;
+  if (options.target && image) {
+    target = repositoryPath(env, `${image.name}.${format}`);
+    const free = await list.check('target', async () => {
+      const path = target as string;
+      if (await exists(exec, env.repository.host, path))
+        throw driverError('TARGET_EXISTS', `the repository already holds ${path}; nothing is overwritten`, {
+          target: path,
+        });
+      return { value: true, detail: `${path} is free` };
+    });
+    if (!free) return undefined;
+  } else list.skip('target', 'no image name given');
+  // qemu-img convert writes sparse output: the copy takes what the source allocates. A raw image staged
+  // and then streamed to another host arrives dense, at its virtual size.
+  const allocated = info.actualSize ?? info.virtualSize;
+  const staged = !sameHost(host, env.repository.host);
+  await checkSpace(
+    env,
+    run,
+    list,
+    { what: `repository ${env.computer.repository}`, host: env.repository.host, dir: env.repository.path },
+    staged && format === 'raw' ? info.virtualSize : allocated,
+  );
+  if (staged)
+    await checkSpace(env, run, list, { what: 'staging folder', host, dir: posix.dirname(disk) }, allocated);
+  if (!list.ok) return undefined;
+  run.log.info({ domain, state: found.state, disk, sourceFormat: info.format }, 'domain inspected');
+  return { domain, disk, sourceFormat: info.format, ...(target === undefined ? {} : { target }) };
 }
 
 export function libvirtSteps(env: DriverEnv): Record<string, Step> {
@@ -134,20 +223,10 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
 
   return {
     inspect_domain: async (run) => {
-      const exec = execFor(env, run);
-      const state = parseDomstate((await exec(host, libvirt.domstate(domain))).stdout);
-      const disk = firstDisk(parseDomblklist((await exec(host, libvirt.domblklist(domain))).stdout));
-      const info = parseImageInfo((await exec(host, libvirt.imageInfo(disk.source))).stdout);
-      const target = repositoryPath(env, imageFileName(run.input, format));
-      if (await exists(exec, env.repository.host, target))
-        throw driverError('TARGET_EXISTS', `the repository already holds ${target}; nothing is overwritten`, {
-          target,
-        });
-      run.log.info(
-        { domain, state: state.state, disk: disk.source, sourceFormat: info.format },
-        'domain inspected',
-      );
-      return { facts: { domain, disk: disk.source, sourceFormat: info.format, target } };
+      const list = new Checklist(true);
+      const facts = await libvirtPreflight(env, run, list, { target: true });
+      logPassed(run, list);
+      return { facts: facts ?? {} };
     },
     request_power_off: async (run) => {
       if ((await domainState(env, run)) !== 'shut off') await unlessOff(run, libvirt.shutdown(domain));

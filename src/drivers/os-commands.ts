@@ -6,6 +6,7 @@
  * POSIX shell (Cygwin/OpenSSH), so Windows tools run as plain commands.
  */
 import type { ImageRef, OsName } from '../../machines/types.js';
+import { hasToolCommand } from './preflight-commands.js';
 
 export interface OsCommand {
   argv: string[];
@@ -86,7 +87,7 @@ export const LINUX_PLANS: Record<string, (ctx: OsStepContext) => OsStepPlan> = {
   delete_reservation_users: (ctx) =>
     noUsers(ctx) ?? {
       probe: {
-        argv: ['command', '-v', 'userdel'],
+        argv: hasToolCommand('userdel'),
         notApplicable: 'userdel is not installed (busybox: deluser)',
       },
       commands: ctx.reservationUsers.map((u) => ({ argv: ['userdel', '-r', '-f', u], okCodes: [0, 6] })),
@@ -105,7 +106,7 @@ export const LINUX_PLANS: Record<string, (ctx: OsStepContext) => OsStepPlan> = {
     commands: [{ argv: ['cp', '/etc/ssh/sshd_config.vcl-orig', '/etc/ssh/sshd_config'] }],
   }),
   reset_firewall: () => ({
-    probe: { argv: ['command', '-v', 'iptables'], notApplicable: 'iptables is not installed' },
+    probe: { argv: hasToolCommand('iptables'), notApplicable: 'iptables is not installed' },
     commands: [{ argv: ['iptables', '-I', 'INPUT', '-p', 'tcp', '--dport', '22', '-j', 'ACCEPT'] }],
   }),
   clear_known_files: () => ({

@@ -93,3 +93,32 @@ export function needsRepair(output: string): boolean {
 export function noSpace(output: string): boolean {
   return /no space left/i.test(output);
 }
+
+export interface VmdkExtent {
+  access: string;
+  sectors: number;
+  type: string;
+  /** The extent's file, relative to the descriptor's folder (absent for ZERO extents). */
+  file: string | undefined;
+}
+
+/**
+ * The extent lines of a .vmdk descriptor (VMware Virtual Disk Format 1.1, "Extent Descriptions"):
+ * `RW 8388608 VMFS "vm1-flat.vmdk"`: access, size in 512-byte sectors, type, file.
+ */
+export function parseVmdkExtents(descriptor: string): VmdkExtent[] {
+  const out: VmdkExtent[] = [];
+  for (const line of descriptor.split('\n')) {
+    const m = /^\s*(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)")?/.exec(line);
+    if (m)
+      out.push({
+        access: m[1] as string,
+        sectors: Number(m[2]),
+        type: m[3] as string,
+        file: m[4] || undefined,
+      });
+  }
+  if (out.length === 0)
+    throw driverError('PARSE_FAILED', 'the disk descriptor lists no extent (RW <sectors> ...)');
+  return out;
+}

@@ -4,7 +4,7 @@
  * on "needs repair"), then stream the clone's data into the repository with its sha256 in the same pass.
  */
 import { posix } from 'node:path';
-import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
+import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../machines/index.js';
 import { pollUntil, type StepFn } from '../runner/step.js';
 import { isSshError } from '../ssh/index.js';
 import {
@@ -17,6 +17,8 @@ import {
   repositoryPath,
 } from './env.js';
 import { driverError } from './errors.js';
+import { Checklist, type CheckRun, checkHosts, checkSpace, logPassed } from './preflight.js';
+import { allocationCommand, formatBytes, parseAllocation } from './preflight-commands.js';
 import { verifyArtifact } from './verify.js';
 import {
   datastorePath,
@@ -24,6 +26,7 @@ import {
   noSpace,
   parseGetallvms,
   parsePowerState,
+  parseVmdkExtents,
   parseVmxDisks,
   vmware,
 } from './vmware-commands.js';
@@ -35,8 +38,8 @@ function settings(env: DriverEnv) {
 }
 
 /** The thin clone: `/vmfs/volumes/<datastore>/<image>/<image>.vmdk`. */
-function clonePath(datastore: string, input: CaptureStepInput): string {
-  return `/vmfs/volumes/${datastore}/${input.image.name}/${input.image.name}.vmdk`;
+function clonePath(datastore: string, image: string): string {
+  return `/vmfs/volumes/${datastore}/${image}/${image}.vmdk`;
 }
 
 /** A thin clone's data file beside its descriptor: `<image>-flat.vmdk`. */
@@ -44,8 +47,120 @@ function flatPath(clone: string): string {
   return clone.replace(/\.vmdk$/, '-flat.vmdk');
 }
 
-export function vmwareSteps(env: DriverEnv): Record<string, Step> {
+type PreflightRun = CheckRun & { input: { image?: { name: string } } };
+
+/**
+ * locate_vm's checks: the ESXi and repository hosts reachable with their tools; the VM registered once
+ * with exactly one persistent disk; the disk's virtual and allocated size (from its descriptor's extents
+ * and `stat`). Returns the facts, or undefined when a check failed (collecting checklist).
+ */
+export async function locateVm(env: DriverEnv, run: CheckRun, list: Checklist): Promise<Facts | undefined> {
   const { vm } = settings(env);
+  const host = env.provisionerHost;
+  const exec = execFor(env, run);
+  if (!(await checkHosts(env, run, list))) {
+    list.skip(`VM ${vm}`, 'a host on the path failed its check');
+    return undefined;
+  }
+  return await list.check(`VM ${vm}`, async () => {
+    const vms = parseGetallvms((await exec(host, vmware.getallvms())).stdout).filter((v) => v.name === vm);
+    if (vms.length === 0)
+      throw driverError(
+        'NOT_FOUND',
+        `no VM named ${vm} is registered on ${host.name}: register it or fix provisioner.vm of ${env.computerName} in the inventory`,
+      );
+    if (vms.length > 1) throw driverError('AMBIGUOUS', `${vms.length} VMs are named ${vm} on ${host.name}`);
+    const found = vms[0] as (typeof vms)[number];
+    const vmx = datastorePath(found.file);
+    const disks = parseVmxDisks((await exec(host, vmware.readFile(vmx))).stdout);
+    if (disks.length !== 1)
+      throw driverError('UNSUPPORTED_DISK', `${vm} has ${disks.length} disks; a capture needs exactly one`, {
+        disks: disks.map((d) => d.fileName),
+      });
+    const disk = disks[0] as (typeof disks)[number];
+    if (disk.mode?.toLowerCase().startsWith('nonpersistent'))
+      throw driverError('UNSUPPORTED_DISK', `${vm}'s disk is nonpersistent: its changes are never written`);
+    const diskPath = disk.fileName.startsWith('/')
+      ? disk.fileName
+      : posix.join(posix.dirname(vmx), disk.fileName);
+    const datastore = settings(env).datastore ?? /^\/vmfs\/volumes\/([^/]+)\//.exec(vmx)?.[1] ?? 'datastore1';
+    const extents = parseVmdkExtents((await exec(host, vmware.readFile(diskPath))).stdout);
+    const virtualBytes = extents.reduce((n, e) => n + e.sectors * 512, 0);
+    let allocatedBytes = 0;
+    for (const e of extents) {
+      const file = e.file === undefined ? undefined : posix.join(posix.dirname(diskPath), e.file);
+      const r = file === undefined ? undefined : await exec(host, allocationCommand(file), { check: false });
+      // An extent stat cannot read counts whole: the check errs on the side of room.
+      allocatedBytes += r?.code === 0 ? parseAllocation(r.stdout).allocatedBytes : e.sectors * 512;
+    }
+    return {
+      value: { vmid: found.vmid, vmx, disk: diskPath, datastore, virtualBytes, allocatedBytes },
+      detail: `vmid ${found.vmid}, one disk ${diskPath} (${formatBytes(virtualBytes)}, ${formatBytes(allocatedBytes)} allocated)`,
+    };
+  });
+}
+
+/**
+ * check_target's checks: neither the clone's folder on the datastore nor the repository target exists
+ * (`target`: false without an image name, from the CLI); the datastore has room for the thin clone (what
+ * the disk allocates) and the repository for the copy (the clone's data file streams whole: its virtual
+ * size), each plus the margin.
+ */
+export async function checkVmTarget(
+  env: DriverEnv,
+  run: PreflightRun,
+  list: Checklist,
+  facts: Facts,
+  options: { target: boolean },
+): Promise<Facts | undefined> {
+  const host = env.provisionerHost;
+  const exec = execFor(env, run);
+  const datastore = String(facts.datastore);
+  const image = run.input.image;
+  let paths: { clone: string; target: string } | undefined;
+  if (options.target && image) {
+    const clone = clonePath(datastore, image.name);
+    const target = repositoryPath(env, `${image.name}.vmdk`);
+    const free = await list.check('target', async () => {
+      for (const [where, path] of [
+        [host, clone],
+        [env.repository.host, target],
+      ] as const) {
+        if (await exists(exec, where, path))
+          throw driverError(
+            'TARGET_EXISTS',
+            `${path} already exists on ${where.name}; nothing is overwritten`,
+            {
+              path,
+            },
+          );
+      }
+      return { value: true, detail: `${clone} and ${target} are free` };
+    });
+    if (!free) return undefined;
+    paths = { clone, target };
+  } else list.skip('target', 'no image name given');
+  await checkSpace(
+    env,
+    run,
+    list,
+    { what: `datastore ${datastore}`, host, dir: `/vmfs/volumes/${datastore}`, reader: 'vmfs' },
+    Number(facts.allocatedBytes),
+  );
+  await checkSpace(
+    env,
+    run,
+    list,
+    { what: `repository ${env.computer.repository}`, host: env.repository.host, dir: env.repository.path },
+    Number(facts.virtualBytes),
+  );
+  if (!list.ok) return undefined;
+  return paths ?? {};
+}
+
+export function vmwareSteps(env: DriverEnv): Record<string, Step> {
+  // Refuses, at once, a computer that is not provisioned by VMware.
+  settings(env);
   const host = env.provisionerHost;
   const vmid = (input: CaptureStepInput) => Number(input.facts.vmid);
 
@@ -58,47 +173,16 @@ export function vmwareSteps(env: DriverEnv): Record<string, Step> {
 
   return {
     locate_vm: async (run) => {
-      const exec = execFor(env, run);
-      const vms = parseGetallvms((await exec(host, vmware.getallvms())).stdout).filter((v) => v.name === vm);
-      if (vms.length === 0) throw driverError('NOT_FOUND', `no VM named ${vm} is registered on ${host.name}`);
-      if (vms.length > 1) throw driverError('AMBIGUOUS', `${vms.length} VMs are named ${vm} on ${host.name}`);
-      const found = vms[0] as (typeof vms)[number];
-      const vmx = datastorePath(found.file);
-      const disks = parseVmxDisks((await exec(host, vmware.readFile(vmx))).stdout);
-      if (disks.length !== 1)
-        throw driverError(
-          'UNSUPPORTED_DISK',
-          `${vm} has ${disks.length} disks; a capture needs exactly one`,
-          {
-            disks: disks.map((d) => d.fileName),
-          },
-        );
-      const disk = disks[0] as (typeof disks)[number];
-      if (disk.mode?.toLowerCase().startsWith('nonpersistent'))
-        throw driverError('UNSUPPORTED_DISK', `${vm}'s disk is nonpersistent: its changes are never written`);
-      const diskPath = disk.fileName.startsWith('/')
-        ? disk.fileName
-        : posix.join(posix.dirname(vmx), disk.fileName);
-      const datastore =
-        settings(env).datastore ?? /^\/vmfs\/volumes\/([^/]+)\//.exec(vmx)?.[1] ?? 'datastore1';
-      return { facts: { vmid: found.vmid, vmx, disk: diskPath, datastore } };
+      const list = new Checklist(true);
+      const facts = await locateVm(env, run, list);
+      logPassed(run, list);
+      return { facts: facts ?? {} };
     },
     check_target: async (run) => {
-      const exec = execFor(env, run);
-      const clone = clonePath(String(run.input.facts.datastore), run.input);
-      const target = repositoryPath(env, `${run.input.image.name}.vmdk`);
-      for (const [where, path] of [
-        [host, clone],
-        [env.repository.host, target],
-      ] as const) {
-        if (await exists(exec, where, path))
-          throw driverError(
-            'TARGET_EXISTS',
-            `${path} already exists on ${where.name}; nothing is overwritten`,
-            { path },
-          );
-      }
-      return { facts: { clone, target } };
+      const list = new Checklist(true);
+      const facts = await checkVmTarget(env, run, list, run.input.facts, { target: true });
+      logPassed(run, list);
+      return { facts: facts ?? {} };
     },
     request_power_off: async (run) => {
       if ((await powerState(run)) === 'off') return {};

@@ -4,7 +4,7 @@
  * growth resets the no-progress timer) and hash what arrived.
  */
 import { posix } from 'node:path';
-import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
+import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../machines/index.js';
 import { pollUntil, type StepFn, sleep } from '../runner/step.js';
 import {
   type DriverEnv,
@@ -18,6 +18,7 @@ import {
   syncPaths,
 } from './env.js';
 import { driverError } from './errors.js';
+import { Checklist, type CheckRun, checkHosts, checkSpace, logPassed } from './preflight.js';
 import { verifyArtifact } from './verify.js';
 import { parseNodestat, parseRpowerStat, parseSizes, xcat } from './xcat-commands.js';
 
@@ -32,13 +33,76 @@ const CAPTURE_ENV = /^(capturing|imaging|image)/i;
 /** nodestat values of a node booting over the network: into the capture image set_capture_boot chose. */
 const NETBOOTING = /^netboot/i;
 
+/** rpower's words for a node xCAT does not know (`Error: Invalid nodes and/or groups in noderange: n1`). */
+const UNKNOWN_NODE = /Invalid nodes and\/or groups|not in the nodelist|Unknown node/i;
+
+/** The upload's files in the repository: the image and the capture environment's two markers. */
+function uploadFiles(env: DriverEnv, image: string) {
+  const path = repositoryPath(env, `${image}.img`);
+  return { image: path, done: `${path}.capturedone`, failed: `${path}.capturefailed` };
+}
+
+/**
+ * check_target's checks (and `vcl-capture preflight`'s): the management node and the repository host
+ * reachable with their tools; xCAT knows the node (read-only `rpower stat`, before its boot setting is
+ * changed); no file of the upload exists (`target`: false without an image name); the repository has the
+ * margin free (an upload's size is not known before it).
+ */
+export async function xcatPreflight(
+  env: DriverEnv,
+  run: CheckRun & { input: { image?: { name: string } } },
+  list: Checklist,
+  options: { target: boolean },
+): Promise<Facts | undefined> {
+  const { node } = settings(env);
+  const mn = env.provisionerHost;
+  const exec = execFor(env, run);
+  if (!(await checkHosts(env, run, list))) {
+    list.skip(`node ${node}`, 'a host on the path failed its check');
+    return undefined;
+  }
+  const known = await list.check(`node ${node}`, async () => {
+    const r = await exec(mn, xcat.powerStat(node), { check: false });
+    if (r.code !== 0 && UNKNOWN_NODE.test(`${r.stderr}${r.stdout}`))
+      throw driverError(
+        'NOT_FOUND',
+        `xCAT on ${mn.name} does not know node ${node}: define it (mkdef) or fix provisioner.node of ${env.computerName} in the inventory`,
+        { node },
+      );
+    if (r.code !== 0)
+      throw driverError('COMMAND_FAILED', `rpower ${node} stat on ${mn.name} failed: ${r.stderr.trim()}`);
+    return { value: true, detail: `power ${parseRpowerStat(r.stdout, node)}` };
+  });
+  if (!known) return undefined;
+  const image = run.input.image;
+  let target: string | undefined;
+  if (options.target && image) {
+    const f = uploadFiles(env, image.name);
+    const free = await list.check('target', async () => {
+      for (const path of [f.image, f.done, f.failed]) {
+        if (await exists(exec, env.repository.host, path))
+          throw driverError('TARGET_EXISTS', `${path} already exists; nothing is overwritten`, { path });
+      }
+      return { value: true, detail: `${f.image} and its markers are free` };
+    });
+    if (!free) return undefined;
+    target = f.image;
+  } else list.skip('target', 'no image name given');
+  await checkSpace(
+    env,
+    run,
+    list,
+    { what: `repository ${env.computer.repository}`, host: env.repository.host, dir: env.repository.path },
+    undefined,
+  );
+  if (!list.ok) return undefined;
+  return target === undefined ? {} : { target };
+}
+
 export function xcatSteps(env: DriverEnv): Record<string, Step> {
   const { node, captureImage } = settings(env);
   const mn = env.provisionerHost;
-  const files = (input: CaptureStepInput) => {
-    const image = repositoryPath(env, `${input.image.name}.img`);
-    return { image, done: `${image}.capturedone`, failed: `${image}.capturefailed` };
-  };
+  const files = (input: CaptureStepInput) => uploadFiles(env, input.image.name);
 
   /**
    * The repository's files of this image (`find -printf '%s %f'`: sizes by name) and which upload markers
@@ -58,16 +122,10 @@ export function xcatSteps(env: DriverEnv): Record<string, Step> {
 
   return {
     check_target: async (run) => {
-      const exec = execFor(env, run);
-      // xCAT must know the node (read-only: a node it does not know fails here, before its boot setting
-      // is changed, so the computer is handed back as it was).
-      parseRpowerStat((await exec(mn, xcat.powerStat(node))).stdout, node);
-      const f = files(run.input);
-      for (const path of [f.image, f.done, f.failed]) {
-        if (await exists(exec, env.repository.host, path))
-          throw driverError('TARGET_EXISTS', `${path} already exists; nothing is overwritten`, { path });
-      }
-      return { facts: { target: f.image } };
+      const list = new Checklist(true);
+      const facts = await xcatPreflight(env, run, list, { target: true });
+      logPassed(run, list);
+      return { facts: facts ?? {} };
     },
     set_capture_boot: async (run) => {
       const exec = execFor(env, run);

@@ -111,6 +111,11 @@ export interface LabCore {
   readonly computers: ReadonlyMap<string, ComputerRecord>;
   /** The xCAT osimage that boots a node into the capture environment. */
   readonly captureImage: string;
+  /**
+   * Bytes free on `host`'s file systems, as `df` and `vmkfstools -P` report them: what a `diskFull` fault
+   * still lets through while one covers the host, else the `freeBytes` option.
+   */
+  freeBytes(host: string): number;
   /** Fails with ENOSPC ("No space left on device") when a `diskFull` fault covers `bytes` more on `host`. */
   checkWrite(host: string, bytes: number): void;
   /** Runs `corrupt at: 'file'` faults for a file about to be read. */

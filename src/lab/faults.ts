@@ -17,12 +17,15 @@ export class FaultRegistry implements LabFaults {
   private nextId = 1;
   /** Checks the host and computer names a fault gives (a typo would make it never fire). */
   checkNames: (fault: Fault) => void = () => {};
+  /** Called with each fault once added (the lab drops the connections of a host made unreachable). */
+  added: (fault: Fault) => void = () => {};
 
   add(fault: Fault): FaultHandle {
     validate(fault);
     this.checkNames(fault);
     // A full disk and a computer that will not power off are states, not events: they last until cleared.
-    const lasting = fault.kind === 'diskFull' || fault.kind === 'neverPowersOff';
+    const lasting =
+      fault.kind === 'diskFull' || fault.kind === 'neverPowersOff' || fault.kind === 'unreachable';
     const times =
       'times' in fault && fault.times !== undefined ? fault.times : lasting ? Number.POSITIVE_INFINITY : 1;
     const entry: Entry = {
@@ -32,6 +35,7 @@ export class FaultRegistry implements LabFaults {
       remaining: times,
     };
     this.entries.push(entry);
+    this.added(fault);
     return this.handle(entry);
   }
 

@@ -109,6 +109,10 @@ class Runtime implements LabCore {
       if ('computer' in fault && !this.computers.has(fault.computer))
         throw new RangeError(`fault ${fault.kind}: the lab has no computer ${fault.computer}`);
     };
+    this.faults.added = (fault) => {
+      if (fault.kind !== 'unreachable') return;
+      for (const [name, server] of this.servers) if (hostMatches(fault.host, name)) server.dropAll();
+    };
   }
 
   get stopping(): AbortSignal {
@@ -122,6 +126,12 @@ class Runtime implements LabCore {
 
   log(entry: Omit<CommandLogEntry, 'atMs'>): void {
     this.commandLog.push({ ...entry, atMs: Math.round((performance.now() - this.started) * 1000) / 1000 });
+  }
+
+  freeBytes(host: string): number {
+    const full = this.faults.peek('diskFull', (f) => hostMatches(f.host, host));
+    if (full !== undefined) return Math.max(0, (full.afterBytes ?? 0) - (this.written.get(full) ?? 0));
+    return this.options.freeBytes[host] ?? this.options.defaultFreeBytes;
   }
 
   checkWrite(host: string, bytes: number): void {
@@ -250,10 +260,18 @@ async function build(rt: Runtime, dir: string): Promise<Lab> {
   for (const [name, role, dirs] of infra) {
     const fs = new HostFs(join(dir, 'hosts', name));
     for (const d of dirs) await mkdir(fs.realOf(d), { recursive: true });
-    rt.hosts.set(
+    const runtime = hostRuntime(
       name,
-      hostRuntime(name, role, 'root', fs, INFRA_COMMANDS[role], undefined, undefined, dropper(name)),
+      role,
+      'root',
+      fs,
+      INFRA_COMMANDS[role],
+      undefined,
+      undefined,
+      dropper(name),
     );
+    runtime.missingTools = new Set(opts.missingTools[name] ?? []);
+    rt.hosts.set(name, runtime);
     roles.set(name, role);
     keys.set(name, generateHostKey());
   }

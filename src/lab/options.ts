@@ -22,7 +22,13 @@ export interface ResolvedOptions {
   repositories: Record<Provisioner, 'images' | 'kvm-local' | 'xcat-images'>;
   timeouts: Partial<Timeouts> | undefined;
   tmpDir: string | undefined;
+  freeBytes: Record<string, number>;
+  defaultFreeBytes: number;
+  missingTools: Record<string, string[]>;
 }
+
+/** What `df` reports free on a host the `freeBytes` option does not name: 512 GiB. */
+export const DEFAULT_FREE_BYTES = 512 * 1024 ** 3;
 
 const LINUX_FILES: Record<string, string> = {
   '/etc/hostname': 'lab-guest\n',
@@ -108,5 +114,8 @@ export function resolveOptions(options: LabOptions = {}): ResolvedOptions {
     },
     timeouts: options.timeouts,
     tmpDir: options.tmpDir,
+    freeBytes: options.freeBytes ?? {},
+    defaultFreeBytes: DEFAULT_FREE_BYTES,
+    missingTools: options.missingTools ?? {},
   };
 }

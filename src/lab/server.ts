@@ -10,6 +10,7 @@ import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import ssh2 from 'ssh2';
 import type { HostRuntime, LabCore } from './core.js';
 import { type RunningExec, startExec } from './exec.js';
+import { hostMatches } from './faults.js';
 import { acceptsKey, type ClientKey, type HostKey } from './keys.js';
 
 export class HostServer {
@@ -62,7 +63,14 @@ export class HostServer {
   private onSocket(socket: Socket): void {
     socket.on('error', () => {});
     const computer = this.host.computer;
-    if (this.core.stopping.aborted || (computer !== undefined && !computer.answersSsh)) {
+    const unreachable = this.core.faults.peek('unreachable', (f) => hostMatches(f.host, this.host.name));
+    // Each refused connection counts as a firing (the handle's `fired`).
+    if (unreachable !== undefined) this.core.faults.fire(unreachable);
+    if (
+      this.core.stopping.aborted ||
+      unreachable !== undefined ||
+      (computer !== undefined && !computer.answersSsh)
+    ) {
       socket.resetAndDestroy();
       return;
     }

@@ -60,6 +60,17 @@ export interface LabOptions {
   timeouts?: Partial<Timeouts>;
   /** Parent of the lab's temp dir. Default `os.tmpdir()`. */
   tmpDir?: string;
+  /**
+   * Bytes free on a host's file systems as `df -P -B1` and `vmkfstools -P` report them, by host name
+   * (default 512 GiB; a `diskFull` fault on the host makes it what the fault still lets through). Only
+   * reported: writes are limited by `diskFull` alone.
+   */
+  freeBytes?: Record<string, number>;
+  /**
+   * Programs an infrastructure host lacks, by host name (`{ 'libvirt-host': ['qemu-img'] }`): `command -v`
+   * fails for them and running them answers 127. Guests take theirs from `guestProfiles`.
+   */
+  missingTools?: Record<string, string[]>;
 }
 
 export type PowerState = 'off' | 'booting' | 'on' | 'goingDown';
@@ -195,7 +206,17 @@ export interface CaptureFailsFault extends Counted {
   afterBytes?: number;
 }
 
+/**
+ * The host does not answer: new TCP connections are reset at once (as by a host that is down or a
+ * firewall), and the connections it had are dropped. Lasts until cleared.
+ */
+export interface UnreachableFault {
+  kind: 'unreachable';
+  host: HostMatch;
+}
+
 export type Fault =
+  | UnreachableFault
   | FailCommandFault
   | HangCommandFault
   | DropConnectionFault

@@ -328,7 +328,8 @@ describe('a capture through the API', () => {
     lab.faults.add({
       kind: 'failCommand',
       host: 'esxi-host',
-      match: ['vmkfstools'],
+      // The clone, after the power off (the preflight's `vmkfstools -P` comes before the computer is touched).
+      match: ['vmkfstools', '-i'],
       exitCode: 1,
       stderr: 'Failed to clone disk: No space left on device',
     });

@@ -59,7 +59,7 @@ describe('Linux pre_capture commands', () => {
       },
       delete_reservation_users: {
         probe: {
-          argv: ['command', '-v', 'userdel'],
+          argv: ['sh', '-c', 'command -v "$1"', 'sh', 'userdel'],
           notApplicable: 'userdel is not installed (busybox: deluser)',
         },
         commands: [
@@ -85,7 +85,10 @@ describe('Linux pre_capture commands', () => {
         commands: [{ argv: ['cp', '/etc/ssh/sshd_config.vcl-orig', '/etc/ssh/sshd_config'] }],
       },
       reset_firewall: {
-        probe: { argv: ['command', '-v', 'iptables'], notApplicable: 'iptables is not installed' },
+        probe: {
+          argv: ['sh', '-c', 'command -v "$1"', 'sh', 'iptables'],
+          notApplicable: 'iptables is not installed',
+        },
         commands: [{ argv: ['iptables', '-I', 'INPUT', '-p', 'tcp', '--dport', '22', '-j', 'ACCEPT'] }],
       },
       clear_known_files: {

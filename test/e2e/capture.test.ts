@@ -231,6 +231,27 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
       // The next test captures with the right inventory on the same database.
     }, 120_000);
 
+    it('vcl-capture preflight passes on the real hosts for both computers (repository on the libvirt host, and a separate one with staging)', async () => {
+      for (const [computer, repository] of [
+        [VM_LOCAL, 'local'],
+        [VM_REMOTE, 'central'],
+      ] as const) {
+        const r = await rig.cli(['preflight', computer, '--json']);
+        cliCalls += 1;
+        expect(r.code, `${r.stdout}\n${r.stderr.slice(-3000)}`).toBe(0);
+        const report = JSON.parse(r.stdout) as { ok: boolean; checks: { name: string; status: string }[] };
+        expect(report.ok).toBe(true);
+        const checked = report.checks.filter((c) => c.status === 'ok').map((c) => c.name);
+        expect(checked).toEqual(
+          expect.arrayContaining([`domain ${DOMAIN}`, `space in repository ${repository}`]),
+        );
+        expect(checked.some((c) => c.startsWith('tools on '))).toBe(true);
+        // The separate repository host: the copy is staged beside the disk first.
+        if (repository === 'central') expect(checked).toContain('space in staging folder');
+      }
+      expect(await rig.libvirt.domstate(DOMAIN)).toBe('running');
+    }, 120_000);
+
     it('vcl-capture capture completes: the OS shuts the guest down, the disk is converted and verified', async () => {
       result = await capture([VM_LOCAL, '--image', 'e2e-base']);
       expect(result.code, result.stderr.slice(-3000)).toBe(0);

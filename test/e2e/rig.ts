@@ -358,9 +358,11 @@ export async function startRig(options: StartRigOptions = {}): Promise<Rig> {
           '--log-file',
           join(logs, `cli-${captureNo}.jsonl`),
           ...args,
-          ...(args[0] === 'capture' && !args.includes('--config') ? ['--config', inventoryFile] : []),
-          '--db',
-          db,
+          ...((args[0] === 'capture' || args[0] === 'preflight') && !args.includes('--config')
+            ? ['--config', inventoryFile]
+            : []),
+          // preflight reads no database: it reserves and records nothing.
+          ...(args[0] === 'preflight' ? [] : ['--db', db]),
         ];
         const started = Date.now();
         const r = await run(process.execPath, [BIN, ...full], { ...process.env, NO_COLOR: '1' }, timeoutMs);

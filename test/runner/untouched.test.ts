@@ -147,14 +147,12 @@ const cases: Case[] = [
     },
   },
   {
-    name: 'unreachable libvirt host (connection refused until the step deadline)',
+    name: 'unreachable libvirt host (the preflight sees no SSH banner: refused at once, no retries)',
     computer: 'lv-linux-4',
-    code: 'TIMEOUT',
+    code: 'SSH_UNREACHABLE',
     step: 'inspect_domain',
     breakIt: async (inv) => {
       hostOf(inv, 'libvirt-host').port = await closedPort();
-      // The transport retries a refused connection until the step's deadline.
-      inv.defaults.timeouts = { ...inv.defaults.timeouts, commandMs: 1500 };
     },
   },
   {
@@ -186,7 +184,7 @@ const cases: Case[] = [
   {
     name: 'domain missing on the libvirt host',
     computer: 'lv-linux-7',
-    code: 'SSH_EXIT_NONZERO',
+    code: 'NOT_FOUND',
     step: 'inspect_domain',
     breakIt: (inv, computer) => {
       const c = inv.computers[computer];
@@ -206,7 +204,7 @@ const cases: Case[] = [
   {
     name: 'node missing in xCAT',
     computer: 'xc-linux-2',
-    code: 'SSH_EXIT_NONZERO',
+    code: 'NOT_FOUND',
     step: 'check_target',
     breakIt: (inv, computer) => {
       const c = inv.computers[computer];

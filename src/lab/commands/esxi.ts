@@ -232,6 +232,44 @@ async function clone(ctx: CommandContext, src: string, dst: string): Promise<num
   return 0;
 }
 
+/** The lab's datastore as `vmkfstools -P` sees it: this large, 1 MiB file blocks. */
+const VOLUME_BYTES = 2 * 1024 ** 4;
+const FILE_BLOCK = 1024 * 1024;
+
+/** `vmkfstools -P /vmfs/volumes/<datastore>` in ESXi 7/8 words; free space is the lab's `freeBytes`. */
+async function volumeInfo(ctx: CommandContext, volume: string): Promise<number> {
+  const v = await ctx.host.fs.prepare(volume);
+  if (!v.path.startsWith('/vmfs/volumes/') || (await statOf(v.real)) === undefined)
+    fail(255, `Could not retrieve attributes for ${volume}: No such file or directory`);
+  const label = v.path.split('/')[3] ?? '';
+  const free = Math.min(VOLUME_BYTES, ctx.core.freeBytes(ctx.host.name));
+  await ctx.out(
+    [
+      'VMFS-6.82 (Raw Major Version: 24) file system spanning 1 partitions.',
+      `File system label (if any): ${label}`,
+      'Mode: public',
+      `Capacity ${VOLUME_BYTES} (${VOLUME_BYTES / FILE_BLOCK} file blocks * ${FILE_BLOCK}), ${free} (${Math.floor(free / FILE_BLOCK)} blocks) avail, max supported file size 70368744177664`,
+      'Volume Creation Time: Mon Nov 24 10:30:00 2025',
+      'Files (max/free): 16384/16000',
+      'Ptr Blocks (max/free): 0/0',
+      'Sub Blocks (max/free): 16384/16000',
+      'Secondary Ptr Blocks (max/free): 256/255',
+      'File Blocks (overcommit/used/overcommit %): 0/0/0',
+      'Ptr Blocks  (overcommit/used/overcommit %): 0/0/0',
+      'Sub Blocks  (overcommit/used/overcommit %): 0/0/0',
+      'Volume Metadata size: 1510998016',
+      'Disk Block Size: 512/512/0',
+      'UUID: 5f3a1b2c-4d5e6f70-8192-a3b4c5d6e7f8',
+      'Logical device: 5f3a1b2b-00000000-0000-a3b4c5d6e7f8',
+      'Partitions spanned (on "lvm"):',
+      '\tmpx.vmhba0:C0:T0:L0:3',
+      'Is Native Snapshot Capable: NO',
+      '',
+    ].join('\n'),
+  );
+  return 0;
+}
+
 const vmkfstools: Handler = async (ctx) => {
   const args = ctx.argv.slice(1);
   const [op, a, b] = args;
@@ -265,7 +303,11 @@ const vmkfstools: Handler = async (ctx) => {
     await rm(s.real, { force: true });
     return 0;
   }
-  fail(1, 'vmkfstools: the lab supports -i <src> <dst> [-d <type>], -x repair|check <disk>, -U <disk>');
+  if (op === '-P' && a !== undefined && b === undefined) return await volumeInfo(ctx, a);
+  fail(
+    1,
+    'vmkfstools: the lab supports -i <src> <dst> [-d <type>], -x repair|check <disk>, -U <disk>, -P <volume>',
+  );
 };
 
 export const ESXI_COMMANDS: ReadonlyMap<string, Handler> = new Map([

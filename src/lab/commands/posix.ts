@@ -1,6 +1,6 @@
 /**
  * The POSIX tools every lab host has (coreutils/busybox subset): enough of `test`, `mkdir`, `rm`, `mv`, `cp`,
- * `cat`, `tee`, `stat`, `sha256sum`, `chmod`, `find`, `command -v`, `sed -i` for what the drivers, the
+ * `cat`, `tee`, `stat`, `sha256sum`, `chmod`, `find`, `sed -i`, `df` for what the drivers, the
  * transport and the OS plans send, with GNU's messages and exit statuses. Everything acts on the host's
  * virtual file system (real files under the lab's temp dir).
  */
@@ -353,8 +353,11 @@ const statCmd: Handler = async (ctx) => {
       await ctx.out(`  File: ${p}\n  Size: ${st.size}\t${fileType(st)}\n`);
       continue;
     }
-    const text = format.replace(/%([sFnaU%])/g, (_, c: string) => {
+    const text = format.replace(/%([sbBFnaU%])/g, (_, c: string) => {
       if (c === 's') return String(st.size);
+      // Node reports allocated blocks in 512-byte units, as stat's %b does with %B = 512.
+      if (c === 'b') return String(st.blocks);
+      if (c === 'B') return '512';
       if (c === 'F') return fileType(st);
       if (c === 'n') return p;
       if (c === 'a') return (st.mode & 0o7777).toString(8);
@@ -587,10 +590,11 @@ const SBIN = new Set([
   'run-parts',
 ]);
 
-const command: Handler = async (ctx) => {
-  const [opt, name, ...rest] = ctx.argv.slice(1);
-  if ((opt !== '-v' && opt !== '-V') || name === undefined || rest.length > 0)
-    fail(2, 'sh: 1: command: the lab supports only `command -v NAME`');
+/**
+ * `command -v NAME` as a shell runs it (inside `sh -c`: `command` is a builtin, which the transport's
+ * `exec` cannot run, so it is no program here): prints where NAME is and exits 0, or exits 1.
+ */
+export async function commandV(ctx: CommandContext, name: string): Promise<number> {
   if (BUILTINS.has(name)) {
     await ctx.out(`${name}\n`);
     return 0;
@@ -598,9 +602,34 @@ const command: Handler = async (ctx) => {
   if (lookup(ctx.host, name) === undefined) return 1;
   await ctx.out(name.includes('/') ? `${name}\n` : `/usr/${SBIN.has(name) ? 'sbin' : 'bin'}/${name}\n`);
   return 0;
-};
+}
 
 const BUILTINS = new Set(['true', 'false', 'echo', 'test', '[', 'command']);
+
+/** The lab's file systems as df sees them: one per host, this large. */
+const LAB_FS_BYTES = 2 * 1024 ** 4;
+
+/**
+ * `df -P -B1 DIR`: GNU coreutils' POSIX format in bytes, one file system per host whose free space is the
+ * lab's `freeBytes` for the host (a `diskFull` fault: what it still lets through).
+ */
+const df: Handler = async (ctx) => {
+  const args = ctx.argv.slice(1);
+  const operands = args.filter((a) => !a.startsWith('-'));
+  if (!args.includes('-P') || !args.includes('-B1') || operands.length !== 1)
+    fail(1, 'df: the lab supports only `df -P -B1 DIR`');
+  const dir = operands[0] as string;
+  const { real } = await ctx.host.fs.prepare(dir);
+  if ((await statOf(real)) === undefined) fail(1, `df: ${dir}: No such file or directory`);
+  const available = Math.min(LAB_FS_BYTES, ctx.core.freeBytes(ctx.host.name));
+  const used = LAB_FS_BYTES - available;
+  const capacity = Math.ceil((used * 100) / LAB_FS_BYTES);
+  await ctx.out(
+    'Filesystem         1-blocks          Used     Available Capacity Mounted on\n' +
+      `/dev/vda1 ${String(LAB_FS_BYTES).padStart(17)} ${String(used).padStart(13)} ${String(available).padStart(13)} ${String(capacity).padStart(7)}% /\n`,
+  );
+  return 0;
+};
 
 /** `sleep SECONDS`: waits, and stops when the command is killed or its channel closes. */
 const sleepCmd: Handler = async (ctx) => {
@@ -711,8 +740,8 @@ export const POSIX_COMMANDS: ReadonlyMap<string, Handler> = new Map<string, Hand
   ['sha256sum', sha256sum],
   ['chmod', chmodCmd],
   ['find', find],
-  ['command', command],
   ['sync', sync],
   ['sleep', sleepCmd],
   ['sed', sed],
+  ['df', df],
 ]);

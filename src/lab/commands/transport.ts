@@ -1,14 +1,17 @@
 /**
  * `sh -c` exactly as the SSH transport's copies send it (src/ssh/copy.ts), and nothing else: the reader
  * that prints the source's size and type then streams it, the writer that streams stdin into a temporary
- * file, and the finalizer that sets its mode, syncs and renames it.
+ * file, and the finalizer that sets its mode, syncs and renames it; and the tool checks
+ * (src/drivers/preflight-commands.ts), which need a shell for its `command -v`.
  * The lab recognises the two scripts by their exact text and emulates them; any other script is answered
  * as unknown (exit 127), because the lab never interprets shell code.
  */
 import { rm } from 'node:fs/promises';
 import { posix } from 'node:path';
+import { HAS_TOOL_SCRIPT, TOOLS_SCRIPT } from '../../drivers/preflight-commands.js';
 import { type CommandContext, CommandError, fail, type Handler, NoSpaceError } from '../core.js';
-import { errnoText, move, statOf, writeStdinTo } from './posix.js';
+import { lookup } from '../exec.js';
+import { commandV, errnoText, move, statOf, writeStdinTo } from './posix.js';
 
 /** The copy's reader: `sh -c <this> sh <path>` (size line, then the bytes). */
 export const COPY_READ_SCRIPT = 'stat -L -c %s:%F -- "$1" && exec cat -- "$1"';
@@ -61,11 +64,19 @@ async function readWithSize(ctx: CommandContext, path: string): Promise<number> 
   return await cat({ ...ctx, argv: ['cat', '--', path] });
 }
 
+/** The preflight's tool check (src/drivers/preflight-commands.ts): `present <tool>` or `missing <tool>` each. */
+async function reportTools(ctx: CommandContext, tools: readonly string[]): Promise<number> {
+  for (const t of tools) await ctx.out(`${lookup(ctx.host, t) === undefined ? 'missing' : 'present'} ${t}\n`);
+  return 0;
+}
+
 export const sh: Handler = async (ctx) => {
   const [, flag, script, , ...args] = ctx.argv;
   if (flag === '-c' && ctx.argv[3] === 'sh') {
     if (script === COPY_READ_SCRIPT && args.length === 1) return await readWithSize(ctx, args[0] as string);
     if (script === COPY_WRITE_SCRIPT && args.length === 1) return await writeTemp(ctx, args[0] as string);
+    if (script === TOOLS_SCRIPT) return await reportTools(ctx, args);
+    if (script === HAS_TOOL_SCRIPT && args.length === 1) return await commandV(ctx, args[0] as string);
     if (script === COPY_FINALIZE_SCRIPT && args.length === 3) {
       const [tmp, target, mode] = args as [string, string, string];
       return await finalize(ctx, tmp, target, mode);

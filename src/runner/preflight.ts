@@ -1,0 +1,91 @@
+/**
+ * `vcl-capture preflight` (and any embedder): the checks a capture's first steps run, on demand, without
+ * reserving the computer or recording anything. Every check runs (one failing skips only those that need
+ * its result) and is reported with what it found or what to fix.
+ */
+import { DEFAULT_TIMEOUTS, type ProvisionerName } from '../../machines/index.js';
+import type { DriverEnv } from '../drivers/env.js';
+import { libvirtPreflight } from '../drivers/libvirt.js';
+import { Checklist, type CheckRun, checkLogin, type PreflightCheck } from '../drivers/preflight.js';
+import { checkVmTarget, locateVm } from '../drivers/vmware.js';
+import { xcatPreflight } from '../drivers/xcat.js';
+import { VclError } from '../errors.js';
+import type { Inventory } from '../inventory/schema.js';
+import { type Logger, silentLogger } from '../log.js';
+import type { SshHost } from '../ssh/index.js';
+import { validateImageName } from '../store/naming.js';
+import { timeoutsOf } from './execution.js';
+import { inventoryHosts, type Remote } from './remote.js';
+
+export type { PreflightCheck } from '../drivers/preflight.js';
+
+export interface PreflightRequest {
+  inventory: Inventory;
+  computer: string;
+  /** The image revision name to check free in the repository (e.g. `linux-Base12-v0`); absent: not checked. */
+  imageName?: string;
+  remote: Remote;
+  logger?: Logger;
+  signal?: AbortSignal;
+}
+
+export interface PreflightReport {
+  computer: string;
+  provisioner: ProvisionerName;
+  ok: boolean;
+  checks: PreflightCheck[];
+  /** The first failed check's error (its message names what to fix). */
+  error?: { code: string; message: string; check: string };
+}
+
+export async function preflight(request: PreflightRequest): Promise<PreflightReport> {
+  const { inventory, computer: name } = request;
+  const computer = inventory.computers[name];
+  if (!computer)
+    throw new VclError(
+      'UNKNOWN_COMPUTER',
+      `computer '${name}' is not in the inventory; known: ${Object.keys(inventory.computers).join(', ')}`,
+    );
+  const imageName = request.imageName === undefined ? undefined : validateImageName(request.imageName);
+  const hosts = inventoryHosts(inventory);
+  const host = (h: string) => hosts.get(h) as SshHost;
+  const repository = inventory.repositories[computer.repository] as Inventory['repositories'][string];
+  const env: DriverEnv = {
+    remote: request.remote,
+    computerName: name,
+    computer,
+    provisionerHost: host(computer.provisioner.host),
+    guestHost: host(computer.host),
+    repository: { host: host(repository.host), path: repository.path },
+    pollMs: 2000,
+  };
+  // The capture's check step gets commandMs; so does the whole preflight here.
+  const budgetMs = timeoutsOf(inventory, name, undefined).commandMs ?? DEFAULT_TIMEOUTS.commandMs;
+  const deadline = Date.now() + budgetMs;
+  const timeout = AbortSignal.timeout(budgetMs);
+  const run: CheckRun & { input: { step: string; image?: { name: string } } } = {
+    input: { step: 'preflight', ...(imageName === undefined ? {} : { image: { name: imageName } }) },
+    signal: request.signal ? AbortSignal.any([request.signal, timeout]) : timeout,
+    remainingMs: () => Math.max(1, deadline - Date.now()),
+    log: (request.logger ?? silentLogger()).child({ computer: name, step: 'preflight' }),
+    resumed: false,
+  };
+  const list = new Checklist(false);
+  const options = { target: imageName !== undefined };
+  const provisioner = computer.provisioner.type;
+  if (provisioner === 'libvirt') await libvirtPreflight(env, run, list, options);
+  else if (provisioner === 'vmware') {
+    const facts = await locateVm(env, run, list);
+    if (facts) await checkVmTarget(env, run, list, facts, options);
+    else list.skip('target and space', `VM ${computer.provisioner.vm} was not found`);
+  } else await xcatPreflight(env, run, list, options);
+  await checkLogin(env, run, list, env.guestHost);
+  const failed = list.checks.find((c) => c.status === 'failed');
+  return {
+    computer: name,
+    provisioner,
+    ok: failed === undefined,
+    checks: list.checks,
+    ...(failed?.error ? { error: { ...failed.error, check: failed.name } } : {}),
+  };
+}
