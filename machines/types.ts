@@ -71,7 +71,7 @@ export interface ImageRef {
 }
 
 /**
- * Timeouts in milliseconds. Defaults are VCL's (capture-flow.md, "Timeouts VCL uses by default");
+ * Timeouts in milliseconds. Defaults are VCL's (docs/capture-flow.md, "Timeouts VCL uses by default");
  * every one can be overridden per capture and per host.
  */
 export interface Timeouts {

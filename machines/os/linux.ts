@@ -1,5 +1,5 @@
 /**
- * Linux pre_capture, in VCL's order (capture-flow.md, "OS modules / Linux"). Critical steps are the ones
+ * Linux pre_capture, in VCL's order (docs/capture-flow.md, "OS modules / Linux"). Critical steps are the ones
  * VCL aborts on; the rest record a warning and the flow goes on.
  */
 import { COMMON_FIRST_STEPS, createOsMachine, type OsStepSpec } from './os-machine.js';

@@ -80,7 +80,7 @@ export interface OsContext {
   touched: boolean;
 }
 
-/** Steps every OS module runs first (capture-flow.md, "OS modules": common first steps). */
+/** Steps every OS module runs first (docs/capture-flow.md, "OS modules": common first steps). */
 export const COMMON_FIRST_STEPS: readonly OsStepSpec[] = [
   {
     id: 'ensure_responding',

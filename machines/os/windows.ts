@@ -1,5 +1,5 @@
 /**
- * Windows pre_capture, in VCL's order (capture-flow.md, "OS modules / Windows"). Windows is reached the way
+ * Windows pre_capture, in VCL's order (docs/capture-flow.md, "OS modules / Windows"). Windows is reached the way
  * VCL reaches it: an SSH server with a POSIX shell. Sysprep, when used, carries out every end state
  * (`/shutdown`, `/reboot`, `/quit`).
  */

@@ -1,5 +1,5 @@
 /**
- * libvirt/KVM capture (capture-flow.md, "libvirt / KVM"): the OS ends `off` (or stays `on` and the
+ * libvirt/KVM capture (docs/capture-flow.md, "libvirt / KVM"): the OS ends `off` (or stays `on` and the
  * provisioner asks libvirt for the shutdown); wait for `shut off`, escalate to `virsh destroy`; copy the
  * first disk with `qemu-img convert`; verify format and checksum; record; release.
  */

@@ -1,5 +1,5 @@
 /**
- * VMware ESXi capture (capture-flow.md, "VMware"): locate the VM and refuse anything ambiguous before
+ * VMware ESXi capture (docs/capture-flow.md, "VMware"): locate the VM and refuse anything ambiguous before
  * touching it; OS ends `off`; wait for `Powered off`, escalate to a hard power off; clone the disk thin
  * with one repair-and-retry; copy the clone to the repository; verify; record; release.
  */

@@ -1,5 +1,5 @@
 /**
- * xCAT bare-metal capture (capture-flow.md, "xCAT"), as VCL-94 intended: point the node at the capture
+ * xCAT bare-metal capture (docs/capture-flow.md, "xCAT"), as VCL-94 intended: point the node at the capture
  * image first, then the OS reboots (end state `reboot`) straight into the capture environment; the
  * provisioner watches the upload itself (done/failed markers, no-progress and overall deadlines),
  * verifies it with a checksum, and always sets the node back to boot from disk.

@@ -1,5 +1,5 @@
 /**
- * libvirt/KVM steps over SSH to the libvirt host (capture-flow.md, "libvirt / KVM").
+ * libvirt/KVM steps over SSH to the libvirt host (docs/capture-flow.md, "libvirt / KVM").
  * The disk is converted with `qemu-img convert` on the libvirt host, straight into the repository when
  * the repository lives on that host, else into a staging file that is streamed to the repository with
  * its sha256 computed in the same pass.

@@ -1,5 +1,5 @@
 /**
- * What each OS `pre_capture` step runs on the guest (capture-flow.md, "OS modules"), as data: argv
+ * What each OS `pre_capture` step runs on the guest (docs/capture-flow.md, "OS modules"), as data: argv
  * arrays the transport quotes, an optional probe that tells a step which does not apply on this computer
  * (busybox has no `userdel`: the step reports "not applicable" instead of failing), and whether the
  * step reboots the guest. Windows guests are reached the way VCL reaches them: an SSH server with a

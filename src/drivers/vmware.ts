@@ -1,5 +1,5 @@
 /**
- * VMware ESXi steps over SSH to the ESXi host (capture-flow.md, "VMware"): locate the VM and its one disk,
+ * VMware ESXi steps over SSH to the ESXi host (docs/capture-flow.md, "VMware"): locate the VM and its one disk,
  * power it off (escalating to a hard power off), thin-clone the disk with vmkfstools (one repair and retry
  * on "needs repair"), then stream the clone's data into the repository with its sha256 in the same pass.
  */

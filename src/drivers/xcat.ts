@@ -1,5 +1,5 @@
 /**
- * xCAT steps over SSH to the management node (capture-flow.md, "xCAT"), as VCL-94 intended: point the
+ * xCAT steps over SSH to the management node (docs/capture-flow.md, "xCAT"), as VCL-94 intended: point the
  * node at the capture image first, let the OS reboot into it, then watch the upload (done/failed markers,
  * growth resets the no-progress timer) and hash what arrived.
  */

@@ -1,5 +1,5 @@
 /**
- * VCL image naming (capture-flow.md, "Naming and revisions"). Pure functions, no I/O.
+ * VCL image naming (docs/capture-flow.md, "Naming and revisions"). Pure functions, no I/O.
  *
  * A revision name is `<os name>-<pretty name without non-word characters><image id>-v<revision>`,
  * e.g. `vmwarewin7-Base12345-v0` (OS `vmwarewin7`, pretty name `Base`, image 12345, revision 0). A new

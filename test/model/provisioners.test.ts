@@ -47,7 +47,7 @@ const IMAGE = { name: 'linux-Base1-v0', imageId: 1, revision: 0 };
 const CANCEL = { type: 'CANCEL', reason: 'operator' } as const;
 
 /**
- * The capture rules, written from the domain (capture-flow.md), not read from the machines: which
+ * The capture rules, written from the domain (docs/capture-flow.md), not read from the machines: which
  * forward step makes which undo owed, which effects move image bytes, which confirm the power state.
  */
 const RULES: Record<
