@@ -11,14 +11,17 @@ export const xcat = {
   nodesetBoot: (node: string) => ['nodeset', node, 'boot'],
   nodestat: (node: string) => ['nodestat', node],
   exists: (path: string) => ['test', '-e', path],
-  /** Sizes in bytes of the files matching the image name in the repository directory. */
-  sizes: (dir: string, prefix: string) => [
+  /**
+   * Sizes in bytes of this image's files in the repository directory (`<image>.img` and its markers).
+   * The dot ends the name: `img-v1*` would also count `img-v10.img`, another capture's upload.
+   */
+  sizes: (dir: string, image: string) => [
     'find',
     dir,
     '-maxdepth',
     '1',
     '-name',
-    `${prefix}*`,
+    `${image}.*`,
     '-printf',
     '%s %f\\n',
   ],

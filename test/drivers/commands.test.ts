@@ -223,7 +223,7 @@ describe('xCAT commands', () => {
       '-maxdepth',
       '1',
       '-name',
-      'img-v0*',
+      'img-v0.*',
       '-printf',
       '%s %f\\n',
     ]);

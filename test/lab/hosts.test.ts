@@ -171,8 +171,13 @@ describe('provisioner hosts answer in formats the drivers parse', () => {
     const dir = LAB_REPOSITORIES['xcat-images'].path;
     await h.exec('xcat-mn', ['tee', `${dir}/img-v0.img`], { stdin: 'abc' });
     await h.exec('xcat-mn', ['tee', `${dir}/other.img`], { stdin: 'abcdef' });
+    // Revision 10 of another image with the same base: its upload is not this one's progress.
+    await h.exec('xcat-mn', ['tee', `${dir}/img-v1.img`], { stdin: 'ab' });
+    await h.exec('xcat-mn', ['tee', `${dir}/img-v10.img`], { stdin: 'abcd' });
     const sizes = parseSizes((await h.exec('xcat-mn', xcat.sizes(dir, 'img-v0'))).stdout);
     expect([...sizes]).toEqual([['img-v0.img', 3]]);
+    const v1 = parseSizes((await h.exec('xcat-mn', xcat.sizes(dir, 'img-v1'))).stdout);
+    expect([...v1]).toEqual([['img-v1.img', 2]]);
     expect(
       (await h.exec('xcat-mn', xcat.remove([`${dir}/img-v0.img`, `${dir}/img-v0.img.capturedone`]))).code,
     ).toBe(0);
