@@ -73,7 +73,8 @@ function makeSparseRaw(path: string, virtual: number, random: number, zeros: num
     'dd if=/dev/zero of="$1" bs=1M count="$2" seek="$3" iflag=count_bytes oflag=seek_bytes conv=notrunc status=none',
     path,
     String(zeros),
-    String(Math.floor(virtual / 2 + virtual / 32)),
+    // Between the third and the fourth piece of data (at 5/8 of the disk), overlapping neither.
+    String(Math.floor((virtual * 5) / 8)),
   );
 }
 
@@ -149,7 +150,6 @@ async function main(): Promise<void> {
         sha256: undefined,
         stored: dest('b'),
       });
-      rmSync(dest('b'));
       const c = await timed(() => {
         execFileSync('scp', scpArgs(src.path, dest('c')));
         return sha256sum(dest('c'));
