@@ -8,8 +8,14 @@
  * `O_DIRECT`, the hash in a worker thread over the same slots); see docs/performance-copy.md.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chmod, open, rename, rm } from 'node:fs/promises';
-import { dirname, basename as localBasename, join as localJoin, posix } from 'node:path';
+import { chmod, open, realpath, rename, rm } from 'node:fs/promises';
+import {
+  dirname,
+  basename as localBasename,
+  join as localJoin,
+  posix,
+  resolve as resolvePath,
+} from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline, finished as streamFinished } from 'node:stream/promises';
 import type { Logger } from '../log.js';
@@ -27,6 +33,7 @@ import type {
   SshHost,
 } from './types.js';
 import { type LocalDecompressor, startDecompressor, ZSTD_READ_SCRIPT, ZSTD_WRITE_SCRIPT } from './zstd.js';
+import { discardZstdFile, startZstdFile } from './zstd-file.js';
 import { type CompressionPlan, chooseCompression } from './zstd-plan.js';
 
 /** What a copy needs from the pool. */
@@ -301,6 +308,35 @@ async function openLocalDestination(path: string, mode: number): Promise<Destina
   };
 }
 
+/** A local destination for a zstd frame: `zstd -d -o tmp` writes it sparse, the file is hashed behind it. */
+async function openZstdLocalDestination(path: string, mode: number, where: string): Promise<Destination> {
+  // The absolute, real folder: the writer's descriptor is found by this name under /proc.
+  const dir = await realpath(dirname(resolvePath(path))).catch((err: unknown) => {
+    throw copyError('COPY_FAILED', `cannot write ${path}: ${(err as Error).message}`, { path }, err);
+  });
+  const tmp = tempName(localJoin, dir, localBasename(path));
+  const z = startZstdFile(tmp, where);
+  const finished = z.finished.catch((err: unknown) => {
+    throw err instanceof SshError
+      ? err
+      : copyError('COPY_FAILED', `writing ${tmp} failed: ${(err as Error).message}`, { path, tmp }, err);
+  });
+  finished.catch(() => {});
+  return {
+    stream: z.stream,
+    finished,
+    sha256: z.sha256,
+    bytesWritten: z.logicalBytes,
+    stop: z.stop,
+    async commit() {
+      await chmod(tmp, mode);
+      await rename(tmp, path);
+      await fsyncDir(dirname(path));
+    },
+    discard: () => discardZstdFile(z, tmp),
+  };
+}
+
 async function openRemoteDestination(
   runner: CopyRunner,
   host: SshHost,
@@ -468,9 +504,13 @@ export async function copyFile(
     );
     if (failure !== undefined) throw failure;
     // The destination first: a folder we cannot write to fails the copy before the source is read.
+    // A local destination of a zstd frame is this machine's own `zstd -d -o` (see zstd-file.ts).
+    const localZstd = plan !== undefined && to.host === undefined;
     dest =
       to.host === undefined
-        ? await openLocalDestination(to.path, mode)
+        ? localZstd
+          ? await openZstdLocalDestination(to.path, mode, where)
+          : await openLocalDestination(to.path, mode)
         : await openRemoteDestination(
             runner,
             to.host,
@@ -491,36 +531,51 @@ export async function copyFile(
     const destHashes = dest.sha256 !== undefined;
     const wire = source.stream;
     const flows: Promise<unknown>[] = [source.finished.catch(fail), dest.finished.catch(fail)];
-    // The file's bytes: the wire itself, or what this machine's zstd makes of the frame.
-    let logical: Readable = wire;
-    if (plan !== undefined) {
-      decompressor = startDecompressor(plan.zstd, where);
-      logical = decompressor.output;
-      flows.push(pipeline(wire, decompressor.input).catch(fail), decompressor.finished.catch(fail));
-    }
-    wire.on('data', (chunk: Buffer) => {
-      wireBytes += chunk.length;
-      lastData = Date.now();
-    });
-    logical.on('data', (chunk: Buffer) => {
-      if (!destHashes) hash.update(chunk);
-      bytes += chunk.length;
+    const tick = () => {
       const now = Date.now();
       lastData = now;
       if (onProgress !== undefined && now - lastProgress >= interval) {
         lastProgress = now;
         onProgress(progress(false));
       }
-    });
-    if (plan?.destDecompresses === true) {
-      // The frame goes on as it came (the destination's zstd checks its checksum and writes it sparse);
-      // the data decompressed here is only counted and hashed.
-      flows.push(pipeline(wire, dest.stream).catch(fail), streamFinished(logical).catch(fail));
+    };
+    const logicalOf = dest.bytesWritten;
+    if (localZstd && logicalOf !== undefined) {
+      // The frame goes to the local zstd as it came; the file's bytes are counted as it writes them.
+      wire.on('data', (chunk: Buffer) => {
+        wireBytes += chunk.length;
+        bytes = logicalOf();
+        tick();
+      });
+      flows.push(pipeline(wire, dest.stream).catch(fail));
     } else {
-      flows.push(pipeline(logical, dest.stream).catch(fail));
+      // The file's bytes: the wire itself, or what this machine's zstd makes of the frame.
+      let logical: Readable = wire;
+      if (plan !== undefined) {
+        decompressor = startDecompressor(plan.zstd, where);
+        logical = decompressor.output;
+        flows.push(pipeline(wire, decompressor.input).catch(fail), decompressor.finished.catch(fail));
+      }
+      wire.on('data', (chunk: Buffer) => {
+        wireBytes += chunk.length;
+        lastData = Date.now();
+      });
+      logical.on('data', (chunk: Buffer) => {
+        if (!destHashes) hash.update(chunk);
+        bytes += chunk.length;
+        tick();
+      });
+      if (plan?.destDecompresses === true) {
+        // The frame goes on as it came (the destination's zstd checks its checksum and writes it sparse);
+        // the data decompressed here is only counted and hashed.
+        flows.push(pipeline(wire, dest.stream).catch(fail), streamFinished(logical).catch(fail));
+      } else {
+        flows.push(pipeline(logical, dest.stream).catch(fail));
+      }
     }
     await Promise.all(flows);
     if (failure !== undefined) throw failure;
+    if (localZstd && logicalOf !== undefined) bytes = logicalOf();
     const sha256 = destHashes ? dest.sha256?.() : hash.digest('hex');
     const written = dest.bytesWritten?.() ?? bytes;
     if (sha256 === undefined || written !== bytes) {

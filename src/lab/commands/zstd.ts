@@ -68,6 +68,8 @@ async function compressFile(ctx: CommandContext, p: string): Promise<number> {
   const pumped = (async () => {
     for await (const chunk of z.stdout as AsyncIterable<Buffer>) await ctx.out(chunk);
   })();
+  // Awaited below; a reader stopped first (the command killed) fails both sides, reported once.
+  pumped.catch(() => {});
   try {
     await streamFile({ ...ctx, out: (data) => writeTo(z.stdin, Buffer.from(data)) }, path, real, st.size);
   } finally {
