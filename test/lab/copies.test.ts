@@ -138,6 +138,36 @@ describe('streamed copies between hosts', () => {
   });
 });
 
+describe('zstd fallback at the destination, and the probe once per host', () => {
+  it('a repository without zstd gets the data decompressed by the runner, with cat', async () => {
+    const lab = await openLab({ missingTools: { 'repo-host': ['zstd'] } });
+    try {
+      const probes = () =>
+        lab.lab.commandLog
+          .filter((e) => e.argv?.join(' ') === 'sh -c command -v "$1" sh zstd')
+          .map((e) => e.host);
+      const to = `${LAB_REPOSITORIES.images.path}/no-zstd.raw`;
+      for (const name of ['a', 'b']) {
+        const r = await lab.pool.copy(
+          { host: lab.host('libvirt-host'), path: LV_DISK },
+          { host: lab.host('repo-host'), path: `${to}.${name}` },
+        );
+        // Compressed from the libvirt host (small on the wire), written by cat at the repository.
+        expect(r).toMatchObject({ bytes: 4 * 1024 * 1024, compressed: true });
+        expect(r.wireBytes).toBeLessThan(200 * 1024);
+        expect(await lab.lab.sha256('repo-host', `${to}.${name}`)).toBe(r.sha256);
+      }
+      // One probe per host for both copies: the pool keeps the answer.
+      expect(probes().sort()).toEqual(['libvirt-host', 'repo-host']);
+      const writers = lab.lab.commandLog.filter((e) => e.host === 'repo-host' && e.argv?.[0] === 'sh');
+      expect(writers.some((e) => e.argv?.[2] === 'umask 077 && exec cat > "$1"')).toBe(true);
+      expect(writers.some((e) => e.argv?.[2]?.includes('zstd -q -d'))).toBe(false);
+    } finally {
+      await lab.close();
+    }
+  });
+});
+
 describe('ESXi: vmkfstools', () => {
   it('refuses a running VM’s disk, thin-clones a stopped one, repairs', async () => {
     const clone = '/vmfs/volumes/datastore1/img-v0/img-v0.vmdk';
