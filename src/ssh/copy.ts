@@ -5,7 +5,13 @@
  * pass costs far less than a second read with `sha256sum` (~0.3 GB/s). So: `cat` on the source, the hash
  * and byte count taken from the stream, the destination written under a temporary name, synced, checked,
  * and only then renamed into place. A local destination is written by `filesink.ts` (aligned slots,
- * `O_DIRECT`, the hash in a worker thread over the same slots); see docs/performance-copy.md.
+ * `O_DIRECT`, the hash in a worker thread over the same slots, zero blocks left as holes); see
+ * docs/performance-copy.md.
+ *
+ * Disk images (issue 16): when the source host and this machine have zstd (`zstd-plan.ts`), the source
+ * sends one zstd frame (`zstd.ts`), so holes and zero runs cost nearly nothing on the wire; a local or zstd
+ * destination writes the file sparse with `zstd -d -o` (locally hashed behind it, `zstd-file.ts`), any other
+ * gets the data decompressed here. The recorded sha256 is always of every byte, as `sha256sum` reads them.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { chmod, open, realpath, rename, rm } from 'node:fs/promises';
