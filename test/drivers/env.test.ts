@@ -57,7 +57,7 @@ async function refusal(p: Promise<unknown>): Promise<VclError> {
 /** An environment whose hosts answer each command from `answer`; `sent` records what was sent. */
 function scripted(answer: (argv: readonly string[]) => ReturnType<typeof execResult>) {
   const sent: { host: string; argv: readonly string[]; options: ExecOptions | undefined }[] = [];
-  const host: SshHost = { name: 'repo', host: '10.0.0.9', port: 22, username: 'root' };
+  const host: SshHost = { name: 'repo', host: '10.0.0.9', port: 22, username: 'root', privateKey: 'unused' };
   const env = {
     computerName: 'pc1',
     computer: { provisioner: { type: 'libvirt', host: 'kvm', domain: 'pc1', format: 'qcow2' } },
@@ -168,7 +168,7 @@ describe('names and hosts', () => {
   });
 
   it('tells the same SSH endpoint by address and port (22 when none is given)', () => {
-    const a: SshHost = { name: 'a', host: '10.0.0.1', port: 22, username: 'root' };
+    const a: SshHost = { name: 'a', host: '10.0.0.1', port: 22, username: 'root', privateKey: 'unused' };
     expect(sameHost(a, { ...a, name: 'b', port: undefined as unknown as number })).toBe(true);
     expect(sameHost(a, { ...a, port: 2222 })).toBe(false);
     expect(sameHost(a, { ...a, host: '10.0.0.2' })).toBe(false);
