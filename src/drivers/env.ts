@@ -85,8 +85,10 @@ export async function sha256Of(exec: Exec, host: SshHost, path: string): Promise
 
 export async function sizeOf(exec: Exec, host: SshHost, path: string): Promise<number> {
   const r = await exec(host, ['stat', '-c', '%s', '--', path]);
-  const n = Number(r.stdout.trim());
-  if (!Number.isSafeInteger(n) || n < 0)
+  const printed = r.stdout.trim();
+  // Number('') is 0: an empty answer must not read as an empty file.
+  const n = /^\d+$/.test(printed) ? Number(printed) : Number.NaN;
+  if (!Number.isSafeInteger(n))
     throw driverError('PARSE_FAILED', `stat printed no size for ${path}`);
   return n;
 }
