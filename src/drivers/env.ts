@@ -88,8 +88,7 @@ export async function sizeOf(exec: Exec, host: SshHost, path: string): Promise<n
   const printed = r.stdout.trim();
   // Number('') is 0: an empty answer must not read as an empty file.
   const n = /^\d+$/.test(printed) ? Number(printed) : Number.NaN;
-  if (!Number.isSafeInteger(n))
-    throw driverError('PARSE_FAILED', `stat printed no size for ${path}`);
+  if (!Number.isSafeInteger(n)) throw driverError('PARSE_FAILED', `stat printed no size for ${path}`);
   return n;
 }
 

@@ -20,7 +20,13 @@
  */
 
 export { type ChildLab, spawnLab } from './child.js';
-export { COPY_FINALIZE_SCRIPT, COPY_READ_SCRIPT, COPY_WRITE_SCRIPT } from './commands/transport.js';
+export {
+  COPY_FINALIZE_SCRIPT,
+  COPY_READ_SCRIPT,
+  COPY_WRITE_SCRIPT,
+  ZSTD_READ_SCRIPT,
+  ZSTD_WRITE_SCRIPT,
+} from './commands/transport.js';
 export { LAB_CAPTURE_IMAGE, LAB_HOSTS, LAB_REPOSITORIES, startLab } from './lab.js';
 export { GUEST_PROFILES } from './options.js';
 export * from './types.js';

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { type Inventory, type InventoryInput, parseInventory } from '../inventory/schema.js';
+import { findLocalZstd } from '../ssh/zstd.js';
 import { startCaptureEnv } from './capture-env.js';
 import { DATASTORE, descriptorText, ESXI_COMMANDS, vmxText } from './commands/esxi.js';
 import { LINUX_COMMANDS, WINDOWS_COMMANDS } from './commands/guest.js';
@@ -16,6 +17,7 @@ import { LIBVIRT_COMMANDS } from './commands/libvirt.js';
 import { POSIX_COMMANDS, sha256File } from './commands/posix.js';
 import { TRANSPORT_COMMANDS } from './commands/transport.js';
 import { XCAT_COMMANDS } from './commands/xcat.js';
+import { ZSTD_COMMANDS } from './commands/zstd.js';
 import {
   type ComputerRecord,
   type GuestState,
@@ -71,10 +73,11 @@ function commandTable(...tables: ReadonlyMap<string, Handler>[]): ReadonlyMap<st
 }
 
 const INFRA_COMMANDS: Record<Exclude<HostRole, 'guest'>, ReadonlyMap<string, Handler>> = {
-  libvirt: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, LIBVIRT_COMMANDS),
+  // Debian hosts have zstd; ESXi's busybox does not (the copies then go raw).
+  libvirt: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, ZSTD_COMMANDS, LIBVIRT_COMMANDS),
   esxi: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, ESXI_COMMANDS),
-  xcat: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, XCAT_COMMANDS),
-  repository: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS),
+  xcat: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, ZSTD_COMMANDS, XCAT_COMMANDS),
+  repository: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, ZSTD_COMMANDS),
 };
 const GUEST_COMMANDS: Record<Os, ReadonlyMap<string, Handler>> = {
   linux: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, LINUX_COMMANDS),
@@ -257,6 +260,7 @@ async function build(rt: Runtime, dir: string): Promise<Lab> {
     [LAB_HOSTS.xcat, 'xcat', [LAB_REPOSITORIES['xcat-images'].path, '/root']],
     [LAB_HOSTS.repository, 'repository', [LAB_REPOSITORIES.images.path, '/root']],
   ];
+  const hasLocalZstd = (await findLocalZstd()) !== undefined;
   for (const [name, role, dirs] of infra) {
     const fs = new HostFs(join(dir, 'hosts', name));
     for (const d of dirs) await mkdir(fs.realOf(d), { recursive: true });
@@ -271,6 +275,8 @@ async function build(rt: Runtime, dir: string): Promise<Lab> {
       dropper(name),
     );
     runtime.missingTools = new Set(opts.missingTools[name] ?? []);
+    // The lab's zstd needs this machine's binary for the frame format: without it, no host has zstd.
+    if (!hasLocalZstd) runtime.missingTools = new Set([...runtime.missingTools, 'zstd']);
     rt.hosts.set(name, runtime);
     roles.set(name, role);
     keys.set(name, generateHostKey());

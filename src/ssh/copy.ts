@@ -5,13 +5,25 @@
  * pass costs far less than a second read with `sha256sum` (~0.3 GB/s). So: `cat` on the source, the hash
  * and byte count taken from the stream, the destination written under a temporary name, synced, checked,
  * and only then renamed into place. A local destination is written by `filesink.ts` (aligned slots,
- * `O_DIRECT`, the hash in a worker thread over the same slots); see docs/performance-copy.md.
+ * `O_DIRECT`, the hash in a worker thread over the same slots, zero blocks left as holes); see
+ * docs/performance-copy.md.
+ *
+ * Disk images (issue 16): when the source host and this machine have zstd (`zstd-plan.ts`), the source
+ * sends one zstd frame (`zstd.ts`), so holes and zero runs cost nearly nothing on the wire; a local or zstd
+ * destination writes the file sparse with `zstd -d -o` (locally hashed behind it, `zstd-file.ts`), any other
+ * gets the data decompressed here. The recorded sha256 is always of every byte, as `sha256sum` reads them.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chmod, open, rename, rm } from 'node:fs/promises';
-import { dirname, basename as localBasename, join as localJoin, posix } from 'node:path';
+import { chmod, open, realpath, rename, rm } from 'node:fs/promises';
+import {
+  dirname,
+  basename as localBasename,
+  join as localJoin,
+  posix,
+  resolve as resolvePath,
+} from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { pipeline, finished as streamFinished } from 'node:stream/promises';
 import type { Logger } from '../log.js';
 import { SshError, type SshErrorCode } from './errors.js';
 import { openFileSink } from './filesink.js';
@@ -26,11 +38,19 @@ import type {
   SpawnOptions,
   SshHost,
 } from './types.js';
+import { type LocalDecompressor, startDecompressor, ZSTD_READ_SCRIPT, ZSTD_WRITE_SCRIPT } from './zstd.js';
+import { discardZstdFile, startZstdFile } from './zstd-file.js';
+import { type CompressionPlan, chooseCompression } from './zstd-plan.js';
 
 /** What a copy needs from the pool. */
 export interface CopyRunner {
   exec(host: SshHost, argv: readonly string[], options?: ExecOptions): Promise<ExecResult>;
   spawn(host: SshHost, argv: readonly string[], options?: SpawnOptions): Promise<RemoteProcess>;
+  /**
+   * Whether `host` has `zstd` (probed once per host and cached by the pool). Without it the copy never
+   * compresses.
+   */
+  hasZstd?(host: SshHost, signal: AbortSignal): Promise<boolean>;
 }
 
 const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
@@ -40,7 +60,9 @@ const LOCAL_READ_CHUNK = 1024 * 1024;
 const CLEANUP_TIMEOUT_MS = 5000;
 
 interface Source {
+  /** The bytes as they come off the wire: the file, or one zstd frame of it when `compressed`. */
   stream: Readable;
+  compressed: boolean;
   /** Size when the source is a regular file. */
   total: number | undefined;
   /** Settles when the source side is over; rejects when it failed. */
@@ -178,6 +200,7 @@ async function openSource(
   from: CopyEndpoint,
   signal: AbortSignal,
   step: string | undefined,
+  compressed: boolean,
 ): Promise<Source> {
   if (from.host === undefined) {
     const fh = await open(from.path, 'r').catch((err: unknown) => {
@@ -201,13 +224,15 @@ async function openSource(
     });
     return {
       stream,
+      compressed: false,
       total: st.isFile() ? st.size : undefined,
       finished,
       stop: () => stream.destroy(),
     };
   }
   const host = from.host;
-  const proc = await runner.spawn(host, ['sh', '-c', REMOTE_READER, 'sh', from.path], {
+  const script = compressed ? ZSTD_READ_SCRIPT : REMOTE_READER;
+  const proc = await runner.spawn(host, ['sh', '-c', script, 'sh', from.path], {
     signal,
     maxStderrBytes: 64 * 1024,
     ...(step === undefined ? {} : { step }),
@@ -237,6 +262,7 @@ async function openSource(
   const kind = match[2];
   return {
     stream: proc.stdout,
+    compressed,
     total: kind === 'regular file' || kind === 'regular empty file' ? Number(match[1]) : undefined,
     finished,
     stop: () => proc.stop('SSH_ABORTED', `copy from ${host.name}:${from.path} stopped`),
@@ -288,6 +314,35 @@ async function openLocalDestination(path: string, mode: number): Promise<Destina
   };
 }
 
+/** A local destination for a zstd frame: `zstd -d -o tmp` writes it sparse, the file is hashed behind it. */
+async function openZstdLocalDestination(path: string, mode: number, where: string): Promise<Destination> {
+  // The absolute, real folder: the writer's descriptor is found by this name under /proc.
+  const dir = await realpath(dirname(resolvePath(path))).catch((err: unknown) => {
+    throw copyError('COPY_FAILED', `cannot write ${path}: ${(err as Error).message}`, { path }, err);
+  });
+  const tmp = tempName(localJoin, dir, localBasename(path));
+  const z = startZstdFile(tmp, where);
+  const finished = z.finished.catch((err: unknown) => {
+    throw err instanceof SshError
+      ? err
+      : copyError('COPY_FAILED', `writing ${tmp} failed: ${(err as Error).message}`, { path, tmp }, err);
+  });
+  finished.catch(() => {});
+  return {
+    stream: z.stream,
+    finished,
+    sha256: z.sha256,
+    bytesWritten: z.logicalBytes,
+    stop: z.stop,
+    async commit() {
+      await chmod(tmp, mode);
+      await rename(tmp, path);
+      await fsyncDir(dirname(path));
+    },
+    discard: () => discardZstdFile(z, tmp),
+  };
+}
+
 async function openRemoteDestination(
   runner: CopyRunner,
   host: SshHost,
@@ -296,12 +351,14 @@ async function openRemoteDestination(
   signal: AbortSignal,
   step: string | undefined,
   log: Logger,
+  compressed: boolean,
 ): Promise<Destination> {
   const tmp = tempName(posix.join, posix.dirname(path), posix.basename(path));
+  const script = compressed ? ZSTD_WRITE_SCRIPT : 'umask 077 && exec cat > "$1"';
   const stepOpt = step === undefined ? {} : { step };
   // The writer never renames by itself: a dropped connection also ends its stdin, and a partial file must
   // not look complete. The rename is a separate command, sent only after the checks passed.
-  const proc = await runner.spawn(host, ['sh', '-c', 'umask 077 && exec cat > "$1"', 'sh', tmp], {
+  const proc = await runner.spawn(host, ['sh', '-c', script, 'sh', tmp], {
     signal,
     maxStderrBytes: 64 * 1024,
     ...stepOpt,
@@ -381,10 +438,12 @@ export async function copyFile(
   let failure: unknown;
   let source: Source | undefined;
   let dest: Destination | undefined;
+  let decompressor: LocalDecompressor | undefined;
   const fail = (err: unknown) => {
     if (failure !== undefined) return;
     failure = err;
     source?.stop();
+    decompressor?.stop();
     dest?.stop();
     stopAll.abort();
   };
@@ -421,13 +480,17 @@ export async function copyFile(
     Math.min(1000, idleLimit),
   );
   const hash = createHash('sha256');
+  /** Bytes of the file (logical: holes and zero runs count), and bytes that came over the wire. */
   let bytes = 0;
+  let wireBytes = 0;
   const interval = options.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS;
   let lastProgress = 0;
   const progress = (done: boolean): CopyProgress => {
     const elapsedMs = Date.now() - started;
     return {
       bytes,
+      wireBytes,
+      compressed: source?.compressed ?? false,
       total: source?.total,
       bytesPerSecond: elapsedMs > 0 ? (bytes * 1000) / elapsedMs : 0,
       elapsedMs,
@@ -438,35 +501,87 @@ export async function copyFile(
   try {
     if (options.signal?.aborted) onAbort();
     if (failure !== undefined) throw failure;
+    const plan: CompressionPlan | undefined = await chooseCompression(
+      runner,
+      from,
+      to,
+      options.compress !== false,
+      stopAll.signal,
+    );
+    if (failure !== undefined) throw failure;
     // The destination first: a folder we cannot write to fails the copy before the source is read.
+    // A local destination of a zstd frame is this machine's own `zstd -d -o` (see zstd-file.ts).
+    const localZstd = plan !== undefined && to.host === undefined;
     dest =
       to.host === undefined
-        ? await openLocalDestination(to.path, mode)
-        : await openRemoteDestination(runner, to.host, to.path, mode, stopAll.signal, options.step, log);
+        ? localZstd
+          ? await openZstdLocalDestination(to.path, mode, where)
+          : await openLocalDestination(to.path, mode)
+        : await openRemoteDestination(
+            runner,
+            to.host,
+            to.path,
+            mode,
+            stopAll.signal,
+            options.step,
+            log,
+            plan?.destDecompresses === true,
+          );
     // Awaited below; until then (or if the source cannot be opened) its failure is not "unhandled".
     dest.finished.catch(() => {});
     if (failure !== undefined) throw failure;
-    source = await openSource(runner, from, stopAll.signal, options.step);
+    source = await openSource(runner, from, stopAll.signal, options.step, plan !== undefined);
     source.finished.catch(() => {});
     if (failure !== undefined) throw failure;
     const onProgress = options.onProgress;
     const destHashes = dest.sha256 !== undefined;
-    source.stream.on('data', (chunk: Buffer) => {
-      if (!destHashes) hash.update(chunk);
-      bytes += chunk.length;
+    const wire = source.stream;
+    const flows: Promise<unknown>[] = [source.finished.catch(fail), dest.finished.catch(fail)];
+    const tick = () => {
       const now = Date.now();
       lastData = now;
       if (onProgress !== undefined && now - lastProgress >= interval) {
         lastProgress = now;
         onProgress(progress(false));
       }
-    });
-    await Promise.all([
-      pipeline(source.stream, dest.stream).catch(fail),
-      source.finished.catch(fail),
-      dest.finished.catch(fail),
-    ]);
+    };
+    const logicalOf = dest.bytesWritten;
+    if (localZstd && logicalOf !== undefined) {
+      // The frame goes to the local zstd as it came; the file's bytes are counted as it writes them.
+      wire.on('data', (chunk: Buffer) => {
+        wireBytes += chunk.length;
+        bytes = logicalOf();
+        tick();
+      });
+      flows.push(pipeline(wire, dest.stream).catch(fail));
+    } else {
+      // The file's bytes: the wire itself, or what this machine's zstd makes of the frame.
+      let logical: Readable = wire;
+      if (plan !== undefined) {
+        decompressor = startDecompressor(plan.zstd, where);
+        logical = decompressor.output;
+        flows.push(pipeline(wire, decompressor.input).catch(fail), decompressor.finished.catch(fail));
+      }
+      wire.on('data', (chunk: Buffer) => {
+        wireBytes += chunk.length;
+        lastData = Date.now();
+      });
+      logical.on('data', (chunk: Buffer) => {
+        if (!destHashes) hash.update(chunk);
+        bytes += chunk.length;
+        tick();
+      });
+      if (plan?.destDecompresses === true) {
+        // The frame goes on as it came (the destination's zstd checks its checksum and writes it sparse);
+        // the data decompressed here is only counted and hashed.
+        flows.push(pipeline(wire, dest.stream).catch(fail), streamFinished(logical).catch(fail));
+      } else {
+        flows.push(pipeline(logical, dest.stream).catch(fail));
+      }
+    }
+    await Promise.all(flows);
     if (failure !== undefined) throw failure;
+    if (localZstd && logicalOf !== undefined) bytes = logicalOf();
     const sha256 = destHashes ? dest.sha256?.() : hash.digest('hex');
     const written = dest.bytesWritten?.() ?? bytes;
     if (sha256 === undefined || written !== bytes) {
@@ -492,20 +607,23 @@ export async function copyFile(
     }
     await dest.commit();
     const durationMs = Date.now() - started;
-    const result = {
+    const result: CopyResult = {
       bytes,
+      wireBytes,
+      compressed: source.compressed,
       sha256,
       durationMs,
       bytesPerSecond: durationMs > 0 ? (bytes * 1000) / durationMs : 0,
     };
     options.onProgress?.(progress(true));
-    log.info({ bytes, sha256, durationMs }, 'copy done');
+    log.info({ bytes, wireBytes, compressed: source.compressed, sha256, durationMs }, 'copy done');
     return result;
   } catch (thrown) {
     // What stopped the copy (deadline, idle, caller) is the error, not the abort it caused in a side
     // still opening.
     const err = failure ?? thrown;
     source?.stop();
+    decompressor?.stop();
     dest?.stop();
     await dest?.discard().catch(() => {});
     const e =

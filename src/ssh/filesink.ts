@@ -50,7 +50,20 @@ export interface FileSinkOptions {
   slots?: number;
   /** Without `O_DIRECT`: `fdatasync` in the background every this many bytes. Default 64 MiB. */
   writebackBytes?: number;
+  /**
+   * Leave all-zero blocks of `SPARSE_BLOCK` bytes unwritten (holes; the length is set at the end), as
+   * `zstd -d`, `cp --sparse` and `qemu-img` do: a disk image's zero runs then take no space. The hash still
+   * covers every byte, so it equals `sha256sum` of the file (holes read as zeros). Default true.
+   */
+  sparse?: boolean;
 }
+
+/**
+ * Granularity of the zero check: zstd's own for sparse output (32 KiB). Smaller blocks find more zeros in
+ * a fragmented disk but cost a check and possibly a write each.
+ */
+export const SPARSE_BLOCK = 32 * 1024;
+const ZERO_BLOCK = Buffer.alloc(SPARSE_BLOCK);
 
 const openFd = (path: string, flags: number, mode?: number) =>
   new Promise<number>((resolve, reject) =>
@@ -124,6 +137,7 @@ export async function openFileSink(path: string, options: FileSinkOptions): Prom
       slots,
       hasher,
       writebackBytes: options.writebackBytes ?? 64 * MiB,
+      sparse: options.sparse !== false,
     });
   } catch (err) {
     if (directFd !== undefined) await closeFd(directFd);
@@ -141,6 +155,7 @@ interface SinkParts {
   slots: number;
   hasher: RegionHasher;
   writebackBytes: number;
+  sparse: boolean;
 }
 
 interface WriteJob {
@@ -245,7 +260,8 @@ export class FileSink extends Writable {
     });
     await this.syncing;
     if (this.failure !== undefined) throw this.failure;
-    if (this.probed) await truncateFd(this.p.fd, this.position);
+    // The probe's block, or zero blocks at the end left as holes: the length is set explicitly.
+    if (this.probed || this.p.sparse) await truncateFd(this.p.fd, this.position);
     await fsyncFd(this.p.fd);
     this.sha256 = await this.p.hasher.digest();
   }
@@ -302,12 +318,35 @@ export class FileSink extends Writable {
     );
   }
 
-  /** Writes one slot: the aligned part directly when possible, anything else through the page cache. */
+  /** Writes one slot, skipping its all-zero blocks when sparse. */
   private async writeJob(job: WriteJob): Promise<void> {
-    let done = 0;
-    while (done < job.length) {
+    if (!this.p.sparse) return await this.writeRange(job, 0, job.length);
+    let run = -1;
+    for (let off = 0; off < job.length; ) {
+      const end = Math.min(job.length, off + SPARSE_BLOCK - ((job.position + off) % SPARSE_BLOCK));
+      const at = this.start(job.slot) + off;
+      // A memcmp against zeros: random data differs in the first bytes, so only zero runs cost a scan.
+      const zero = ZERO_BLOCK.compare(this.bytes, at, at + end - off, 0, end - off) === 0;
+      if (zero && run >= 0) {
+        await this.writeRange(job, run, off);
+        run = -1;
+      } else if (!zero && run < 0) {
+        run = off;
+      }
+      off = end;
+    }
+    if (run >= 0) await this.writeRange(job, run, job.length);
+  }
+
+  /**
+   * Writes `[from, to)` of a slot at its place in the file: the aligned part directly when possible,
+   * anything else through the page cache.
+   */
+  private async writeRange(job: WriteJob, from: number, to: number): Promise<void> {
+    let done = from;
+    while (done < to) {
       const position = job.position + done;
-      const rest = job.length - done;
+      const rest = to - done;
       const directLength = rest - (rest % DIRECT_ALIGN);
       const useDirect =
         this.directFd !== undefined &&

@@ -14,6 +14,7 @@ import type {
   SpawnOptions,
   SshHost,
 } from './types.js';
+import { ZSTD_PROBE } from './zstd-plan.js';
 
 export const EXEC_DEFAULTS = {
   timeoutMs: 60_000,
@@ -33,6 +34,8 @@ export interface SshPoolOptions {
  */
 export class SshPool {
   private readonly links = new Map<string, HostLink>();
+  /** Per host (link key): whether it has zstd, once a probe answered. */
+  private readonly zstdOn = new Map<string, boolean>();
   private readonly log: Logger;
   private closed = false;
 
@@ -125,6 +128,27 @@ export class SshPool {
       ...(options.step ? { step: options.step } : {}),
     });
     return await copyFile(this, from, to, options, log);
+  }
+
+  /**
+   * Whether `host` has `zstd` on its PATH: `command -v zstd` in `sh -c`, once per host (the answer is
+   * kept for the pool's life; a probe that could not run is not kept, and counts as "no").
+   */
+  async hasZstd(host: SshHost, signal: AbortSignal): Promise<boolean> {
+    const key = linkKey(host);
+    const known = this.zstdOn.get(key);
+    if (known !== undefined) return known;
+    try {
+      const r = await this.exec(host, ZSTD_PROBE, { check: false, timeoutMs: 30_000, signal });
+      const has = r.code === 0 && r.stdout.trim() !== '';
+      this.zstdOn.set(key, has);
+      this.log.debug({ host: host.name, zstd: has }, 'zstd probe');
+      return has;
+    } catch (err) {
+      // The copy that asked opens its own commands next and reports the host's real problem.
+      if (signal.aborted) throw err;
+      return false;
+    }
   }
 
   /**

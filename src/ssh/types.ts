@@ -129,7 +129,12 @@ export interface SpawnOptions {
 
 /** Progress of a copy, reported at most every `progressIntervalMs` and once at the end. */
 export interface CopyProgress {
+  /** Bytes of the file copied so far (logical: holes and zero runs count as the zeros they read as). */
   bytes: number;
+  /** Bytes that crossed the network from the source (the zstd frame when `compressed`). */
+  wireBytes: number;
+  /** Whether the source sends a zstd frame (both ends have zstd). */
+  compressed: boolean;
   /** Size of the source when known. */
   total: number | undefined;
   /** Average rate since the copy started. */
@@ -152,13 +157,23 @@ export interface CopyOptions {
   progressIntervalMs?: number;
   /** When given, the copy fails (and leaves nothing) unless the data's sha256 (hex) equals it. */
   expectedSha256?: string;
+  /**
+   * Compress on the wire with zstd when the source host and this machine have it (and let a remote
+   * destination with zstd write the file sparse). Default true; without zstd anywhere the copy is raw.
+   */
+  compress?: boolean;
   /** File mode of the destination. Default 0o644 (0o600 would be usual for disk images with secrets). */
   mode?: number;
   step?: string;
 }
 
 export interface CopyResult {
+  /** Bytes of the file (its size, holes included). */
   bytes: number;
+  /** Bytes that crossed the network from the source. */
+  wireBytes: number;
+  /** Whether the copy went compressed (zstd) on the wire. */
+  compressed: boolean;
   /** sha256 of the bytes copied (hex), computed while copying. */
   sha256: string;
   durationMs: number;

@@ -100,6 +100,72 @@ describe('streamed copies between hosts', () => {
     expect(back.sha256).toBe(out.sha256);
     expect(await h.lab.sha256('repo-host', '/srv/vcl/images/back.img')).toBe(out.sha256);
   });
+
+  it('zstd on the wire between Debian hosts: the frame is small, the stored file sparse', async () => {
+    const to = `${LAB_REPOSITORIES.images.path}/zstd.raw`;
+    const r = await h.pool.copy(
+      { host: h.host('libvirt-host'), path: LV_DISK },
+      { host: h.host('repo-host'), path: to },
+    );
+    const source = await h.lab.diskSha256('lv-linux-1');
+    expect(r).toMatchObject({ bytes: 4 * 1024 * 1024, sha256: source, compressed: true });
+    // The disk holds 124 KiB of random data; the rest crossed the network as a few bytes of zstd.
+    expect(r.wireBytes).toBeLessThan(200 * 1024);
+    const sum = await h.exec('repo-host', ['sha256sum', '--', to]);
+    expect(sum.stdout).toBe(`${source}  ${to}\n`);
+    const st = await stat(await h.lab.realPath('repo-host', to));
+    expect(st.size).toBe(4 * 1024 * 1024);
+    expect(st.blocks * 512).toBeLessThanOrEqual(64 * 1024 + 15 * 32 * 1024);
+    expect((await h.exec('repo-host', ['stat', '-c', '%s %b %B', '--', to])).stdout).toBe(
+      `${st.size} ${st.blocks} 512\n`,
+    );
+  });
+
+  it('from ESXi (busybox, no zstd) the copy goes raw and still stores the source’s bytes', async () => {
+    expect((await h.exec('esxi-host', ['sh', '-c', 'command -v "$1"', 'sh', 'zstd'])).code).not.toBe(0);
+    expect((await h.exec('repo-host', ['sh', '-c', 'command -v "$1"', 'sh', 'zstd'])).stdout).toBe(
+      '/usr/bin/zstd\n',
+    );
+    const flat = `${VM_DIR}/vm-linux-1-flat.vmdk`;
+    const to = `${LAB_REPOSITORIES.images.path}/from-esxi.vmdk`;
+    const r = await h.pool.copy(
+      { host: h.host('esxi-host'), path: flat },
+      { host: h.host('repo-host'), path: to },
+    );
+    expect(r).toMatchObject({ bytes: 4 * 1024 * 1024, wireBytes: 4 * 1024 * 1024, compressed: false });
+    expect(r.sha256).toBe(await h.lab.diskSha256('vm-linux-1'));
+    expect(await h.lab.sha256('repo-host', to)).toBe(r.sha256);
+  });
+});
+
+describe('zstd fallback at the destination, and the probe once per host', () => {
+  it('a repository without zstd gets the data decompressed by the runner, with cat', async () => {
+    const lab = await openLab({ missingTools: { 'repo-host': ['zstd'] } });
+    try {
+      const probes = () =>
+        lab.lab.commandLog
+          .filter((e) => e.argv?.join(' ') === 'sh -c command -v "$1" sh zstd')
+          .map((e) => e.host);
+      const to = `${LAB_REPOSITORIES.images.path}/no-zstd.raw`;
+      for (const name of ['a', 'b']) {
+        const r = await lab.pool.copy(
+          { host: lab.host('libvirt-host'), path: LV_DISK },
+          { host: lab.host('repo-host'), path: `${to}.${name}` },
+        );
+        // Compressed from the libvirt host (small on the wire), written by cat at the repository.
+        expect(r).toMatchObject({ bytes: 4 * 1024 * 1024, compressed: true });
+        expect(r.wireBytes).toBeLessThan(200 * 1024);
+        expect(await lab.lab.sha256('repo-host', `${to}.${name}`)).toBe(r.sha256);
+      }
+      // One probe per host for both copies: the pool keeps the answer.
+      expect(probes().sort()).toEqual(['libvirt-host', 'repo-host']);
+      const writers = lab.lab.commandLog.filter((e) => e.host === 'repo-host' && e.argv?.[0] === 'sh');
+      expect(writers.some((e) => e.argv?.[2] === 'umask 077 && exec cat > "$1"')).toBe(true);
+      expect(writers.some((e) => e.argv?.[2]?.includes('zstd -q -d'))).toBe(false);
+    } finally {
+      await lab.close();
+    }
+  });
 });
 
 describe('ESXi: vmkfstools', () => {

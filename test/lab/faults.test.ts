@@ -9,6 +9,8 @@ import {
   COPY_WRITE_SCRIPT,
   LAB_CAPTURE_IMAGE,
   LAB_REPOSITORIES,
+  ZSTD_READ_SCRIPT,
+  ZSTD_WRITE_SCRIPT,
 } from '../../src/lab/index.js';
 import { isSshError } from '../../src/ssh/index.js';
 import { eventually, type LabHarness, openLab } from './helpers.js';
@@ -96,6 +98,11 @@ describe('hangCommand', () => {
   });
 });
 
+const COPY_PATHS = [
+  { name: 'raw', compress: false, read: COPY_READ_SCRIPT, write: COPY_WRITE_SCRIPT, after: 1024 * 1024 },
+  { name: 'zstd', compress: true, read: ZSTD_READ_SCRIPT, write: ZSTD_WRITE_SCRIPT, after: 32 * 1024 },
+] as const;
+
 describe('dropConnection', () => {
   it('mid-command: the session ends without an exit status', async () => {
     h.lab.faults.add({ kind: 'dropConnection', host: 'xcat-mn', match: ['rpower'], afterMs: 20 });
@@ -105,38 +112,49 @@ describe('dropConnection', () => {
     expect((await h.exec('xcat-mn', xcat.powerStat('xc-linux-1'))).stdout).toBe('xc-linux-1: on\n');
   });
 
-  it('mid-copy: the source stops after N bytes, the copy fails and leaves nothing', async () => {
-    h.lab.faults.add({
-      kind: 'dropConnection',
-      host: 'libvirt-host',
-      match: ['sh', '-c', COPY_READ_SCRIPT],
-      afterBytes: 1024 * 1024,
+  // Both copy paths: the raw stream, and zstd on the wire (the lab's disks compress to ~130 KiB).
+  for (const path of COPY_PATHS) {
+    it(`mid-copy (${path.name}): the source stops after N bytes, the copy fails and leaves nothing`, async () => {
+      const fault = h.lab.faults.add({
+        kind: 'dropConnection',
+        host: 'libvirt-host',
+        match: ['sh', '-c', path.read],
+        afterBytes: path.after,
+      });
+      const to = `${REPO}/dropped-${path.name}.qcow2`;
+      const err = await h.pool
+        .copy(
+          { host: h.host('libvirt-host'), path: LV_DISK },
+          { host: h.host('repo-host'), path: to },
+          { compress: path.compress },
+        )
+        .catch((e: unknown) => e);
+      expect(isSshError(err)).toBe(true);
+      expect(fault.fired).toBe(1);
+      expect(await h.lab.exists('repo-host', to)).toBe(false);
+      await eventually(async () => (await tempFilesIn('repo-host', REPO)) === '');
     });
-    const to = `${REPO}/dropped.qcow2`;
-    const err = await h.pool
-      .copy({ host: h.host('libvirt-host'), path: LV_DISK }, { host: h.host('repo-host'), path: to })
-      .catch((e: unknown) => e);
-    expect(isSshError(err)).toBe(true);
-    expect(await h.lab.exists('repo-host', to)).toBe(false);
-    await eventually(async () => (await tempFilesIn('repo-host', REPO)) === '');
-  });
 
-  it('mid-copy on the writing side, after N bytes received', async () => {
-    h.lab.faults.add({
-      kind: 'dropConnection',
-      host: 'repo-host',
-      match: ['sh', '-c', COPY_WRITE_SCRIPT],
-      afterBytes: 512 * 1024,
+    it(`mid-copy on the writing side (${path.name}), after N bytes received`, async () => {
+      const fault = h.lab.faults.add({
+        kind: 'dropConnection',
+        host: 'repo-host',
+        match: ['sh', '-c', path.write],
+        afterBytes: path.after,
+      });
+      const to = `${REPO}/w-${path.name}.qcow2`;
+      const err = await h.pool
+        .copy(
+          { host: h.host('libvirt-host'), path: LV_DISK },
+          { host: h.host('repo-host'), path: to },
+          { compress: path.compress },
+        )
+        .catch((e: unknown) => e);
+      expect(isSshError(err)).toBe(true);
+      expect(fault.fired).toBe(1);
+      expect(await h.lab.exists('repo-host', to)).toBe(false);
     });
-    const err = await h.pool
-      .copy(
-        { host: h.host('libvirt-host'), path: LV_DISK },
-        { host: h.host('repo-host'), path: `${REPO}/w.qcow2` },
-      )
-      .catch((e: unknown) => e);
-    expect(isSshError(err)).toBe(true);
-    expect(await h.lab.exists('repo-host', `${REPO}/w.qcow2`)).toBe(false);
-  });
+  }
 });
 
 describe('neverPowersOff', () => {
@@ -202,24 +220,27 @@ describe('corrupt', () => {
 
 describe('diskFull', () => {
   it('the repository refuses streamed copies and tee with "No space left on device"', async () => {
-    const fault = h.lab.faults.add({ kind: 'diskFull', host: 'repo-host', afterBytes: 1024 * 1024 });
-    const err = await h.pool
-      .copy(
-        { host: h.host('libvirt-host'), path: LV_DISK },
-        { host: h.host('repo-host'), path: `${REPO}/full.qcow2` },
-      )
-      .catch((e: unknown) => e as Error);
-    // The writer answers first and closes its channel while data still flows; which error the transport
-    // reports (the writer's message or the broken pipe) is its choice.
-    expect(isSshError(err, 'COPY_FAILED')).toBe(true);
-    expect(await h.lab.exists('repo-host', `${REPO}/full.qcow2`)).toBe(false);
+    const fault = h.lab.faults.add({ kind: 'diskFull', host: 'repo-host', afterBytes: 32 * 1024 });
+    for (const path of COPY_PATHS) {
+      const err = await h.pool
+        .copy(
+          { host: h.host('libvirt-host'), path: LV_DISK },
+          { host: h.host('repo-host'), path: `${REPO}/full-${path.name}.qcow2` },
+          { compress: path.compress },
+        )
+        .catch((e: unknown) => e as Error);
+      // The writer answers first and closes its channel while data still flows; which error the transport
+      // reports (the writer's message or the broken pipe) is its choice.
+      expect(isSshError(err, 'COPY_FAILED'), path.name).toBe(true);
+      expect(await h.lab.exists('repo-host', `${REPO}/full-${path.name}.qcow2`)).toBe(false);
+    }
     const writer = await h.exec('repo-host', ['sh', '-c', COPY_WRITE_SCRIPT, 'sh', `${REPO}/.w.vcl-tmp-1`], {
       stdin: Buffer.alloc(64 * 1024, 1),
     });
     expect(writer).toMatchObject({ code: 1, stderr: 'cat: write error: No space left on device\n' });
     const tee = await h.exec('repo-host', ['tee', `${REPO}/t`], { stdin: 'x' });
     expect(tee.stderr).toBe(`tee: ${REPO}/t: No space left on device\n`);
-    expect(fault.fired).toBe(3);
+    expect(fault.fired).toBe(4);
     fault.clear();
     expect((await h.exec('repo-host', ['tee', `${REPO}/t`], { stdin: 'x' })).code).toBe(0);
   });

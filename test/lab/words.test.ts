@@ -1,14 +1,18 @@
 /** How the lab reads command lines: POSIX words, refusals, and the transport's own shell fragments. */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import { HAS_TOOL_SCRIPT } from '../../src/drivers/preflight-commands.js';
 import {
   COPY_FINALIZE_SCRIPT,
   COPY_READ_SCRIPT,
   COPY_WRITE_SCRIPT,
   TRANSPORT_PREFIX,
+  ZSTD_READ_SCRIPT,
+  ZSTD_WRITE_SCRIPT,
 } from '../../src/lab/index.js';
 import { parseCommandLine, splitWords } from '../../src/lab/words.js';
 import { toCommandLine } from '../../src/ssh/index.js';
+import { ZSTD_PROBE, HAS_TOOL_SCRIPT as ZSTD_PROBE_SCRIPT } from '../../src/ssh/zstd-plan.js';
 
 const HOSTILE = [
   'a;b',
@@ -117,5 +121,11 @@ describe('the transport scripts the lab emulates', () => {
     expect(copy).toContain(`'${COPY_READ_SCRIPT}'`);
     expect(copy).toContain(`'${COPY_WRITE_SCRIPT}'`);
     expect(copy).toContain(`'${COPY_FINALIZE_SCRIPT}'`);
+    const zstd = readFileSync(new URL('../../src/ssh/zstd.ts', import.meta.url), 'utf8');
+    expect(zstd).toContain(`'${ZSTD_READ_SCRIPT}'`);
+    expect(zstd).toContain(`'${ZSTD_WRITE_SCRIPT}'`);
+    // The pool's zstd probe is the preflight's tool probe, which the lab answers with `command -v`.
+    expect(ZSTD_PROBE_SCRIPT).toBe(HAS_TOOL_SCRIPT);
+    expect(ZSTD_PROBE).toEqual(['sh', '-c', HAS_TOOL_SCRIPT, 'sh', 'zstd']);
   });
 });

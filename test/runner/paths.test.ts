@@ -21,7 +21,7 @@ import {
   type ProvisionerName,
   provisioners,
 } from '../../machines/index.js';
-import { startLab } from '../../src/lab/index.js';
+import { COPY_READ_SCRIPT, startLab } from '../../src/lab/index.js';
 import type { CommandMatch, Fault, Lab } from '../../src/lab/types.js';
 import { createRunner, type Runner, type RunnerEvent } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
@@ -69,8 +69,9 @@ const FAIL: Record<ProvisionerName, Record<string, CommandMatch>> = {
     wait_forced_off: ['vim-cmd', 'vmsvc/power.getstate'],
     clone_disk: ['vmkfstools', '-i'],
     repair_disk: ['vmkfstools', '-x'],
-    // The transport's reader: `sh -c 'stat … && exec cat …'` (src/ssh/copy.ts).
-    copy_to_repository: ['sh', '-c'],
+    // The transport's reader: `sh -c 'stat … && exec cat …'` (src/ssh/copy.ts); ESXi has no zstd, so the
+    // raw one (matched in full: the pool's `sh -c 'command -v "$1"' sh zstd` probe comes first).
+    copy_to_repository: ['sh', '-c', COPY_READ_SCRIPT],
     verify_image: ['sha256sum'],
   },
   xcat: {

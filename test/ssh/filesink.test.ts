@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, describe, expect, it } from 'vitest';
-import { DIRECT_ALIGN, openFileSink } from '../../src/ssh/filesink.js';
+import { DIRECT_ALIGN, openFileSink, SPARSE_BLOCK } from '../../src/ssh/filesink.js';
 import { createRegionHasher } from '../../src/ssh/hasher.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vcl-filesink-'));
@@ -94,6 +94,44 @@ describe('openFileSink', () => {
         expect(readFileSync(path).equals(data)).toBe(true);
         expect(statSync(path).mode & 0o777).toBe(0o600);
       }
+    });
+  }
+
+  for (const direct of [true, false]) {
+    it(`leaves zero blocks as holes and still hashes them (direct ${direct})`, async () => {
+      // Zeros in runs of whole sparse blocks, half-block zeros (written), data, and zeros at the end.
+      const data = Buffer.concat([
+        randomBytes(100),
+        Buffer.alloc(4 * SPARSE_BLOCK),
+        randomBytes(SPARSE_BLOCK / 2),
+        Buffer.alloc(SPARSE_BLOCK / 2),
+        randomBytes(3 * SPARSE_BLOCK),
+        Buffer.alloc(6 * SPARSE_BLOCK + 123),
+      ]);
+      const sparsePath = join(dir, `sparse-${direct}`);
+      const sink = await openFileSink(sparsePath, { mode: 0o600, slotBytes: SLOT, slots: 3, direct });
+      await pipeline(chunked(data), sink);
+      expect(sink.sha256).toBe(sha256(data));
+      expect(sink.bytesWritten).toBe(data.length);
+      expect(statSync(sparsePath).size).toBe(data.length);
+      expect(readFileSync(sparsePath).equals(data)).toBe(true);
+      // Allocated: the first block (data), the block of data + written zeros, three data blocks; the
+      // file system may round up a little, never to the 15 blocks a full write takes.
+      const allocated = statSync(sparsePath).blocks * 512;
+      expect(allocated).toBeGreaterThanOrEqual(5 * SPARSE_BLOCK);
+      expect(allocated).toBeLessThanOrEqual(6 * SPARSE_BLOCK);
+
+      const fullPath = join(dir, `full-${direct}`);
+      const full = await openFileSink(fullPath, {
+        mode: 0o600,
+        slotBytes: SLOT,
+        slots: 3,
+        direct,
+        sparse: false,
+      });
+      await pipeline(chunked(data), full);
+      expect(full.sha256).toBe(sha256(data));
+      expect(statSync(fullPath).blocks * 512).toBeGreaterThanOrEqual(data.length - 4096);
     });
   }
 

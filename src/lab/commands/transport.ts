@@ -3,7 +3,8 @@
  * that prints the source's size and type then streams it, the writer that streams stdin into a temporary
  * file, and the finalizer that sets its mode, syncs and renames it; and the tool checks
  * (src/drivers/preflight-commands.ts), which need a shell for its `command -v`.
- * The lab recognises the two scripts by their exact text and emulates them; any other script is answered
+ * The compressed copy's reader and writer (src/ssh/zstd.ts) run `zstd` (commands/zstd.ts) instead of `cat`.
+ * The lab recognises the scripts by their exact text and emulates them; any other script is answered
  * as unknown (exit 127), because the lab never interprets shell code.
  */
 import { rm } from 'node:fs/promises';
@@ -17,6 +18,10 @@ import { commandV, errnoText, move, statOf, writeStdinTo } from './posix.js';
 export const COPY_READ_SCRIPT = 'stat -L -c %s:%F -- "$1" && exec cat -- "$1"';
 /** The copy's writer: `sh -c <this> sh <tmp>`. */
 export const COPY_WRITE_SCRIPT = 'umask 077 && exec cat > "$1"';
+/** The compressed copy's reader (src/ssh/zstd.ts): the size line, then the file as one zstd frame. */
+export const ZSTD_READ_SCRIPT = 'stat -L -c %s:%F -- "$1" && exec zstd -q -c -1 -T0 -- "$1"';
+/** The compressed copy's writer: the frame from stdin into a sparse temporary file. */
+export const ZSTD_WRITE_SCRIPT = 'umask 077 && exec zstd -q -d -o "$1"';
 /** The copy's commit: `sh -c <this> sh <tmp> <path> <octal mode>`. */
 export const COPY_FINALIZE_SCRIPT =
   'chmod "$3" "$1" && { sync -- "$1" 2>/dev/null || sync; } && mv -f -- "$1" "$2" && ' +
@@ -54,14 +59,32 @@ async function finalize(ctx: CommandContext, tmp: string, target: string, mode: 
   return 0;
 }
 
-/** `stat ... && exec cat ...`: the same two commands the lab answers on their own, in one session. */
-async function readWithSize(ctx: CommandContext, path: string): Promise<number> {
+/**
+ * `stat ... && exec cat ...` (or `exec zstd ...`): the same two commands the lab answers on their own, in
+ * one session.
+ */
+async function readWithSize(ctx: CommandContext, path: string, compressed: boolean): Promise<number> {
   const stat = ctx.host.commands.get('stat');
-  const cat = ctx.host.commands.get('cat');
-  if (stat === undefined || cat === undefined) fail(127, 'sh: 1: stat or cat: not found');
+  if (stat === undefined) fail(127, 'sh: 1: stat: not found');
   const code = await stat({ ...ctx, argv: ['stat', '-L', '-c', '%s:%F', '--', path] });
   if (code !== 0) return code;
+  if (compressed) {
+    const zstd = lookup(ctx.host, 'zstd');
+    if (zstd === undefined) fail(127, 'sh: 1: exec: zstd: not found');
+    return await zstd({ ...ctx, argv: ['zstd', '-q', '-c', '-1', '-T0', '--', path] });
+  }
+  const cat = ctx.host.commands.get('cat');
+  if (cat === undefined) fail(127, 'sh: 1: cat: not found');
   return await cat({ ...ctx, argv: ['cat', '--', path] });
+}
+
+/** `umask 077 && exec zstd -q -d -o tmp`, with the same checks as the shell's redirection in `writeTemp`. */
+async function writeTempZstd(ctx: CommandContext, target: string): Promise<number> {
+  const zstd = lookup(ctx.host, 'zstd');
+  if (zstd === undefined) fail(127, 'sh: 1: exec: zstd: not found');
+  const { real } = await ctx.host.fs.prepare(target);
+  if ((await statOf(real))?.isDirectory()) fail(1, `zstd: ${target}: Is a directory`);
+  return await zstd({ ...ctx, argv: ['zstd', '-q', '-d', '-o', target] });
 }
 
 /** The preflight's tool check (src/drivers/preflight-commands.ts): `present <tool>` or `missing <tool>` each. */
@@ -73,7 +96,11 @@ async function reportTools(ctx: CommandContext, tools: readonly string[]): Promi
 export const sh: Handler = async (ctx) => {
   const [, flag, script, , ...args] = ctx.argv;
   if (flag === '-c' && ctx.argv[3] === 'sh') {
-    if (script === COPY_READ_SCRIPT && args.length === 1) return await readWithSize(ctx, args[0] as string);
+    if (script === COPY_READ_SCRIPT && args.length === 1)
+      return await readWithSize(ctx, args[0] as string, false);
+    if (script === ZSTD_READ_SCRIPT && args.length === 1)
+      return await readWithSize(ctx, args[0] as string, true);
+    if (script === ZSTD_WRITE_SCRIPT && args.length === 1) return await writeTempZstd(ctx, args[0] as string);
     if (script === COPY_WRITE_SCRIPT && args.length === 1) return await writeTemp(ctx, args[0] as string);
     if (script === TOOLS_SCRIPT) return await reportTools(ctx, args);
     if (script === HAS_TOOL_SCRIPT && args.length === 1) return await commandV(ctx, args[0] as string);
