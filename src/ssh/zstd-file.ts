@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { type FileHandle, open, readdir, readFile, readlink, rm } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { SshError } from './errors.js';
-import { ZSTD_WRITE_SCRIPT } from './zstd.js';
+import { ZSTD_WRITE_SCRIPT, zstdOutcome } from './zstd.js';
 
 const READ_BYTES = 4 * 1024 * 1024;
 const POLL_MS = 20;
@@ -57,28 +57,11 @@ export function startZstdFile(tmp: string, where: string): ZstdFileDestination {
   });
   child.stdout.resume();
   child.stdin.on('error', () => {});
-  let stderr = '';
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (s: string) => {
-    if (stderr.length < 16 * 1024) stderr += s;
+  const exited = zstdOutcome(child, {
+    cannotRun: `cannot run zstd for ${where}`,
+    failed: `writing ${tmp} failed`,
+    details: { tmp },
   });
-  const exited = new Promise<void>((resolve, reject) => {
-    child.once('error', (err) =>
-      reject(new SshError('COPY_FAILED', `cannot run zstd for ${where}: ${err.message}`, { cause: err })),
-    );
-    child.once('close', (code, signal) => {
-      if (code === 0) resolve();
-      else
-        reject(
-          new SshError(
-            'COPY_FAILED',
-            `writing ${tmp} failed (zstd exit ${code ?? signal}): ${stderr.trim()}`,
-            { details: { tmp, stderr } },
-          ),
-        );
-    });
-  });
-  exited.catch(() => {});
   let stopped = false;
   let running = true;
   exited.then(

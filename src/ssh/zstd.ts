@@ -70,35 +70,11 @@ export function startDecompressor(zstd: string, what: string): LocalDecompressor
   const child: ChildProcessWithoutNullStreams = spawn(zstd, ['-q', '-d', '-c'], {
     stdio: ['pipe', 'pipe', 'pipe'],
   });
-  let stderr = '';
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (s: string) => {
-    if (stderr.length < 16 * 1024) stderr += s;
+  const finished = zstdOutcome(child, {
+    cannotRun: `cannot run ${zstd} to decompress ${what}`,
+    failed: `decompressing ${what} failed`,
+    details: { zstd },
   });
-  // A stopped copy closes the pipes under the child: its 'error's are reported through `finished`.
-  child.stdin.on('error', () => {});
-  const finished = new Promise<void>((resolve, reject) => {
-    child.once('error', (err) =>
-      reject(
-        new SshError('COPY_FAILED', `cannot run ${zstd} to decompress ${what}: ${err.message}`, {
-          details: { zstd },
-          cause: err,
-        }),
-      ),
-    );
-    child.once('close', (code, signal) => {
-      if (code === 0) resolve();
-      else
-        reject(
-          new SshError(
-            'COPY_FAILED',
-            `decompressing ${what} failed (zstd exit ${code ?? signal}): ${stderr.trim()}`,
-            { details: { stderr } },
-          ),
-        );
-    });
-  });
-  finished.catch(() => {});
   return {
     input: child.stdin,
     output: child.stdout,
@@ -107,4 +83,40 @@ export function startDecompressor(zstd: string, what: string): LocalDecompressor
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     },
   };
+}
+
+/**
+ * How a zstd child ends: resolves on exit 0; rejects with `COPY_FAILED` saying what it was doing and the
+ * start of its stderr otherwise, or when it cannot start. Never an unhandled rejection: callers await it.
+ */
+export function zstdOutcome(
+  child: ChildProcessWithoutNullStreams,
+  what: { cannotRun: string; failed: string; details: Record<string, unknown> },
+): Promise<void> {
+  let stderr = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (s: string) => {
+    if (stderr.length < 16 * 1024) stderr += s;
+  });
+  const outcome = new Promise<void>((resolve, reject) => {
+    child.once('error', (err) =>
+      reject(
+        new SshError('COPY_FAILED', `${what.cannotRun}: ${err.message}`, {
+          details: what.details,
+          cause: err,
+        }),
+      ),
+    );
+    child.once('close', (code, signal) => {
+      if (code === 0) resolve();
+      else
+        reject(
+          new SshError('COPY_FAILED', `${what.failed} (zstd exit ${code ?? signal}): ${stderr.trim()}`, {
+            details: { ...what.details, stderr },
+          }),
+        );
+    });
+  });
+  outcome.catch(() => {});
+  return outcome;
 }
