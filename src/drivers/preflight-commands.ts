@@ -10,6 +10,7 @@
  * busybox, ESXi's included).
  */
 import type { ProvisionerName } from '../../machines/types.js';
+import { HAS_TOOL_SCRIPT } from '../ssh/zstd-plan.js';
 import { driverError } from './errors.js';
 
 /** What a host does on a capture's path: the tools it needs follow from that. */
@@ -56,8 +57,11 @@ export function toolsCommand(tools: readonly string[]): string[] {
   return ['sh', '-c', TOOLS_SCRIPT, 'sh', ...tools];
 }
 
-/** Prints where the shell finds `$1` and exits 0, or exits non-zero (bash 1, dash 127): one tool, for a probe (see TOOLS_SCRIPT). */
-export const HAS_TOOL_SCRIPT = 'command -v "$1"';
+/**
+ * Prints where the shell finds `$1` and exits 0, or exits non-zero (bash 1, dash 127): one tool, for a
+ * probe (see TOOLS_SCRIPT). The transport's zstd probe is the same script, kept with the transport.
+ */
+export { HAS_TOOL_SCRIPT };
 
 export function hasToolCommand(tool: string): string[] {
   if (!TOOL_NAME.test(tool)) throw driverError('COMMAND_FAILED', `not a tool name: ${JSON.stringify(tool)}`);
