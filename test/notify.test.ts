@@ -83,6 +83,18 @@ async function until<T>(
   }
 }
 
+/** The store's deliveries in `status`, once there is one (within 20 s). */
+function deliveriesIn(status: 'delivered' | 'dead', what: string) {
+  return until(
+    async () => {
+      const list = await store.listNotifications({ status });
+      return list.length > 0 ? list : undefined;
+    },
+    20_000,
+    what,
+  );
+}
+
 let folder: ReturnType<typeof tempFolder>;
 let store: SqliteCaptureStore;
 let notifier: Notifier | undefined;
@@ -175,14 +187,7 @@ describe('webhooks', () => {
     });
     notifier?.start();
     await failToMaintenance('cap-1', 'pc-01');
-    const [d] = await until(
-      async () => {
-        const list = await store.listNotifications({ status: 'delivered' });
-        return list.length > 0 ? list : undefined;
-      },
-      20_000,
-      'the delivery after three failures',
-    );
+    const [d] = await deliveriesIn('delivered', 'the delivery after three failures');
     expect(d).toMatchObject({ attempts: 4, lastError: null, target: 'ops' });
     expect(hook.got.map((r) => r.answered)).toEqual([503, 503, 503, 200]);
     const ids = new Set(hook.got.map((r) => (JSON.parse(r.body) as NotificationEvent).id));
@@ -209,14 +214,7 @@ describe('webhooks', () => {
     });
     notifier?.start();
     await failToMaintenance('cap-1', 'pc-01');
-    const [dead] = await until(
-      async () => {
-        const list = await store.listNotifications({ status: 'dead' });
-        return list.length > 0 ? list : undefined;
-      },
-      20_000,
-      'the delivery given up',
-    );
+    const [dead] = await deliveriesIn('dead', 'the delivery given up');
     expect(dead).toMatchObject({ attempts: 3, lastError: 'HTTP 500: receiver is down for maintenance' });
     await sleep(200);
     expect(hook.got).toHaveLength(3);
@@ -337,14 +335,7 @@ describe('command hooks', () => {
     });
     notifier?.start();
     await failToMaintenance('cap-1', 'pc-01');
-    const [d] = await until(
-      async () => {
-        const list = await store.listNotifications({ status: 'delivered' });
-        return list.length > 0 ? list : undefined;
-      },
-      20_000,
-      'the command hook delivered',
-    );
+    const [d] = await deliveriesIn('delivered', 'the command hook delivered');
     expect(d).toMatchObject({ attempts: 2, target: 'mail' });
     const { readFileSync } = await import('node:fs');
     const lines = readFileSync(out, 'utf8').trim().split('\n');

@@ -114,14 +114,14 @@ describe('dropConnection', () => {
 
   // Both copy paths: the raw stream, and zstd on the wire (the lab's disks compress to ~130 KiB).
   for (const path of COPY_PATHS) {
-    it(`mid-copy (${path.name}): the source stops after N bytes, the copy fails and leaves nothing`, async () => {
+    /** A copy from the libvirt host to the repository whose `side` drops its connection after N bytes. */
+    const dropped = async (side: 'read' | 'write', to: string) => {
       const fault = h.lab.faults.add({
         kind: 'dropConnection',
-        host: 'libvirt-host',
-        match: ['sh', '-c', path.read],
+        host: side === 'read' ? 'libvirt-host' : 'repo-host',
+        match: ['sh', '-c', path[side]],
         afterBytes: path.after,
       });
-      const to = `${REPO}/dropped-${path.name}.qcow2`;
       const err = await h.pool
         .copy(
           { host: h.host('libvirt-host'), path: LV_DISK },
@@ -132,27 +132,15 @@ describe('dropConnection', () => {
       expect(isSshError(err)).toBe(true);
       expect(fault.fired).toBe(1);
       expect(await h.lab.exists('repo-host', to)).toBe(false);
+    };
+
+    it(`mid-copy (${path.name}): the source stops after N bytes, the copy fails and leaves nothing`, async () => {
+      await dropped('read', `${REPO}/dropped-${path.name}.qcow2`);
       await eventually(async () => (await tempFilesIn('repo-host', REPO)) === '');
     });
 
     it(`mid-copy on the writing side (${path.name}), after N bytes received`, async () => {
-      const fault = h.lab.faults.add({
-        kind: 'dropConnection',
-        host: 'repo-host',
-        match: ['sh', '-c', path.write],
-        afterBytes: path.after,
-      });
-      const to = `${REPO}/w-${path.name}.qcow2`;
-      const err = await h.pool
-        .copy(
-          { host: h.host('libvirt-host'), path: LV_DISK },
-          { host: h.host('repo-host'), path: to },
-          { compress: path.compress },
-        )
-        .catch((e: unknown) => e);
-      expect(isSshError(err)).toBe(true);
-      expect(fault.fired).toBe(1);
-      expect(await h.lab.exists('repo-host', to)).toBe(false);
+      await dropped('write', `${REPO}/w-${path.name}.qcow2`);
     });
   }
 });
