@@ -4,9 +4,8 @@
  */
 import { posix } from 'node:path';
 import type { ComputerEntry } from '../inventory/schema.js';
-import type { Remote } from '../runner/remote.js';
-import type { StepRun } from '../runner/step.js';
 import { copyLeftoversCommand, type ExecOptions, type ExecResult, type SshHost } from '../ssh/index.js';
+import type { Remote, StepRun } from './contract.js';
 import { driverError } from './errors.js';
 
 export interface DriverEnv {

@@ -6,8 +6,8 @@
  */
 import { posix } from 'node:path';
 import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../machines/index.js';
-import { type StepFn, sleep } from '../runner/step.js';
 import { durableMoveCommand, type SshHost } from '../ssh/index.js';
+import { type StepFn, sleep } from './contract.js';
 import {
   copyOptions,
   type DriverEnv,

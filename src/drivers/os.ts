@@ -5,8 +5,8 @@
  */
 import type { OsStepInput, OsStepOutput } from '../../machines/index.js';
 import { VclError } from '../errors.js';
-import { type StepFn, type StepRun, sleep } from '../runner/step.js';
 import { isSshError } from '../ssh/index.js';
+import { type StepFn, type StepRun, sleep } from './contract.js';
 import { type DriverEnv, execFor } from './env.js';
 import { driverError } from './errors.js';
 import {

@@ -7,9 +7,9 @@
  */
 
 import { isVclError } from '../errors.js';
-import type { StepRun } from '../runner/step.js';
 import { SshError } from '../ssh/errors.js';
 import type { SshHost } from '../ssh/index.js';
+import type { StepRun } from './contract.js';
 import { type DriverEnv, type Exec, execFor, sameHost } from './env.js';
 import { driverError } from './errors.js';
 import {

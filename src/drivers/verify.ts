@@ -1,6 +1,6 @@
 /** Verification shared by every provisioner: re-hash the copy where it lies and compare. */
 import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
-import type { StepRun } from '../runner/step.js';
+import type { StepRun } from './contract.js';
 import { type DriverEnv, execFor, sha256Of, sizeOf } from './env.js';
 import { driverError } from './errors.js';
 

@@ -5,8 +5,8 @@
  */
 import { posix } from 'node:path';
 import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../machines/index.js';
-import { pollUntil, type StepFn } from '../runner/step.js';
 import { isSshError } from '../ssh/index.js';
+import { pollUntil, type StepFn } from './contract.js';
 import {
   copyOptions,
   type DriverEnv,

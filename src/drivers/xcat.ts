@@ -5,7 +5,7 @@
  */
 import { posix } from 'node:path';
 import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../machines/index.js';
-import { pollUntil, type StepFn, sleep } from '../runner/step.js';
+import { pollUntil, type StepFn, sleep } from './contract.js';
 import {
   type DriverEnv,
   type Exec,

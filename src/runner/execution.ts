@@ -16,6 +16,7 @@ import {
   type StepFailure,
   type Timeouts,
 } from '../../machines/index.js';
+import type { Remote, StepFn } from '../drivers/contract.js';
 import type { DriverEnv } from '../drivers/env.js';
 import { libvirtSteps } from '../drivers/libvirt.js';
 import { osSteps } from '../drivers/os.js';
@@ -28,9 +29,7 @@ import type { SshHost } from '../ssh/index.js';
 import type { CaptureRecord, CaptureStore } from '../store/index.js';
 import { cancelQueued } from './cancel.js';
 import type { Limiter } from './limits.js';
-import type { Remote } from './remote.js';
 import { inFlightSteps, machineVersion, snapshotProblem } from './resume.js';
-import type { StepFn } from './step.js';
 import { storeSteps } from './store-steps.js';
 
 /** A capture this runner stopped at a transition (runner.stop()): it stays unfinished in the store. */

@@ -4,6 +4,7 @@
  * its result) and is reported with what it found or what to fix.
  */
 import { DEFAULT_TIMEOUTS, type ProvisionerName } from '../../machines/index.js';
+import type { Remote } from '../drivers/contract.js';
 import type { DriverEnv } from '../drivers/env.js';
 import { libvirtPreflight } from '../drivers/libvirt.js';
 import { Checklist, type CheckRun, checkLogin, type PreflightCheck } from '../drivers/preflight.js';
@@ -15,7 +16,7 @@ import { type Logger, silentLogger } from '../log.js';
 import type { SshHost } from '../ssh/index.js';
 import { validateImageName } from '../store/naming.js';
 import { timeoutsOf } from './execution.js';
-import { inventoryHosts, type Remote } from './remote.js';
+import { inventoryHosts } from './remote.js';
 
 export type { PreflightCheck } from '../drivers/preflight.js';
 

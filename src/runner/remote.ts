@@ -1,28 +1,8 @@
-/**
- * What drivers need from the SSH transport: commands and copies. `SshPool` is the real one; tests of
- * fault handling may wrap it. Also turns inventory host entries into the transport's host objects.
- */
+/** Turns inventory host entries into the transport's host objects. */
 import { readFileSync } from 'node:fs';
 import { VclError } from '../errors.js';
 import type { Inventory } from '../inventory/schema.js';
-import type {
-  CopyEndpoint,
-  CopyOptions,
-  CopyResult,
-  ExecOptions,
-  ExecResult,
-  SshHost,
-} from '../ssh/index.js';
-
-export interface Remote {
-  exec(host: SshHost, argv: readonly string[], options?: ExecOptions): Promise<ExecResult>;
-  copy(from: CopyEndpoint, to: CopyEndpoint, options?: CopyOptions): Promise<CopyResult>;
-  /**
-   * Whether the host's sshd answers, without logging in (`SshPool.answers`). Optional: without it, waits
-   * on a computer going down or coming up probe with a command.
-   */
-  answers?(host: SshHost, options: { timeoutMs: number; signal?: AbortSignal }): Promise<boolean>;
-}
+import type { SshHost } from '../ssh/index.js';
 
 /** Builds (once per host) the transport's host objects from the inventory, reading key files eagerly. */
 export function inventoryHosts(inventory: Inventory): Map<string, SshHost> {

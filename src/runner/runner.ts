@@ -23,6 +23,7 @@ import {
   upgradeCaptureSnapshot,
 } from '../../machines/index.js';
 import { resolveTimeouts } from '../../machines/steps.js';
+import type { Remote } from '../drivers/contract.js';
 import { isVclError, VclError } from '../errors.js';
 import { type Inventory, parseInventory } from '../inventory/schema.js';
 import { type Logger, silentLogger } from '../log.js';
@@ -48,7 +49,7 @@ import {
   timeoutsOf,
 } from './execution.js';
 import { Limiter } from './limits.js';
-import { inventoryHosts, type Remote } from './remote.js';
+import { inventoryHosts } from './remote.js';
 import { machineVersion } from './resume.js';
 import { boundStepActor } from './step.js';
 

@@ -4,24 +4,9 @@
  * the machine passes, and whatever it throws reaches the machine as a plain `{ code, message, step }`.
  */
 import { fromPromise } from 'xstate';
+import type { StepFn } from '../drivers/contract.js';
 import { VclError } from '../errors.js';
 import type { Logger } from '../log.js';
-
-export interface StepRun<TInput> {
-  input: TInput;
-  /** Aborted on cancellation or at the deadline. */
-  signal: AbortSignal;
-  /** Milliseconds left before the deadline (never below 1). */
-  remainingMs(): number;
-  log: Logger;
-  /**
-   * True when this step was in flight when the capture's process stopped (a crash, a kill) and runs again
-   * after a resume: it may have done none, part or all of its work, and must converge either way.
-   */
-  resumed: boolean;
-}
-
-export type StepFn<TInput, TOutput> = (run: StepRun<TInput>) => Promise<TOutput>;
 
 /** What crosses into the machine (and so into persisted snapshots and the inspector): no stack, no cause. */
 export interface StepErrorData {
@@ -113,36 +98,4 @@ export function boundStepActor<TInput extends { deadline: number; step: string }
       if (timer) clearTimeout(timer);
     }
   });
-}
-
-/** Sleeps, waking early (and throwing) on abort. */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(new VclError('ABORTED', 'aborted'));
-    const t = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(new VclError('ABORTED', 'aborted'));
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-/**
- * Polls `probe` every `intervalMs` until it returns a value, up to the step's deadline. A wait always
- * ends: with the value, or with TIMEOUT (the stepActor turns the deadline abort into it).
- */
-export async function pollUntil<T>(
-  run: Pick<StepRun<unknown>, 'signal'>,
-  intervalMs: number,
-  probe: () => Promise<T | undefined>,
-): Promise<T> {
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    await sleep(intervalMs, run.signal);
-  }
 }

@@ -4,8 +4,8 @@
  * reservation by another capture, and finishing an already finished capture is reported, not redone.
  */
 import type { CaptureStepInput, CaptureStepOutput } from '../../machines/index.js';
+import type { StepFn } from '../drivers/contract.js';
 import type { CaptureStore } from '../store/index.js';
-import type { StepFn } from './step.js';
 
 type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
 

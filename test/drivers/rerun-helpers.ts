@@ -5,11 +5,11 @@
 import { readdir, stat } from 'node:fs/promises';
 import type { CaptureStepInput, EndState, OsStepInput } from '../../machines/index.js';
 import { resolveTimeouts } from '../../machines/steps.js';
+import type { Remote, StepRun } from '../../src/drivers/contract.js';
 import type { DriverEnv } from '../../src/drivers/env.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
-import { inventoryHosts, type Remote } from '../../src/runner/remote.js';
-import type { StepRun } from '../../src/runner/step.js';
+import { inventoryHosts } from '../../src/runner/remote.js';
 import type { ExecOptions, SshHost } from '../../src/ssh/index.js';
 
 /** The environment the runner gives a capture of `computer`. */
