@@ -12,6 +12,7 @@ export default {
     'machines/**/*.ts',
     'src/runner/**/*.ts',
     'src/drivers/**/*.ts',
+    'src/provisioners/*/{steps,commands}.ts',
     'src/ssh/quote.ts',
     'src/store/naming.ts',
     'src/inventory/**/*.ts',

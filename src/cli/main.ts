@@ -3,8 +3,11 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   allowedEndStates,
+  END_STATES,
+  type EndState,
   effectNames,
   OPERATING_SYSTEMS,
+  type OsName,
   operatingSystems,
   PROVISIONERS,
   type ProvisionerName,
@@ -120,9 +123,7 @@ program
   .addOption(new Option('-o, --os <name>', 'only this OS').choices([...OPERATING_SYSTEMS]))
   .addOption(
     new Option('-e, --end-state <state>', "end state (default: the provisioner's first)").choices([
-      'on',
-      'off',
-      'reboot',
+      ...END_STATES,
     ]),
   )
   .option('--fail-at <effect>', 'make this effect fail, to watch the cleanup')
@@ -130,8 +131,8 @@ program
   .action(
     async (opts: {
       provisioner?: ProvisionerName;
-      os?: 'linux' | 'windows';
-      endState?: 'on' | 'off' | 'reboot';
+      os?: OsName;
+      endState?: EndState;
       failAt?: string;
       stepMs: number;
     }) => {
@@ -191,9 +192,7 @@ program
   )
   .addOption(
     new Option('-e, --end-state <state>', "end state (default: the provisioner's first)").choices([
-      'on',
-      'off',
-      'reboot',
+      ...END_STATES,
     ]),
   )
   .option('-c, --config <file>', 'inventory file (YAML or JSON)', 'inventory.yaml')

@@ -27,6 +27,12 @@ const UNREACHABLE = ['SSH_UNREACHABLE', 'SSH_DISCONNECTED', 'SSH_HANDSHAKE_FAILE
 /** Short per-probe budget: a guest going down must not hold a probe for the whole step. */
 const PROBE_MS = 10_000;
 
+/** The dry run's (and the model tests') success outputs of the OS steps that carry facts. */
+export const OS_DRY_RUN_OUTPUTS: Readonly<Record<string, OsStepOutput>> = {
+  ensure_responding: { bootId: 'boot-1' },
+  wait_up: { bootId: 'boot-2' },
+};
+
 export function osSteps(env: DriverEnv): Record<string, Step> {
   const guest = env.guestHost;
   const plans = osPlans(env.computer.os);

@@ -4,24 +4,10 @@
  * field that is wrong and says what is allowed.
  */
 import { z } from 'zod';
-import { DEFAULT_TIMEOUTS, type Timeouts } from '../../machines/types.js';
+import { DEFAULT_TIMEOUTS, OPERATING_SYSTEMS, type Timeouts } from '../../machines/types.js';
 import { VclError } from '../errors.js';
-import { SAFE_NAME_PATTERN } from '../store/naming.js';
-
-const name = z
-  .string()
-  .regex(SAFE_NAME_PATTERN, 'use letters, digits, ".", "_" and "-", starting with a letter or digit')
-  .max(63);
-
-/** Absolute POSIX path without control characters or `..` segments. */
-const absolutePath = z
-  .string()
-  .startsWith('/', 'must be an absolute path')
-  .refine(
-    (p) => ![...p].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f),
-    'must not contain control characters',
-  )
-  .refine((p) => !p.split('/').includes('..'), 'must not contain ".." segments');
+import { provisionerSettingsSchemas } from '../provisioners/index.js';
+import { absolutePath, name } from './fields.js';
 
 /** Per-step timeouts in ms, each optional (the inventory's and a capture request's). */
 export const timeoutsSchema = z
@@ -74,42 +60,12 @@ export const hostSchema = z
     path: ['privateKeyPath'],
   });
 
-const libvirtProvisioner = z
-  .object({
-    type: z.literal('libvirt'),
-    host: name,
-    domain: name,
-    /** Target disk format. */
-    format: z.enum(['qcow2', 'raw']).default('qcow2'),
-  })
-  .strict();
-
-const vmwareProvisioner = z
-  .object({
-    type: z.literal('vmware'),
-    host: name,
-    vm: name,
-    /** Datastore for the thin clone (default: the VM's own). */
-    datastore: name.optional(),
-  })
-  .strict();
-
-const xcatProvisioner = z
-  .object({
-    type: z.literal('xcat'),
-    host: name,
-    node: name,
-    /** The osimage that boots the node into the capture environment. */
-    captureImage: name,
-  })
-  .strict();
-
 export const computerSchema = z
   .object({
-    os: z.enum(['linux', 'windows']),
+    os: z.enum(OPERATING_SYSTEMS),
     /** The host entry used to reach the computer's own OS over SSH. */
     host: name,
-    provisioner: z.discriminatedUnion('type', [libvirtProvisioner, vmwareProvisioner, xcatProvisioner]),
+    provisioner: z.discriminatedUnion('type', provisionerSettingsSchemas()),
     repository: name,
     reservationUsers: z.array(z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'a POSIX user name')).default([]),
     sysprep: z.boolean().optional(),

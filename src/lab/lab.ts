@@ -8,15 +8,15 @@ import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/pr
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import type { ProvisionerName } from '../../machines/index.js';
 import { type Inventory, type InventoryInput, parseInventory } from '../inventory/schema.js';
+import { type LabProvisioner, PROVISIONER_ENTRIES, provisioners } from '../provisioners/index.js';
+import { LAB_CAPTURE_IMAGE } from '../provisioners/xcat/lab.js';
 import { findLocalZstd } from '../ssh/zstd.js';
 import { startCaptureEnv } from './capture-env.js';
-import { DATASTORE, descriptorText, ESXI_COMMANDS, vmxText } from './commands/esxi.js';
 import { LINUX_COMMANDS, WINDOWS_COMMANDS } from './commands/guest.js';
-import { LIBVIRT_COMMANDS } from './commands/libvirt.js';
 import { POSIX_COMMANDS, sha256File } from './commands/posix.js';
 import { TRANSPORT_COMMANDS } from './commands/transport.js';
-import { XCAT_COMMANDS } from './commands/xcat.js';
 import { ZSTD_COMMANDS } from './commands/zstd.js';
 import {
   type ComputerRecord,
@@ -27,7 +27,7 @@ import {
   NoSpaceError,
 } from './core.js';
 import { FaultRegistry, hostMatches, pathMatches } from './faults.js';
-import { createSparseDisk, flipByteInFile, HostFs } from './fs.js';
+import { flipByteInFile, HostFs } from './fs.js';
 import { generateClientKey, generateHostKey, type HostKey } from './keys.js';
 import { guestProfileOf, type ResolvedOptions, resolveOptions } from './options.js';
 import { HostServer } from './server.js';
@@ -46,25 +46,32 @@ import {
 } from './types.js';
 import { Computer } from './world.js';
 
-/** Inventory names of the infrastructure hosts. */
+type InventoryProvisioner = InventoryInput['computers'][string]['provisioner'];
+
+const LABS = PROVISIONER_ENTRIES.map(([name, p]) => [name, p.lab] as const);
+type ProvisionerLab = (typeof provisioners)[ProvisionerName]['lab'];
+
+/** Inventory names of the infrastructure hosts, by the lab's role for them. */
 export const LAB_HOSTS = {
-  libvirt: 'libvirt-host',
-  esxi: 'esxi-host',
-  xcat: 'xcat-mn',
+  ...(Object.fromEntries(LABS.map(([, l]) => [l.host.role, l.host.name])) as {
+    [L in ProvisionerLab as L['host']['role']]: L['host']['name'];
+  }),
   repository: 'repo-host',
 } as const;
 
-/** Repositories every lab defines: host and path. */
+/** Repositories every lab defines: host and path (the shared one, then those on provisioner hosts). */
 export const LAB_REPOSITORIES = {
   images: { host: LAB_HOSTS.repository, path: '/srv/vcl/images' },
-  'kvm-local': { host: LAB_HOSTS.libvirt, path: '/var/lib/vcl/images' },
-  'xcat-images': { host: LAB_HOSTS.xcat, path: '/install/image/x86' },
+  ...(Object.fromEntries(
+    LABS.flatMap(([, l]) =>
+      Object.entries(l.repositories).map(([k, path]) => [k, { host: l.host.name, path }]),
+    ),
+  ) as { [K in LabRepositoryOf<ProvisionerLab>]: { host: string; path: string } }),
 } as const;
 
-/** The xCAT osimage whose boot runs the capture environment. */
-export const LAB_CAPTURE_IMAGE = 'vcl-capture-x86_64';
+type LabRepositoryOf<L> = L extends { repositories: infer R } ? keyof R & string : never;
 
-const PREFIX: Record<Provisioner, string> = { libvirt: 'lv', vmware: 'vm', xcat: 'xc' };
+export { LAB_CAPTURE_IMAGE };
 
 function commandTable(...tables: ReadonlyMap<string, Handler>[]): ReadonlyMap<string, Handler> {
   const out = new Map<string, Handler>();
@@ -72,13 +79,9 @@ function commandTable(...tables: ReadonlyMap<string, Handler>[]): ReadonlyMap<st
   return out;
 }
 
-const INFRA_COMMANDS: Record<Exclude<HostRole, 'guest'>, ReadonlyMap<string, Handler>> = {
-  // Debian hosts have zstd; ESXi's busybox does not (the copies then go raw).
-  libvirt: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, ZSTD_COMMANDS, LIBVIRT_COMMANDS),
-  esxi: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, ESXI_COMMANDS),
-  xcat: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, ZSTD_COMMANDS, XCAT_COMMANDS),
-  repository: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, ZSTD_COMMANDS),
-};
+const BASE_COMMANDS = [POSIX_COMMANDS, TRANSPORT_COMMANDS] as const;
+// Debian hosts have zstd (each provisioner's lab host says whether it does).
+const REPOSITORY_COMMANDS = commandTable(...BASE_COMMANDS, ZSTD_COMMANDS);
 const GUEST_COMMANDS: Record<Os, ReadonlyMap<string, Handler>> = {
   linux: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, LINUX_COMMANDS),
   windows: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, WINDOWS_COMMANDS),
@@ -254,26 +257,28 @@ async function build(rt: Runtime, dir: string): Promise<Lab> {
   const dropper = (name: string) => () => rt.servers.get(name)?.dropAll();
 
   // Infrastructure hosts.
-  const infra: [string, Exclude<HostRole, 'guest'>, string[]][] = [
-    [LAB_HOSTS.libvirt, 'libvirt', ['/var/lib/libvirt/images', LAB_REPOSITORIES['kvm-local'].path, '/root']],
-    [LAB_HOSTS.esxi, 'esxi', [DATASTORE, `${DATASTORE}/iso`, '/root']],
-    [LAB_HOSTS.xcat, 'xcat', [LAB_REPOSITORIES['xcat-images'].path, '/root']],
-    [LAB_HOSTS.repository, 'repository', [LAB_REPOSITORIES.images.path, '/root']],
+  const infra: [
+    string,
+    HostRole,
+    string[],
+    ReadonlyMap<string, Handler>,
+    ((fs: HostFs) => Promise<void>)?,
+  ][] = [
+    ...LABS.map(([, l]): (typeof infra)[number] => [
+      l.host.name,
+      l.host.role,
+      [...l.host.dirs, ...Object.values(l.repositories)],
+      commandTable(...BASE_COMMANDS, ...l.host.commands),
+      'prepare' in l.host ? l.host.prepare : undefined,
+    ]),
+    [LAB_HOSTS.repository, 'repository', [LAB_REPOSITORIES.images.path, '/root'], REPOSITORY_COMMANDS],
   ];
   const hasLocalZstd = (await findLocalZstd()) !== undefined;
-  for (const [name, role, dirs] of infra) {
+  for (const [name, role, dirs, commands, prepare] of infra) {
     const fs = new HostFs(join(dir, 'hosts', name));
     for (const d of dirs) await mkdir(fs.realOf(d), { recursive: true });
-    const runtime = hostRuntime(
-      name,
-      role,
-      'root',
-      fs,
-      INFRA_COMMANDS[role],
-      undefined,
-      undefined,
-      dropper(name),
-    );
+    await prepare?.(fs);
+    const runtime = hostRuntime(name, role, 'root', fs, commands, undefined, undefined, dropper(name));
     runtime.missingTools = new Set(opts.missingTools[name] ?? []);
     // The lab's zstd needs this machine's binary for the frame format: without it, no host has zstd.
     if (!hasLocalZstd) runtime.missingTools = new Set([...runtime.missingTools, 'zstd']);
@@ -281,17 +286,19 @@ async function build(rt: Runtime, dir: string): Promise<Lab> {
     roles.set(name, role);
     keys.set(name, generateHostKey());
   }
-  await writeFile(rt.hosts.get(LAB_HOSTS.esxi)?.fs.realOf(`${DATASTORE}/iso/tools.iso`) ?? '', '');
 
   // Computers: the world, their disks, and one guest host each.
-  let vmid = 0;
+  const numbered: Partial<Record<Provisioner, number>> = {};
   let n = 0;
   for (const kind of COMPUTER_KINDS) {
     const [provisioner, os] = kind.split('-') as [Provisioner, Os];
+    const lab: LabProvisioner = provisioners[provisioner].lab;
     for (let i = 1; i <= opts.computers[kind]; i++) {
       n++;
-      const name = `${PREFIX[provisioner]}-${os}-${i}`;
-      const rec = addComputer(rt, dir, name, kind, provisioner, os, provisioner === 'vmware' ? ++vmid : 0, n);
+      const name = `${lab.prefix}-${os}-${i}`;
+      if (lab.numbered) numbered[provisioner] = (numbered[provisioner] ?? 0) + 1;
+      const vmid = lab.numbered ? (numbered[provisioner] ?? 0) : 0;
+      const rec = addComputer(rt, dir, name, kind, provisioner, os, vmid, n);
       const guestHome = os === 'linux' ? '/root' : '/home/Administrator';
       const profile = guestProfileOf(opts, name, os);
       const fs = new HostFs(join(dir, 'hosts', name), guestHome, async () => {
@@ -375,47 +382,23 @@ function addComputer(
       return f === undefined ? undefined : (f.mode ?? 'ignore');
     },
   );
-  const repoName = opts.repositories[provisioner];
-  const repository = LAB_REPOSITORIES[repoName];
-  let disk: LabComputer['disk'];
-  let flatPath: string | undefined;
-  let ensureDisk: () => Promise<string>;
-  const size = opts.diskBytes;
-  if (provisioner === 'libvirt') {
-    const host = rt.hosts.get(LAB_HOSTS.libvirt) as HostRuntime;
-    const path = `/var/lib/libvirt/images/${name}.qcow2`;
-    host.fs.defineLazy(path, (real) => createSparseDisk(real, size));
-    host.fs.formats.set(path, 'qcow2');
-    disk = { host: host.name, path, real: host.fs.realOf(path) };
-    ensureDisk = async () => (await host.fs.prepare(path)).real;
-  } else if (provisioner === 'vmware') {
-    const host = rt.hosts.get(LAB_HOSTS.esxi) as HostRuntime;
-    const folder = `${DATASTORE}/${name}`;
-    const path = `${folder}/${name}.vmdk`;
-    flatPath = `${folder}/${name}-flat.vmdk`;
-    host.fs.defineLazy(flatPath, (real) => createSparseDisk(real, size));
-    host.fs.defineLazy(path, (real) => writeFile(real, descriptorText(name, size, false)));
-    disk = { host: host.name, path, real: host.fs.realOf(flatPath) };
-    const data = flatPath;
-    ensureDisk = async () => (await host.fs.prepare(data)).real;
-  } else {
-    const real = join(dir, 'baremetal', `${name}.img`);
-    disk = { host: undefined, path: real, real };
-    let created: Promise<void> | undefined;
-    ensureDisk = async () => {
-      if (rt.stopping.aborted) throw new Error('the lab has stopped');
-      created ??= createSparseDisk(real, size);
-      await created;
-      return real;
-    };
-  }
+  const lab: LabProvisioner = provisioners[provisioner].lab;
+  const host = rt.hosts.get(lab.host.name) as HostRuntime;
+  const repository = LAB_REPOSITORIES[opts.repositories[provisioner]];
+  const { disk, flatPath, ensureDisk } = lab.disk({
+    name,
+    host,
+    dir,
+    sizeBytes: opts.diskBytes,
+    stopping: rt.stopping,
+  });
   const rec: ComputerRecord = {
     computer,
     info: { name, kind, os, provisioner, guestHost: name, disk },
     os,
     provisioner,
     uuid: randomUUID(),
-    mac: macOf(index, provisioner === 'vmware' ? '00:0c:29:00' : '52:54:00:00'),
+    mac: macOf(index, lab.macVendor),
     flatPath,
     vmid,
     registered: true,
@@ -426,12 +409,7 @@ function addComputer(
     stopCapture: undefined,
     ensureDisk,
   };
-  if (provisioner === 'vmware') {
-    const host = rt.hosts.get(LAB_HOSTS.esxi) as HostRuntime;
-    host.fs.defineLazy(`${DATASTORE}/${name}/${name}.vmx`, (real) => writeFile(real, vmxText(rec)));
-  }
-  if (provisioner === 'xcat')
-    computer.nextBoot = () => (rec.nodeset.kind === 'osimage' ? 'captureEnv' : 'os');
+  lab.setUp?.(rec, host);
   rt.computers.set(name, rec);
   return rec;
 }
@@ -441,11 +419,6 @@ function inventoryOf(
   hosts: Record<string, LabHostInfo>,
   privateKeyPath: string,
 ): InventoryInput {
-  const providerHost: Record<Provisioner, string> = {
-    libvirt: LAB_HOSTS.libvirt,
-    vmware: LAB_HOSTS.esxi,
-    xcat: LAB_HOSTS.xcat,
-  };
   return {
     hosts: Object.fromEntries(
       Object.values(hosts).map((h) => [
@@ -462,13 +435,8 @@ function inventoryOf(
     computers: Object.fromEntries(
       [...rt.computers.values()].map((rec) => {
         const name = rec.info.name;
-        const host = providerHost[rec.provisioner];
-        const provisioner =
-          rec.provisioner === 'libvirt'
-            ? { type: 'libvirt' as const, host, domain: name, format: 'qcow2' as const }
-            : rec.provisioner === 'vmware'
-              ? { type: 'vmware' as const, host, vm: name }
-              : { type: 'xcat' as const, host, node: name, captureImage: LAB_CAPTURE_IMAGE };
+        const lab: LabProvisioner = provisioners[rec.provisioner].lab;
+        const provisioner = lab.inventory(name, lab.host.name) as InventoryProvisioner;
         return [
           name,
           {

@@ -1,10 +1,12 @@
 /** The lab's options with their defaults filled in, and the guest profiles. */
 import type { Timeouts } from '../../machines/types.js';
+import { PROVISIONER_ENTRIES } from '../provisioners/index.js';
 import {
   COMPUTER_KINDS,
   type ComputerKind,
   type GuestProfile,
   type LabOptions,
+  type LabRepositoryName,
   type Os,
   type Provisioner,
 } from './types.js';
@@ -19,7 +21,7 @@ export interface ResolvedOptions {
   commandLatencyMs: number;
   reservationUsers: string[];
   guestProfiles: Record<string, Partial<GuestProfile>>;
-  repositories: Record<Provisioner, 'images' | 'kvm-local' | 'xcat-images'>;
+  repositories: Record<Provisioner, LabRepositoryName>;
   timeouts: Partial<Timeouts> | undefined;
   tmpDir: string | undefined;
   freeBytes: Record<string, number>;
@@ -107,11 +109,9 @@ export function resolveOptions(options: LabOptions = {}): ResolvedOptions {
     commandLatencyMs: options.commandLatencyMs ?? 0,
     reservationUsers: options.reservationUsers ?? ['vcluser'],
     guestProfiles: options.guestProfiles ?? {},
-    repositories: {
-      libvirt: options.repositories?.libvirt ?? 'images',
-      vmware: options.repositories?.vmware ?? 'images',
-      xcat: options.repositories?.xcat ?? 'xcat-images',
-    },
+    repositories: Object.fromEntries(
+      PROVISIONER_ENTRIES.map(([p, entry]) => [p, options.repositories?.[p] ?? entry.lab.defaultRepository]),
+    ) as Record<Provisioner, LabRepositoryName>,
     timeouts: options.timeouts,
     tmpDir: options.tmpDir,
     freeBytes: options.freeBytes ?? {},

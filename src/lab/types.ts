@@ -1,20 +1,27 @@
 /** The lab's public types: options, the running lab, faults, the command log. */
-import type { Timeouts } from '../../machines/types.js';
+import {
+  OPERATING_SYSTEMS,
+  type OsName,
+  PROVISIONERS,
+  type ProvisionerName,
+  type Timeouts,
+} from '../../machines/types.js';
 import type { Inventory } from '../inventory/schema.js';
+import type { provisioners } from '../provisioners/index.js';
+import type { LAB_REPOSITORIES } from './lab.js';
 
-export type Provisioner = 'libvirt' | 'vmware' | 'xcat';
-export type Os = 'linux' | 'windows';
+export type Provisioner = ProvisionerName;
+export type Os = OsName;
 /** A kind of computer: provisioner and OS, e.g. `libvirt-linux`. */
 export type ComputerKind = `${Provisioner}-${Os}`;
 
-export const COMPUTER_KINDS: readonly ComputerKind[] = [
-  'libvirt-linux',
-  'libvirt-windows',
-  'vmware-linux',
-  'vmware-windows',
-  'xcat-linux',
-  'xcat-windows',
-];
+/** Every kind, provisioner by provisioner (the registry's order), OS by OS. */
+export const COMPUTER_KINDS: readonly ComputerKind[] = PROVISIONERS.flatMap((p) =>
+  OPERATING_SYSTEMS.map((o): ComputerKind => `${p}-${o}`),
+);
+
+/** A repository every lab defines (`images`, and those on provisioner hosts). */
+export type LabRepositoryName = keyof typeof LAB_REPOSITORIES;
 
 /** What a guest OS has installed and holds, for the probes of the pre_capture plans. */
 export interface GuestProfile {
@@ -55,7 +62,7 @@ export interface LabOptions {
   /** Guest profiles by computer name, merged over the OS defaults (`GUEST_PROFILES`). */
   guestProfiles?: Record<string, Partial<GuestProfile>>;
   /** Repository each provisioner's computers use. Default: libvirt and VMware `images`, xCAT `xcat-images`. */
-  repositories?: Partial<Record<Provisioner, 'images' | 'kvm-local' | 'xcat-images'>>;
+  repositories?: Partial<Record<Provisioner, LabRepositoryName>>;
   /** Put into the inventory's `defaults.timeouts`. */
   timeouts?: Partial<Timeouts>;
   /** Parent of the lab's temp dir. Default `os.tmpdir()`. */
@@ -243,7 +250,8 @@ export interface LabFaults {
   list(): FaultHandle[];
 }
 
-export type HostRole = 'libvirt' | 'esxi' | 'xcat' | 'repository' | 'guest';
+/** What a lab host plays: a provisioner's host (its lab entry's role), the repository host, a guest. */
+export type HostRole = (typeof provisioners)[Provisioner]['lab']['host']['role'] | 'repository' | 'guest';
 
 export interface LabHostInfo {
   name: string;

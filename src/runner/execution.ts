@@ -18,13 +18,11 @@ import {
 } from '../../machines/index.js';
 import type { Remote, StepFn } from '../drivers/contract.js';
 import type { DriverEnv } from '../drivers/env.js';
-import { libvirtSteps } from '../drivers/libvirt.js';
 import { osSteps } from '../drivers/os.js';
-import { vmwareSteps } from '../drivers/vmware.js';
-import { xcatSteps } from '../drivers/xcat.js';
 import { VclError } from '../errors.js';
 import type { Inventory } from '../inventory/schema.js';
 import type { Logger } from '../log.js';
+import { COPY_STEPS, provisioners as registry } from '../provisioners/index.js';
 import type { SshHost } from '../ssh/index.js';
 import type { CaptureRecord, CaptureStore } from '../store/index.js';
 import { cancelQueued } from './cancel.js';
@@ -84,9 +82,6 @@ export interface CaptureHandle {
   /** Cancels: a queued capture ends at once, a running one runs its cleanup. */
   cancel(reason?: string): void;
 }
-
-/** The copy steps share a per-host copy limit besides the capture limit. */
-const COPY_STEPS = new Set(['copy_image', 'clone_disk', 'copy_to_repository', 'watch_upload']);
 
 type AnyStepFn = StepFn<{ deadline: number; step: string }, unknown>;
 
@@ -280,8 +275,11 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     const provisioner = record.provisioner;
     let warnings: unknown[] = [];
     let writes = Promise.resolve();
+    // The copy steps (StepMeta.effect 'copy' in the machine) share a per-host copy limit besides the
+    // capture limit.
+    const copySteps = COPY_STEPS[provisioner];
     const wrap = (name: string, fn: AnyStepFn): AnyStepFn => {
-      const copyHost = COPY_STEPS.has(name) ? computer?.provisioner.host : undefined;
+      const copyHost = copySteps.has(name) ? computer?.provisioner.host : undefined;
       return copyHost
         ? async (r) => {
             const release = await x.copySlots.acquire(copyHost, r.signal);
@@ -299,11 +297,7 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
         () => warnings,
         () => writes,
       ),
-      ...(provisioner === 'libvirt'
-        ? libvirtSteps(env)
-        : provisioner === 'vmware'
-          ? vmwareSteps(env)
-          : xcatSteps(env)),
+      ...registry[provisioner].steps(env),
     };
     const osImpls = osSteps(env);
     const missing = [

@@ -6,13 +6,11 @@
 import { DEFAULT_TIMEOUTS, type ProvisionerName } from '../../machines/index.js';
 import type { Remote } from '../drivers/contract.js';
 import type { DriverEnv } from '../drivers/env.js';
-import { libvirtPreflight } from '../drivers/libvirt.js';
 import { Checklist, type CheckRun, checkLogin, type PreflightCheck } from '../drivers/preflight.js';
-import { checkVmTarget, locateVm } from '../drivers/vmware.js';
-import { xcatPreflight } from '../drivers/xcat.js';
 import { VclError } from '../errors.js';
 import type { Inventory } from '../inventory/schema.js';
 import { type Logger, silentLogger } from '../log.js';
+import { provisioners } from '../provisioners/index.js';
 import type { SshHost } from '../ssh/index.js';
 import { validateImageName } from '../store/naming.js';
 import { timeoutsOf } from './execution.js';
@@ -74,12 +72,7 @@ export async function preflight(request: PreflightRequest): Promise<PreflightRep
   const list = new Checklist(false);
   const options = { target: imageName !== undefined };
   const provisioner = computer.provisioner.type;
-  if (provisioner === 'libvirt') await libvirtPreflight(env, run, list, options);
-  else if (provisioner === 'vmware') {
-    const facts = await locateVm(env, run, list);
-    if (facts) await checkVmTarget(env, run, list, facts, options);
-    else list.skip('target and space', `VM ${computer.provisioner.vm} was not found`);
-  } else await xcatPreflight(env, run, list, options);
+  await provisioners[provisioner].preflight(env, run, list, options);
   await checkLogin(env, run, list, env.guestHost);
   const failed = list.checks.find((c) => c.status === 'failed');
   return {

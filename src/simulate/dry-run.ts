@@ -14,6 +14,8 @@ import {
   type ProvisionerName,
   provisioners,
 } from '../../machines/index.js';
+import { OS_DRY_RUN_OUTPUTS } from '../drivers/os.js';
+import { PROVISIONER_ENTRIES } from '../provisioners/index.js';
 
 export interface DryRunOptions {
   provisioner: ProvisionerName;
@@ -30,13 +32,16 @@ export type DryRunEvent =
   | { kind: 'state'; value: string; atMs: number }
   | { kind: 'effect'; name: string; outcome: 'ok' | 'failed'; atMs: number };
 
-const OUTPUTS: Record<string, unknown> = {
-  ensure_responding: { bootId: 'boot-1' },
-  wait_up: { bootId: 'boot-2' },
-  inspect_domain: { facts: { domain: 'vm1', disk: '/var/lib/libvirt/images/vm1.qcow2', format: 'qcow2' } },
-  locate_vm: { facts: { vmid: 42, vmx: '/vmfs/volumes/datastore1/vm1/vm1.vmx' } },
-  clone_disk: { facts: { clone: '/vmfs/volumes/datastore1/capture/vm1.vmdk' } },
-};
+/** Success outputs that carry what later steps need (the OS's and each provisioner's); others answer `{}`. */
+export const DRY_RUN_OUTPUTS: Readonly<Record<string, unknown>> = Object.assign(
+  { ...OS_DRY_RUN_OUTPUTS },
+  ...PROVISIONER_ENTRIES.map(([, p]) => p.dryRun.outputs),
+);
+
+/** The step of each provisioner whose output is the image artifact. */
+export const ARTIFACT_STEPS: ReadonlySet<string> = new Set(
+  PROVISIONER_ENTRIES.map(([, p]) => p.dryRun.artifactStep),
+);
 
 function flatten(value: unknown): string {
   if (typeof value === 'string') return value;
@@ -63,9 +68,8 @@ export async function dryRun(o: DryRunOptions): Promise<CaptureResult> {
         throw Object.assign(new Error(`${name} failed (simulated)`), { code: 'STEP_FAILED' });
       }
       o.onEvent?.({ kind: 'effect', name, outcome: 'ok', atMs: at() });
-      const copies = ['copy_image', 'copy_to_repository', 'watch_upload'];
-      if (copies.includes(name) && input.image) return { artifact: artifactFor(input.image) };
-      return OUTPUTS[name] ?? {};
+      if (ARTIFACT_STEPS.has(name) && input.image) return { artifact: artifactFor(input.image) };
+      return DRY_RUN_OUTPUTS[name] ?? {};
     });
   const provisionerMachine = provisioners[o.provisioner].machine;
   const osMachine = operatingSystems[o.os].machine;

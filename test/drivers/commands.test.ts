@@ -4,6 +4,7 @@
  * misread (another node's line, a name with regex characters, a line that only looks similar).
  */
 import { describe, expect, it } from 'vitest';
+import { isVclError } from '../../src/errors.js';
 import {
   firstDisk,
   libvirt,
@@ -11,7 +12,7 @@ import {
   parseDomblklist,
   parseDomstate,
   parseImageInfo,
-} from '../../src/drivers/libvirt-commands.js';
+} from '../../src/provisioners/libvirt/commands.js';
 import {
   datastorePath,
   needsRepair,
@@ -20,9 +21,8 @@ import {
   parsePowerState,
   parseVmxDisks,
   vmware,
-} from '../../src/drivers/vmware-commands.js';
-import { parseNodestat, parseRpowerStat, parseSizes, xcat } from '../../src/drivers/xcat-commands.js';
-import { isVclError } from '../../src/errors.js';
+} from '../../src/provisioners/vmware/commands.js';
+import { parseNodestat, parseRpowerStat, parseSizes, xcat } from '../../src/provisioners/xcat/commands.js';
 
 /** The error code a call throws (undefined: it did not throw a VclError). */
 function codeOf(f: () => unknown): string | undefined {

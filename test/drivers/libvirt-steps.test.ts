@@ -8,11 +8,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Facts } from '../../machines/index.js';
 import type { Remote } from '../../src/drivers/contract.js';
 import type { DriverEnv } from '../../src/drivers/env.js';
-import { libvirtSteps } from '../../src/drivers/libvirt.js';
 import { VclError } from '../../src/errors.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
+import { libvirtSteps } from '../../src/provisioners/libvirt/steps.js';
 import { SshPool } from '../../src/ssh/index.js';
 import { captureOf, driverEnv, filesWith, stepRun } from './rerun-helpers.js';
 

@@ -5,10 +5,10 @@
  */
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventWaitSeconds, libvirtSteps } from '../../src/drivers/libvirt.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
+import { eventWaitSeconds, libvirtSteps } from '../../src/provisioners/libvirt/steps.js';
 import { SshPool } from '../../src/ssh/index.js';
 import { captureOf, driverEnv, stepRun } from './rerun-helpers.js';
 

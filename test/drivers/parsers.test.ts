@@ -1,22 +1,22 @@
 /** Driver parsers against output samples in the formats the tools' documentation shows. */
 import { describe, expect, it } from 'vitest';
 import { effectNames, operatingSystems } from '../../machines/index.js';
+import { osSteps } from '../../src/drivers/os.js';
+import { LINUX_PLANS, parseBootId, WINDOWS_PLANS } from '../../src/drivers/os-commands.js';
 import {
   firstDisk,
   parseDomblklist,
   parseDomstate,
   parseImageInfo,
-} from '../../src/drivers/libvirt-commands.js';
-import { osSteps } from '../../src/drivers/os.js';
-import { LINUX_PLANS, parseBootId, WINDOWS_PLANS } from '../../src/drivers/os-commands.js';
+} from '../../src/provisioners/libvirt/commands.js';
 import {
   datastorePath,
   needsRepair,
   parseGetallvms,
   parsePowerState,
   parseVmxDisks,
-} from '../../src/drivers/vmware-commands.js';
-import { parseNodestat, parseRpowerStat, parseSizes } from '../../src/drivers/xcat-commands.js';
+} from '../../src/provisioners/vmware/commands.js';
+import { parseNodestat, parseRpowerStat, parseSizes } from '../../src/provisioners/xcat/commands.js';
 
 describe('libvirt', () => {
   it('reads virsh domstate --reason', () => {

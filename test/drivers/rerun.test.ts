@@ -11,13 +11,13 @@ import { dirname, posix } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { OsStepInput } from '../../machines/index.js';
 import type { DriverEnv } from '../../src/drivers/env.js';
-import { libvirtSteps } from '../../src/drivers/libvirt.js';
 import { osSteps } from '../../src/drivers/os.js';
-import { vmwareSteps } from '../../src/drivers/vmware.js';
-import { xcatSteps } from '../../src/drivers/xcat.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
+import { libvirtSteps } from '../../src/provisioners/libvirt/steps.js';
+import { vmwareSteps } from '../../src/provisioners/vmware/steps.js';
+import { xcatSteps } from '../../src/provisioners/xcat/steps.js';
 import { copyLeftoversCommand, SshPool } from '../../src/ssh/index.js';
 import { execResult, fakeGuestEnv } from '../helpers/fake-guest.js';
 import {

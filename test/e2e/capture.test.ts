@@ -32,9 +32,9 @@ import {
   type OsResult,
   operatingSystems,
 } from '../../machines/index.js';
-import { libvirtSteps } from '../../src/drivers/libvirt.js';
 import { osSteps } from '../../src/drivers/os.js';
 import { silentLogger } from '../../src/log.js';
+import { libvirtSteps } from '../../src/provisioners/libvirt/steps.js';
 import { stepActor } from '../../src/runner/step.js';
 import { sshdAvailable } from '../helpers/sshd.js';
 import {

@@ -5,11 +5,11 @@
  */
 import { stat } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { libvirt, parseImageInfo } from '../../src/drivers/libvirt-commands.js';
 import { endStateCommand } from '../../src/drivers/os-commands.js';
-import { needsRepair, vmware } from '../../src/drivers/vmware-commands.js';
-import { parseNodestat, parseSizes, xcat } from '../../src/drivers/xcat-commands.js';
 import { LAB_CAPTURE_IMAGE, LAB_REPOSITORIES } from '../../src/lab/index.js';
+import { libvirt, parseImageInfo } from '../../src/provisioners/libvirt/commands.js';
+import { needsRepair, vmware } from '../../src/provisioners/vmware/commands.js';
+import { parseNodestat, parseSizes, xcat } from '../../src/provisioners/xcat/commands.js';
 import { eventually, type LabHarness, openLab } from './helpers.js';
 
 let h: LabHarness;

@@ -1,9 +1,6 @@
 /** Every fault kind the lab injects, added and cleared while it runs. */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { libvirt } from '../../src/drivers/libvirt-commands.js';
 import { endStateCommand } from '../../src/drivers/os-commands.js';
-import { needsRepair, noSpace, vmware } from '../../src/drivers/vmware-commands.js';
-import { xcat } from '../../src/drivers/xcat-commands.js';
 import {
   COPY_READ_SCRIPT,
   COPY_WRITE_SCRIPT,
@@ -12,6 +9,9 @@ import {
   ZSTD_READ_SCRIPT,
   ZSTD_WRITE_SCRIPT,
 } from '../../src/lab/index.js';
+import { libvirt } from '../../src/provisioners/libvirt/commands.js';
+import { needsRepair, noSpace, vmware } from '../../src/provisioners/vmware/commands.js';
+import { xcat } from '../../src/provisioners/xcat/commands.js';
 import { isSshError } from '../../src/ssh/index.js';
 import { eventually, type LabHarness, openLab } from './helpers.js';
 

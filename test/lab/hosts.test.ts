@@ -7,13 +7,6 @@ import { existsSync } from 'node:fs';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  firstDisk,
-  libvirt,
-  parseDomblklist,
-  parseDomstate,
-  parseImageInfo,
-} from '../../src/drivers/libvirt-commands.js';
-import {
   bootIdCommand,
   LINUX_PLANS,
   type OsStepContext,
@@ -21,16 +14,23 @@ import {
   WINDOWS_PLANS,
 } from '../../src/drivers/os-commands.js';
 import { hasToolCommand } from '../../src/drivers/preflight-commands.js';
+import { parseInventory } from '../../src/inventory/schema.js';
+import { GUEST_PROFILES, LAB_REPOSITORIES, startLab } from '../../src/lab/index.js';
+import {
+  firstDisk,
+  libvirt,
+  parseDomblklist,
+  parseDomstate,
+  parseImageInfo,
+} from '../../src/provisioners/libvirt/commands.js';
 import {
   datastorePath,
   parseGetallvms,
   parsePowerState,
   parseVmxDisks,
   vmware,
-} from '../../src/drivers/vmware-commands.js';
-import { parseNodestat, parseRpowerStat, parseSizes, xcat } from '../../src/drivers/xcat-commands.js';
-import { parseInventory } from '../../src/inventory/schema.js';
-import { GUEST_PROFILES, LAB_REPOSITORIES, startLab } from '../../src/lab/index.js';
+} from '../../src/provisioners/vmware/commands.js';
+import { parseNodestat, parseRpowerStat, parseSizes, xcat } from '../../src/provisioners/xcat/commands.js';
 import { isSshError } from '../../src/ssh/index.js';
 import { eventually, type LabHarness, openLab, RawClient } from './helpers.js';
 

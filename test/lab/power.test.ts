@@ -3,10 +3,10 @@
  * guest sessions that drop as the computer goes down and are refused until it is back.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { libvirt, parseDomstate } from '../../src/drivers/libvirt-commands.js';
 import { bootIdCommand, endStateCommand, parseBootId } from '../../src/drivers/os-commands.js';
-import { parseGetallvms, parsePowerState, vmware } from '../../src/drivers/vmware-commands.js';
-import { parseNodestat, parseRpowerStat, xcat } from '../../src/drivers/xcat-commands.js';
+import { libvirt, parseDomstate } from '../../src/provisioners/libvirt/commands.js';
+import { parseGetallvms, parsePowerState, vmware } from '../../src/provisioners/vmware/commands.js';
+import { parseNodestat, parseRpowerStat, xcat } from '../../src/provisioners/xcat/commands.js';
 import { isSshError } from '../../src/ssh/index.js';
 import { type LabHarness, openLab } from './helpers.js';
 

@@ -4,6 +4,7 @@
  */
 import type { AnyMachineSnapshot, AnyStateMachine, AnyStateNode } from 'xstate';
 import { FAILURE_CODES, type ImageArtifact } from '../../machines/types.js';
+import { ARTIFACT_STEPS, DRY_RUN_OUTPUTS } from '../../src/simulate/dry-run.js';
 import { activeNodes, allNodeIds, allTransitionKeys, type Outcome } from './graph.js';
 import type { Coverage } from './replay.js';
 
@@ -14,16 +15,10 @@ export const ARTIFACT: ImageArtifact = {
   format: 'qcow2',
 };
 
-/** Success outputs that carry what later steps need; every other effect answers `{}`. */
+/** Success outputs that carry what later steps need (the dry run's); every other effect answers `{}`. */
 const OUTPUTS: Record<string, unknown> = {
-  ensure_responding: { bootId: 'boot-1' },
-  wait_up: { bootId: 'boot-2' },
-  inspect_domain: { facts: { domain: 'vm1', disk: '/var/lib/libvirt/images/vm1.qcow2', format: 'qcow2' } },
-  locate_vm: { facts: { vmid: 42, vmx: '/vmfs/volumes/ds1/vm1/vm1.vmx' } },
-  clone_disk: { facts: { clone: '/vmfs/volumes/ds1/img/img.vmdk' } },
-  copy_image: { artifact: ARTIFACT },
-  copy_to_repository: { artifact: ARTIFACT },
-  watch_upload: { artifact: ARTIFACT },
+  ...DRY_RUN_OUTPUTS,
+  ...Object.fromEntries([...ARTIFACT_STEPS].map((step) => [step, { artifact: ARTIFACT }])),
 };
 
 /** Named guards that test an error code without saying it in their params. */

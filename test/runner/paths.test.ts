@@ -79,7 +79,7 @@ const FAIL: Record<ProvisionerName, Record<string, CommandMatch>> = {
     set_capture_boot: ['nodeset'],
     ensure_node_on: ['rpower'],
     wait_capture_env: ['nodestat'],
-    // The repository listing that also tells the upload's markers (src/drivers/xcat.ts).
+    // The repository listing that also tells the upload's markers (src/provisioners/xcat/steps.ts).
     watch_upload: ['find'],
     verify_image: ['sha256sum'],
     reset_boot: ['nodeset'],

@@ -4,9 +4,8 @@
  * on "needs repair"), then stream the clone's data into the repository with its sha256 in the same pass.
  */
 import { posix } from 'node:path';
-import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../machines/index.js';
-import { isSshError } from '../ssh/index.js';
-import { pollUntil, type StepFn } from './contract.js';
+import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../../machines/index.js';
+import { pollUntil, type StepFn } from '../../drivers/contract.js';
 import {
   copyOptions,
   type DriverEnv,
@@ -15,11 +14,13 @@ import {
   provisionerSettings,
   removeCopyLeftovers,
   repositoryPath,
-} from './env.js';
-import { driverError } from './errors.js';
-import { Checklist, type CheckRun, checkHosts, checkSpace, logPassed } from './preflight.js';
-import { allocationCommand, formatBytes, parseAllocation } from './preflight-commands.js';
-import { verifyArtifact } from './verify.js';
+} from '../../drivers/env.js';
+import { driverError } from '../../drivers/errors.js';
+import { Checklist, type CheckRun, checkHosts, checkSpace, logPassed } from '../../drivers/preflight.js';
+import { allocationCommand, formatBytes, parseAllocation } from '../../drivers/preflight-commands.js';
+import { verifyArtifact } from '../../drivers/verify.js';
+import { isSshError } from '../../ssh/index.js';
+import type { PreflightRun } from '../types.js';
 import {
   datastorePath,
   needsRepair,
@@ -29,7 +30,7 @@ import {
   parseVmdkExtents,
   parseVmxDisks,
   vmware,
-} from './vmware-commands.js';
+} from './commands.js';
 
 type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
 
@@ -46,8 +47,6 @@ function clonePath(datastore: string, image: string): string {
 function flatPath(clone: string): string {
   return clone.replace(/\.vmdk$/, '-flat.vmdk');
 }
-
-type PreflightRun = CheckRun & { input: { image?: { name: string } } };
 
 /**
  * locate_vm's checks: the ESXi and repository hosts reachable with their tools; the VM registered once
@@ -156,6 +155,19 @@ export async function checkVmTarget(
   );
   if (!list.ok) return undefined;
   return paths ?? {};
+}
+
+/** `vcl-capture preflight`'s checks: locate_vm's, then check_target's on what it found. */
+export async function vmwarePreflight(
+  env: DriverEnv,
+  run: PreflightRun,
+  list: Checklist,
+  options: { target: boolean },
+): Promise<Facts | undefined> {
+  const facts = await locateVm(env, run, list);
+  if (facts) return await checkVmTarget(env, run, list, facts, options);
+  list.skip('target and space', `VM ${settings(env).vm} was not found`);
+  return undefined;
 }
 
 export function vmwareSteps(env: DriverEnv): Record<string, Step> {

@@ -2,7 +2,7 @@
  * ESXi shell command lines (`vim-cmd`, `vmkfstools`) and output parsers for the VMware driver. Output
  * formats follow ESXi 6.x-8.x.
  */
-import { driverError } from './errors.js';
+import { driverError } from '../../drivers/errors.js';
 
 export const vmware = {
   getallvms: () => ['vim-cmd', 'vmsvc/getallvms'],

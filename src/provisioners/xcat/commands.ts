@@ -1,5 +1,5 @@
 /** xCAT management node command lines and output parsers (xCAT 2.16). */
-import { driverError } from './errors.js';
+import { driverError } from '../../drivers/errors.js';
 
 export const xcat = {
   powerStat: (node: string) => ['rpower', node, 'stat'],

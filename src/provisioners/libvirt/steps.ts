@@ -5,9 +5,8 @@
  * its sha256 computed in the same pass.
  */
 import { posix } from 'node:path';
-import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../machines/index.js';
-import { durableMoveCommand, type SshHost } from '../ssh/index.js';
-import { type StepFn, sleep } from './contract.js';
+import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../../machines/index.js';
+import { type StepFn, sleep } from '../../drivers/contract.js';
 import {
   copyOptions,
   type DriverEnv,
@@ -19,8 +18,13 @@ import {
   sameHost,
   sha256Of,
   sizeOf,
-} from './env.js';
-import { driverError } from './errors.js';
+} from '../../drivers/env.js';
+import { driverError } from '../../drivers/errors.js';
+import { Checklist, checkHosts, checkSpace, logPassed } from '../../drivers/preflight.js';
+import { formatBytes } from '../../drivers/preflight-commands.js';
+import { verifyArtifact } from '../../drivers/verify.js';
+import { durableMoveCommand, type SshHost } from '../../ssh/index.js';
+import type { PreflightRun } from '../types.js';
 import {
   firstDisk,
   libvirt,
@@ -28,10 +32,7 @@ import {
   parseDomblklist,
   parseDomstate,
   parseImageInfo,
-} from './libvirt-commands.js';
-import { Checklist, type CheckRun, checkHosts, checkSpace, logPassed } from './preflight.js';
-import { formatBytes } from './preflight-commands.js';
-import { verifyArtifact } from './verify.js';
+} from './commands.js';
 
 type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
 
@@ -84,7 +85,7 @@ const UNKNOWN_DOMAIN = /failed to get domain|Domain not found/;
  */
 export async function libvirtPreflight(
   env: DriverEnv,
-  run: CheckRun & { input: { image?: { name: string } } },
+  run: PreflightRun,
   list: Checklist,
   options: { target: boolean },
 ): Promise<Facts | undefined> {

@@ -4,8 +4,8 @@
  * growth resets the no-progress timer) and hash what arrived.
  */
 import { posix } from 'node:path';
-import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../machines/index.js';
-import { pollUntil, type StepFn, sleep } from './contract.js';
+import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../../machines/index.js';
+import { pollUntil, type StepFn, sleep } from '../../drivers/contract.js';
 import {
   type DriverEnv,
   type Exec,
@@ -16,11 +16,12 @@ import {
   sha256Of,
   sizeOf,
   syncPaths,
-} from './env.js';
-import { driverError } from './errors.js';
-import { Checklist, type CheckRun, checkHosts, checkSpace, logPassed } from './preflight.js';
-import { verifyArtifact } from './verify.js';
-import { parseNodestat, parseRpowerStat, parseSizes, xcat } from './xcat-commands.js';
+} from '../../drivers/env.js';
+import { driverError } from '../../drivers/errors.js';
+import { Checklist, checkHosts, checkSpace, logPassed } from '../../drivers/preflight.js';
+import { verifyArtifact } from '../../drivers/verify.js';
+import type { PreflightRun } from '../types.js';
+import { parseNodestat, parseRpowerStat, parseSizes, xcat } from './commands.js';
 
 type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
 
@@ -50,7 +51,7 @@ function uploadFiles(env: DriverEnv, image: string) {
  */
 export async function xcatPreflight(
   env: DriverEnv,
-  run: CheckRun & { input: { image?: { name: string } } },
+  run: PreflightRun,
   list: Checklist,
   options: { target: boolean },
 ): Promise<Facts | undefined> {

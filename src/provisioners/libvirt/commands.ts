@@ -2,7 +2,7 @@
  * virsh and qemu-img command lines and output parsers for the libvirt driver. Pure: argv arrays in,
  * parsed values out; the transport quotes every word. Output formats follow virsh(1) and qemu-img(1).
  */
-import { driverError } from './errors.js';
+import { driverError } from '../../drivers/errors.js';
 
 export const libvirt = {
   domstate: (domain: string) => ['virsh', 'domstate', domain, '--reason'],
