@@ -10,8 +10,8 @@
  *        [--held 300]
  */
 import { parseArgs } from 'node:util';
+import { inventoryHosts } from '../src/inventory/hosts.js';
 import { COMPUTER_KINDS, spawnLab } from '../src/lab/index.js';
-import { inventoryHosts } from '../src/runner/remote.js';
 import { SshPool } from '../src/ssh/index.js';
 
 const { values: args } = parseArgs({

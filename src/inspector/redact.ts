@@ -10,6 +10,7 @@
  * context or an error message by accident is still cut out.
  */
 import { readFileSync, statSync } from 'node:fs';
+import { type HostSecretFields, hostSecretTexts } from '../inventory/hosts.js';
 
 export const REDACTED = '[redacted]';
 
@@ -86,13 +87,6 @@ export function redact(value: unknown, options: RedactOptions = {}): unknown {
   return walk(value, 0);
 }
 
-interface HostLike {
-  privateKey?: unknown;
-  privateKeyPath?: unknown;
-  passphraseEnv?: unknown;
-  passphraseFile?: unknown;
-}
-
 function readSmall(path: string): string | undefined {
   try {
     if (statSync(path).size > 256 * 1024) return undefined;
@@ -116,13 +110,8 @@ export function secretsOfInventory(inventory: unknown, env: NodeJS.ProcessEnv = 
     // A key's body lines are secrets on their own (a log or an error may carry one line).
     for (const line of t.split(/\r?\n/)) if (line.length >= 40 && !line.startsWith('-----')) out.add(line);
   };
-  const hosts = (inventory as { hosts?: Record<string, HostLike> } | null)?.hosts ?? {};
-  for (const host of Object.values(hosts)) {
-    if (typeof host.privateKey === 'string') add(host.privateKey);
-    if (typeof host.privateKeyPath === 'string') add(readSmall(host.privateKeyPath));
-    if (typeof host.passphraseFile === 'string') add(readSmall(host.passphraseFile));
-    if (typeof host.passphraseEnv === 'string') add(env[host.passphraseEnv]);
-  }
+  const hosts = (inventory as { hosts?: Record<string, HostSecretFields> } | null)?.hosts ?? {};
+  for (const [name, host] of Object.entries(hosts)) for (const s of hostSecretTexts(name, host, env)) add(s);
   // Webhook signing keys, and the webhook URLs themselves (chat webhooks carry their token in the path).
   const notifications = (inventory as { notifications?: { webhooks?: unknown } } | null)?.notifications;
   const webhooks = Array.isArray(notifications?.webhooks) ? (notifications.webhooks as unknown[]) : [];

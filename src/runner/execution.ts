@@ -20,6 +20,7 @@ import type { Remote, StepFn } from '../drivers/contract.js';
 import type { DriverEnv } from '../drivers/env.js';
 import { osSteps } from '../drivers/os.js';
 import { VclError } from '../errors.js';
+import { captureHostsOf, computerEntry } from '../inventory/hosts.js';
 import type { Inventory } from '../inventory/schema.js';
 import type { Logger } from '../log.js';
 import { COPY_STEPS, provisioners as registry } from '../provisioners/index.js';
@@ -168,19 +169,13 @@ export function resumeProblem(
  * The computer must be in the inventory (the runner checks before).
  */
 export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: unknown): Execution {
-  const computer = x.inventory.computers[record.computer];
-  if (!computer)
-    throw new VclError('UNKNOWN_COMPUTER', `computer ${record.computer} is not in the inventory`);
-  const repository = x.inventory.repositories[computer.repository] as Inventory['repositories'][string];
-  const host = (name: string) => x.hosts.get(name) as SshHost;
+  const computer = computerEntry(x.inventory, record.computer);
   const log = x.log.child({ captureId: record.id, computer: record.computer, image: record.image.name });
   const env: DriverEnv = {
     remote: x.remote,
     computerName: record.computer,
     computer,
-    provisionerHost: host(computer.provisioner.host),
-    guestHost: host(computer.host),
-    repository: { host: host(repository.host), path: repository.path },
+    ...captureHostsOf(x.inventory, x.hosts, computer),
     pollMs: x.pollMs,
     progress: (step, p) => x.emit({ type: 'progress', captureId: record.id, step, ...p }),
   };

@@ -7,14 +7,12 @@ import { DEFAULT_TIMEOUTS, type ProvisionerName } from '../../machines/index.js'
 import type { Remote } from '../drivers/contract.js';
 import type { DriverEnv } from '../drivers/env.js';
 import { Checklist, type CheckRun, checkLogin, type PreflightCheck } from '../drivers/preflight.js';
-import { VclError } from '../errors.js';
+import { captureHostsOf, computerEntry, inventoryHosts } from '../inventory/hosts.js';
 import type { Inventory } from '../inventory/schema.js';
 import { type Logger, silentLogger } from '../log.js';
 import { provisioners } from '../provisioners/index.js';
-import type { SshHost } from '../ssh/index.js';
 import { validateImageName } from '../store/naming.js';
 import { timeoutsOf } from './execution.js';
-import { inventoryHosts } from './remote.js';
 
 export type { PreflightCheck } from '../drivers/preflight.js';
 
@@ -39,23 +37,13 @@ export interface PreflightReport {
 
 export async function preflight(request: PreflightRequest): Promise<PreflightReport> {
   const { inventory, computer: name } = request;
-  const computer = inventory.computers[name];
-  if (!computer)
-    throw new VclError(
-      'UNKNOWN_COMPUTER',
-      `computer '${name}' is not in the inventory; known: ${Object.keys(inventory.computers).join(', ')}`,
-    );
+  const computer = computerEntry(inventory, name);
   const imageName = request.imageName === undefined ? undefined : validateImageName(request.imageName);
-  const hosts = inventoryHosts(inventory);
-  const host = (h: string) => hosts.get(h) as SshHost;
-  const repository = inventory.repositories[computer.repository] as Inventory['repositories'][string];
   const env: DriverEnv = {
     remote: request.remote,
     computerName: name,
     computer,
-    provisionerHost: host(computer.provisioner.host),
-    guestHost: host(computer.host),
-    repository: { host: host(repository.host), path: repository.path },
+    ...captureHostsOf(inventory, inventoryHosts(inventory), computer),
     pollMs: 2000,
   };
   // The capture's check step gets commandMs; so does the whole preflight here.

@@ -25,6 +25,7 @@ import {
 import { resolveTimeouts } from '../../machines/steps.js';
 import type { Remote } from '../drivers/contract.js';
 import { isVclError, VclError } from '../errors.js';
+import { computerEntry, inventoryHosts } from '../inventory/hosts.js';
 import { type Inventory, parseInventory } from '../inventory/schema.js';
 import { type Logger, silentLogger } from '../log.js';
 import { SshPool } from '../ssh/index.js';
@@ -49,7 +50,6 @@ import {
   timeoutsOf,
 } from './execution.js';
 import { Limiter } from './limits.js';
-import { inventoryHosts } from './remote.js';
 import { machineVersion } from './resume.js';
 import { boundStepActor } from './step.js';
 
@@ -340,14 +340,7 @@ export function createRunner(options: RunnerOptions): Runner {
   async function prepare(request: CaptureRequest) {
     if (closing) throw new VclError('RUNNER_STOPPED', 'the runner is stopping; it takes no new captures');
     await registered;
-    const computer = inventory.computers[request.computer];
-    if (!computer) {
-      throw new VclError(
-        'UNKNOWN_COMPUTER',
-        `computer '${request.computer}' is not in the inventory; known: ${Object.keys(inventory.computers).join(', ')}`,
-        { step: 'request' },
-      );
-    }
+    const computer = computerEntry(inventory, request.computer, { step: 'request' });
     const provisioner = computer.provisioner.type;
     const endState = request.endState ?? defaultEndStateOf(provisioner, computer.os);
     if (endState === undefined || !allowedEndStates(provisioner).includes(endState)) {

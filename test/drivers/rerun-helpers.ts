@@ -7,9 +7,9 @@ import type { CaptureStepInput, EndState, OsStepInput } from '../../machines/ind
 import { resolveTimeouts } from '../../machines/steps.js';
 import type { Remote, StepRun } from '../../src/drivers/contract.js';
 import type { DriverEnv } from '../../src/drivers/env.js';
+import { inventoryHosts } from '../../src/inventory/hosts.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
-import { inventoryHosts } from '../../src/runner/remote.js';
 import type { ExecOptions, SshHost } from '../../src/ssh/index.js';
 
 /** The environment the runner gives a capture of `computer`. */

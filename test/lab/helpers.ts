@@ -1,8 +1,8 @@
 /** Shared by the lab's tests: a lab with the project's SSH transport in front of it, and a raw ssh2 client. */
 import { readFileSync } from 'node:fs';
 import ssh2 from 'ssh2';
+import { inventoryHosts } from '../../src/inventory/hosts.js';
 import { type Lab, type LabOptions, startLab } from '../../src/lab/index.js';
-import { inventoryHosts } from '../../src/runner/remote.js';
 import { type ExecOptions, type ExecResult, type SshHost, SshPool } from '../../src/ssh/index.js';
 
 export interface LabHarness {

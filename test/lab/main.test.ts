@@ -3,8 +3,8 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { inventoryHosts } from '../../src/inventory/hosts.js';
 import { spawnLab } from '../../src/lab/child.js';
-import { inventoryHosts } from '../../src/runner/remote.js';
 import { SshPool } from '../../src/ssh/index.js';
 
 describe('a lab in a child process', () => {
