@@ -27,6 +27,7 @@ import { COPY_STEPS, provisioners as registry } from '../provisioners/index.js';
 import type { SshHost } from '../ssh/index.js';
 import type { CaptureRecord, CaptureStore } from '../store/index.js';
 import { cancelQueued } from './cancel.js';
+import { taggedRemote } from './leftovers.js';
 import type { Limiter } from './limits.js';
 import { inFlightSteps, machineVersion, snapshotProblem } from './resume.js';
 import { storeSteps } from './store-steps.js';
@@ -171,14 +172,14 @@ export function resumeProblem(
 export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: unknown): Execution {
   const computer = computerEntry(x.inventory, record.computer);
   const log = x.log.child({ captureId: record.id, computer: record.computer, image: record.image.name });
-  const env: DriverEnv = {
-    remote: x.remote,
+  const driverEnv = (remote: Remote): DriverEnv => ({
+    remote,
     computerName: record.computer,
     computer,
     ...captureHostsOf(x.inventory, x.hosts, computer),
     pollMs: x.pollMs,
     progress: (step, p) => x.emit({ type: 'progress', captureId: record.id, step, ...p }),
-  };
+  });
 
   const waiting = new AbortController();
   let actor: Actor<CaptureMachine> | undefined;
@@ -268,6 +269,10 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
 
   async function run(): Promise<RunResult> {
     const provisioner = record.provisioner;
+    // What an earlier execution (a runner that died or stopped) may have left running is stopped before
+    // this one's first command on each host (leftovers.ts).
+    const earlier = await x.store.remoteTags(record.id);
+    const env = driverEnv(taggedRemote(x.remote, x.store, record.id, earlier, log));
     let warnings: unknown[] = [];
     let writes = Promise.resolve();
     // The copy steps (StepMeta.effect 'copy' in the machine) share a per-host copy limit besides the
@@ -432,6 +437,10 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
         ? x.store.cancelCapture(record.id, error, outcome)
         : x.store.failCapture(record.id, error, outcome));
     }
+    // A finished capture is never resumed: its tags have no use any more.
+    await x.store
+      .forgetRemoteTags(record.id)
+      .catch((err: unknown) => log.warn({ err }, 'could not forget the remote command tags'));
     log.info(
       {
         status: result.status,

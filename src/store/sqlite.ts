@@ -77,6 +77,7 @@ import {
   type NotificationFilter,
   type NotificationStatus,
   type OwnedCapture,
+  type RemoteTagRecord,
   STORE_EVENT_TYPES,
   type StoredSnapshot,
   type TransitionInput,
@@ -527,6 +528,17 @@ function prepareStatements(db: Database.Database) {
         updated_at: string;
       }
     >('SELECT id, status, state_value, snapshot, machine_version, updated_at FROM captures WHERE id = ?'),
+    recordRemoteTag: db.prepare<[{ captureId: string; host: string; tag: string; now: string }]>(
+      `INSERT OR IGNORE INTO remote_tags (capture_id, host, tag, recorded_at)
+       VALUES (@captureId, @host, @tag, @now)`,
+    ),
+    remoteTags: db.prepare<[string], { host: string; tag: string; recorded_at: string }>(
+      'SELECT host, tag, recorded_at FROM remote_tags WHERE capture_id = ? ORDER BY recorded_at, rowid',
+    ),
+    forgetRemoteTag: db.prepare<[{ captureId: string; host: string; tag: string }]>(
+      'DELETE FROM remote_tags WHERE capture_id = @captureId AND host = @host AND tag = @tag',
+    ),
+    forgetRemoteTags: db.prepare<[string]>('DELETE FROM remote_tags WHERE capture_id = ?'),
   };
 }
 
@@ -1504,6 +1516,29 @@ export class SqliteCaptureStore implements CaptureStore {
         updatedAt: row.updated_at,
       };
     });
+  }
+
+  async recordRemoteTag(captureId: string, host: string, tag: string): Promise<void> {
+    const h = checkShortText(host, 'host');
+    const t = checkShortText(tag, 'tag');
+    this.write('recordRemoteTag', () => {
+      this.requireCapture(captureId);
+      this.s.recordRemoteTag.run({ captureId, host: h, tag: t, now: this.now() });
+    });
+  }
+
+  async remoteTags(captureId: string): Promise<RemoteTagRecord[]> {
+    return this.read('remoteTags', () =>
+      this.s.remoteTags.all(captureId).map((r) => ({ host: r.host, tag: r.tag, recordedAt: r.recorded_at })),
+    );
+  }
+
+  async forgetRemoteTags(captureId: string, only?: { host: string; tag: string }): Promise<number> {
+    return this.write('forgetRemoteTags', () =>
+      only === undefined
+        ? this.s.forgetRemoteTags.run(captureId).changes
+        : this.s.forgetRemoteTag.run({ captureId, host: only.host, tag: only.tag }).changes,
+    );
   }
 
   /**
