@@ -7,6 +7,7 @@
  * (a `qemu-img convert` still writing, a `pre_capture` script in the guest).
  */
 import { FAILURE_CODES } from '../../machines/types.js';
+import type { Remote } from '../drivers/contract.js';
 import { VclError } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
@@ -18,7 +19,6 @@ import {
   sweepOutcome,
 } from '../ssh/index.js';
 import type { CaptureStore, RemoteTagRecord } from '../store/index.js';
-import type { Remote } from './remote.js';
 
 /** Budget of one sweep (the script itself gives up after about 5 s of survivors). */
 const SWEEP_TIMEOUT_MS = 60_000;
