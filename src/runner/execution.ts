@@ -244,10 +244,7 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     const releases: (() => void)[] = [];
     try {
       try {
-        // The host's slot first, then the global one: a global slot is then only ever held by a capture
-        // that runs (bench/scale.ts: 500 captures requested host by host, 166 s -> 113 s, ideal 110 s).
-        releases.push(await x.captureSlots.acquire(computer.provisioner.host, waiting.signal));
-        releases.push(await x.captureSlots.acquire('*', waiting.signal));
+        await acquireCaptureSlots(x.captureSlots, computer.provisioner.host, waiting.signal, releases);
       } catch {
         if (suspendAsked) return suspended('queued');
         // A capture that already holds its computer (resumed) is cancelled by its machine, with cleanup.
@@ -268,74 +265,29 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
   })();
 
   async function run(): Promise<RunResult> {
-    const provisioner = record.provisioner;
     // What an earlier execution (a runner that died or stopped) may have left running is stopped before
     // this one's first command on each host (leftovers.ts).
     const earlier = await x.store.remoteTags(record.id);
     const env = driverEnv(taggedRemote(x.remote, x.store, record.id, earlier, log));
     let warnings: unknown[] = [];
-    let writes = Promise.resolve();
-    // The copy steps (StepMeta.effect 'copy' in the machine) share a per-host copy limit besides the
-    // capture limit.
-    const copySteps = COPY_STEPS[provisioner];
-    const wrap = (name: string, fn: AnyStepFn): AnyStepFn => {
-      const copyHost = copySteps.has(name) ? computer?.provisioner.host : undefined;
-      return copyHost
-        ? async (r) => {
-            const release = await x.copySlots.acquire(copyHost, r.signal);
-            try {
-              return await fn(r);
-            } finally {
-              release();
-            }
-          }
-        : fn;
-    };
-    const provisionerImpls: Record<string, StepFn<never, unknown>> = {
-      ...storeSteps(
-        x.store,
-        () => warnings,
-        () => writes,
-      ),
-      ...registry[provisioner].steps(env),
-    };
-    const osImpls = osSteps(env);
-    const missing = [
-      ...effectNames(provisioners[provisioner].machine).filter((n) => n !== 'os' && !(n in provisionerImpls)),
-      ...effectNames(operatingSystems[record.os].machine).filter((n) => !(n in osImpls)),
-    ];
-    if (missing.length) throw new VclError('NOT_PROVIDED', `no driver for ${missing.join(', ')}`);
-    const machine = x.sharedMachine(provisioner, record.os);
-    const version = machineVersion(machine);
-    const input = machineInput(x, record);
     const rerun = snapshot === undefined ? new Set<string>() : inFlightSteps(snapshot);
-    const steps: CaptureSteps = {
-      provisioner: Object.fromEntries(
-        Object.entries(provisionerImpls).map(([n, f]) => [n, wrap(n, f as AnyStepFn)]),
-      ),
-      os: Object.fromEntries(Object.entries(osImpls).map(([n, f]) => [n, wrap(n, f as AnyStepFn)])),
+    const steps = captureSteps(x, record, env, {
+      warnings: () => warnings,
+      writes: () => recorder.written,
       log,
       rerun,
-    };
+    });
+    const machine = x.sharedMachine(record.provisioner, record.os);
     const a = createActor(machine, {
       // Restoring checked the snapshot's shape above; xstate's typing wants its own snapshot type.
-      input,
+      input: machineInput(x, record),
       ...(snapshot === undefined ? {} : { snapshot: snapshot as never }),
       ...(x.inspect ? { inspect: x.inspect } : {}),
     });
     x.stepsBySystem.set(a.system, steps);
     actor = a;
-
-    const osChild = (): AnyActorRef | undefined => a.getSnapshot().children.os as AnyActorRef | undefined;
-    const keyOf = () => {
-      const os = osChild()?.getSnapshot() as { value?: unknown } | undefined;
-      return JSON.stringify([a.getSnapshot().value, os?.value ?? null]);
-    };
-    // What was persisted last (capture and OS states), and the capture state last announced.
-    let lastKey = snapshot === undefined ? '' : keyOf();
-    let lastRoot = snapshot === undefined ? '' : JSON.stringify(a.getSnapshot().value);
-    let announced = '';
-    let enteredAt = Date.now();
+    const recorder = new TransitionRecorder(x.store, record.id, machineVersion(machine), log, a, snapshot);
+    const announce = stateAnnouncer(x, record.id, log);
     let watchedOs: AnyActorRef | undefined;
     let settle: ((r: RunResult) => void) | undefined;
     let fail: ((e: unknown) => void) | undefined;
@@ -347,39 +299,10 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
       settle?.(suspended(a.getSnapshot().context.step));
     };
     suspendNow = () => stop('stop timeout: the step in flight re-runs on resume');
-
-    /** Records the state the capture (and its OS sub-machine) is in now, if it changed. */
+    /** Records the state now; a runner stopping suspends the capture at its first recorded transition. */
     const persist = () => {
-      const s = a.getSnapshot();
-      if (s.status !== 'active') return;
-      // An OS sub-machine that just ended hands over to the capture machine in the same step: the
-      // capture's next state is what gets persisted.
-      if ((osChild()?.getSnapshot() as { status?: string } | undefined)?.status === 'done') return;
-      const key = keyOf();
-      if (key === lastKey) return;
-      lastKey = key;
-      const rootValue = JSON.stringify(s.value);
-      const rootChanged = rootValue !== lastRoot;
-      lastRoot = rootValue;
-      const stateValue = s.value;
-      const snap = a.getPersistedSnapshot();
-      const osSnap = osChild()?.getSnapshot() as { value?: unknown; context?: { step?: string } } | undefined;
-      const event = rootChanged
-        ? { type: 'state.entered', step: s.context.step }
-        : {
-            type: 'os.state.entered',
-            step: osSnap?.context?.step ?? s.context.step,
-            details: { os: osSnap?.value ?? null },
-          };
-      writes = writes
-        .then(() =>
-          x.store.recordTransition(record.id, { stateValue, snapshot: snap, machineVersion: version, event }),
-        )
-        .then(
-          () => undefined,
-          (err: unknown) => log.error({ err }, 'could not record a transition'),
-        );
-      if (suspendAsked) queueMicrotask(() => stop('runner stopping: reached a transition'));
+      if (recorder.record() && suspendAsked)
+        queueMicrotask(() => stop('runner stopping: reached a transition'));
     };
 
     const done = new Promise<RunResult>((resolve, reject) => {
@@ -388,16 +311,7 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
       a.subscribe({
         next: (s) => {
           warnings = s.context.warnings;
-          const value = JSON.stringify(s.value);
-          if (value !== announced) {
-            const now = Date.now();
-            if (announced)
-              log.info({ state: JSON.parse(announced), durationMs: now - enteredAt }, 'state left');
-            log.info({ state: s.value }, 'state entered');
-            announced = value;
-            enteredAt = now;
-            x.emit({ type: 'state', captureId: record.id, state: s.value, step: s.context.step, atMs: now });
-          }
+          announce(s);
           const os = s.children.os as AnyActorRef | undefined;
           if (os && os !== watchedOs) {
             watchedOs = os;
@@ -422,21 +336,9 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     a.start();
     if (cancelReason !== undefined) a.send({ type: 'CANCEL', reason: cancelReason });
     const result = await done;
-    await writes;
+    await recorder.written;
     if (result.status === 'suspended') return result;
-    // A machine that ended without its closing transaction (reservation refused, release failed):
-    // close the capture here so no record stays running.
-    const after = await x.store.getCaptureRecord(record.id);
-    if (after && (after.status === 'running' || after.status === 'queued')) {
-      const error =
-        result.status === 'completed'
-          ? { code: 'STEP_FAILED', step: 'record_revision', message: 'completed without a record' }
-          : result.error;
-      const outcome = releaseOutcome(a.getSnapshot().context);
-      await (result.status === 'cancelled'
-        ? x.store.cancelCapture(record.id, error, outcome)
-        : x.store.failCapture(record.id, error, outcome));
-    }
+    await closeUnrecorded(x.store, record.id, result, a.getSnapshot().context);
     // A finished capture is never resumed: its tags have no use any more.
     await x.store
       .forgetRemoteTags(record.id)
@@ -454,4 +356,175 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
   }
 
   return execution;
+}
+
+/**
+ * Slot handling: the capture's host slot first, then the global one, each pushed on `releases` as soon
+ * as it is held (the caller releases them newest first). A global slot is then only ever held by a
+ * capture that runs (bench/scale.ts: 500 captures requested host by host, 166 s -> 113 s, ideal 110 s).
+ */
+async function acquireCaptureSlots(
+  slots: Limiter,
+  host: string,
+  signal: AbortSignal,
+  releases: (() => void)[],
+): Promise<void> {
+  releases.push(await slots.acquire(host, signal));
+  releases.push(await slots.acquire('*', signal));
+}
+
+/** A step that holds one of the host's copy slots while it runs. */
+function withCopySlot(copySlots: Limiter, host: string, fn: AnyStepFn): AnyStepFn {
+  return async (r) => {
+    const release = await copySlots.acquire(host, r.signal);
+    try {
+      return await fn(r);
+    } finally {
+      release();
+    }
+  };
+}
+
+/**
+ * One capture's step implementations by effect name: the store's steps, its provisioner's (from the
+ * registry) and its OS's, the copy steps (StepMeta.effect 'copy' in its machine) behind the per-host copy
+ * limit. NOT_PROVIDED when an effect of its machines has no implementation.
+ */
+function captureSteps(
+  x: ExecutionContext,
+  record: CaptureRecord,
+  env: DriverEnv,
+  o: { warnings: () => unknown[]; writes: () => Promise<void>; log: Logger; rerun: Set<string> },
+): CaptureSteps {
+  const provisioner = record.provisioner;
+  const provisionerImpls: Record<string, StepFn<never, unknown>> = {
+    ...storeSteps(x.store, o.warnings, o.writes),
+    ...registry[provisioner].steps(env),
+  };
+  const osImpls = osSteps(env);
+  const missing = [
+    ...effectNames(provisioners[provisioner].machine).filter((n) => n !== 'os' && !(n in provisionerImpls)),
+    ...effectNames(operatingSystems[record.os].machine).filter((n) => !(n in osImpls)),
+  ];
+  if (missing.length) throw new VclError('NOT_PROVIDED', `no driver for ${missing.join(', ')}`);
+  const copySteps = COPY_STEPS[provisioner];
+  const copyHost = env.computer.provisioner.host;
+  const wrap = (impls: Record<string, StepFn<never, unknown>>) =>
+    Object.fromEntries(
+      Object.entries(impls).map(([n, f]) => [
+        n,
+        copySteps.has(n) ? withCopySlot(x.copySlots, copyHost, f as AnyStepFn) : (f as AnyStepFn),
+      ]),
+    );
+  return { provisioner: wrap(provisionerImpls), os: wrap(osImpls), log: o.log, rerun: o.rerun };
+}
+
+/**
+ * Persisting transitions: every change of the capture machine's state, or of its OS sub-machine's, is
+ * written to the store with the persisted snapshot and an audit event, in order, one write at a time.
+ */
+class TransitionRecorder {
+  /** What was persisted last: capture and OS states, and the capture state alone. */
+  private lastKey = '';
+  private lastRoot = '';
+  /** Settles when every transition recorded so far is written (a failed write is logged). */
+  written: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly store: CaptureStore,
+    private readonly captureId: string,
+    private readonly version: string,
+    private readonly log: Logger,
+    private readonly actor: Actor<CaptureMachine>,
+    /** The snapshot resumed from: its state is already persisted. */
+    resumedFrom: unknown,
+  ) {
+    if (resumedFrom === undefined) return;
+    this.lastKey = this.key();
+    this.lastRoot = JSON.stringify(actor.getSnapshot().value);
+  }
+
+  private osChild(): AnyActorRef | undefined {
+    return this.actor.getSnapshot().children.os as AnyActorRef | undefined;
+  }
+
+  private key(): string {
+    const os = this.osChild()?.getSnapshot() as { value?: unknown } | undefined;
+    return JSON.stringify([this.actor.getSnapshot().value, os?.value ?? null]);
+  }
+
+  /** Records the state the capture (and its OS sub-machine) is in now, if it changed; true if it did. */
+  record(): boolean {
+    const s = this.actor.getSnapshot();
+    if (s.status !== 'active') return false;
+    // An OS sub-machine that just ended hands over to the capture machine in the same step: the
+    // capture's next state is what gets persisted.
+    if ((this.osChild()?.getSnapshot() as { status?: string } | undefined)?.status === 'done') return false;
+    const key = this.key();
+    if (key === this.lastKey) return false;
+    this.lastKey = key;
+    const rootValue = JSON.stringify(s.value);
+    const rootChanged = rootValue !== this.lastRoot;
+    this.lastRoot = rootValue;
+    const stateValue = s.value;
+    const snap = this.actor.getPersistedSnapshot();
+    const osSnap = this.osChild()?.getSnapshot() as
+      | { value?: unknown; context?: { step?: string } }
+      | undefined;
+    const event = rootChanged
+      ? { type: 'state.entered', step: s.context.step }
+      : {
+          type: 'os.state.entered',
+          step: osSnap?.context?.step ?? s.context.step,
+          details: { os: osSnap?.value ?? null },
+        };
+    const { store, captureId, version, log } = this;
+    this.written = this.written
+      .then(() =>
+        store.recordTransition(captureId, { stateValue, snapshot: snap, machineVersion: version, event }),
+      )
+      .then(
+        () => undefined,
+        (err: unknown) => log.error({ err }, 'could not record a transition'),
+      );
+    return true;
+  }
+}
+
+/** Logs and announces each capture state entered (and how long the last one took). */
+function stateAnnouncer(x: ExecutionContext, captureId: string, log: Logger) {
+  let announced = '';
+  let enteredAt = Date.now();
+  return (s: { value: unknown; context: { step: string } }) => {
+    const value = JSON.stringify(s.value);
+    if (value === announced) return;
+    const now = Date.now();
+    if (announced) log.info({ state: JSON.parse(announced), durationMs: now - enteredAt }, 'state left');
+    log.info({ state: s.value }, 'state entered');
+    announced = value;
+    enteredAt = now;
+    x.emit({ type: 'state', captureId, state: s.value, step: s.context.step, atMs: now });
+  };
+}
+
+/**
+ * A machine that ended without its closing transaction (reservation refused, release failed): the
+ * capture is closed here so no record stays running.
+ */
+async function closeUnrecorded(
+  store: CaptureStore,
+  captureId: string,
+  result: CaptureResult,
+  context: Parameters<typeof releaseOutcome>[0],
+): Promise<void> {
+  const after = await store.getCaptureRecord(captureId);
+  if (!after || (after.status !== 'running' && after.status !== 'queued')) return;
+  const error =
+    result.status === 'completed'
+      ? { code: 'STEP_FAILED', step: 'record_revision', message: 'completed without a record' }
+      : result.error;
+  const outcome = releaseOutcome(context);
+  await (result.status === 'cancelled'
+    ? store.cancelCapture(captureId, error, outcome)
+    : store.failCapture(captureId, error, outcome));
 }
