@@ -42,6 +42,7 @@ import {
   type CaptureHandle,
   type CaptureSteps,
   type Execution,
+  type ExecutionContext,
   endedResult,
   execute,
   type RunnerEvent,
@@ -261,35 +262,8 @@ export function createRunner(options: RunnerOptions): Runner {
       }
     }
   };
-  // One composed machine per provisioner x OS, shared by every capture of this runner: composing one per
-  // capture cost about 1.2 ms of CPU and 117 KiB of heap (docs/performance-scale.md). A step finds its
-  // capture's drivers through the capture's actor system, which the capture's root actor and its OS child
-  // share.
   const stepsBySystem = new WeakMap<object, CaptureSteps>();
-  const machines = new Map<string, CaptureMachine>();
-  const bound = (kind: 'provisioner' | 'os', name: string) =>
-    boundStepActor<{ deadline: number; step: string }, unknown>(name, (system) => {
-      const steps = stepsBySystem.get(system);
-      const fn = steps?.[kind][name];
-      if (!steps || !fn) throw new VclError('NOT_PROVIDED', `no driver for ${name}`, { step: name });
-      return { fn, log: steps.log, resumed: steps.rerun.delete(name) };
-    });
-  const sharedMachine = (provisioner: ProvisionerName, os: OsName): CaptureMachine => {
-    const key = `${provisioner}/${os}`;
-    let machine = machines.get(key);
-    if (!machine) {
-      const actorsOf = (kind: 'provisioner' | 'os', names: string[]): Record<string, AnyActorLogic> =>
-        Object.fromEntries(names.filter((n) => n !== 'os').map((n) => [n, bound(kind, n)]));
-      machine = composeCaptureMachine({
-        provisioner,
-        os,
-        provisionerActors: actorsOf('provisioner', effectNames(provisioners[provisioner].machine)),
-        osActors: actorsOf('os', effectNames(operatingSystems[os].machine)),
-      });
-      machines.set(key, machine);
-    }
-    return machine;
-  };
+  const sharedMachine = machineCache(stepsBySystem);
   const registered = store.registerComputers(Object.keys(inventory.computers).map((name) => ({ name })));
   const context = {
     inventory,
@@ -311,30 +285,14 @@ export function createRunner(options: RunnerOptions): Runner {
   const leaseHealth: RunnerHealth['leases'] = { leaseMs, renewals: 0, failures: 0, last: null };
   let queueTimer: NodeJS.Timeout | undefined;
   let picking: Promise<void> | undefined;
-  // Renews this runner's claims, and carries out cancellations other processes asked for.
-  const leaseTimer = setInterval(
-    () => {
-      if (handles.size === 0) return;
-      store.renewLeases(runnerId, leaseMs).then(
-        (owned) => {
-          leaseHealth.renewals += 1;
-          leaseHealth.last = { at: new Date().toISOString(), ok: true };
-          for (const o of owned) if (o.cancelRequested) handles.get(o.captureId)?.cancel(o.cancelRequested);
-        },
-        (err: unknown) => {
-          leaseHealth.failures += 1;
-          leaseHealth.last = {
-            at: new Date().toISOString(),
-            ok: false,
-            error: err instanceof Error ? err.message : String(err),
-          };
-          baseLog.error({ err }, 'could not renew the leases of running captures');
-        },
-      );
-    },
-    Math.max(50, Math.floor(leaseMs / 3)),
-  );
-  leaseTimer.unref();
+  const leaseTimer = startLeaseRenewal({
+    store,
+    runnerId,
+    leaseMs,
+    handles,
+    health: leaseHealth,
+    log: baseLog,
+  });
 
   /** Checks a request against the inventory: what the capture will run with. */
   async function prepare(request: CaptureRequest) {
@@ -421,31 +379,9 @@ export function createRunner(options: RunnerOptions): Runner {
       report.started.push(r.id);
       return;
     }
-    // A running capture without a snapshot crashed between its reservation and its first recorded
-    // state: it starts again from the reservation, which it already holds.
-    const stored = await store.loadSnapshot(r.id);
-    // A snapshot of an older version of the machines gets the context fields added since (defaults).
-    const snapshot = stored?.snapshot == null ? undefined : upgradeCaptureSnapshot(stored.snapshot);
-    if (snapshot !== undefined) {
-      const problem = resumeProblem(context, r, snapshot);
-      const version = machineVersion(sharedMachine(r.provisioner, r.os));
-      if (problem) {
-        // Its cleanup cannot run either (the machine that would run it does not fit): say what may remain.
-        const facts = (snapshot as { context?: { facts?: Record<string, unknown> } }).context?.facts;
-        const left = facts?.target === undefined ? '' : `; a copy may remain at ${String(facts.target)}`;
-        return fail(
-          'SNAPSHOT_INCOMPATIBLE',
-          `capture ${r.id} cannot resume: its stored snapshot (machine ${stored?.machineVersion ?? 'unknown'}) does not fit this version of the machine (${version}): ${problem}; the computer goes to maintenance${left}`,
-          { storedVersion: stored?.machineVersion, version, problem },
-        );
-      }
-      if (stored?.machineVersion !== version)
-        baseLog.warn(
-          { captureId: r.id, storedVersion: stored?.machineVersion },
-          'resuming a snapshot written by another version of the machine: it still fits',
-        );
-    }
-    launch(r, snapshot);
+    const resumable = await snapshotToResume(context, r, baseLog);
+    if ('refused' in resumable) return fail('SNAPSHOT_INCOMPATIBLE', resumable.refused, resumable.details);
+    launch(r, resumable.snapshot);
     report.resumed.push(r.id);
   }
 
@@ -572,6 +508,113 @@ export function createRunner(options: RunnerOptions): Runner {
       if (ownsRemote) await (ownRemote as SshPool).close();
     },
   };
+}
+
+/**
+ * One composed machine per provisioner x OS, shared by every capture of a runner: composing one per
+ * capture cost about 1.2 ms of CPU and 117 KiB of heap (docs/performance-scale.md). A step finds its
+ * capture's drivers through the capture's actor system (`stepsBySystem`), which the capture's root actor
+ * and its OS child share.
+ */
+function machineCache(
+  stepsBySystem: WeakMap<object, CaptureSteps>,
+): (provisioner: ProvisionerName, os: OsName) => CaptureMachine {
+  const machines = new Map<string, CaptureMachine>();
+  const bound = (kind: 'provisioner' | 'os', name: string) =>
+    boundStepActor<{ deadline: number; step: string }, unknown>(name, (system) => {
+      const steps = stepsBySystem.get(system);
+      const fn = steps?.[kind][name];
+      if (!steps || !fn) throw new VclError('NOT_PROVIDED', `no driver for ${name}`, { step: name });
+      return { fn, log: steps.log, resumed: steps.rerun.delete(name) };
+    });
+  return (provisioner, os) => {
+    const key = `${provisioner}/${os}`;
+    let machine = machines.get(key);
+    if (!machine) {
+      const actorsOf = (kind: 'provisioner' | 'os', names: string[]): Record<string, AnyActorLogic> =>
+        Object.fromEntries(names.filter((n) => n !== 'os').map((n) => [n, bound(kind, n)]));
+      machine = composeCaptureMachine({
+        provisioner,
+        os,
+        provisionerActors: actorsOf('provisioner', effectNames(provisioners[provisioner].machine)),
+        osActors: actorsOf('os', effectNames(operatingSystems[os].machine)),
+      });
+      machines.set(key, machine);
+    }
+    return machine;
+  };
+}
+
+/**
+ * Lease renewal: renews a runner's claims while it runs captures, and carries out the cancellations
+ * other processes asked for. Unref'd: it never keeps the process alive.
+ */
+function startLeaseRenewal(o: {
+  store: CaptureStore;
+  runnerId: string;
+  leaseMs: number;
+  handles: ReadonlyMap<string, Execution>;
+  health: RunnerHealth['leases'];
+  log: Logger;
+}): NodeJS.Timeout {
+  const { store, runnerId, leaseMs, handles, health } = o;
+  const timer = setInterval(
+    () => {
+      if (handles.size === 0) return;
+      store.renewLeases(runnerId, leaseMs).then(
+        (owned) => {
+          health.renewals += 1;
+          health.last = { at: new Date().toISOString(), ok: true };
+          for (const c of owned) if (c.cancelRequested) handles.get(c.captureId)?.cancel(c.cancelRequested);
+        },
+        (err: unknown) => {
+          health.failures += 1;
+          health.last = {
+            at: new Date().toISOString(),
+            ok: false,
+            error: err instanceof Error ? err.message : String(err),
+          };
+          o.log.error({ err }, 'could not renew the leases of running captures');
+        },
+      );
+    },
+    Math.max(50, Math.floor(leaseMs / 3)),
+  );
+  timer.unref();
+  return timer;
+}
+
+/**
+ * Take-over of a running capture: the snapshot it resumes from (undefined: it crashed between its
+ * reservation and its first recorded state, and starts again from the reservation, which it holds), or
+ * why it cannot resume.
+ */
+async function snapshotToResume(
+  context: ExecutionContext,
+  r: CaptureRecord,
+  log: Logger,
+): Promise<{ snapshot: unknown } | { refused: string; details: Record<string, unknown> }> {
+  const stored = await context.store.loadSnapshot(r.id);
+  // A snapshot of an older version of the machines gets the context fields added since (defaults).
+  const snapshot = stored?.snapshot == null ? undefined : upgradeCaptureSnapshot(stored.snapshot);
+  if (snapshot === undefined) return { snapshot };
+  const problem = resumeProblem(context, r, snapshot);
+  const version = machineVersion(context.sharedMachine(r.provisioner, r.os));
+  if (problem) {
+    // Its cleanup cannot run either (the machine that would run it does not fit): say what may remain.
+    const facts = (snapshot as { context?: { facts?: Record<string, unknown> } }).context?.facts;
+    const left = facts?.target === undefined ? '' : `; a copy may remain at ${String(facts.target)}`;
+    return {
+      refused: `capture ${r.id} cannot resume: its stored snapshot (machine ${stored?.machineVersion ?? 'unknown'}) does not fit this version of the machine (${version}): ${problem}; the computer goes to maintenance${left}`,
+      details: { storedVersion: stored?.machineVersion, version, problem },
+    };
+  }
+  if (stored?.machineVersion !== version)
+    log.warn(
+      { captureId: r.id, storedVersion: stored?.machineVersion },
+      'resuming a snapshot written by another version of the machine: it still fits',
+    );
+  return { snapshot };
 }
 
 export type { RunResult as CaptureRunResult };
