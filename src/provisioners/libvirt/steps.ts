@@ -5,8 +5,8 @@
  * its sha256 computed in the same pass.
  */
 import { posix } from 'node:path';
-import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../../machines/index.js';
-import { type StepFn, sleep } from '../../drivers/contract.js';
+import type { CaptureStepInput, Facts } from '../../../machines/index.js';
+import { sleep } from '../../drivers/contract.js';
 import {
   copyOptions,
   type DriverEnv,
@@ -24,7 +24,7 @@ import { Checklist, checkHosts, checkSpace, logPassed } from '../../drivers/pref
 import { formatBytes } from '../../drivers/preflight-commands.js';
 import { verifyArtifact } from '../../drivers/verify.js';
 import { durableMoveCommand, type SshHost } from '../../ssh/index.js';
-import type { PreflightRun } from '../types.js';
+import type { PreflightRun, CaptureStep as Step } from '../types.js';
 import {
   firstDisk,
   libvirt,
@@ -33,8 +33,6 @@ import {
   parseDomstate,
   parseImageInfo,
 } from './commands.js';
-
-type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
 
 function settings(env: DriverEnv) {
   return provisionerSettings(env, 'libvirt');

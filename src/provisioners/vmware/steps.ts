@@ -4,8 +4,8 @@
  * on "needs repair"), then stream the clone's data into the repository with its sha256 in the same pass.
  */
 import { posix } from 'node:path';
-import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../../machines/index.js';
-import { pollUntil, type StepFn } from '../../drivers/contract.js';
+import type { CaptureStepInput, Facts } from '../../../machines/index.js';
+import { pollUntil } from '../../drivers/contract.js';
 import {
   copyOptions,
   type DriverEnv,
@@ -20,7 +20,7 @@ import { Checklist, type CheckRun, checkHosts, checkSpace, logPassed } from '../
 import { allocationCommand, formatBytes, parseAllocation } from '../../drivers/preflight-commands.js';
 import { verifyArtifact } from '../../drivers/verify.js';
 import { isSshError } from '../../ssh/index.js';
-import type { PreflightRun } from '../types.js';
+import type { PreflightRun, CaptureStep as Step } from '../types.js';
 import {
   datastorePath,
   needsRepair,
@@ -31,8 +31,6 @@ import {
   parseVmxDisks,
   vmware,
 } from './commands.js';
-
-type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
 
 function settings(env: DriverEnv) {
   return provisionerSettings(env, 'vmware');

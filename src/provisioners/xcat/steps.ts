@@ -4,8 +4,8 @@
  * growth resets the no-progress timer) and hash what arrived.
  */
 import { posix } from 'node:path';
-import type { CaptureStepInput, CaptureStepOutput, Facts } from '../../../machines/index.js';
-import { pollUntil, type StepFn, sleep } from '../../drivers/contract.js';
+import type { CaptureStepInput, Facts } from '../../../machines/index.js';
+import { pollUntil, sleep } from '../../drivers/contract.js';
 import {
   type DriverEnv,
   type Exec,
@@ -20,10 +20,8 @@ import {
 import { driverError } from '../../drivers/errors.js';
 import { Checklist, checkHosts, checkSpace, logPassed } from '../../drivers/preflight.js';
 import { verifyArtifact } from '../../drivers/verify.js';
-import type { PreflightRun } from '../types.js';
+import type { PreflightRun, CaptureStep as Step } from '../types.js';
 import { parseNodestat, parseRpowerStat, parseSizes, xcat } from './commands.js';
-
-type Step = StepFn<CaptureStepInput, CaptureStepOutput>;
 
 function settings(env: DriverEnv) {
   return provisionerSettings(env, 'xcat');
