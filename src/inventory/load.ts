@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { LineCounter, parseDocument } from 'yaml';
 import { VclError } from '../errors.js';
-import { type Inventory, inventorySchema } from './schema.js';
+import { type Inventory, inventorySchema, validatedInventory } from './schema.js';
 
 export function loadInventoryFile(file: string): Inventory {
   let text: string;
@@ -35,7 +35,7 @@ export function parseInventoryText(text: string, file = '(inventory)'): Inventor
     );
   }
   const parsed = inventorySchema.safeParse(doc.toJS());
-  if (parsed.success) return parsed.data;
+  if (parsed.success) return validatedInventory(parsed.data);
   const problems = parsed.error.issues.map((issue) => {
     const path = issue.path.map(String);
     // The deepest node of the path that exists in the file gives the line.

@@ -212,10 +212,30 @@ export type ComputerEntry = Inventory['computers'][string];
 export type RepositoryEntry = Inventory['repositories'][string];
 export type NotificationsConfig = NonNullable<Inventory['notifications']>;
 
+/** Inventories this process validated (parseInventory, the file loader): a runner takes them as they are. */
+const validated = new WeakSet<object>();
+
+/** Marks the schema's output as validated (only the schema's own output may be given). */
+export function validatedInventory(data: Inventory): Inventory {
+  validated.add(data);
+  return data;
+}
+
+/**
+ * The inventory a runner works with: one validated in this process (by `parseInventory` or the file
+ * loader) is taken without validating it again, as a copy like the schema's output is; anything else is
+ * validated here.
+ */
+export function runnerInventory(input: unknown): Inventory {
+  if (typeof input === 'object' && input !== null && validated.has(input))
+    return validatedInventory(structuredClone(input as Inventory));
+  return parseInventory(input);
+}
+
 /** Validates an inventory; the error lists every problem as `path: message`. */
 export function parseInventory(input: unknown): Inventory {
   const r = inventorySchema.safeParse(input);
-  if (r.success) return r.data;
+  if (r.success) return validatedInventory(r.data);
   const problems = r.error.issues.map((i) => `${i.path.map(String).join('.') || '(root)'}: ${i.message}`);
   throw new VclError('INVALID_INVENTORY', `the inventory is invalid:\n  ${problems.join('\n  ')}`, {
     details: { problems },

@@ -26,7 +26,7 @@ import { resolveTimeouts } from '../../machines/steps.js';
 import type { Remote } from '../drivers/contract.js';
 import { isVclError, VclError } from '../errors.js';
 import { computerEntry, inventoryHosts } from '../inventory/hosts.js';
-import { type Inventory, parseInventory } from '../inventory/schema.js';
+import { type Inventory, runnerInventory } from '../inventory/schema.js';
 import { type Logger, silentLogger } from '../log.js';
 import { SshPool } from '../ssh/index.js';
 import {
@@ -57,7 +57,10 @@ import { boundStepActor } from './step.js';
 export type { CaptureHandle, RunnerEvent, RunResult, SuspendedResult } from './execution.js';
 
 export interface RunnerOptions {
-  /** Validated here; an invalid inventory fails with INVALID_INVENTORY naming each wrong field. */
+  /**
+   * Validated here unless this process validated it already (`parseInventory`, `loadInventoryFile`): an
+   * invalid inventory fails with INVALID_INVENTORY naming each wrong field.
+   */
   inventory: unknown;
   store: CaptureStore;
   logger?: Logger;
@@ -235,7 +238,7 @@ function ownerIsGone(owner: string): boolean {
 }
 
 export function createRunner(options: RunnerOptions): Runner {
-  const inventory = parseInventory(options.inventory);
+  const inventory = runnerInventory(options.inventory);
   const hosts = inventoryHosts(inventory);
   const runnerId = options.id ?? defaultRunnerId();
   const leaseMs = options.leaseMs ?? 60_000;
