@@ -132,3 +132,13 @@ export interface LabCore {
   /** Handler failures that were the lab's own fault (tests assert there are none). */
   readonly internalErrors: Error[];
 }
+
+/** The computer whose running domain (or VM) holds `path` open on `host`. */
+export function diskInUse(core: LabCore, host: string, path: string): ComputerRecord | undefined {
+  for (const rec of core.computers.values()) {
+    const disk = rec.info.disk;
+    if (disk.host !== host || rec.computer.power === 'off') continue;
+    if (disk.path === path || rec.flatPath === path) return rec;
+  }
+  return undefined;
+}

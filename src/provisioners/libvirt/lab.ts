@@ -1,8 +1,9 @@
 /** The built-in lab's libvirt host: virsh and qemu-img over the lab's files, one qcow2 disk per domain. */
-import { LIBVIRT_COMMANDS } from '../../lab/commands/libvirt.js';
+
 import { ZSTD_COMMANDS } from '../../lab/commands/zstd.js';
 import { createSparseDisk } from '../../lab/fs.js';
 import type { LabProvisioner } from '../types.js';
+import { LIBVIRT_COMMANDS } from './lab-commands.js';
 
 const IMAGES = '/var/lib/libvirt/images';
 

@@ -1,8 +1,8 @@
 /** The built-in lab's ESXi host: vim-cmd and vmkfstools over one datastore, a .vmx and a thin disk per VM. */
 import { writeFile } from 'node:fs/promises';
-import { DATASTORE, descriptorText, ESXI_COMMANDS, vmxText } from '../../lab/commands/esxi.js';
 import { createSparseDisk } from '../../lab/fs.js';
 import type { LabProvisioner } from '../types.js';
+import { DATASTORE, descriptorText, ESXI_COMMANDS, vmxText } from './lab-commands.js';
 
 export const vmwareLab = {
   // ESXi's busybox has no zstd: the copies from it go raw.

@@ -3,10 +3,10 @@
  * whose disks lie outside every host, and boot into the capture environment when nodeset says so.
  */
 import { join } from 'node:path';
-import { XCAT_COMMANDS } from '../../lab/commands/xcat.js';
 import { ZSTD_COMMANDS } from '../../lab/commands/zstd.js';
 import { createSparseDisk } from '../../lab/fs.js';
 import type { LabProvisioner } from '../types.js';
+import { XCAT_COMMANDS } from './lab-commands.js';
 
 /** The xCAT osimage whose boot runs the capture environment. */
 export const LAB_CAPTURE_IMAGE = 'vcl-capture-x86_64';

@@ -7,11 +7,10 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { posix } from 'node:path';
-import type { CommandContext, ComputerRecord, Handler, HostRuntime, LabCore } from '../core.js';
-import { fail, NoSpaceError } from '../core.js';
-import { hostMatches, pathMatches } from '../faults.js';
-import { diskInUse } from './libvirt.js';
-import { copyWithin, statOf } from './posix.js';
+import { copyWithin, statOf } from '../../lab/commands/posix.js';
+import type { CommandContext, ComputerRecord, Handler, HostRuntime, LabCore } from '../../lab/core.js';
+import { diskInUse, fail, NoSpaceError } from '../../lab/core.js';
+import { hostMatches, pathMatches } from '../../lab/faults.js';
 
 export const DATASTORE = '/vmfs/volumes/datastore1';
 

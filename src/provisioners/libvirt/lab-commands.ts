@@ -4,25 +4,16 @@
  * holds its disk's write lock: `qemu-img convert` or `check` on it fails as QEMU's does. Conversions are
  * byte copies (holes kept) that record the target format, which `qemu-img info` then reports.
  */
-import type { CommandContext, ComputerRecord, Handler, LabCore } from '../core.js';
-import { fail, NoSpaceError } from '../core.js';
-import { copyWithin, errnoText, options, statOf } from './posix.js';
+
+import { copyWithin, errnoText, options, statOf } from '../../lab/commands/posix.js';
+import type { CommandContext, ComputerRecord, Handler, LabCore } from '../../lab/core.js';
+import { diskInUse, fail, NoSpaceError } from '../../lab/core.js';
 
 export function libvirtDomain(core: LabCore, name: string | undefined): ComputerRecord {
   const rec = name === undefined ? undefined : core.computers.get(name);
   if (rec === undefined || rec.provisioner !== 'libvirt' || (!rec.defined && rec.computer.power === 'off'))
     fail(1, `error: failed to get domain '${name ?? ''}'`);
   return rec;
-}
-
-/** The computer whose running domain (or VM) holds `path` open on `host`. */
-export function diskInUse(core: LabCore, host: string, path: string): ComputerRecord | undefined {
-  for (const rec of core.computers.values()) {
-    const disk = rec.info.disk;
-    if (disk.host !== host || rec.computer.power === 'off') continue;
-    if (disk.path === path || rec.flatPath === path) return rec;
-  }
-  return undefined;
 }
 
 function stateText(rec: ComputerRecord, withReason: boolean): string {

@@ -3,8 +3,8 @@
  * xCAT nodes. `nodeset <node> osimage=<capture image>` makes the node's next boot start the capture
  * environment (see capture-env.ts) instead of its OS; `nodeset <node> boot` restores booting from disk.
  */
-import type { ComputerRecord, Handler, LabCore } from '../core.js';
-import { fail } from '../core.js';
+import type { ComputerRecord, Handler, LabCore } from '../../lab/core.js';
+import { fail } from '../../lab/core.js';
 
 const MN = 'xcat-mn';
 
