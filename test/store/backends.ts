@@ -5,7 +5,7 @@
  * `beforeAll`, stops it in `afterAll`, and gives each opened store a database of its own.
  */
 import pg from 'pg';
-import { afterAll, beforeAll } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
 import {
   type CaptureStore,
   openPostgresStore,
@@ -13,7 +13,7 @@ import {
   type SqliteStoreOptions,
 } from '../../src/store/index.js';
 import { type PostgresCluster, postgresAvailable, startPostgres } from '../helpers/postgres.js';
-import { dump, openStore, steppingClock, tableCounts, tempFolder } from './helpers.js';
+import { dump, openStore, seed, steppingClock, tableCounts, tempFolder } from './helpers.js';
 
 export type BackendOptions = Pick<SqliteStoreOptions & PostgresStoreOptions, 'now' | 'newCaptureId'>;
 
@@ -26,7 +26,7 @@ export interface OpenedStore {
   tableCounts(): Promise<Record<string, number>>;
   /** A second store on the same database (another process's view). */
   openAgain(options?: BackendOptions): Promise<CaptureStore>;
-  /** Closes the store (if still open) and removes the database. */
+  /** Closes the store and every one `openAgain` opened, and removes what the database left behind. */
   cleanup(): Promise<void>;
 }
 
@@ -40,14 +40,14 @@ const sqlite: StoreBackend = {
   async open(options = {}) {
     const folder = tempFolder();
     const path = folder.file('store.sqlite');
-    const store = openStore(path, options);
+    const stores: CaptureStore[] = [openStore(path, options)];
     return {
-      store,
+      store: stores[0] as CaptureStore,
       dump: async () => dump(path),
       tableCounts: async () => tableCounts(path),
-      openAgain: async (again = {}) => openStore(path, again),
+      openAgain: async (again = {}) => stores[stores.push(openStore(path, again)) - 1] as CaptureStore,
       cleanup: async () => {
-        await store.close();
+        for (const s of stores) await s.close();
         folder.cleanup();
       },
     };
@@ -61,7 +61,7 @@ function postgres(cluster: () => PostgresCluster): StoreBackend {
     name: 'postgres',
     async open(options = {}) {
       const url = await cluster().createDatabase();
-      const store = await openPostgresStore(url, { now: steppingClock(), ...options });
+      const stores: CaptureStore[] = [await openPostgresStore(url, { now: steppingClock(), ...options })];
       const read = async <T>(fn: (client: pg.Client) => Promise<T>): Promise<T> => {
         const client = new pg.Client({ connectionString: url });
         await client.connect();
@@ -72,7 +72,7 @@ function postgres(cluster: () => PostgresCluster): StoreBackend {
         }
       };
       return {
-        store,
+        store: stores[0] as CaptureStore,
         dump: () =>
           read(async (client) => {
             const tables = (
@@ -92,9 +92,13 @@ function postgres(cluster: () => PostgresCluster): StoreBackend {
               out[t] = Number((await client.query(`SELECT count(*) AS n FROM ${t}`)).rows[0].n);
             return out;
           }),
-        openAgain: (again = {}) => openPostgresStore(url, { now: steppingClock(), ...again }),
+        openAgain: async (again = {}) => {
+          stores.push(await openPostgresStore(url, { now: steppingClock(), ...again }));
+          return stores[stores.length - 1] as CaptureStore;
+        },
         cleanup: async () => {
-          await store.close();
+          for (const s of stores) await s.close();
+          await cluster().query(`DROP DATABASE ${new URL(url).pathname.slice(1)}`);
         },
       };
     },
@@ -119,4 +123,25 @@ export function storeBackends(): StoreBackend[] {
     }),
   );
   return backends;
+}
+
+/**
+ * Before each test: a fresh store of `backend` (with `options()`), seeded (see `seed`), handed to `use`;
+ * after each: closed and removed.
+ */
+export function openEach(
+  backend: StoreBackend,
+  use: (opened: OpenedStore) => void,
+  options: () => BackendOptions = () => ({}),
+): void {
+  let opened: OpenedStore | undefined;
+  beforeEach(async () => {
+    opened = await backend.open(options());
+    use(opened);
+    await seed(opened.store);
+  });
+  afterEach(async () => {
+    await opened?.cleanup();
+    opened = undefined;
+  });
 }

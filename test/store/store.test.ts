@@ -1,21 +1,14 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { CaptureStore } from '../../src/store/index.js';
-import { type OpenedStore, storeBackends } from './backends.js';
+import { type OpenedStore, openEach, storeBackends } from './backends.js';
 import { expectVclError, openStore, REPO, SHA, seed, tempFolder } from './helpers.js';
 
 describe.each(storeBackends())('$name store', (backend) => {
   let db: OpenedStore;
   let store: CaptureStore;
-
-  beforeEach(async () => {
-    db = await backend.open();
-    store = db.store;
-    await seed(store);
-  });
-
-  afterEach(async () => {
-    await store.close();
-    await db.cleanup();
+  openEach(backend, (opened) => {
+    db = opened;
+    store = opened.store;
   });
 
   const base = { imageId: 12345, provisioner: 'vmware', os: 'windows', repository: REPO } as const;
