@@ -9,6 +9,7 @@ export {
   SCHEMA_VERSION,
 } from './migrations.js';
 export * from './naming.js';
+export { type OpenStoreOptions, openStore, storeKind, storeLabel } from './open.js';
 export * from './paths.js';
 export {
   isPostgresUrl,
