@@ -45,6 +45,8 @@ export const FAILURE_CODES = {
   PREFLIGHT_TOOL_MISSING: 'PREFLIGHT_TOOL_MISSING',
   /** Preflight: the repository, the staging folder or the datastore has less free space than the copy needs plus the margin. */
   PREFLIGHT_NO_SPACE: 'PREFLIGHT_NO_SPACE',
+  /** A process an earlier run of the capture left on a host survived SIGKILL: the step does not start beside it. */
+  REMOTE_LEFTOVER: 'REMOTE_LEFTOVER',
 } as const;
 export type FailureCode = (typeof FAILURE_CODES)[keyof typeof FAILURE_CODES] | (string & {});
 

@@ -62,8 +62,8 @@ export interface HostRuntime {
   missingTools: ReadonlySet<string>;
   /** Drops every connection to this host (a guest going down). */
   dropConnections(): void;
-  /** Running commands by (fake) PID, for the transport's kill script. */
-  procs: Map<number, { kill(signal: string): void }>;
+  /** Running commands by (fake) PID, for the transport's kill script, with their runner tag if any. */
+  procs: Map<number, { kill(signal: string): void; tag?: string | undefined }>;
   /** Commands running now (with or without a PID). */
   running: Set<object>;
   /** Guests: what the OS holds that its commands change. */

@@ -101,7 +101,7 @@ class Exec implements RunningExec {
     core.log({ host: host.name, line, argv, kind: 'exec' });
     if (parsed.wrapped) {
       this.pid = core.nextPid();
-      host.procs.set(this.pid, { kill: (sig) => this.killed(sig) });
+      host.procs.set(this.pid, { kill: (sig) => this.killed(sig), tag: parsed.tag });
       await this.write(this.channel, `VCLPID=${this.pid}\n`).catch(() => {});
     }
     await this.answer(async (ctx) => {

@@ -11,13 +11,19 @@
 /** Prefix of every command line the transport sends (src/ssh/process.ts): report the PID, then exec. */
 export const TRANSPORT_PREFIX = 'echo VCLPID=$$; exec ';
 
+/**
+ * The same prefix with a runner execution's tag (src/ssh/process.ts `commandLineOf`): the PID, then the
+ * tag exported, then exec.
+ */
+const TAGGED_PREFIX = /^echo VCLPID=\$\$; export VCL_CAPTURE_TAG=([0-9a-f]{16}); exec /;
+
 /** The transport's remote kill (src/ssh/process.ts), with the process group in place of `N`. */
 const KILL_SCRIPT =
   /^kill -KILL -- -(\d+) 2>\/dev\/null \|\| kill -KILL \1 2>\/dev\/null \|\| ! kill -0 -- -\1 2>\/dev\/null$/;
 
 export type ParsedLine =
-  /** A plain command; `wrapped` when it came inside the transport's PID prefix. */
-  | { kind: 'argv'; argv: string[]; wrapped: boolean }
+  /** A plain command; `wrapped` when it came inside the transport's PID prefix, with its `tag` if any. */
+  | { kind: 'argv'; argv: string[]; wrapped: boolean; tag?: string }
   /** The transport's kill script for process group `group`. */
   | { kind: 'kill'; group: number }
   /** Shell syntax the lab does not interpret; answered with exit 2 and `message` on stderr. */
@@ -28,13 +34,21 @@ const META = new Set([';', '|', '&', '$', '`', '<', '>', '(', ')', '\n']);
 /** Characters that would make a shell expand a glob. */
 const GLOB = new Set(['*', '?', '[']);
 
+/** The command a line runs, without the transport's prefix (tagged or not); other lines as they are. */
+export function commandText(line: string): string {
+  const tagged = TAGGED_PREFIX.exec(line);
+  if (tagged) return line.slice(tagged[0].length);
+  return line.startsWith(TRANSPORT_PREFIX) ? line.slice(TRANSPORT_PREFIX.length) : line;
+}
+
 export function parseCommandLine(line: string): ParsedLine {
   const kill = KILL_SCRIPT.exec(line);
   if (kill) return { kind: 'kill', group: Number(kill[1]) };
-  const wrapped = line.startsWith(TRANSPORT_PREFIX);
-  const words = splitWords(wrapped ? line.slice(TRANSPORT_PREFIX.length) : line);
+  const text = commandText(line);
+  const words = splitWords(text);
   if ('error' in words) return { kind: 'refused', message: words.error };
-  return { kind: 'argv', argv: words.argv, wrapped };
+  const tag = TAGGED_PREFIX.exec(line)?.[1];
+  return { kind: 'argv', argv: words.argv, wrapped: text !== line, ...(tag === undefined ? {} : { tag }) };
 }
 
 function refuse(what: string): { error: string } {

@@ -27,6 +27,7 @@ import type { Logger } from '../log.js';
 import type { SshHost } from '../ssh/index.js';
 import type { CaptureRecord, CaptureStore } from '../store/index.js';
 import { cancelQueued } from './cancel.js';
+import { taggedRemote } from './leftovers.js';
 import type { Limiter } from './limits.js';
 import type { Remote } from './remote.js';
 import { inFlightSteps, machineVersion, snapshotProblem } from './resume.js';
@@ -180,8 +181,8 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
   const repository = x.inventory.repositories[computer.repository] as Inventory['repositories'][string];
   const host = (name: string) => x.hosts.get(name) as SshHost;
   const log = x.log.child({ captureId: record.id, computer: record.computer, image: record.image.name });
-  const env: DriverEnv = {
-    remote: x.remote,
+  const driverEnv = (remote: Remote): DriverEnv => ({
+    remote,
     computerName: record.computer,
     computer,
     provisionerHost: host(computer.provisioner.host),
@@ -189,7 +190,7 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     repository: { host: host(repository.host), path: repository.path },
     pollMs: x.pollMs,
     progress: (step, p) => x.emit({ type: 'progress', captureId: record.id, step, ...p }),
-  };
+  });
 
   const waiting = new AbortController();
   let actor: Actor<CaptureMachine> | undefined;
@@ -279,6 +280,10 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
 
   async function run(): Promise<RunResult> {
     const provisioner = record.provisioner;
+    // What an earlier execution (a runner that died or stopped) may have left running is stopped before
+    // this one's first command on each host (leftovers.ts).
+    const earlier = await x.store.remoteTags(record.id);
+    const env = driverEnv(taggedRemote(x.remote, x.store, record.id, earlier, log));
     let warnings: unknown[] = [];
     let writes = Promise.resolve();
     const wrap = (name: string, fn: AnyStepFn): AnyStepFn => {
@@ -444,6 +449,10 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
         ? x.store.cancelCapture(record.id, error, outcome)
         : x.store.failCapture(record.id, error, outcome));
     }
+    // A finished capture is never resumed: its tags have no use any more.
+    await x.store
+      .forgetRemoteTags(record.id)
+      .catch((err: unknown) => log.warn({ err }, 'could not forget the remote command tags'));
     log.info(
       {
         status: result.status,

@@ -53,6 +53,16 @@ export interface CopyRunner {
   hasZstd?(host: SshHost, signal: AbortSignal): Promise<boolean>;
 }
 
+/** Every command of a copy carries the copy's tag (see `CopyOptions.tag`). */
+function tagging(runner: CopyRunner, tag: string | undefined): CopyRunner {
+  if (tag === undefined) return runner;
+  return {
+    exec: (host, argv, options) => runner.exec(host, argv, { ...options, tag }),
+    spawn: (host, argv, options) => runner.spawn(host, argv, { ...options, tag }),
+    ...(runner.hasZstd === undefined ? {} : { hasZstd: runner.hasZstd.bind(runner) }),
+  };
+}
+
 const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
 const DEFAULT_PROGRESS_INTERVAL_MS = 500;
 const LOCAL_READ_CHUNK = 1024 * 1024;
@@ -419,12 +429,13 @@ async function openRemoteDestination(
 }
 
 export async function copyFile(
-  runner: CopyRunner,
+  untagged: CopyRunner,
   from: CopyEndpoint,
   to: CopyEndpoint,
   options: CopyOptions,
   log: Logger,
 ): Promise<CopyResult> {
+  const runner = tagging(untagged, options.tag);
   const started = Date.now();
   const where = `${from.host ? `${from.host.name}:` : ''}${from.path} -> ${to.host ? `${to.host.name}:` : ''}${to.path}`;
   const details = (extra: Record<string, unknown> = {}) => ({

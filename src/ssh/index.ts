@@ -14,6 +14,15 @@
 export { copyLeftoversCommand, durableMoveCommand } from './copy.js';
 export { isSshError, SshError, type SshErrorCode, SshExitError } from './errors.js';
 export { fingerprintSha256 } from './hostkeys.js';
+export {
+  isRemoteTag,
+  LEFTOVER_SWEEP_SCRIPT,
+  leftoverSweep,
+  newRemoteTag,
+  type SweepOutcome,
+  sweepOutcome,
+  TAG_VARIABLE,
+} from './leftovers.js';
 export { SshPool, type SshPoolOptions } from './pool.js';
 export type { RemoteProcess } from './process.js';
 export { shellQuote, toCommandLine } from './quote.js';

@@ -64,6 +64,7 @@ export class SshPool {
         maxStderrBytes: maxOutput,
         killOnStderrLimit: true,
         step: options.step,
+        tag: options.tag,
       },
       log,
     );
@@ -108,6 +109,7 @@ export class SshPool {
         maxStderrBytes: options.maxStderrBytes ?? EXEC_DEFAULTS.maxStderrBytes,
         killOnStderrLimit: false,
         step: options.step,
+        tag: options.tag,
       },
       log,
     );

@@ -10,6 +10,7 @@ import { type Readable, Transform, type TransformCallback, type Writable } from 
 import type ssh2 from 'ssh2';
 import type { Logger } from '../log.js';
 import { SshError, type SshErrorCode } from './errors.js';
+import { isRemoteTag, TAG_VARIABLE } from './leftovers.js';
 import type { Conn, ExitStatus, HostLink } from './link.js';
 import { toCommandLine } from './quote.js';
 import type { ExecResult } from './types.js';
@@ -84,6 +85,8 @@ export interface ProcessOptions {
   maxStderrBytes: number;
   killOnStderrLimit: boolean;
   step: string | undefined;
+  /** Exported as `VCL_CAPTURE_TAG` to the command and all it starts (leftovers.ts). */
+  tag?: string | undefined;
 }
 
 /** A running remote command. */
@@ -120,7 +123,7 @@ export async function startProcess(
 ): Promise<RemoteProcess> {
   const host = link.host.name;
   const name = commandName(argv);
-  const commandLine = `echo VCLPID=$$; exec ${toCommandLine(argv)}`;
+  const commandLine = commandLineOf(argv, opts.tag);
   const abortedError = () =>
     new SshError('SSH_ABORTED', `${name} on ${host} was aborted before it started`, {
       ...(opts.step === undefined ? {} : { step: opts.step }),
@@ -157,6 +160,16 @@ export async function startProcess(
     throw err;
   }
   return runOnChannel(link, conn, channel, exitOf, name, started, opts, log, release);
+}
+
+/**
+ * `echo VCLPID=$$; [export VCL_CAPTURE_TAG=<tag>; ]exec <argv quoted>`: the PID header, the tag of the
+ * runner execution when there is one, then the command in place of the shell.
+ */
+export function commandLineOf(argv: readonly string[], tag: string | undefined): string {
+  if (tag === undefined) return `echo VCLPID=$$; exec ${toCommandLine(argv)}`;
+  if (!isRemoteTag(tag)) throw new Error(`not a remote command tag: ${JSON.stringify(tag)}`);
+  return `echo VCLPID=$$; export ${TAG_VARIABLE}=${tag}; exec ${toCommandLine(argv)}`;
 }
 
 /**

@@ -102,6 +102,11 @@ export interface ExecOptions {
   check?: boolean;
   /** The capture step to name in errors and logs. */
   step?: string;
+  /**
+   * The runner execution's tag (`leftovers.ts`), exported as `VCL_CAPTURE_TAG` to the command and
+   * everything it starts, so that a later runner can find and stop them.
+   */
+  tag?: string;
 }
 
 /** What a finished remote command produced. */
@@ -125,6 +130,11 @@ export interface SpawnOptions {
   /** Most stderr bytes kept (the rest is drained and dropped). Default 1 MiB. */
   maxStderrBytes?: number;
   step?: string;
+  /**
+   * The runner execution's tag (`leftovers.ts`), exported as `VCL_CAPTURE_TAG` to the command and
+   * everything it starts, so that a later runner can find and stop them.
+   */
+  tag?: string;
 }
 
 /** Progress of a copy, reported at most every `progressIntervalMs` and once at the end. */
@@ -165,6 +175,11 @@ export interface CopyOptions {
   /** File mode of the destination. Default 0o644 (0o600 would be usual for disk images with secrets). */
   mode?: number;
   step?: string;
+  /**
+   * The runner execution's tag (`leftovers.ts`), exported as `VCL_CAPTURE_TAG` to the command and
+   * everything it starts, so that a later runner can find and stop them.
+   */
+  tag?: string;
 }
 
 export interface CopyResult {

@@ -75,6 +75,7 @@ import {
   type NotificationFilter,
   type NotificationStatus,
   type OwnedCapture,
+  type RemoteTagRecord,
   STORE_EVENT_TYPES,
   type StoredSnapshot,
   type TransitionInput,
@@ -958,6 +959,34 @@ export abstract class CaptureStoreCore implements CaptureStore {
     return this.transact('read', 'listResumableCaptures', function* (tx) {
       return (yield* tx.all<CaptureRow>('unfinished')).map(toCapture);
     });
+  }
+
+  // ---- the tags of a capture's remote commands ------------------------------------------------------
+
+  async recordRemoteTag(captureId: string, host: string, tag: string): Promise<void> {
+    const h = checkShortText(host, 'host');
+    const t = checkShortText(tag, 'tag');
+    await this.transact('write', 'recordRemoteTag', function* (tx) {
+      yield* requireCapture(tx, captureId);
+      yield* tx.run('recordRemoteTag', { captureId, host: h, tag: t, now: tx.now() });
+    });
+  }
+
+  async remoteTags(captureId: string): Promise<RemoteTagRecord[]> {
+    return this.transact('read', 'remoteTags', function* (tx) {
+      const rows = yield* tx.all<{ host: string; tag: string; recorded_at: string }>('remoteTags', {
+        captureId,
+      });
+      return rows.map((r) => ({ host: r.host, tag: r.tag, recordedAt: r.recorded_at }));
+    });
+  }
+
+  async forgetRemoteTags(captureId: string, only?: { host: string; tag: string }): Promise<number> {
+    return this.transact('write', 'forgetRemoteTags', (tx) =>
+      only === undefined
+        ? tx.run('forgetRemoteTags', { captureId })
+        : tx.run('forgetRemoteTag', { captureId, host: only.host, tag: only.tag }),
+    );
   }
 
   async loadSnapshot(captureId: string): Promise<StoredSnapshot | undefined> {

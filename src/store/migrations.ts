@@ -175,11 +175,27 @@ CREATE TABLE notification_deliveries (
 CREATE INDEX notification_deliveries_due ON notification_deliveries(status, next_attempt_at);
 `;
 
+/**
+ * Which runner execution marked its remote commands with which tag, per capture and host: a runner that
+ * resumes a capture first stops every process on that host carrying an earlier execution's tag (issue 16,
+ * docs/resume.md "Leftover remote commands").
+ */
+const V4_REMOTE_TAGS = `
+CREATE TABLE remote_tags (
+  capture_id   TEXT NOT NULL REFERENCES captures(id),
+  host         TEXT NOT NULL,
+  tag          TEXT NOT NULL,
+  recorded_at  TEXT NOT NULL,
+  PRIMARY KEY (capture_id, host, tag)
+);
+`;
+
 /** Every migration, in order. The last one's version is the schema version this code writes. */
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: 'initial schema', up: V1_INITIAL },
   { version: 2, name: 'capture ownership and requests', up: V2_OWNERSHIP },
   { version: 3, name: 'notification outbox', up: V3_NOTIFICATIONS },
+  { version: 4, name: 'remote command tags', up: V4_REMOTE_TAGS },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;

@@ -127,8 +127,17 @@ create table notification_deliveries (
 create index notification_deliveries_due on notification_deliveries (status, next_attempt_at);
 `;
 
+const PG_V4 = `
+create table remote_tags (
+  capture_id text not null references captures (id), host text not null, tag text not null,
+  recorded_at text not null,
+  rowid bigint generated always as identity,   -- order of recording, as SQLite's rowid
+  primary key (capture_id, host, tag)
+);
+`;
+
 /** PostgreSQL's script of each SQLite migration (`MIGRATIONS`), by version: every version must have one. */
-const POSTGRES_UP: Readonly<Record<number, string>> = { 1: PG_V1, 2: PG_V2, 3: PG_V3 };
+const POSTGRES_UP: Readonly<Record<number, string>> = { 1: PG_V1, 2: PG_V2, 3: PG_V3, 4: PG_V4 };
 
 /** Every migration, in order: the SQLite ones' versions and names, with PostgreSQL's scripts. */
 export const POSTGRES_MIGRATIONS: readonly PostgresMigration[] = MIGRATIONS.map((m) => {

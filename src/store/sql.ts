@@ -114,6 +114,13 @@ export function statements(d: Dialect) {
        WHERE (CAST(@statuses AS TEXT) IS NULL OR status IN (${d.jsonList('@statuses')}))
          AND (CAST(@computer AS TEXT) IS NULL OR computer = @computer)
        ORDER BY created_at DESC, rowid DESC LIMIT @limit OFFSET @offset`,
+    // ---- the tags of a capture's remote commands (migration 4) ----
+    recordRemoteTag: `INSERT INTO remote_tags (capture_id, host, tag, recorded_at) VALUES (@captureId, @host, @tag, @now)
+       ON CONFLICT (capture_id, host, tag) DO NOTHING`,
+    remoteTags:
+      'SELECT host, tag, recorded_at FROM remote_tags WHERE capture_id = @captureId ORDER BY recorded_at, rowid',
+    forgetRemoteTag: 'DELETE FROM remote_tags WHERE capture_id = @captureId AND host = @host AND tag = @tag',
+    forgetRemoteTags: 'DELETE FROM remote_tags WHERE capture_id = @captureId',
 
     // ---- the notification outbox (src/store/outbox.ts) ----
     insertNotification: `INSERT INTO notifications (event_id, type, capture_id, payload, created_at)

@@ -484,6 +484,13 @@ export interface NotificationOutbox {
  * The store a runner drives captures with. Every method is one transaction; errors are
  * `VclError`s with a code from `STORE_ERROR_CODES`.
  */
+/** A tag one runner execution put on every command it ran on one host for a capture. */
+export interface RemoteTagRecord {
+  host: string;
+  tag: string;
+  recordedAt: string;
+}
+
 export interface CaptureStore extends NotificationOutbox {
   /**
    * Registers computers from the inventory: new ones are inserted in `state` (default `available`),
@@ -587,6 +594,16 @@ export interface CaptureStore extends NotificationOutbox {
   requestCancel(captureId: string, reason: string): Promise<CaptureRecord>;
   /** The persisted snapshot of a capture, or undefined if the capture does not exist. */
   loadSnapshot(captureId: string): Promise<StoredSnapshot | undefined>;
+
+  /**
+   * Records that this execution of the capture marks its commands on `host` with `tag` (idempotent),
+   * before the first of them starts. `NOT_FOUND` for an unknown capture.
+   */
+  recordRemoteTag(captureId: string, host: string, tag: string): Promise<void>;
+  /** The tags recorded for a capture, oldest first. */
+  remoteTags(captureId: string): Promise<RemoteTagRecord[]>;
+  /** Forgets one recorded tag (`only`), or all of a capture's; returns how many were forgotten. */
+  forgetRemoteTags(captureId: string, only?: { host: string; tag: string }): Promise<number>;
 
   /** Closes the store; later calls fail with `STORE_CLOSED`. */
   close(): Promise<void>;

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eventWaitSeconds, libvirtSteps } from '../../src/drivers/libvirt.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
+import { commandText } from '../../src/lab/words.js';
 import { silentLogger } from '../../src/log.js';
 import { SshPool } from '../../src/ssh/index.js';
 import { captureOf, driverEnv, stepRun } from './rerun-helpers.js';
@@ -36,7 +37,7 @@ async function virshDuring(fn: () => Promise<unknown> | undefined): Promise<stri
   return lab.commandLog
     .slice(from)
     .filter((e) => e.host === 'libvirt-host')
-    .map((e) => e.line.replace(/^echo VCLPID=\$\$; exec /, ''));
+    .map((e) => commandText(e.line));
 }
 
 async function shutDown(computer: string, pool: SshPool): Promise<string[]> {

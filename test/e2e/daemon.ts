@@ -6,7 +6,7 @@
  * killed daemon).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readdirSync, readlinkSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { type CommandResult, run } from './libvirt.js';
 
@@ -132,24 +132,4 @@ export function sizeOf(path: string): number | undefined {
   } catch {
     return undefined;
   }
-}
-
-/** The files process `pid` has open whose path contains `needle` (`… (deleted)` once unlinked). */
-export function openFiles(pid: number, needle: string): string[] {
-  const out: string[] = [];
-  let fds: string[];
-  try {
-    fds = readdirSync(`/proc/${pid}/fd`);
-  } catch {
-    return out;
-  }
-  for (const fd of fds) {
-    try {
-      const target = readlinkSync(`/proc/${pid}/fd/${fd}`);
-      if (target.includes(needle)) out.push(target);
-    } catch {
-      // Closed while we looked.
-    }
-  }
-  return out;
 }

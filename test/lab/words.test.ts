@@ -12,6 +12,7 @@ import {
 } from '../../src/lab/index.js';
 import { parseCommandLine, splitWords } from '../../src/lab/words.js';
 import { toCommandLine } from '../../src/ssh/index.js';
+import { commandLineOf } from '../../src/ssh/process.js';
 import { ZSTD_PROBE, HAS_TOOL_SCRIPT as ZSTD_PROBE_SCRIPT } from '../../src/ssh/zstd-plan.js';
 
 const HOSTILE = [
@@ -92,6 +93,21 @@ describe('parseCommandLine', () => {
     expect(parseCommandLine('uname -r')).toEqual({ kind: 'argv', argv: ['uname', '-r'], wrapped: false });
     // The prefix is only itself: the same words elsewhere are shell syntax.
     expect(parseCommandLine('echo VCLPID=$$ ; exec id')).toHaveProperty('kind', 'refused');
+  });
+
+  it('reads the tag of a tagged command line exactly as the transport writes it', () => {
+    const argv = ['qemu-img', 'convert', 'a b', "c'd"];
+    expect(parseCommandLine(commandLineOf(argv, '0123456789abcdef'))).toEqual({
+      kind: 'argv',
+      argv,
+      wrapped: true,
+      tag: '0123456789abcdef',
+    });
+    // The transport refuses a tag that is not 16 hex digits; the lab reads any other form as shell syntax.
+    expect(() => commandLineOf(argv, '0123;id')).toThrow(/not a remote command tag/);
+    expect(
+      parseCommandLine(`echo VCLPID=$$; export VCL_CAPTURE_TAG=0123; exec ${toCommandLine(argv)}`),
+    ).toHaveProperty('kind', 'refused');
   });
 
   it('recognises the transport kill script and nothing like it', () => {

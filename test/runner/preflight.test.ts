@@ -12,6 +12,7 @@ import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLab } from '../../src/lab/index.js';
 import type { ComputerKind, Fault, Lab, LabOptions } from '../../src/lab/types.js';
+import { commandText } from '../../src/lab/words.js';
 import { preflight } from '../../src/runner/preflight.js';
 import { createRunner } from '../../src/runner/runner.js';
 import { SshPool } from '../../src/ssh/index.js';
@@ -246,11 +247,7 @@ describe('a failed preflight fails the capture untouched', () => {
     // Nothing but reads reached the hosts; nothing at all the computer, whose power and disk are as they were.
     const sent = lab.commandLog.filter((e) => e.kind === 'exec');
     expect(sent.filter((e) => e.host === computer)).toEqual([]);
-    expect(
-      sent
-        .map((e) => e.line.replace(/^echo VCLPID=\$\$; exec /, ''))
-        .filter((l) => !READ_ONLY.some((r) => r.test(l))),
-    ).toEqual([]);
+    expect(sent.map((e) => commandText(e.line)).filter((l) => !READ_ONLY.some((r) => r.test(l)))).toEqual([]);
     expect(lab.computer(computer).bootId).toBe(bootId);
     expect(await lab.diskSha256(computer)).toBe(source);
     // The lab refused the connections; a full disk was found by df, not by a write that failed.

@@ -11,7 +11,9 @@ import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
+import { parseCommandLine } from '../../src/lab/words.js';
 import { createRunner, type Runner, type RunnerEvent } from '../../src/runner/runner.js';
+import { LEFTOVER_SWEEP_SCRIPT } from '../../src/ssh/index.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
 
 let lab: Lab;
@@ -106,6 +108,7 @@ describe('stop and resume', () => {
 
   it('a step still in flight at the stop timeout is stopped, and re-runs from its start on resume', async () => {
     const a = runner('runner-c');
+    const logFrom = lab.commandLog.length;
     const source = await lab.diskSha256('lv-linux-2');
     lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'], times: 1 });
     const handle = await a.capture({ computer: 'lv-linux-2', image: image('Hung') });
@@ -126,6 +129,22 @@ describe('stop and resume', () => {
       result.artifact.path.split('/').at(-1),
     ]);
     expect((await repositoryFiles()).filter((f) => /vcl-tmp|partial/.test(f))).toEqual([]);
+    // Each execution tagged its commands; the second one swept the first one's tag on the libvirt host
+    // before any command of its own there, and the finished capture keeps no tag.
+    const onLibvirt = lab.commandLog
+      .slice(logFrom)
+      .filter((e) => e.host === 'libvirt-host')
+      .map((e) => ({ ...e, parsed: parseCommandLine(e.line) }));
+    const tagOf = (e: (typeof onLibvirt)[number]) => (e.parsed.kind === 'argv' ? e.parsed.tag : undefined);
+    const converts = onLibvirt.filter((e) => e.argv?.[0] === 'qemu-img' && e.argv[1] === 'convert');
+    const [first, second] = converts.map(tagOf);
+    expect(first).toMatch(/^[0-9a-f]{16}$/);
+    expect(second).toMatch(/^[0-9a-f]{16}$/);
+    expect(second).not.toBe(first);
+    const sweep = onLibvirt.findIndex((e) => e.argv?.[2] === LEFTOVER_SWEEP_SCRIPT);
+    expect(onLibvirt[sweep]?.argv?.slice(4)).toEqual([first]);
+    expect(onLibvirt.findIndex((e) => tagOf(e) === second)).toBeGreaterThan(sweep);
+    expect(await store.remoteTags(handle.id)).toEqual([]);
     await b.stop();
   });
 });

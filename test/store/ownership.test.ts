@@ -142,4 +142,32 @@ describe.each(storeBackends())('$name store', (backend) => {
       await expectVclError(store.requestCancel('nope', 'late'), 'NOT_FOUND');
     });
   });
+
+  describe('remote command tags', () => {
+    it('are recorded once per capture, host and tag, listed oldest first, and forgotten one or all', async () => {
+      await store.createCapture({ ...base, id: 't-1', computer: 'pc-01' });
+      await store.recordRemoteTag('t-1', 'esxi-1', '0123456789abcdef');
+      now += 1000;
+      await store.recordRemoteTag('t-1', 'repo', '0123456789abcdef');
+      await store.recordRemoteTag('t-1', 'esxi-1', '0123456789abcdef');
+      now += 1000;
+      await store.recordRemoteTag('t-1', 'esxi-1', 'fedcba9876543210');
+      expect(await store.remoteTags('t-1')).toEqual([
+        { host: 'esxi-1', tag: '0123456789abcdef', recordedAt: '2025-03-01T08:00:00.000Z' },
+        { host: 'repo', tag: '0123456789abcdef', recordedAt: '2025-03-01T08:00:01.000Z' },
+        { host: 'esxi-1', tag: 'fedcba9876543210', recordedAt: '2025-03-01T08:00:02.000Z' },
+      ]);
+      expect(await store.forgetRemoteTags('t-1', { host: 'esxi-1', tag: '0123456789abcdef' })).toBe(1);
+      expect((await store.remoteTags('t-1')).map((t) => t.host)).toEqual(['repo', 'esxi-1']);
+      expect(await store.forgetRemoteTags('t-1')).toBe(2);
+      expect(await store.remoteTags('t-1')).toEqual([]);
+    });
+
+    it('refuse an unknown capture and a host name that is not one line of text', async () => {
+      await expectVclError(store.recordRemoteTag('nope', 'esxi-1', '0123456789abcdef'), 'NOT_FOUND');
+      await store.createCapture({ ...base, id: 't-2', computer: 'pc-02' });
+      await expectVclError(store.recordRemoteTag('t-2', 'a\nb', '0123456789abcdef'), 'INVALID_INPUT');
+      expect(await store.remoteTags('t-2')).toEqual([]);
+    });
+  });
 });

@@ -10,6 +10,7 @@
 import { rm } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { HAS_TOOL_SCRIPT, TOOLS_SCRIPT } from '../../drivers/preflight-commands.js';
+import { LEFTOVER_SWEEP_SCRIPT } from '../../ssh/leftovers.js';
 import { type CommandContext, CommandError, fail, type Handler, NoSpaceError } from '../core.js';
 import { lookup } from '../exec.js';
 import { commandV, errnoText, move, statOf, writeStdinTo } from './posix.js';
@@ -93,6 +94,22 @@ async function reportTools(ctx: CommandContext, tools: readonly string[]): Promi
   return 0;
 }
 
+/**
+ * The runner's sweep (src/ssh/leftovers.ts): kills the lab's running commands that carry one of the tags,
+ * and prints `killed <n>` as the script does. Unlike sshd, the lab ends a command when its channel closes,
+ * so after a runner's death the sweep usually finds nothing; it is still sent, logged and answered.
+ */
+async function sweepLeftovers(ctx: CommandContext, tags: readonly string[]): Promise<number> {
+  let killed = 0;
+  for (const p of [...ctx.host.procs.values()]) {
+    if (p.tag === undefined || !tags.includes(p.tag)) continue;
+    p.kill('KILL');
+    killed++;
+  }
+  await ctx.out(`killed ${killed}\n`);
+  return 0;
+}
+
 export const sh: Handler = async (ctx) => {
   const [, flag, script, , ...args] = ctx.argv;
   if (flag === '-c' && ctx.argv[3] === 'sh') {
@@ -104,6 +121,7 @@ export const sh: Handler = async (ctx) => {
     if (script === COPY_WRITE_SCRIPT && args.length === 1) return await writeTemp(ctx, args[0] as string);
     if (script === TOOLS_SCRIPT) return await reportTools(ctx, args);
     if (script === HAS_TOOL_SCRIPT && args.length === 1) return await commandV(ctx, args[0] as string);
+    if (script === LEFTOVER_SWEEP_SCRIPT) return await sweepLeftovers(ctx, args);
     if (script === COPY_FINALIZE_SCRIPT && args.length === 3) {
       const [tmp, target, mode] = args as [string, string, string];
       return await finalize(ctx, tmp, target, mode);

@@ -1,0 +1,124 @@
+/**
+ * What a dead runner left running on a host, against a real OpenSSH sshd on loopback: its commands (and
+ * what they started, also outside their process group) outlive its connection, carry its tag, and the next
+ * runner's first command on that host kills them and confirms it, while other processes live on.
+ */
+import { readdirSync, readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/log.js';
+import { taggedRemote } from '../../src/runner/leftovers.js';
+import { SshPool } from '../../src/ssh/index.js';
+import type { SqliteCaptureStore } from '../../src/store/index.js';
+import { waitFor } from '../helpers/procs.js';
+import { type SshdServer, sshdAvailable, startSshd } from '../helpers/sshd.js';
+import { openStore, REPO, seed, tempFolder } from '../store/helpers.js';
+
+const available = sshdAvailable('test/ssh/leftovers.test.ts');
+
+/** Live (not zombie) processes on this machine whose environment holds `VCL_CAPTURE_TAG=<tag>`. */
+function taggedPids(tag: string): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const env = readFileSync(`/proc/${entry}/environ`, 'latin1').split('\0');
+      if (!env.includes(`VCL_CAPTURE_TAG=${tag}`)) continue;
+      const stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
+      if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z') out.push(Number(entry));
+    } catch {
+      // Ended while we looked.
+    }
+  }
+  return out;
+}
+
+describe.skipIf(!available)('leftover remote commands (OpenSSH sshd)', () => {
+  let server: SshdServer;
+  let folder: ReturnType<typeof tempFolder>;
+  let store: SqliteCaptureStore;
+
+  beforeAll(async () => {
+    server = await startSshd();
+    folder = tempFolder();
+    store = openStore(folder.file('store.sqlite'));
+    await seed(store);
+    await store.createCapture({
+      id: 'cap-1',
+      computer: 'pc-01',
+      imageId: 12345,
+      provisioner: 'libvirt',
+      os: 'linux',
+      repository: REPO,
+    });
+  });
+  afterAll(async () => {
+    await store?.close();
+    folder?.cleanup();
+    await server?.stop();
+  });
+
+  it('the next execution kills what a dead one left (also outside its group), and nothing else', async () => {
+    const host = server.sshHost();
+    const deadPool = new SshPool();
+    const dead = taggedRemote(deadPool, store, 'cap-1', [], silentLogger());
+    // A long command that also starts a child in a session of its own (it leaves the process group).
+    const leftover = dead
+      .exec(host, ['sh', '-c', 'setsid sleep 300 & exec sleep 301'], { timeoutMs: 120_000 })
+      .catch((err: unknown) => err);
+    await waitFor(() => taggedPids(dead.tag).length === 2, 10_000, 'the dead runner’s two processes');
+    expect(await store.remoteTags('cap-1')).toEqual([
+      expect.objectContaining({ host: host.name, tag: dead.tag }),
+    ]);
+    // The runner dies: its connection goes, its remote processes stay (they never write to it).
+    await deadPool.close();
+    await leftover;
+    expect(taggedPids(dead.tag)).toHaveLength(2);
+
+    // A process of another execution on the same host must survive the sweep.
+    const otherPool = new SshPool();
+    const other = taggedRemote(otherPool, store, 'cap-1', [], silentLogger());
+    const bystander = other.exec(host, ['sleep', '302'], { timeoutMs: 120_000 }).catch((err: unknown) => err);
+    await waitFor(() => taggedPids(other.tag).length === 1, 10_000, 'the bystander');
+
+    const pool = new SshPool();
+    try {
+      const next = taggedRemote(
+        pool,
+        store,
+        'cap-1',
+        (await store.remoteTags('cap-1')).filter((r) => r.tag === dead.tag),
+        silentLogger(),
+      );
+      const r = await next.exec(host, ['sh', '-c', 'echo "$VCL_CAPTURE_TAG"']);
+      // The sweep ran before the command, and the command carries the new execution's tag.
+      expect(r.stdout).toBe(`${next.tag}\n`);
+      expect(taggedPids(dead.tag)).toEqual([]);
+      expect(taggedPids(other.tag)).toHaveLength(1);
+      const tags = (await store.remoteTags('cap-1')).map((t) => t.tag).sort();
+      expect(tags).toEqual([next.tag, other.tag].sort());
+    } finally {
+      await pool.close();
+      await otherPool.close();
+      await bystander;
+      await store.forgetRemoteTags('cap-1');
+    }
+  });
+
+  it('a copy carries the tag on both hosts, and the sweep also runs before a copy', async () => {
+    const host = server.sshHost();
+    const pool = new SshPool();
+    try {
+      // An earlier execution's tag with nothing left running: the sweep finds nothing and forgets it.
+      await store.recordRemoteTag('cap-1', host.name, '0123456789abcdef');
+      const next = taggedRemote(pool, store, 'cap-1', await store.remoteTags('cap-1'), silentLogger());
+      const src = `${folder.dir}/src.bin`;
+      await next.exec(host, ['sh', '-c', 'head -c 100000 /dev/urandom > "$1"', 'sh', src]);
+      const copied = await next.copy({ host, path: src }, { host, path: `${folder.dir}/dst.bin` });
+      expect(copied.bytes).toBe(100_000);
+      expect((await store.remoteTags('cap-1')).map((t) => t.tag)).toEqual([next.tag]);
+    } finally {
+      await pool.close();
+      await store.forgetRemoteTags('cap-1');
+    }
+  });
+});
