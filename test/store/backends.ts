@@ -4,6 +4,7 @@
  * of a test file: it starts one private PostgreSQL cluster for the file (`test/helpers/postgres.ts`) in
  * `beforeAll`, stops it in `afterAll`, and gives each opened store a database of its own.
  */
+import Database from 'better-sqlite3';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
 import {
@@ -24,6 +25,8 @@ export interface OpenedStore {
   dump(): Promise<string>;
   /** Row counts of the main tables. */
   tableCounts(): Promise<Record<string, number>>;
+  /** Runs SQL (several statements) through a connection of its own, as another program could. */
+  exec(sql: string): Promise<void>;
   /** A second store on the same database (another process's view). */
   openAgain(options?: BackendOptions): Promise<CaptureStore>;
   /** Closes the store and every one `openAgain` opened, and removes what the database left behind. */
@@ -45,6 +48,14 @@ const sqlite: StoreBackend = {
       store: stores[0] as CaptureStore,
       dump: async () => dump(path),
       tableCounts: async () => tableCounts(path),
+      exec: async (sql) => {
+        const db = new Database(path);
+        try {
+          db.exec(sql);
+        } finally {
+          db.close();
+        }
+      },
       openAgain: async (again = {}) => stores[stores.push(openStore(path, again)) - 1] as CaptureStore,
       cleanup: async () => {
         for (const s of stores) await s.close();
@@ -91,6 +102,10 @@ function postgres(cluster: () => PostgresCluster): StoreBackend {
             for (const t of MAIN_TABLES)
               out[t] = Number((await client.query(`SELECT count(*) AS n FROM ${t}`)).rows[0].n);
             return out;
+          }),
+        exec: (sql) =>
+          read(async (client) => {
+            await client.query(sql);
           }),
         openAgain: async (again = {}) => {
           stores.push(await openPostgresStore(url, { now: steppingClock(), ...again }));
