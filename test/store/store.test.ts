@@ -7,8 +7,7 @@ describe.each(storeBackends())('$name store', (backend) => {
   let db: OpenedStore;
   let store: CaptureStore;
   openEach(backend, (opened) => {
-    db = opened;
-    store = opened.store;
+    [db, store] = [opened, opened.store];
   });
 
   const base = { imageId: 12345, provisioner: 'vmware', os: 'windows', repository: REPO } as const;

@@ -159,8 +159,7 @@ describe.each(storeBackends())('$name store', (backend) => {
   let db: OpenedStore;
   let store: CaptureStore;
   openEach(backend, (opened) => {
-    db = opened;
-    store = opened.store;
+    [db, store] = [opened, opened.store];
   });
 
   describe('a failure between the writes of one operation leaves no partial rows', () => {
