@@ -4,6 +4,7 @@
  * runners) writing at once under SERIALIZABLE isolation. Its CaptureStore behaviour is the contract suite's
  * (store, outbox, ownership tests), run against both stores.
  */
+import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   type CaptureStore,
@@ -151,6 +152,38 @@ describe.skipIf(!postgresAvailable('PostgreSQL store tests'))('a PostgreSQL data
       /append-only/,
     );
   });
+
+  it('the CLI reads and changes it through --db and VCL_CAPTURE_DB', async () => {
+    const url = await cluster.createDatabase();
+    const store = await openPostgresStore(url);
+    await seed(store);
+    await store.createCapture({ ...base, id: 'cli-1', computer: 'pc-01' });
+    await store.failCapture('cli-1', { code: 'TIMEOUT', step: 'copy', message: 'slow' }, 'maintenance');
+    await store.close();
+    const bin = new URL('../../src/cli/bin.mjs', import.meta.url).pathname;
+    const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+      new Promise<{ code: number | null; stdout: string }>((resolve) => {
+        const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, ...env } });
+        let stdout = '';
+        child.stdout.on('data', (d: Buffer) => {
+          stdout += d.toString();
+        });
+        child.on('close', (code) => resolve({ code, stdout }));
+      });
+    const listed = await cli(['captures', '--db', url, '--json']);
+    expect(listed.code).toBe(0);
+    expect(
+      (JSON.parse(listed.stdout) as { id: string; status: string }[]).map((c) => [c.id, c.status]),
+    ).toEqual([['cli-1', 'failed']]);
+    const released = await cli(['release', 'pc-01', '--reason', 'looked at it', '--json'], {
+      VCL_CAPTURE_DB: url,
+    });
+    expect(released.code).toBe(0);
+    const after = await openPostgresStore(url);
+    expect((await after.getComputer('pc-01'))?.state).toBe('available');
+    expect((await after.getCapture('cli-1'))?.events.at(-1)?.type).toBe('computer.released');
+    await after.close();
+  }, 60_000);
 
   describe('several runners writing at once', () => {
     let url: string;
