@@ -8,6 +8,9 @@
  * read, a context switch each), while `zstd -d -o` writes the same file in 0.2-0.4 s and reading it back
  * (holes come as zeros from the kernel, data from the page cache) costs little beyond the hash itself.
  *
+ * Holes are not read back: their extents come from `SEEK_DATA`/`SEEK_HOLE` (extents.ts) and are hashed as
+ * zeros, which they read as.
+ *
  * How far zstd got: the position of its output descriptor (`/proc/<pid>/fdinfo`), which zstd only moves
  * forward (writes, or seeks over zero runs it leaves as holes), so everything below it is final. Where
  * `/proc` cannot tell (not Linux), the whole file is hashed once zstd exited.
@@ -17,9 +20,12 @@ import { createHash } from 'node:crypto';
 import { type FileHandle, open, readdir, readFile, readlink, rm } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { SshError } from './errors.js';
+import { type ExtentReader, startExtentReader } from './extents.js';
 import { ZSTD_WRITE_SCRIPT, zstdOutcome } from './zstd.js';
 
 const READ_BYTES = 4 * 1024 * 1024;
+/** What a hole reads as, hashed without reading it. */
+const ZEROS = Buffer.alloc(READ_BYTES);
 const POLL_MS = 20;
 
 export interface ZstdFileDestination {
@@ -76,9 +82,10 @@ export function startZstdFile(tmp: string, where: string): ZstdFileDestination {
   let hashed = 0;
   let digest: string | undefined;
   const buf = Buffer.allocUnsafe(READ_BYTES);
+  let extents: ExtentReader | undefined;
 
-  /** Hashes the file from `hashed` up to `end`; bytes past its current end are holes zstd will leave. */
-  const hashUpTo = async (fh: FileHandle, end: number) => {
+  /** Reads and hashes the file up to `end`; bytes past its current end are holes zstd will leave. */
+  const readUpTo = async (fh: FileHandle, end: number) => {
     while (hashed < end && !stopped) {
       const want = Math.min(READ_BYTES, end - hashed);
       const { bytesRead } = await fh.read(buf, 0, want, hashed);
@@ -86,6 +93,28 @@ export function startZstdFile(tmp: string, where: string): ZstdFileDestination {
       hash.update(buf.subarray(0, want));
       hashed += want;
     }
+  };
+
+  /** Hashes a hole up to `end` as the zeros it reads as, without reading it; yields between chunks. */
+  const zerosUpTo = async (end: number) => {
+    while (hashed < end && !stopped) {
+      const n = Math.min(ZEROS.length, end - hashed);
+      hash.update(n === ZEROS.length ? ZEROS : ZEROS.subarray(0, n));
+      hashed += n;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  };
+
+  /** Hashes the file from `hashed` up to `end`: its data extents read, its holes as zeros. */
+  const hashUpTo = async (fh: FileHandle, end: number) => {
+    extents ??= startExtentReader(tmp);
+    const data = await extents.data(hashed, end).catch(() => undefined);
+    if (data === undefined) return await readUpTo(fh, end);
+    for (const [start, stop] of data) {
+      await zerosUpTo(start);
+      await readUpTo(fh, stop);
+    }
+    await zerosUpTo(end);
   };
 
   const follow = async () => {
@@ -114,6 +143,7 @@ export function startZstdFile(tmp: string, where: string): ZstdFileDestination {
       await fh.sync();
       digest = hash.digest('hex');
     } finally {
+      extents?.close();
       await fh?.close();
     }
   };
