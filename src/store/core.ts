@@ -53,6 +53,7 @@ import {
   type CasOptions,
   type ClaimNotificationsOptions,
   type ClaimOptions,
+  type ClaimQueuedOptions,
   type CompleteOptions,
   type ComputerRecord,
   type ComputerRegistration,
@@ -102,8 +103,11 @@ import {
 const DEFAULT_LIST_LIMIT = 100;
 const MAX_LIST_LIMIT = 1000;
 
-/** A write (the database's write lock or serializable isolation) or a consistent read. */
-export type TxKind = 'write' | 'read';
+/**
+ * A write (the database's write lock, or serializable isolation), a claim (a write whose candidates are
+ * taken with row locks, `FOR UPDATE SKIP LOCKED`: on SQLite a write like any other), or a consistent read.
+ */
+export type TxKind = 'write' | 'claim' | 'read';
 
 interface EventInput {
   type: string;
@@ -919,6 +923,31 @@ export abstract class CaptureStoreCore implements CaptureStore {
         });
       }
       return toCapture(yield* requireCapture(tx, captureId));
+    });
+  }
+
+  async claimQueuedCaptures(owner: string, options: ClaimQueuedOptions): Promise<CaptureRecord[]> {
+    const me = checkShortText(owner, 'owner');
+    const leaseMs = checkInteger(options?.leaseMs, 'leaseMs', 1);
+    const limit = checkLimit(options.limit);
+    return this.transact('claim', 'claimQueuedCaptures', function* (tx) {
+      const now = tx.now();
+      const leaseUntil = tx.later(leaseMs);
+      const out: CaptureRecord[] = [];
+      for (const row of yield* tx.all<{ id: string; owner: string | null }>('claimableQueued', {
+        now,
+        limit,
+      })) {
+        yield* tx.run('claim', { id: row.id, owner: me, leaseUntil, now });
+        if (row.owner !== me) {
+          yield* appendEvent(tx, row.id, now, {
+            type: 'capture.claimed',
+            details: toJson({ owner: me, previousOwner: row.owner, status: 'queued' }, 'details'),
+          });
+        }
+        out.push(toCapture(yield* requireCapture(tx, row.id)));
+      }
+      return out;
     });
   }
 

@@ -6,7 +6,9 @@
  *   deadlock (SQLSTATE 40001, 40P01), up to {@link PostgresStoreOptions.retries} times, then
  *   `STORE_BUSY`. So every operation behaves as if it were alone, as on SQLite, where one writer at a time
  *   holds the file; the reservation is still the same conditional `UPDATE` (compare-and-swap). Reads run
- *   at `REPEATABLE READ READ ONLY`: one consistent snapshot, never blocking writers.
+ *   at `REPEATABLE READ READ ONLY`: one consistent snapshot, never blocking writers. Claiming queued
+ *   captures is the exception: `READ COMMITTED` with `SELECT ... FOR UPDATE SKIP LOCKED`, so that runners
+ *   claiming at once take disjoint captures without waiting for or conflicting with each other.
  * - **Clock**: the time of a write (`updated_at`, events, lease ends) is the database's
  *   `clock_timestamp()` read at the start of its transaction, not the process's clock, so that the leases
  *   runners on different machines compare come from one clock. (A `now` option replaces it, for tests.)
@@ -99,6 +101,7 @@ const COMPILED = (() => {
   const sql = statements({
     jsonList: (param) => `SELECT jsonb_array_elements_text(CAST(${param} AS jsonb))`,
     newImageId: 'coalesce(CAST(@id AS bigint), (SELECT coalesce(max(id), 0) + 1 FROM images))',
+    skipLocked: 'FOR UPDATE SKIP LOCKED',
   });
   const out = {} as Record<StatementName, Compiled>;
   for (const name of Object.keys(sql) as StatementName[]) out[name] = compile(name, sql[name]);
@@ -212,10 +215,12 @@ export class PostgresCaptureStore extends CaptureStoreCore {
   /** One try: BEGIN, the operation's statements, COMMIT. */
   private async attempt<T>(client: pg.PoolClient, kind: TxKind, body: (tx: Tx) => Gen<T>): Promise<T> {
     let start: string;
-    if (kind === 'write') {
-      // One round trip: the transaction and its time.
+    if (kind !== 'read') {
+      // One round trip: the transaction and its time. A claim relies on its row locks (READ COMMITTED:
+      // SKIP LOCKED passes over rows another claim holds, which SERIALIZABLE would turn into conflicts).
+      const isolation = kind === 'claim' ? 'READ COMMITTED' : 'SERIALIZABLE';
       const results = (await client.query(
-        `BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT ${ISO_NOW} AS now`,
+        `BEGIN ISOLATION LEVEL ${isolation}; SELECT ${ISO_NOW} AS now`,
       )) as unknown as pg.QueryResult<{ now: string }>[];
       start = results[1]?.rows[0]?.now ?? new Date().toISOString();
     } else {

@@ -14,6 +14,8 @@ export interface Dialect {
   jsonList: (param: string) => string;
   /** The id given to an image registered without one: SQLite's rowid, or max + 1. */
   newImageId: string;
+  /** Row locks a claim takes on its candidates (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite has one writer). */
+  skipLocked: string;
 }
 
 /** `('available', 'reserved')`: built from constants, never from input. */
@@ -75,6 +77,10 @@ export function statements(d: Dialect) {
          repository, status, request, owner, lease_until, event_count, created_at, updated_at)
        VALUES (@id, @computer, @imageId, @revisionId, @imageName, @revision, @provisioner, @os, @endState,
          @repository, @status, @request, @owner, @leaseUntil, 0, @now, @now)`,
+    // Queued captures nobody runs, oldest first; on PostgreSQL locked, skipping those another claim holds.
+    claimableQueued: `SELECT id, owner FROM captures
+       WHERE status = 'queued' AND (owner IS NULL OR lease_until IS NULL OR lease_until < @now)
+       ORDER BY created_at, rowid LIMIT @limit ${d.skipLocked}`,
     claim: `UPDATE captures SET owner = @owner, lease_until = @leaseUntil, updated_at = @now
        WHERE id = @id AND status IN ('queued', 'running')`,
     renew: `UPDATE captures SET lease_until = @leaseUntil

@@ -51,6 +51,8 @@ function prepareStatements(db: Database.Database): Record<StatementName, Databas
     jsonList: (param) => `SELECT value FROM json_each(${param})`,
     // SQLite gives an INTEGER PRIMARY KEY left NULL the next rowid.
     newImageId: '@id',
+    // Every write holds the file's write lock: there is nothing to skip.
+    skipLocked: '',
   });
   const out = {} as Record<StatementName, Database.Statement>;
   for (const name of Object.keys(sql) as StatementName[]) out[name] = db.prepare(sql[name]);

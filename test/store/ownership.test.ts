@@ -79,6 +79,35 @@ describe.each(storeBackends())('$name store', (backend) => {
       expect(claimed?.details).toEqual({ owner: 'runner-b', previousOwner: 'runner-a', status: 'running' });
     });
 
+    it('claims queued captures nobody runs, oldest first, up to the free slots, each once', async () => {
+      for (const [i, pc] of ['pc-01', 'pc-02', 'pc-03'].entries()) {
+        await store.createCapture({ ...base, id: `q-${i}`, computer: pc, reserve: false });
+        now += 1;
+      }
+      await store.createCapture({ ...base, id: 'running', computer: 'pc-04' });
+      await store.claimCapture('q-1', 'runner-b', { leaseMs: 10_000 });
+      const first = await store.claimQueuedCaptures('runner-a', { leaseMs: 30_000, limit: 1 });
+      expect(first.map((c) => [c.id, c.owner, c.leaseUntil])).toEqual([
+        ['q-0', 'runner-a', '2025-03-01T08:00:30.003Z'],
+      ]);
+      expect(
+        (await store.claimQueuedCaptures('runner-a', { leaseMs: 30_000, limit: 5 })).map((c) => c.id),
+      ).toEqual(['q-2']);
+      // Neither a running capture nor one whose owner's lease still runs.
+      expect(await store.claimQueuedCaptures('runner-c', { leaseMs: 30_000, limit: 5 })).toEqual([]);
+      // Once runner-b's lease ran out, its capture is claimable again, and the trail says who had it.
+      now += 11_000;
+      expect(
+        (await store.claimQueuedCaptures('runner-c', { leaseMs: 30_000, limit: 5 })).map((c) => c.id),
+      ).toEqual(['q-1']);
+      const claimed = (await store.getCapture('q-1'))?.events.filter((e) => e.type === 'capture.claimed');
+      expect(claimed?.map((e) => e.details)).toEqual([
+        { owner: 'runner-b', previousOwner: null, status: 'queued' },
+        { owner: 'runner-c', previousOwner: 'runner-b', status: 'queued' },
+      ]);
+      await expectVclError(store.claimQueuedCaptures('runner-c', { leaseMs: 0, limit: 1 }), 'INVALID_INPUT');
+    });
+
     it('a runner known to be gone is replaced at once; a graceful stop releases its captures', async () => {
       await store.createCapture({ ...base, id: 'r-1', computer: 'pc-01', owner: 'dead', leaseMs: 60_000 });
       await store.createCapture({

@@ -213,6 +213,32 @@ describe.skipIf(!postgresAvailable('PostgreSQL store tests'))('a PostgreSQL data
       expect(captures?.map((c) => c.status)).toEqual(Array(5).fill('failed'));
     });
 
+    it('runners claiming queued captures at once get disjoint ones, every capture claimed once', async () => {
+      const computers = Array.from({ length: 40 }, (_, i) => ({ name: `q-pc-${i}` }));
+      await stores[0]?.registerComputers(computers);
+      for (const { name } of computers)
+        await stores[0]?.createCapture({ ...base, id: `queued-${name}`, computer: name, reserve: false });
+      const claims = await Promise.all(
+        stores.map(async (s, i) => {
+          const mine: string[] = [];
+          for (;;) {
+            const got = await s.claimQueuedCaptures(`runner-${i}`, { leaseMs: 60_000, limit: 3 });
+            if (got.length === 0) return mine;
+            mine.push(...got.map((c) => c.id));
+          }
+        }),
+      );
+      const all = claims.flat();
+      expect(all).toHaveLength(40);
+      expect(new Set(all).size).toBe(40);
+      const events = await cluster.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM capture_events WHERE type = 'capture.claimed'",
+        [],
+        database(url),
+      );
+      expect(events[0]?.n).toBe(40);
+    });
+
     it('concurrent transitions of one capture all land, numbered without gap or repeat', async () => {
       await stores[0]?.createCapture({ ...base, id: 'busy', computer: 'pc-03' });
       await Promise.all(
