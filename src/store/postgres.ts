@@ -186,12 +186,16 @@ export class PostgresCaptureStore extends CaptureStoreCore {
     } catch (err) {
       throw asStoreError(err, operation);
     }
+    // A connection that cannot even roll back is broken: it is closed, not given back to the pool.
+    let broken = false;
     try {
       for (let attempt = 0; ; attempt++) {
         try {
           return await this.attempt(client, kind, body);
         } catch (err) {
-          await client.query('ROLLBACK').catch(() => undefined);
+          await client.query('ROLLBACK').catch(() => {
+            broken = true;
+          });
           if (!RETRYABLE.has(sqlState(err))) throw asStoreError(err, operation);
           if (attempt >= this.retries) {
             throw storeError(
@@ -208,7 +212,7 @@ export class PostgresCaptureStore extends CaptureStoreCore {
         }
       }
     } finally {
-      client.release();
+      client.release(broken);
     }
   }
 

@@ -139,6 +139,25 @@ describe.skipIf(!postgresAvailable('PostgreSQL store tests'))('a PostgreSQL data
     }
   });
 
+  it('survives the server dropping its connections: at most one call fails, with STORE_ERROR', async () => {
+    const url = await cluster.createDatabase();
+    const store = await openPostgresStore(url, { poolSize: 1 });
+    try {
+      await seed(store);
+      await cluster.query(
+        'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()',
+        [database(url)],
+      );
+      const first = await store.getComputer('pc-01').catch((err: unknown) => err);
+      if (!(first && typeof first === 'object' && 'name' in first && first.name === 'pc-01'))
+        expect((first as { code?: string }).code).toBe('STORE_ERROR');
+      expect(await store.getComputer('pc-01')).toMatchObject({ name: 'pc-01', state: 'available' });
+      expect((await store.createCapture({ ...base, id: 'after', computer: 'pc-01' })).status).toBe('running');
+    } finally {
+      await store.close();
+    }
+  });
+
   it('keeps the audit trail append-only for someone writing SQL by hand', async () => {
     const url = await cluster.createDatabase();
     const store = await openPostgresStore(url);
