@@ -7,6 +7,7 @@
  * usable; no half-made file stays in a repository; the audit trail shows the takeover.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LEFTOVER_SWEEP_SCRIPT } from '../../src/ssh/index.js';
 import {
   checkOutcome,
   HALF_MADE,
@@ -171,6 +172,7 @@ describe('kills at random moments across concurrent captures of every provisione
     let round = 0;
     let takenOver = 0;
     const target = 50;
+    const logFrom = rig.lab.commandLog.length;
     while (killsDone < target) {
       round += 1;
       const ids = new Map<string, string>();
@@ -216,13 +218,16 @@ describe('kills at random moments across concurrent captures of every provisione
         .sort((a, b) => b[1] - a[1])
         .map(([k, v]) => `  ${String(v).padStart(4)}  ${k}`)
         .join('\n');
+    // Each takeover stops what the killed daemon left on a host before its own first command there.
+    const sweeps = rig.lab.commandLog.slice(logFrom).filter((e) => e.argv?.[2] === LEFTOVER_SWEEP_SCRIPT);
     console.log(
-      `random kills (seed ${seed}): ${killsDone} kills survived over ${round} rounds of ${computers.length} concurrent captures; ${takenOver} takeovers\n` +
+      `random kills (seed ${seed}): ${killsDone} kills survived over ${round} rounds of ${computers.length} concurrent captures; ${takenOver} takeovers; ${sweeps.length} leftover sweeps\n` +
         `outcomes of ${captures} captures:\n${table(outcomes)}\n` +
         `where the in-flight captures were at each kill:\n${table(atKill)}`,
     );
     expect(killsDone).toBe(target);
     expect(takenOver).toBeGreaterThan(0);
+    expect(sweeps.length).toBeGreaterThan(0);
     // Failures are allowed only as clean failures (checked above); the resumable flow should complete.
     expect(outcomes.get('completed') ?? 0).toBe(captures);
   }, 900_000);
