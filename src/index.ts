@@ -54,5 +54,7 @@ export {
   type NotificationEvent,
   type NotificationEventType,
   type NotificationOutbox,
+  openPostgresStore,
   openSqliteStore,
+  openStore,
 } from './store/index.js';

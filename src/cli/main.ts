@@ -17,6 +17,7 @@ import { API_TOKEN_ENV, type ListenAddress, parseListen } from '../api/auth.js';
 import { isVclError } from '../errors.js';
 import { PACKAGE_VERSION } from '../package.js';
 import { dryRun } from '../simulate/dry-run.js';
+import { storeLabel } from '../store/open.js';
 import { writeVisualizations } from '../visualize/write.js';
 import { cancelCommand, captureCommand } from './commands/capture.js';
 import { computersCommand, releaseCommand } from './commands/computers.js';
@@ -30,6 +31,15 @@ import { capturesCommand, imagesCommand, showCommand } from './commands/store-re
 import { EXIT, exitCodeForError } from './exit-codes.js';
 
 const DEFAULT_DB = process.env.VCL_CAPTURE_DB ?? 'vcl-capture.sqlite';
+/**
+ * `--db`: the store, chosen by its form (src/store/open.ts). The help shows the default without a
+ * password that `VCL_CAPTURE_DB` may hold.
+ */
+const dbOption = () =>
+  new Option(
+    '--db <file|url>',
+    'the store: an SQLite file, or postgres://user@host/database (env VCL_CAPTURE_DB)',
+  ).default(DEFAULT_DB, storeLabel(DEFAULT_DB));
 
 const program = new Command()
   .name('vcl-capture')
@@ -78,7 +88,10 @@ program
   .description(
     'Start the built-in lab and capture one computer per provisioner at once (libvirt + Linux, VMware + Windows, xCAT + Linux)',
   )
-  .option('--db <file>', 'SQLite database to keep the results in (default: a new one in a temp folder)')
+  .option(
+    '--db <file|url>',
+    'store to keep the results in: an SQLite file or a postgres:// URL (default: a new SQLite file in a temp folder)',
+  )
   .option('--json', 'print the summary as JSON')
   .option(
     '--inspect [port]',
@@ -196,7 +209,7 @@ program
     ]),
   )
   .option('-c, --config <file>', 'inventory file (YAML or JSON)', 'inventory.yaml')
-  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .addOption(dbOption())
   .option('--owner <name>', 'owner of a new image', process.env.USER ?? 'vcl')
   .option('--json', 'print the result as JSON')
   .option(
@@ -253,7 +266,7 @@ program
     'Resume the captures a previous run left unfinished, then run captures queued in the database, until SIGTERM',
   )
   .option('-c, --config <file>', 'inventory file (YAML or JSON)', 'inventory.yaml')
-  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .addOption(dbOption())
   .option(
     '--stop-timeout <ms>',
     'at SIGTERM, wait at most this long for running steps to reach their next state (default: no limit); steps still running then re-run on the next start',
@@ -311,7 +324,7 @@ program
     'Cancel a capture: a queued one at once; a running one by asking the daemon that runs it (it cleans up)',
   )
   .argument('<capture-id>')
-  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .addOption(dbOption())
   .option('-r, --reason <text>', 'why (kept in the audit trail)', 'cancelled by the operator')
   .action(async (id: string, opts: { db: string; reason: string }) => {
     process.exitCode = await cancelCommand(id, { ...globals(), ...opts });
@@ -323,7 +336,7 @@ program
     'Serve the inspector page for a store: recent captures, replay, running captures (loopback only)',
   )
   .option('-p, --port <port>', 'TCP port on 127.0.0.1 (0: any free port)', portNumber, 7780)
-  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .addOption(dbOption())
   .addHelpText(
     'after',
     '\nExample:\n  vcl-capture inspect --db captures.sqlite   # then open http://127.0.0.1:7780/',
@@ -335,7 +348,7 @@ program
 program
   .command('images')
   .description('List images and their revisions')
-  .option('--db <file>', 'SQLite database', DEFAULT_DB)
+  .addOption(dbOption())
   .option('--json', 'JSON output')
   .action(async (opts) => {
     process.exitCode = await imagesCommand(opts);
@@ -344,7 +357,7 @@ program
 program
   .command('captures')
   .description('List captures, newest first')
-  .option('--db <file>', 'SQLite database', DEFAULT_DB)
+  .addOption(dbOption())
   .option('-s, --status <status...>', 'only these statuses (queued running completed failed cancelled)')
   .option('--computer <name>', 'only this computer')
   .option('--json', 'JSON output')
@@ -356,7 +369,7 @@ program
   .command('show')
   .description('One capture and its audit trail')
   .argument('<capture-id>')
-  .option('--db <file>', 'SQLite database', DEFAULT_DB)
+  .addOption(dbOption())
   .option('--json', 'JSON output')
   .action(async (id: string, opts) => {
     process.exitCode = await showCommand(id, opts);
@@ -367,7 +380,7 @@ program
   .description(
     'List computers with their state; one in maintenance with the capture and error that put it there',
   )
-  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .addOption(dbOption())
   .option('--json', 'JSON output')
   .action(async (opts) => {
     process.exitCode = await computersCommand(opts);
@@ -380,7 +393,7 @@ program
   )
   .argument('<computer>')
   .requiredOption('-r, --reason <text>', 'what was checked or fixed (kept in the audit trail)')
-  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .addOption(dbOption())
   .option('--json', 'JSON output')
   .addHelpText(
     'after',
@@ -404,7 +417,7 @@ program
   )
   .option('--limit <n>', 'at most this many, newest first (default 100)', positiveInt)
   .option('--retry <delivery-id>', 'make a dead delivery pending again (the daemon attempts it)', positiveInt)
-  .option('--db <file>', 'SQLite database (env VCL_CAPTURE_DB)', DEFAULT_DB)
+  .addOption(dbOption())
   .option('--json', 'JSON output')
   .addHelpText(
     'after',

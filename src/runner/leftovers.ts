@@ -54,10 +54,12 @@ export function taggedRemote(
         ...(step === undefined ? {} : { step }),
       });
       const outcome = sweepOutcome(r);
-      if (outcome.kind === 'survivors')
+      if (outcome.kind === 'survivors' || outcome.kind === 'failed')
         throw new VclError(
           FAILURE_CODES.REMOTE_LEFTOVER,
-          `${host.name}: ${Number.isNaN(outcome.left) ? 'some' : outcome.left} process(es) an earlier run of this capture left there did not end after SIGKILL (exit ${r.code ?? r.signal}); the step does not start beside them`,
+          outcome.kind === 'survivors'
+            ? `${host.name}: ${outcome.left} process(es) an earlier run of this capture left there did not end after SIGKILL; the step does not start beside them`
+            : `${host.name}: could not look for processes an earlier run of this capture left there (exit ${r.code ?? r.signal}: ${r.stderr.trim().slice(-300)}); the step does not start beside them`,
           {
             ...(step === undefined ? {} : { step }),
             details: { host: host.name, tags, stderr: r.stderr.slice(-2000) },

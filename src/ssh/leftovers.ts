@@ -57,11 +57,16 @@ export function leftoverSweep(tags: readonly string[]): string[] {
 export type SweepOutcome =
   | { kind: 'clean'; killed: number }
   | { kind: 'survivors'; killed: number; left: number }
-  | { kind: 'unsupported' };
+  | { kind: 'unsupported' }
+  /** The script itself did not run through (no `sh`, killed...). */
+  | { kind: 'failed' };
 
 export function sweepOutcome(r: { code: number | null; stdout: string; stderr: string }): SweepOutcome {
   const killed = Number(/^killed (\d+)$/m.exec(r.stdout)?.[1] ?? 0);
   if (r.code === 0) return { kind: 'clean', killed };
   if (r.code === 3) return { kind: 'unsupported' };
-  return { kind: 'survivors', killed, left: Number(/^left (\d+)$/m.exec(r.stderr)?.[1] ?? Number.NaN) };
+  const left = /^left (\d+)$/m.exec(r.stderr)?.[1];
+  return r.code === 1 && left !== undefined
+    ? { kind: 'survivors', killed, left: Number(left) }
+    : { kind: 'failed' };
 }

@@ -63,8 +63,9 @@ export function storeError(
 }
 
 /**
- * Turns whatever a database call threw into a {@link VclError}: our own errors pass through, SQLite's
- * are wrapped (`SQLITE_BUSY*` -> `STORE_BUSY`, anything else -> `STORE_ERROR`) with the original as `cause`.
+ * Turns whatever a database call threw into a {@link VclError}: our own errors pass through, the
+ * database's are wrapped (`SQLITE_BUSY*` -> `STORE_BUSY`, anything else -> `STORE_ERROR`, with SQLite's
+ * code as `details.sqliteCode` or PostgreSQL's SQLSTATE as `details.pgCode`) with the original as `cause`.
  */
 export function asStoreError(err: unknown, operation: string): VclError {
   if (err instanceof VclError) return err;
@@ -82,10 +83,12 @@ export function asStoreError(err: unknown, operation: string): VclError {
   if (err instanceof TypeError && /not open/i.test(text)) {
     return storeError(STORE_ERROR_CODES.STORE_CLOSED, `${operation}: the store is closed`, undefined, err);
   }
+  const details =
+    sqliteCode === '' ? undefined : sqliteCode.startsWith('SQLITE') ? { sqliteCode } : { pgCode: sqliteCode };
   return storeError(
     STORE_ERROR_CODES.STORE_ERROR,
     `${operation} failed in the database: ${text}`,
-    sqliteCode ? { sqliteCode } : undefined,
+    details,
     err,
   );
 }

@@ -200,6 +200,44 @@ export const MIGRATIONS: readonly Migration[] = [
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;
 
+/**
+ * `SCHEMA_TOO_NEW`: the store at `where` (a file, or a database) was written by a newer vcl-capture. The
+ * message names both versions and the fix.
+ */
+export function schemaTooNew(
+  where: string,
+  what: 'file' | 'database',
+  current: number,
+  latest: number,
+  details: Record<string, unknown>,
+) {
+  return storeError(
+    STORE_ERROR_CODES.SCHEMA_TOO_NEW,
+    `${where} has store schema version ${current}, but this vcl-capture only knows versions up to ${latest}: ` +
+      `it was written by a newer vcl-capture. Upgrade vcl-capture to open it; the ${what} was not changed.`,
+    { ...details, fileVersion: current, supportedVersion: latest },
+  );
+}
+
+/** `MIGRATION_FAILED`: `migration` failed and the store stays at version `current`. */
+export function migrationFailed(
+  where: string,
+  what: 'file' | 'database',
+  migration: { version: number; name: string },
+  current: number,
+  details: Record<string, unknown>,
+  err: unknown,
+) {
+  return storeError(
+    STORE_ERROR_CODES.MIGRATION_FAILED,
+    `migration ${migration.version} (${migration.name}) of ${where} failed, the ${what} stays at version ${current}: ${
+      err instanceof Error ? err.message : String(err)
+    }`,
+    { ...details, version: migration.version, fromVersion: current },
+    err,
+  );
+}
+
 interface FileHeader {
   version: number;
   applicationId: number;
@@ -238,12 +276,7 @@ export function checkStoreFile(db: Database, latest: number = SCHEMA_VERSION): n
     );
   }
   if (current > latest) {
-    throw storeError(
-      STORE_ERROR_CODES.SCHEMA_TOO_NEW,
-      `${db.name} has store schema version ${current}, but this vcl-capture only knows versions up to ${latest}: ` +
-        'it was written by a newer vcl-capture. Upgrade vcl-capture to open it; the file was not changed.',
-      { path: db.name, fileVersion: current, supportedVersion: latest },
-    );
+    throw schemaTooNew(db.name, 'file', current, latest, { path: db.name });
   }
   if (current === 0 && tables > 0) {
     throw storeError(
@@ -281,14 +314,7 @@ export function applyMigrations(
           now(),
         );
       } catch (err) {
-        throw storeError(
-          STORE_ERROR_CODES.MIGRATION_FAILED,
-          `migration ${migration.version} (${migration.name}) of ${db.name} failed, the file stays at version ${current}: ${
-            err instanceof Error ? err.message : String(err)
-          }`,
-          { path: db.name, version: migration.version, fromVersion: current },
-          err,
-        );
+        throw migrationFailed(db.name, 'file', migration, current, { path: db.name }, err);
       }
       db.pragma(`user_version = ${migration.version}`);
       applied.push(migration.version);

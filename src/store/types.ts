@@ -303,6 +303,14 @@ export interface ClaimOptions {
   replacing?: string;
 }
 
+/** Options of {@link CaptureStore.claimQueuedCaptures}. */
+export interface ClaimQueuedOptions {
+  /** How long each claim holds without renewal. */
+  leaseMs: number;
+  /** Most captures claimed: the runner's free slots. */
+  limit: number;
+}
+
 /** An owned capture as {@link CaptureStore.renewLeases} reports it. */
 export interface OwnedCapture {
   captureId: string;
@@ -586,6 +594,13 @@ export interface CaptureStore extends NotificationOutbox {
    * `CAPTURE_CLAIMED`. A change of owner is written to the audit trail (`capture.claimed`).
    */
   claimCapture(captureId: string, owner: string, options: ClaimOptions): Promise<CaptureRecord>;
+  /**
+   * Claims for `owner` up to `limit` queued captures nobody runs (no owner, or a lease that ran out),
+   * oldest first, each as {@link claimCapture} would (with its `capture.claimed` event). Runners claiming
+   * at once get disjoint captures: on PostgreSQL the candidates are locked with `FOR UPDATE SKIP LOCKED`,
+   * so a runner passes over what another is claiming instead of waiting for it.
+   */
+  claimQueuedCaptures(owner: string, options: ClaimQueuedOptions): Promise<CaptureRecord[]>;
   /** Extends the lease of every unfinished capture `owner` runs; reports them with any cancellation asked. */
   renewLeases(owner: string, leaseMs: number): Promise<OwnedCapture[]>;
   /** Gives up `owner`'s unfinished captures (a graceful stop): another runner may claim them at once. */

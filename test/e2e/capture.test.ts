@@ -5,7 +5,9 @@
  * suite stops all of it, also when a check fails. One guest and one domain serve every check, in order:
  *
  * 1. capture of the running guest with end state `off` (qcow2, repository on the libvirt host): marker
- *    file and random data read back out of the captured image, qemu-img check, sha256 = store;
+ *    file and random data read back out of the captured image, qemu-img check, sha256 = store; the disk
+ *    is 2 GiB virtual with about 200 MiB written (issue 16), and every stored image (here and in 4)
+ *    allocates at most 1.2x the data written;
  * 2. the Linux OS end states `on`, `reboot`, `off` on the real guest (the OS sub-machine with the real
  *    driver);
  * 3. refusal: `copy_image` against the running domain fails on qemu-img's write lock, nothing left;
@@ -68,6 +70,25 @@ const available = e2eAvailable(SUITE) && sshdAvailable(SUITE);
 
 /** TCG boots take 8-12 s on 2 idle cores; other suites may share the cores. */
 const BOOT_MS = 120_000;
+/** Issue 16's disk: 2 GiB virtual, about 200 MiB written past the guest's 64 MiB file system. */
+const VIRTUAL_MIB = 2048;
+const RANDOM_MIB = 100;
+const ZEROS_MIB = 100;
+const DATA_AT_MIB = 1536;
+const GUEST_FS_MIB = 64;
+
+/**
+ * A stored image holds what the disk holds, not its virtual size: its allocated size stays within 1.2x of
+ * the data written (the file system and the data above, zeros included) plus 8 MiB of format overhead.
+ */
+function expectCompact(path: string, what: string): void {
+  const allocated = statSync(path).blocks * 512;
+  const written = (GUEST_FS_MIB + RANDOM_MIB + ZEROS_MIB) * 1024 * 1024;
+  console.log(
+    `${what}: ${statSync(path).size} bytes, ${allocated} allocated (${(allocated / written).toFixed(2)}x the ${written} bytes written)`,
+  );
+  expect(allocated).toBeLessThanOrEqual(1.2 * written + 8 * 1024 * 1024);
+}
 
 interface CaptureSummary {
   status: string;
@@ -196,6 +217,35 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
     let written: { marker: string; dataSha256: string };
     let result: Awaited<ReturnType<typeof capture>>;
 
+    it(`the disk grows to ${VIRTUAL_MIB} MiB virtual with ${RANDOM_MIB} MiB of random data and ${ZEROS_MIB} MiB of written zeros`, async () => {
+      const grown = await qemuImg(['resize', '-q', rig.disk, `${VIRTUAL_MIB}M`]);
+      expect(grown.code, grown.stderr).toBe(0);
+      const random = join(rig.dir, 'random.bin');
+      writeFileSync(random, randomBytes(RANDOM_MIB * 1024 * 1024));
+      // Past the guest's file system and past what case 5 writes: the random data, then zeros as data.
+      const filled = await run(
+        'qemu-io',
+        [
+          '-f',
+          'qcow2',
+          '-c',
+          `write -q -s ${random} ${DATA_AT_MIB}M ${RANDOM_MIB}M`,
+          '-c',
+          `write -q -P 0 ${DATA_AT_MIB + RANDOM_MIB}M ${ZEROS_MIB}M`,
+          rig.disk,
+        ],
+        undefined,
+        120_000,
+      );
+      expect(filled.code, filled.stderr).toBe(0);
+      const info = JSON.parse((await qemuImg(['info', '--output=json', rig.disk])).stdout) as {
+        'virtual-size': number;
+        'actual-size': number;
+      };
+      expect(info['virtual-size']).toBe(VIRTUAL_MIB * 1024 * 1024);
+      console.log(`source disk: ${info['virtual-size']} bytes virtual, ${info['actual-size']} allocated`);
+    }, 120_000);
+
     it(
       'boots the guest and writes a random marker and random data to its disk over SSH',
       async () => {
@@ -295,6 +345,7 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
       expect(statSync(summary.path).size).toBe(summary.sizeBytes);
       expect(await sha256File(summary.path)).toBe(summary.sha256);
       expect(readdirSync(rig.localRepository)).toEqual([`${summary.image}.qcow2`]);
+      expectCompact(summary.path, 'qcow2 on the libvirt host');
       const record = await show(summary.captureId);
       expect(record.status).toBe('completed');
       expect(auditSteps(record)).toEqual(
@@ -472,6 +523,8 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
         sizeBytes: summary.sizeBytes,
       });
       expect(await readBack(summary.path, 'two')).toEqual(written);
+      expect(summary.sizeBytes).toBe(VIRTUAL_MIB * 1024 * 1024);
+      expectCompact(summary.path, 'raw on the repository host');
       // The source disk of a forced-off domain still opens.
       expect((await qemuImg(['info', rig.disk])).code).toBe(0);
       // No staging file left next to the source disk.

@@ -73,7 +73,9 @@ ip addr add 10.0.2.15/24 dev eth0
 ip link set eth0 up
 ip route add default via 10.0.2.2
 for i in 1 2 3 4 5; do [ -b /dev/vda ] && break; sleep 1; done
-mount -t ext2 /dev/vda /mnt 2>/dev/null || { mke2fs -F -q /dev/vda && mount -t ext2 /dev/vda /mnt; }
+# busybox mke2fs takes the size in KiB: the file system is the first 64 MiB whatever the disk's size
+# (the suite writes data past it).
+mount -t ext2 /dev/vda /mnt 2>/dev/null || { mke2fs -F -q /dev/vda 65536 && mount -t ext2 /dev/vda /mnt; }
 exec /sbin/init
 `;
 

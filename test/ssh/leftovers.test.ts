@@ -5,9 +5,10 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Remote } from '../../src/drivers/contract.js';
 import { silentLogger } from '../../src/log.js';
 import { taggedRemote } from '../../src/runner/leftovers.js';
-import { SshPool } from '../../src/ssh/index.js';
+import { LEFTOVER_SWEEP_SCRIPT, SshPool } from '../../src/ssh/index.js';
 import type { SqliteCaptureStore } from '../../src/store/index.js';
 import { waitFor } from '../helpers/procs.js';
 import { type SshdServer, sshdAvailable, startSshd } from '../helpers/sshd.js';
@@ -120,5 +121,81 @@ describe.skipIf(!available)('leftover remote commands (OpenSSH sshd)', () => {
       await pool.close();
       await store.forgetRemoteTags('cap-1');
     }
+  });
+});
+
+describe('a sweep that cannot confirm', () => {
+  let folder: ReturnType<typeof tempFolder>;
+  let store: SqliteCaptureStore;
+
+  beforeAll(async () => {
+    folder = tempFolder();
+    store = openStore(folder.file('store.sqlite'));
+    await seed(store);
+    await store.createCapture({
+      id: 'cap-2',
+      computer: 'pc-02',
+      imageId: 12345,
+      provisioner: 'libvirt',
+      os: 'linux',
+      repository: REPO,
+    });
+  });
+  afterAll(async () => {
+    await store?.close();
+    folder?.cleanup();
+  });
+
+  /** A transport that answers the sweep as a host would, and records every other command. */
+  function fakeRemote(sweep: { code: number | null; stdout: string; stderr: string }) {
+    const sent: string[][] = [];
+    const remote: Remote = {
+      async exec(_host, argv) {
+        if (argv[2] === LEFTOVER_SWEEP_SCRIPT)
+          return { ...sweep, signal: null, durationMs: 1, disconnected: false };
+        sent.push([...argv]);
+        return { code: 0, signal: null, stdout: '', stderr: '', durationMs: 1, disconnected: false };
+      },
+      copy: () => Promise.reject(new Error('no copies here')),
+    };
+    return { remote, sent };
+  }
+  const host = { name: 'kvm', host: '127.0.0.1', username: 'root', privateKey: 'unused' };
+  const earlier = [{ host: 'kvm', tag: '0123456789abcdef', recordedAt: '' }];
+
+  it.each([
+    [
+      'survivors after SIGKILL',
+      { code: 1, stdout: 'killed 2\n', stderr: 'left 1\n' },
+      /1 process\(es\).*did not end/,
+    ],
+    [
+      'a script that did not run',
+      { code: 127, stdout: '', stderr: 'sh: not found\n' },
+      /could not look.*exit 127/,
+    ],
+  ])(
+    '%s: the command fails with REMOTE_LEFTOVER in its step and is never sent',
+    async (_what, sweep, says) => {
+      const { remote, sent } = fakeRemote(sweep);
+      const tagged = taggedRemote(remote, store, 'cap-2', earlier, silentLogger());
+      const err = await tagged
+        .exec(host, ['qemu-img', 'convert'], { step: 'copy_image' })
+        .catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'REMOTE_LEFTOVER', step: 'copy_image' });
+      expect((err as Error).message).toMatch(says);
+      expect(sent).toEqual([]);
+      // Nothing recorded for this execution: the next command sweeps again.
+      expect(await store.remoteTags('cap-2')).toEqual([]);
+    },
+  );
+
+  it('a host without /proc (exit 3): a warning, the earlier tag forgotten, the command runs', async () => {
+    await store.recordRemoteTag('cap-2', 'kvm', '0123456789abcdef');
+    const { remote, sent } = fakeRemote({ code: 3, stdout: '', stderr: '' });
+    const tagged = taggedRemote(remote, store, 'cap-2', await store.remoteTags('cap-2'), silentLogger());
+    await tagged.exec(host, ['vmkfstools', '-i'], { step: 'clone_disk' });
+    expect(sent).toEqual([['vmkfstools', '-i']]);
+    expect((await store.remoteTags('cap-2')).map((t) => t.tag)).toEqual([tagged.tag]);
   });
 });

@@ -4,7 +4,12 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { expect } from 'vitest';
 import { isVclError, type VclError } from '../../src/errors.js';
-import { openSqliteStore, type SqliteCaptureStore, type SqliteStoreOptions } from '../../src/store/index.js';
+import {
+  type CaptureStore,
+  openSqliteStore,
+  type SqliteCaptureStore,
+  type SqliteStoreOptions,
+} from '../../src/store/index.js';
 
 /** A fresh temporary folder; `cleanup()` removes it. */
 export function tempFolder(prefix = 'vcl-store-'): {
@@ -34,7 +39,7 @@ export const REPO = '/vmfs/volumes/datastore 1/images';
 export const SHA = 'a'.repeat(64);
 
 /** Computers pc-01..pc-03 available, pc-04 reserved, pc-05 in maintenance; image 12345 `vmwarewin7` "Base". */
-export async function seed(store: SqliteCaptureStore): Promise<void> {
+export async function seed(store: CaptureStore): Promise<void> {
   await store.registerComputers([
     { name: 'pc-01' },
     { name: 'pc-02' },

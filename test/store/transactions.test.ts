@@ -2,70 +2,51 @@
  * Every store operation that writes more than one row is one transaction: a failure injected between
  * its writes must leave no trace in any table.
  *
- * Failures are injected with real SQLite triggers (`RAISE(ABORT)`) created through a second connection,
- * so the store runs its unmodified code. Each trigger's `WHEN` also requires the operation's earlier
+ * Failures are injected with real triggers (SQLite's `RAISE(ABORT)`, a PL/pgSQL `RAISE EXCEPTION` on
+ * PostgreSQL) created through a second connection, so the store runs its unmodified code. Each trigger's `WHEN` also requires the operation's earlier
  * writes to be visible, which proves the failure struck in the middle of the transaction, after them: if
  * they were not there the trigger would not fire and the operation would succeed, failing the test.
  */
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { SqliteCaptureStore } from '../../src/store/index.js';
-import { dump, expectVclError, openStore, REPO, SHA, seed, tableCounts, tempFolder } from './helpers.js';
-
-let folder: ReturnType<typeof tempFolder>;
-let path: string;
-let store: SqliteCaptureStore;
-
-beforeEach(async () => {
-  folder = tempFolder();
-  path = folder.file('store.sqlite');
-  store = openStore(path);
-  await seed(store);
-});
-
-afterEach(async () => {
-  await store.close();
-  folder.cleanup();
-});
+import type { CaptureStore } from '../../src/store/index.js';
+import { type OpenedStore, openEach, type StoreBackend, storeBackends } from './backends.js';
+import { dump, expectVclError, openStore, REPO, SHA, seed, tempFolder } from './helpers.js';
 
 const base = { imageId: 12345, provisioner: 'libvirt', os: 'linux', repository: REPO } as const;
 const failure = { code: 'STEP_FAILED', step: 'copy_image', message: 'qemu-img convert exited 1' };
 const artifact = { path: 'vmwarewin7-Base12345-v0.qcow2', sizeBytes: 1024, sha256: SHA, format: 'qcow2' };
 
-/** Creates the failing trigger through a connection of its own, as another program could. */
-function injectFailure(timing: string, when: string): void {
-  const db = new Database(path);
-  try {
-    db.exec(
-      `CREATE TRIGGER inject_failure ${timing} WHEN ${when}
-       BEGIN SELECT RAISE(ABORT, 'injected failure'); END`,
-    );
-  } finally {
-    db.close();
-  }
+/**
+ * The failing trigger, in the backend's SQL: `timing` is `BEFORE INSERT ON t` / `BEFORE UPDATE ON t`,
+ * `when` a condition both databases read alike.
+ */
+function failingTrigger(backend: StoreBackend['name'], timing: string, when: string): string {
+  if (backend === 'sqlite')
+    return `CREATE TRIGGER inject_failure ${timing} WHEN ${when}
+       BEGIN SELECT RAISE(ABORT, 'injected failure'); END`;
+  return `CREATE FUNCTION inject_failure() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN IF ${when} THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$;
+     CREATE TRIGGER inject_failure ${timing} FOR EACH ROW EXECUTE FUNCTION inject_failure()`;
 }
 
-function removeInjectedFailure(): void {
-  const db = new Database(path);
-  try {
-    db.exec('DROP TRIGGER inject_failure');
-  } finally {
-    db.close();
-  }
+function dropTrigger(backend: StoreBackend['name'], timing: string): string {
+  if (backend === 'sqlite') return 'DROP TRIGGER inject_failure';
+  return `DROP TRIGGER inject_failure ON ${timing.split(' ').pop()}; DROP FUNCTION inject_failure()`;
 }
 
 interface Case {
   name: string;
   /** Brings the store to where the operation can run. */
-  setup?: (s: SqliteCaptureStore) => Promise<unknown>;
+  setup?: (s: CaptureStore) => Promise<unknown>;
   /** `BEFORE INSERT ON t` / `BEFORE UPDATE ON t`: the write that fails. */
   timing: string;
   /** Which row fails, and the earlier writes of the same operation that must be visible by then. */
   when: string;
-  act: (s: SqliteCaptureStore) => Promise<unknown>;
+  act: (s: CaptureStore) => Promise<unknown>;
 }
 
-const running = (s: SqliteCaptureStore) => s.createCapture({ ...base, id: 'cap-1', computer: 'pc-01' });
+const running = (s: CaptureStore) => s.createCapture({ ...base, id: 'cap-1', computer: 'pc-01' });
 
 const CASES: Case[] = [
   {
@@ -174,50 +155,81 @@ const CASES: Case[] = [
   },
 ];
 
-describe('a failure between the writes of one operation leaves no partial rows', () => {
-  it.each(CASES)('$name', async ({ setup, timing, when, act }) => {
-    await setup?.(store);
-    injectFailure(timing, when);
-    const before = dump(path);
-    const counts = tableCounts(path);
+describe.each(storeBackends())('$name store', (backend) => {
+  let db: OpenedStore;
+  let store: CaptureStore;
+  openEach(backend, (opened) => {
+    [db, store] = [opened, opened.store];
+  });
 
-    const err = await expectVclError(act(store), 'STORE_ERROR', /injected failure/);
-    expect(err.cause).toBeInstanceOf(Error);
-    // Every row of every table, as another process sees the file: exactly as before.
-    expect(tableCounts(path)).toEqual(counts);
-    expect(dump(path)).toBe(before);
+  describe('a failure between the writes of one operation leaves no partial rows', () => {
+    it.each(CASES)('$name', async ({ setup, timing, when, act }) => {
+      await setup?.(store);
+      await db.exec(failingTrigger(backend.name, timing, when));
+      const before = await db.dump();
+      const counts = await db.tableCounts();
 
-    // The failure was the only obstacle: without it the same call goes through and changes the file.
-    removeInjectedFailure();
-    await act(store);
-    expect(dump(path)).not.toBe(before);
+      const err = await expectVclError(act(store), 'STORE_ERROR', /injected failure/);
+      expect(err.cause).toBeInstanceOf(Error);
+      // Every row of every table, as another process sees the file: exactly as before.
+      expect(await db.tableCounts()).toEqual(counts);
+      expect(await db.dump()).toBe(before);
+
+      // The failure was the only obstacle: without it the same call goes through and changes the file.
+      await db.exec(dropTrigger(backend.name, timing));
+      await act(store);
+      expect(await db.dump()).not.toBe(before);
+    });
+  });
+
+  describe('the state change and its audit event are one', () => {
+    it('a transition without its event is never visible, nor an event without its transition', async () => {
+      await running(store);
+      await db.exec(
+        failingTrigger(
+          backend.name,
+          'BEFORE INSERT ON capture_events',
+          "NEW.type = 'state.entered' AND NEW.step = 'fails'",
+        ),
+      );
+      await store.recordTransition('cap-1', {
+        stateValue: 'a',
+        event: { type: 'state.entered', step: 'ok' },
+      });
+      await expectVclError(
+        store.recordTransition('cap-1', { stateValue: 'b', event: { type: 'state.entered', step: 'fails' } }),
+        'STORE_ERROR',
+      );
+      await store.recordTransition('cap-1', {
+        stateValue: 'c',
+        event: { type: 'state.entered', step: 'ok' },
+      });
+      const detail = await store.getCapture('cap-1');
+      expect(detail?.stateValue).toBe('c');
+      expect(detail?.eventCount).toBe(detail?.events.length);
+      // No gap in the numbering: the failed transition did not even consume a sequence number.
+      expect(detail?.events.map((e) => [e.seq, e.stateValue])).toEqual([
+        [1, null],
+        [2, null],
+        [3, 'a'],
+        [4, 'c'],
+      ]);
+    });
   });
 });
 
-describe('the state change and its audit event are one', () => {
-  it('a transition without its event is never visible, nor an event without its transition', async () => {
-    await running(store);
-    injectFailure('BEFORE INSERT ON capture_events', "NEW.type = 'state.entered' AND NEW.step = 'fails'");
-    await store.recordTransition('cap-1', { stateValue: 'a', event: { type: 'state.entered', step: 'ok' } });
-    await expectVclError(
-      store.recordTransition('cap-1', { stateValue: 'b', event: { type: 'state.entered', step: 'fails' } }),
-      'STORE_ERROR',
-    );
-    await store.recordTransition('cap-1', { stateValue: 'c', event: { type: 'state.entered', step: 'ok' } });
-    const detail = await store.getCapture('cap-1');
-    expect(detail?.stateValue).toBe('c');
-    expect(detail?.eventCount).toBe(detail?.events.length);
-    // No gap in the numbering: the failed transition did not even consume a sequence number.
-    expect(detail?.events.map((e) => [e.seq, e.stateValue])).toEqual([
-      [1, null],
-      [2, null],
-      [3, 'a'],
-      [4, 'c'],
-    ]);
+describe('another process holding the write lock (SQLite)', () => {
+  let folder: ReturnType<typeof tempFolder>;
+  let path: string;
+  beforeEach(async () => {
+    folder = tempFolder();
+    path = folder.file('store.sqlite');
+    const seeded = openStore(path);
+    await seed(seeded);
+    await seeded.close();
   });
-});
+  afterEach(() => folder.cleanup());
 
-describe('another process holding the write lock', () => {
   it('makes a write wait up to the busy timeout, then fail with STORE_BUSY having written nothing', async () => {
     const impatient = openStore(path, { busyTimeoutMs: 100 });
     const other = new Database(path);

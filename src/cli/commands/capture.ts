@@ -6,7 +6,7 @@ import type { Logger } from '../../log.js';
 import { createNotifier, type Notifier } from '../../notify/index.js';
 import { cancelThroughStore } from '../../runner/cancel.js';
 import type { CaptureRunResult } from '../../runner/runner.js';
-import { openSqliteStore } from '../../store/index.js';
+import { openStore, storeLabel } from '../../store/index.js';
 import { EXIT, exitCodeForResult } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
 import { progressView } from '../progress.js';
@@ -87,7 +87,7 @@ export async function captureCommand(computer: string, o: CaptureOptions): Promi
   const inventory = loadInventoryFile(o.config);
   const entry = inventory.computers[computer];
   const logger = cliLogger(o);
-  const store = openSqliteStore(o.db, { logger });
+  const store = await openStore(o.db, { logger });
   const { runner, inspecting, stately } = await startObservedRunner({
     store,
     inventory,
@@ -114,7 +114,7 @@ export async function captureCommand(computer: string, o: CaptureOptions): Promi
         );
       else
         console.log(
-          `queued: ${queued.id} (${queued.image.name}); a \`vcl-capture daemon --db ${o.db}\` runs it`,
+          `queued: ${queued.id} (${queued.image.name}); a \`vcl-capture daemon --db ${storeLabel(o.db)}\` runs it`,
         );
       return EXIT.OK;
     }
@@ -154,7 +154,9 @@ export async function captureCommand(computer: string, o: CaptureOptions): Promi
     await runner.close();
     stately?.stop();
     if (inspecting) {
-      console.error(`Inspector closed; replay this capture with: vcl-capture inspect --db ${o.db}`);
+      console.error(
+        `Inspector closed; replay this capture with: vcl-capture inspect --db ${storeLabel(o.db)}`,
+      );
       await inspecting.inspector.close();
     }
     await store.close();
@@ -166,7 +168,7 @@ export async function cancelCommand(
   captureId: string,
   o: LogOptions & { db: string; reason: string },
 ): Promise<number> {
-  const store = openSqliteStore(o.db, { logger: cliLogger(o) });
+  const store = await openStore(o.db, { logger: cliLogger(o) });
   try {
     const { outcome } = await cancelThroughStore(store, captureId, o.reason);
     console.log(

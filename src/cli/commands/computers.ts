@@ -3,7 +3,7 @@
  * error that put it there. `release`: an operator puts a computer back from maintenance after a look.
  */
 import { isVclError } from '../../errors.js';
-import { maintenanceCauseText, openSqliteStore } from '../../store/index.js';
+import { maintenanceCauseText, openStore, storeLabel } from '../../store/index.js';
 import type { MaintenanceCause } from '../../store/types.js';
 import { EXIT } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
@@ -14,7 +14,7 @@ function causeText(cause: MaintenanceCause | null): string {
 }
 
 export async function computersCommand(o: { db: string; json?: boolean }): Promise<number> {
-  const store = openSqliteStore(o.db);
+  const store = await openStore(o.db);
   try {
     const computers = await store.describeComputers();
     if (o.json) {
@@ -36,7 +36,7 @@ export async function computersCommand(o: { db: string; json?: boolean }): Promi
     if (computers.some((c) => c.state === 'maintenance'))
       console.log(
         '\nA computer in maintenance takes no capture until an operator has looked at it and released it:\n' +
-          `  vcl-capture release <computer> --reason "<what was checked or fixed>" --db ${o.db}`,
+          `  vcl-capture release <computer> --reason "<what was checked or fixed>" --db ${storeLabel(o.db)}`,
       );
     return EXIT.OK;
   } finally {
@@ -48,7 +48,7 @@ export async function releaseCommand(
   computer: string,
   o: LogOptions & { db: string; reason: string; json?: boolean },
 ): Promise<number> {
-  const store = openSqliteStore(o.db, { logger: cliLogger(o) });
+  const store = await openStore(o.db, { logger: cliLogger(o) });
   try {
     const released = await store.releaseComputer(computer, o.reason);
     if (o.json) console.log(JSON.stringify(released, null, 2));
@@ -65,7 +65,7 @@ export async function releaseCommand(
       const holder = (err.details as { heldBy?: string } | undefined)?.heldBy;
       console.error(
         `vcl-capture: refused: ${err.message}. A capture that holds a computer hands it back itself when it ends` +
-          (holder ? `; to end it now: vcl-capture cancel ${holder} --db ${o.db}` : ''),
+          (holder ? `; to end it now: vcl-capture cancel ${holder} --db ${storeLabel(o.db)}` : ''),
       );
       return EXIT.BUSY;
     }

@@ -18,7 +18,7 @@ import { checkExposure, type ListenAddress, readApiToken } from '../../api/auth.
 import { type ApiServer, startApiServer } from '../../api/server.js';
 import { loadInventoryFile } from '../../inventory/load.js';
 import { createNotifier, resolveReceivers } from '../../notify/index.js';
-import { openSqliteStore } from '../../store/index.js';
+import { openStore } from '../../store/index.js';
 import { EXIT } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
 import { startObservedRunner } from './inspect.js';
@@ -52,7 +52,7 @@ export async function daemonCommand(o: DaemonOptions): Promise<number> {
   // Checked here too, so a missing secret is refused before the store is opened.
   resolveReceivers(inventory.notifications);
   const logger = cliLogger({ ...o, logLevel: o.logLevel ?? 'info' }).child({ component: 'daemon' });
-  const store = openSqliteStore(o.db, { logger });
+  const store = await openStore(o.db, { logger });
   const { runner, inspecting, stately } = await startObservedRunner({
     store,
     inventory,

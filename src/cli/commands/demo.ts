@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { startLab } from '../../lab/index.js';
 import { packageFile } from '../../package.js';
 import type { CaptureRunResult } from '../../runner/runner.js';
-import { openSqliteStore } from '../../store/index.js';
+import { openStore, storeKind, storeLabel } from '../../store/index.js';
 import { EXIT } from '../exit-codes.js';
 import { cliLogger, type LogOptions } from '../logging.js';
 import { progressView } from '../progress.js';
@@ -29,7 +29,10 @@ export interface DemoOptions extends LogOptions {
 }
 
 export async function demoCommand(o: DemoOptions): Promise<number> {
-  const dbPath = resolve(o.db ?? join(mkdtempSync(join(tmpdir(), 'vcl-capture-demo-')), 'captures.sqlite'));
+  const dbPath =
+    o.db !== undefined && storeKind(o.db) === 'postgres'
+      ? o.db
+      : resolve(o.db ?? join(mkdtempSync(join(tmpdir(), 'vcl-capture-demo-')), 'captures.sqlite'));
   const logger = cliLogger(o);
   const started = Date.now();
   if (!o.json)
@@ -43,7 +46,7 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
     captureChunkMs: port === undefined ? 40 : 150,
     captureChunkBytes: 4 * 1024 * 1024,
   });
-  const store = openSqliteStore(dbPath, { logger });
+  const store = await openStore(dbPath, { logger });
   const { runner, inspecting, stately } = await startObservedRunner({
     store,
     inventory: lab.inventory,
@@ -121,7 +124,7 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
   }));
   const diagrams = fileURLToPath(packageFile('visualizations'));
   if (o.json) {
-    console.log(JSON.stringify({ captures: summary, database: dbPath, diagrams }, null, 2));
+    console.log(JSON.stringify({ captures: summary, database: storeLabel(dbPath), diagrams }, null, 2));
   } else {
     console.log('\nSummary');
     const head = [
@@ -151,8 +154,10 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
         .join('  ')
         .trimEnd();
     console.log([fmt(head), fmt(width.map((w) => '-'.repeat(w))), ...lines.map(fmt)].join('\n'));
-    console.log(`\nDatabase: ${dbPath}`);
-    console.log(`  browse it: vcl-capture captures --db ${dbPath}   (or: images, show <capture-id>)`);
+    console.log(`\nDatabase: ${storeLabel(dbPath)}`);
+    console.log(
+      `  browse it: vcl-capture captures --db ${storeLabel(dbPath)}   (or: images, show <capture-id>)`,
+    );
     console.log(`Diagrams of the machines: ${diagrams}/README.md`);
   }
   if (inspecting) {

@@ -12,7 +12,7 @@ import type { Inventory } from '../../inventory/schema.js';
 import type { Logger } from '../../log.js';
 import { createRunner, type Runner, type RunnerOptions } from '../../runner/runner.js';
 import type { CaptureStore } from '../../store/index.js';
-import { openSqliteStore } from '../../store/index.js';
+import { openStore, storeKind, storeLabel } from '../../store/index.js';
 import { EXIT } from '../exit-codes.js';
 
 export interface InspectOptions {
@@ -98,16 +98,18 @@ export function untilSignal(): Promise<void> {
 }
 
 export async function inspectCommand(o: InspectOptions): Promise<number> {
-  if (!existsSync(o.db)) {
-    console.error(`vcl-capture inspect: no database at ${o.db} (give one with --db or VCL_CAPTURE_DB)`);
+  if (storeKind(o.db) === 'sqlite' && !existsSync(o.db)) {
+    console.error(
+      `vcl-capture inspect: no database at ${storeLabel(o.db)} (give one with --db or VCL_CAPTURE_DB)`,
+    );
     return EXIT.BAD_INPUT;
   }
-  const store = openSqliteStore(o.db);
+  const store = await openStore(o.db);
   const inspector = createInspector({ store });
   try {
     const server = await inspector.listen({ port: o.port });
     inspector.hub.followStore(1000);
-    console.log(`Inspector for ${o.db}: ${server.url}`);
+    console.log(`Inspector for ${storeLabel(o.db)}: ${server.url}`);
     console.log('Recent captures, replay of finished ones, states of running ones. Press Ctrl-C to stop.');
     await untilSignal();
     return EXIT.OK;

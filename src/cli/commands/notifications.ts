@@ -3,7 +3,7 @@
  * with their attempts and last error; `--retry <id>` makes a dead one pending again for the daemon.
  */
 import { isVclError } from '../../errors.js';
-import { openSqliteStore } from '../../store/index.js';
+import { openStore, storeLabel } from '../../store/index.js';
 import type { NotificationStatus } from '../../store/types.js';
 import { EXIT } from '../exit-codes.js';
 import { table } from './store-read.js';
@@ -15,7 +15,7 @@ export async function notificationsCommand(o: {
   retry?: number;
   json?: boolean;
 }): Promise<number> {
-  const store = openSqliteStore(o.db);
+  const store = await openStore(o.db);
   try {
     if (o.retry !== undefined) {
       const d = await store.retryNotification(o.retry);
@@ -53,7 +53,7 @@ export async function notificationsCommand(o: {
     if (counts.dead > 0)
       console.log(
         `\n${counts.dead} notification${counts.dead === 1 ? ' was' : 's were'} given up (dead): fix the receiver, then\n` +
-          `  vcl-capture notifications --retry <id> --db ${o.db}`,
+          `  vcl-capture notifications --retry <id> --db ${storeLabel(o.db)}`,
       );
     return EXIT.OK;
   } catch (err) {

@@ -1,5 +1,5 @@
 /** `images`, `captures`, `show`: read the store. */
-import { openSqliteStore } from '../../store/index.js';
+import { openStore, storeLabel } from '../../store/index.js';
 import type { CaptureRecordStatus } from '../../store/types.js';
 import { EXIT } from '../exit-codes.js';
 
@@ -20,7 +20,7 @@ export function table(rows: Record<string, unknown>[]): string {
 }
 
 export async function imagesCommand(o: { db: string; json?: boolean }): Promise<number> {
-  const store = openSqliteStore(o.db);
+  const store = await openStore(o.db);
   try {
     const images = await store.listImages();
     if (o.json) console.log(JSON.stringify(images, null, 2));
@@ -52,7 +52,7 @@ export async function capturesCommand(o: {
   computer?: string;
   json?: boolean;
 }): Promise<number> {
-  const store = openSqliteStore(o.db);
+  const store = await openStore(o.db);
   try {
     const captures = await store.listCaptures({
       ...(o.status ? { status: o.status as CaptureRecordStatus[] } : {}),
@@ -80,11 +80,13 @@ export async function capturesCommand(o: {
 }
 
 export async function showCommand(id: string, o: { db: string; json?: boolean }): Promise<number> {
-  const store = openSqliteStore(o.db);
+  const store = await openStore(o.db);
   try {
     const capture = await store.getCapture(id);
     if (!capture) {
-      console.error(`vcl-capture: no capture ${id} in ${o.db} (list them with: vcl-capture captures)`);
+      console.error(
+        `vcl-capture: no capture ${id} in ${storeLabel(o.db)} (list them with: vcl-capture captures)`,
+      );
       return EXIT.BAD_INPUT;
     }
     if (o.json) {

@@ -1,0 +1,275 @@
+/**
+ * The shared store: one PostgreSQL database through node-postgres (`pg`), for runners on several machines.
+ *
+ * - **Transactions**: every write runs at `SERIALIZABLE` isolation and is retried from the start (a fresh
+ *   transaction, the operation's checks made again) when PostgreSQL reports a serialization failure or a
+ *   deadlock (SQLSTATE 40001, 40P01), up to {@link PostgresStoreOptions.retries} times, then
+ *   `STORE_BUSY`. So every operation behaves as if it were alone, as on SQLite, where one writer at a time
+ *   holds the file; the reservation is still the same conditional `UPDATE` (compare-and-swap). Reads run
+ *   at `REPEATABLE READ READ ONLY`: one consistent snapshot, never blocking writers. Claiming queued
+ *   captures is the exception: `READ COMMITTED` with `SELECT ... FOR UPDATE SKIP LOCKED`, so that runners
+ *   claiming at once take disjoint captures without waiting for or conflicting with each other.
+ * - **Clock**: the time of a write (`updated_at`, events, lease ends) is the database's
+ *   `clock_timestamp()` read at the start of its transaction, not the process's clock, so that the leases
+ *   runners on different machines compare come from one clock. (A `now` option replaces it, for tests.)
+ *   Times are stored as ISO-8601 text as in SQLite.
+ * - **Statements** are those of `sql.ts` (`@name` numbered `$1, $2...`), prepared once per connection.
+ *
+ * The URL is `postgres://user[:password]@host[:port]/database` (or `postgresql://`, libpq's parameters
+ * such as `?host=/run/postgresql` for a socket and `sslmode=`); a password in it never appears in a
+ * message or a log line ({@link redactUrl}).
+ */
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
+import { type Logger, silentLogger } from '../log.js';
+import { CaptureStoreCore, type TxKind } from './core.js';
+import { asStoreError, STORE_ERROR_CODES, storeError } from './errors.js';
+import { applyPostgresMigrations, POSTGRES_SCHEMA_VERSION } from './postgres-migrations.js';
+import { type Gen, type Params, type StatementName, statements, type Tx } from './sql.js';
+import { checkInteger } from './validate.js';
+
+export interface PostgresStoreOptions {
+  /** Connections kept open (default 4). */
+  poolSize?: number;
+  /** How long a connection attempt may take, in ms (default 10000). */
+  connectTimeoutMs?: number;
+  /** How many times a write is retried after a serialization failure (default 20). */
+  retries?: number;
+  /** Clock, for tests (default: the database's clock). */
+  now?: () => Date;
+  /** Capture id generator when `NewCapture.id` is omitted (default `crypto.randomUUID`). */
+  newCaptureId?: () => string;
+  logger?: Logger;
+}
+
+/** True for a `postgres://` or `postgresql://` URL. */
+export function isPostgresUrl(location: string): boolean {
+  return /^postgres(ql)?:\/\//i.test(location);
+}
+
+/** The URL with its password replaced by `***`, fit for messages and logs. */
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password !== '') parsed.password = '***';
+    for (const key of [...parsed.searchParams.keys()])
+      if (/pass/i.test(key)) parsed.searchParams.set(key, '***');
+    return parsed.toString();
+  } catch {
+    // Not parseable: keep the scheme, hide the rest rather than risk showing a secret.
+    return `${url.split(':')[0] ?? 'postgres'}://(unparseable URL)`;
+  }
+}
+
+/** SQLSTATEs after which a write is tried again: serialization failure, deadlock. */
+const RETRYABLE = new Set(['40001', '40P01']);
+
+function sqlState(err: unknown): string {
+  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string'
+    ? err.code
+    : '';
+}
+
+/** bigint (int8) columns and counts come back as numbers, as from SQLite (ids and sizes stay < 2^53). */
+const TYPES = {
+  getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+    oid === pg.types.builtins.INT8
+      ? (value: string) => Number(value)
+      : pg.types.getTypeParser(oid, format ?? 'text')) as typeof pg.types.getTypeParser,
+};
+
+interface Compiled {
+  /** Prepared-statement name, one per statement. */
+  name: string;
+  text: string;
+  params: string[];
+}
+
+/** `@name` -> `$n`, in order of first appearance. */
+function compile(name: string, sql: string): Compiled {
+  const params: string[] = [];
+  const text = sql.replace(/@([A-Za-z_]\w*)/g, (_, p: string) => {
+    let i = params.indexOf(p);
+    if (i < 0) i = params.push(p) - 1;
+    return `$${i + 1}`;
+  });
+  return { name: `vcl_${name}`, text, params };
+}
+
+const COMPILED = (() => {
+  const sql = statements({
+    jsonList: (param) => `SELECT jsonb_array_elements_text(CAST(${param} AS jsonb))`,
+    newImageId: 'coalesce(CAST(@id AS bigint), (SELECT coalesce(max(id), 0) + 1 FROM images))',
+    skipLocked: 'FOR UPDATE SKIP LOCKED',
+  });
+  const out = {} as Record<StatementName, Compiled>;
+  for (const name of Object.keys(sql) as StatementName[]) out[name] = compile(name, sql[name]);
+  return out;
+})();
+
+const ISO_NOW = `to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+
+/** Opens (creating the schema or migrating it if needed) the store at `url`. */
+export async function openPostgresStore(
+  url: string,
+  options: PostgresStoreOptions = {},
+): Promise<PostgresCaptureStore> {
+  const where = redactUrl(url);
+  const logger = options.logger ?? silentLogger();
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: checkInteger(options.poolSize ?? 4, 'poolSize', 1),
+    connectionTimeoutMillis: checkInteger(options.connectTimeoutMs ?? 10_000, 'connectTimeoutMs', 1),
+    types: TYPES,
+  });
+  // An idle connection the server drops (restart, network) must not crash the process: the next
+  // operation gets a new one, or a STORE_ERROR.
+  pool.on('error', (err) => logger.warn({ database: where, err: err.message }, 'store connection lost'));
+  let client: pg.PoolClient;
+  try {
+    client = await pool.connect();
+  } catch (err) {
+    await pool.end().catch(() => undefined);
+    throw storeError(
+      STORE_ERROR_CODES.STORE_ERROR,
+      `cannot open store ${where}: ${err instanceof Error ? err.message : String(err)}`,
+      { database: where },
+      err,
+    );
+  }
+  const clock = options.now;
+  try {
+    const now = async () =>
+      clock
+        ? clock().toISOString()
+        : ((await client.query<{ now: string }>(`select ${ISO_NOW} as now`)).rows[0]?.now ?? '');
+    const stamp = await now();
+    const applied = await applyPostgresMigrations(client, where, () => stamp);
+    if (applied.length > 0) logger.info({ database: where, applied }, 'store schema migrated');
+  } catch (err) {
+    client.release();
+    await pool.end().catch(() => undefined);
+    throw asStoreError(err, `opening store ${where}`);
+  }
+  client.release();
+  return new PostgresCaptureStore(pool, where, options);
+}
+
+export class PostgresCaptureStore extends CaptureStoreCore {
+  /** The URL without its password. */
+  readonly url: string;
+  /** Schema version of the database after open (always {@link POSTGRES_SCHEMA_VERSION}). */
+  readonly schemaVersion = POSTGRES_SCHEMA_VERSION;
+  protected readonly newCaptureId: () => string;
+  private readonly pool: pg.Pool;
+  private readonly clock: (() => Date) | undefined;
+  private readonly retries: number;
+  private closed = false;
+
+  /** Use {@link openPostgresStore}, which migrates the database first. */
+  constructor(pool: pg.Pool, url: string, options: PostgresStoreOptions) {
+    super();
+    this.pool = pool;
+    this.url = url;
+    this.clock = options.now;
+    this.newCaptureId = options.newCaptureId ?? randomUUID;
+    this.retries = checkInteger(options.retries ?? 20, 'retries');
+  }
+
+  protected async transact<T>(kind: TxKind, operation: string, body: (tx: Tx) => Gen<T>): Promise<T> {
+    if (this.closed)
+      throw storeError(STORE_ERROR_CODES.STORE_CLOSED, `${operation}: the store ${this.url} is closed`);
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (err) {
+      throw asStoreError(err, operation);
+    }
+    // A connection that cannot even roll back is broken: it is closed, not given back to the pool.
+    let broken = false;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          return await this.attempt(client, kind, body);
+        } catch (err) {
+          await client.query('ROLLBACK').catch(() => {
+            broken = true;
+          });
+          if (!RETRYABLE.has(sqlState(err))) throw asStoreError(err, operation);
+          if (attempt >= this.retries) {
+            throw storeError(
+              STORE_ERROR_CODES.STORE_BUSY,
+              `${operation}: still conflicting with other writers after ${attempt + 1} attempts (${
+                err instanceof Error ? err.message : String(err)
+              })`,
+              { pgCode: sqlState(err), attempts: attempt + 1 },
+              err,
+            );
+          }
+          // Back off a little, at random, so that the writers that collided do not collide again.
+          await sleep(Math.random() * Math.min(50, 2 ** attempt));
+        }
+      }
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  /** One try: BEGIN, the operation's statements, COMMIT. */
+  private async attempt<T>(client: pg.PoolClient, kind: TxKind, body: (tx: Tx) => Gen<T>): Promise<T> {
+    let start: string;
+    if (kind !== 'read') {
+      // One round trip: the transaction and its time. A claim relies on its row locks (READ COMMITTED:
+      // SKIP LOCKED passes over rows another claim holds, which SERIALIZABLE would turn into conflicts).
+      const isolation = kind === 'claim' ? 'READ COMMITTED' : 'SERIALIZABLE';
+      const results = (await client.query(
+        `BEGIN ISOLATION LEVEL ${isolation}; SELECT ${ISO_NOW} AS now`,
+      )) as unknown as pg.QueryResult<{ now: string }>[];
+      start = results[1]?.rows[0]?.now ?? new Date().toISOString();
+    } else {
+      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      start = new Date().toISOString();
+    }
+    const clock = this.clock;
+    const exec = (name: StatementName, params: Params | undefined) => {
+      const c = COMPILED[name];
+      return client.query({ name: c.name, text: c.text, values: c.params.map((p) => params?.[p] ?? null) });
+    };
+    const tx: Tx = {
+      *get<R>(name: StatementName, params?: Params): Gen<R | undefined> {
+        const result = (yield exec(name, params)) as pg.QueryResult;
+        return result.rows[0] as R | undefined;
+      },
+      *all<R>(name: StatementName, params?: Params): Gen<R[]> {
+        return ((yield exec(name, params)) as pg.QueryResult).rows as R[];
+      },
+      *run(name: StatementName, params?: Params): Gen<number> {
+        return ((yield exec(name, params)) as pg.QueryResult).rowCount ?? 0;
+      },
+      now: () => (clock ? clock().toISOString() : start),
+      later: (ms) => new Date((clock ? clock().getTime() : Date.parse(start)) + ms).toISOString(),
+    };
+    const gen = body(tx);
+    let step = gen.next();
+    while (step.done !== true) {
+      let value: unknown;
+      try {
+        value = await step.value;
+      } catch (err) {
+        // The statement failed: the generator's own handlers do not see database errors (none has any).
+        gen.return(undefined as never);
+        throw err;
+      }
+      step = gen.next(value);
+    }
+    await client.query('COMMIT');
+    return step.value;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.pool.end();
+  }
+}
