@@ -33,6 +33,22 @@ function taggedPids(tag: string): number[] {
   return out;
 }
 
+/** A fresh store in a temporary folder holding one capture `id` of computer `computer`. */
+async function storeWithCapture(id: string, computer: string) {
+  const folder = tempFolder();
+  const store = openStore(folder.file('store.sqlite'));
+  await seed(store);
+  await store.createCapture({
+    id,
+    computer,
+    imageId: 12345,
+    provisioner: 'libvirt',
+    os: 'linux',
+    repository: REPO,
+  });
+  return { folder, store };
+}
+
 describe.skipIf(!available)('leftover remote commands (OpenSSH sshd)', () => {
   let server: SshdServer;
   let folder: ReturnType<typeof tempFolder>;
@@ -40,17 +56,7 @@ describe.skipIf(!available)('leftover remote commands (OpenSSH sshd)', () => {
 
   beforeAll(async () => {
     server = await startSshd();
-    folder = tempFolder();
-    store = openStore(folder.file('store.sqlite'));
-    await seed(store);
-    await store.createCapture({
-      id: 'cap-1',
-      computer: 'pc-01',
-      imageId: 12345,
-      provisioner: 'libvirt',
-      os: 'linux',
-      repository: REPO,
-    });
+    ({ folder, store } = await storeWithCapture('cap-1', 'pc-01'));
   });
   afterAll(async () => {
     await store?.close();
@@ -129,17 +135,7 @@ describe('a sweep that cannot confirm', () => {
   let store: SqliteCaptureStore;
 
   beforeAll(async () => {
-    folder = tempFolder();
-    store = openStore(folder.file('store.sqlite'));
-    await seed(store);
-    await store.createCapture({
-      id: 'cap-2',
-      computer: 'pc-02',
-      imageId: 12345,
-      provisioner: 'libvirt',
-      os: 'linux',
-      repository: REPO,
-    });
+    ({ folder, store } = await storeWithCapture('cap-2', 'pc-02'));
   });
   afterAll(async () => {
     await store?.close();
