@@ -353,7 +353,14 @@ export function createRunner(options: RunnerOptions): Runner {
   function launch(r: CaptureRecord, snapshot?: unknown): Execution {
     const execution = execute(context, r, snapshot);
     handles.set(r.id, execution);
-    const forget = () => handles.delete(r.id);
+    const forget = () => {
+      handles.delete(r.id);
+      // A slot came free: a started runner takes the next queued capture now, not at its next poll.
+      if (queueTimer && !closing)
+        pickUpNow({ resumed: [], started: [], failed: [] }).catch((err: unknown) =>
+          baseLog.error({ err }, 'could not take queued captures'),
+        );
+    };
     execution.result.then(forget, forget);
     if (r.cancelRequested) execution.cancel(r.cancelRequested);
     return execution;
@@ -388,12 +395,17 @@ export function createRunner(options: RunnerOptions): Runner {
     report.resumed.push(r.id);
   }
 
-  /** Claims and runs what is unfinished and not run by a live runner. */
+  /**
+   * Claims and runs what is unfinished and not run by a live runner: every capture a gone runner left
+   * (it may hold its computer), and as many queued captures nobody owns as this runner has free capture
+   * slots, oldest first, so that several runners on one store share a backlog.
+   */
   async function pickUp(report: StartReport): Promise<void> {
     const now = new Date().toISOString();
     for (const r of await store.listResumableCaptures()) {
       if (closing) return;
       if (handles.has(r.id)) continue;
+      if (r.status === 'queued' && r.owner === null) continue;
       const gone = r.owner !== null && r.owner !== runnerId && ownerIsGone(r.owner);
       const free = r.owner === null || r.owner === runnerId || gone || (r.leaseUntil ?? '') < now;
       if (!free) continue;
@@ -415,6 +427,12 @@ export function createRunner(options: RunnerOptions): Runner {
           'took over a capture of a runner that is gone',
         );
       }
+      await takeOver(claimed, report);
+    }
+    const room = inventory.defaults.maxConcurrentCaptures - handles.size;
+    if (closing || room <= 0) return;
+    for (const claimed of await store.claimQueuedCaptures(runnerId, { leaseMs, limit: room })) {
+      if (closing) return;
       await takeOver(claimed, report);
     }
   }

@@ -24,7 +24,7 @@ const runners: Runner[] = [];
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'vcl-resume-'));
-  lab = await startLab({ powerDelayMs: 300, computers: { 'libvirt-linux': 8 } });
+  lab = await startLab({ powerDelayMs: 300, computers: { 'libvirt-linux': 12 } });
   dbPath = join(dir, 'store.sqlite');
   store = openSqliteStore(dbPath);
 });
@@ -231,6 +231,38 @@ describe('snapshots of another machine version', () => {
 });
 
 describe('work across runners through the store', () => {
+  it('two started runners share a backlog: each claims at most its free capture slots', async () => {
+    const inventory = { ...lab.inventory, defaults: { ...lab.inventory.defaults, maxConcurrentCaptures: 2 } };
+    const limited = (id: string) => {
+      const r = createRunner({ inventory, store, pollMs: 20, id, leaseMs: 60_000, queuePollMs: 50 });
+      runners.push(r);
+      return r;
+    };
+    const producer = runner('backlog-producer');
+    const ids: string[] = [];
+    for (const c of ['lv-linux-9', 'lv-linux-10', 'lv-linux-11', 'lv-linux-12'])
+      ids.push((await producer.enqueue({ computer: c, image: image(`Backlog ${c}`) })).id);
+    const a = limited('share-a');
+    const b = limited('share-b');
+    // The first runner takes two (its slots), and leaves the other two to the second.
+    expect((await a.start()).started).toEqual(ids.slice(0, 2));
+    expect((await b.start()).started).toEqual(ids.slice(2));
+    await expect
+      .poll(async () => (await Promise.all(ids.map((id) => store.getCapture(id)))).map((c) => c?.status), {
+        timeout: 60_000,
+      })
+      .toEqual(['completed', 'completed', 'completed', 'completed']);
+    const claimedBy = await Promise.all(
+      ids.map(
+        async (id) =>
+          (await store.getCapture(id))?.events.find((e) => e.type === 'capture.claimed')?.details?.owner,
+      ),
+    );
+    expect(claimedBy).toEqual(['share-a', 'share-a', 'share-b', 'share-b']);
+    await a.stop();
+    await b.stop();
+  });
+
   it('a started runner runs what another enqueued; a queued capture nobody runs is cancelled in the store', async () => {
     const producer = runner('producer');
     const queued = await producer.enqueue({ computer: 'lv-linux-5', image: image('Queued') });
