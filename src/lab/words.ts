@@ -34,21 +34,26 @@ const META = new Set([';', '|', '&', '$', '`', '<', '>', '(', ')', '\n']);
 /** Characters that would make a shell expand a glob. */
 const GLOB = new Set(['*', '?', '[']);
 
+/** A line split into the transport's prefix (tagged or not) and the command after it. */
+function unwrap(line: string): { text: string; wrapped: boolean; tag?: string } {
+  const tagged = TAGGED_PREFIX.exec(line);
+  if (tagged) return { text: line.slice(tagged[0].length), wrapped: true, tag: tagged[1] as string };
+  const wrapped = line.startsWith(TRANSPORT_PREFIX);
+  return { text: wrapped ? line.slice(TRANSPORT_PREFIX.length) : line, wrapped };
+}
+
 /** The command a line runs, without the transport's prefix (tagged or not); other lines as they are. */
 export function commandText(line: string): string {
-  const tagged = TAGGED_PREFIX.exec(line);
-  if (tagged) return line.slice(tagged[0].length);
-  return line.startsWith(TRANSPORT_PREFIX) ? line.slice(TRANSPORT_PREFIX.length) : line;
+  return unwrap(line).text;
 }
 
 export function parseCommandLine(line: string): ParsedLine {
   const kill = KILL_SCRIPT.exec(line);
   if (kill) return { kind: 'kill', group: Number(kill[1]) };
-  const text = commandText(line);
+  const { text, wrapped, tag } = unwrap(line);
   const words = splitWords(text);
   if ('error' in words) return { kind: 'refused', message: words.error };
-  const tag = TAGGED_PREFIX.exec(line)?.[1];
-  return { kind: 'argv', argv: words.argv, wrapped: text !== line, ...(tag === undefined ? {} : { tag }) };
+  return { kind: 'argv', argv: words.argv, wrapped, ...(tag === undefined ? {} : { tag }) };
 }
 
 function refuse(what: string): { error: string } {

@@ -23,6 +23,12 @@ export function isRemoteTag(value: string): boolean {
   return TAG_PATTERN.test(value);
 }
 
+/** `tag`, or a thrown error: a tag reaches a remote shell unquoted. */
+export function checkRemoteTag(tag: string): string {
+  if (!isRemoteTag(tag)) throw new Error(`not a remote command tag: ${JSON.stringify(tag)}`);
+  return tag;
+}
+
 /**
  * `sh -c <this> sh <tag>...`: kills (SIGKILL) every process whose environment holds one of the tags, then
  * looks again, up to 50 times 0.1 s, until none is left. Prints `killed <n>`; exit 0 when none is left, 1
@@ -48,9 +54,7 @@ export const LEFTOVER_SWEEP_SCRIPT =
 
 /** The sweep as an argv for `exec` (the tags must satisfy {@link isRemoteTag}). */
 export function leftoverSweep(tags: readonly string[]): string[] {
-  for (const t of tags)
-    if (!isRemoteTag(t)) throw new Error(`not a remote command tag: ${JSON.stringify(t)}`);
-  return ['sh', '-c', LEFTOVER_SWEEP_SCRIPT, 'sh', ...tags];
+  return ['sh', '-c', LEFTOVER_SWEEP_SCRIPT, 'sh', ...tags.map(checkRemoteTag)];
 }
 
 /** What a sweep's exit says. */

@@ -10,7 +10,7 @@ import { type Readable, Transform, type TransformCallback, type Writable } from 
 import type ssh2 from 'ssh2';
 import type { Logger } from '../log.js';
 import { SshError, type SshErrorCode } from './errors.js';
-import { isRemoteTag, TAG_VARIABLE } from './leftovers.js';
+import { checkRemoteTag, TAG_VARIABLE } from './leftovers.js';
 import type { Conn, ExitStatus, HostLink } from './link.js';
 import { toCommandLine } from './quote.js';
 import type { ExecResult } from './types.js';
@@ -168,8 +168,7 @@ export async function startProcess(
  */
 export function commandLineOf(argv: readonly string[], tag: string | undefined): string {
   if (tag === undefined) return `echo VCLPID=$$; exec ${toCommandLine(argv)}`;
-  if (!isRemoteTag(tag)) throw new Error(`not a remote command tag: ${JSON.stringify(tag)}`);
-  return `echo VCLPID=$$; export ${TAG_VARIABLE}=${tag}; exec ${toCommandLine(argv)}`;
+  return `echo VCLPID=$$; export ${TAG_VARIABLE}=${checkRemoteTag(tag)}; exec ${toCommandLine(argv)}`;
 }
 
 /**

@@ -5,23 +5,32 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-/** PIDs whose command line contains `needle` (a unique argument the test gave its command). */
-export function pidsWithArg(needle: string): number[] {
+/** Live (not zombie) PIDs whose `/proc/<pid>/<file>`, split at NUL bytes, has the entry `entry`. */
+function livePidsWith(file: 'cmdline' | 'environ', entry: string): number[] {
   const out: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
     try {
-      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'latin1');
-      if (!cmdline.split('\0').includes(needle)) continue;
-      const stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
+      if (!readFileSync(`/proc/${pid}/${file}`, 'latin1').split('\0').includes(entry)) continue;
+      const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
       // A zombie has exited already; only its parent has not collected it yet.
       const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-      if (state !== 'Z') out.push(Number(entry));
+      if (state !== 'Z') out.push(Number(pid));
     } catch {
       // Ended while we looked.
     }
   }
   return out;
+}
+
+/** PIDs whose command line contains `needle` (a unique argument the test gave its command). */
+export function pidsWithArg(needle: string): number[] {
+  return livePidsWith('cmdline', needle);
+}
+
+/** PIDs whose environment holds `VCL_CAPTURE_TAG=<tag>` (a runner execution's commands). */
+export function pidsWithTag(tag: string): number[] {
+  return livePidsWith('environ', `VCL_CAPTURE_TAG=${tag}`);
 }
 
 /** Waits until `check()` is true, polling, or fails after `timeoutMs`. */

@@ -3,35 +3,17 @@
  * what they started, also outside their process group) outlive its connection, carry its tag, and the next
  * runner's first command on that host kills them and confirms it, while other processes live on.
  */
-import { readdirSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Remote } from '../../src/drivers/contract.js';
 import { silentLogger } from '../../src/log.js';
 import { taggedRemote } from '../../src/runner/leftovers.js';
 import { LEFTOVER_SWEEP_SCRIPT, SshPool } from '../../src/ssh/index.js';
 import type { SqliteCaptureStore } from '../../src/store/index.js';
-import { waitFor } from '../helpers/procs.js';
+import { pidsWithTag, waitFor } from '../helpers/procs.js';
 import { type SshdServer, sshdAvailable, startSshd } from '../helpers/sshd.js';
 import { openStore, REPO, seed, tempFolder } from '../store/helpers.js';
 
 const available = sshdAvailable('test/ssh/leftovers.test.ts');
-
-/** Live (not zombie) processes on this machine whose environment holds `VCL_CAPTURE_TAG=<tag>`. */
-function taggedPids(tag: string): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const env = readFileSync(`/proc/${entry}/environ`, 'latin1').split('\0');
-      if (!env.includes(`VCL_CAPTURE_TAG=${tag}`)) continue;
-      const stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
-      if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z') out.push(Number(entry));
-    } catch {
-      // Ended while we looked.
-    }
-  }
-  return out;
-}
 
 /** A fresh store in a temporary folder holding one capture `id` of computer `computer`. */
 async function storeWithCapture(id: string, computer: string) {
@@ -72,20 +54,20 @@ describe.skipIf(!available)('leftover remote commands (OpenSSH sshd)', () => {
     const leftover = dead
       .exec(host, ['sh', '-c', 'setsid sleep 300 & exec sleep 301'], { timeoutMs: 120_000 })
       .catch((err: unknown) => err);
-    await waitFor(() => taggedPids(dead.tag).length === 2, 10_000, 'the dead runner’s two processes');
+    await waitFor(() => pidsWithTag(dead.tag).length === 2, 10_000, 'the dead runner’s two processes');
     expect(await store.remoteTags('cap-1')).toEqual([
       expect.objectContaining({ host: host.name, tag: dead.tag }),
     ]);
     // The runner dies: its connection goes, its remote processes stay (they never write to it).
     await deadPool.close();
     await leftover;
-    expect(taggedPids(dead.tag)).toHaveLength(2);
+    expect(pidsWithTag(dead.tag)).toHaveLength(2);
 
     // A process of another execution on the same host must survive the sweep.
     const otherPool = new SshPool();
     const other = taggedRemote(otherPool, store, 'cap-1', [], silentLogger());
     const bystander = other.exec(host, ['sleep', '302'], { timeoutMs: 120_000 }).catch((err: unknown) => err);
-    await waitFor(() => taggedPids(other.tag).length === 1, 10_000, 'the bystander');
+    await waitFor(() => pidsWithTag(other.tag).length === 1, 10_000, 'the bystander');
 
     const pool = new SshPool();
     try {
@@ -99,8 +81,8 @@ describe.skipIf(!available)('leftover remote commands (OpenSSH sshd)', () => {
       const r = await next.exec(host, ['sh', '-c', 'echo "$VCL_CAPTURE_TAG"']);
       // The sweep ran before the command, and the command carries the new execution's tag.
       expect(r.stdout).toBe(`${next.tag}\n`);
-      expect(taggedPids(dead.tag)).toEqual([]);
-      expect(taggedPids(other.tag)).toHaveLength(1);
+      expect(pidsWithTag(dead.tag)).toEqual([]);
+      expect(pidsWithTag(other.tag)).toHaveLength(1);
       const tags = (await store.remoteTags('cap-1')).map((t) => t.tag).sort();
       expect(tags).toEqual([next.tag, other.tag].sort());
     } finally {
