@@ -58,10 +58,12 @@ describe.skipIf(!available)('leftover remote commands (OpenSSH sshd)', () => {
     expect(await store.remoteTags('cap-1')).toEqual([
       expect.objectContaining({ host: host.name, tag: dead.tag }),
     ]);
-    // The runner dies: its connection goes, its remote processes stay (they never write to it).
+    // The runner goes: its connection ends. The child in its own session always stays (no signal to the
+    // command's process group reaches it); the command itself may stay too (seen in most runs, not in all:
+    // the pool's close can race a signal to the group).
     await deadPool.close();
     await leftover;
-    expect(pidsWithTag(dead.tag)).toHaveLength(2);
+    expect(pidsWithTag(dead.tag).length).toBeGreaterThanOrEqual(1);
 
     // A process of another execution on the same host must survive the sweep.
     const otherPool = new SshPool();
