@@ -63,6 +63,75 @@ async function again(computer: string): Promise<void> {
   }
 }
 
+describe('VMware repository copy: a 2gbsparse set', () => {
+  it("verify_image opens the stored set with the repository host's qemu-img; a check that fails fails it", async () => {
+    await again('vm-linux-1');
+    lab.clearLog();
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'repo-host',
+      match: ['qemu-img', 'check'],
+      exitCode: 2,
+      stderr: 'ERROR: the grain table of extent 1 is corrupt\n',
+    });
+    const handle = await runner.capture({
+      computer: 'vm-linux-1',
+      image: { osName: 'linux', prettyName: 'Check fails', owner: 'test' },
+    });
+    const result = await handle.result;
+    lab.faults.clear();
+    expect(result.status).toBe('failed');
+    if (result.status !== 'failed') return;
+    expect(result.error).toMatchObject({ code: 'VERIFY_MISMATCH', step: 'verify_image' });
+    expect(result.error.message).toContain('the grain table of extent 1 is corrupt');
+    const descriptor = `${lab.inventory.repositories.images?.path}/${handle.image.name}.vmdk`;
+    const onRepo = lab.commandLog.filter((e) => e.host === 'repo-host' && e.argv?.[0] === 'qemu-img');
+    expect(onRepo.map((e) => e.argv)).toEqual([
+      ['qemu-img', 'info', '--output=json', descriptor],
+      ['qemu-img', 'check', '-q', descriptor],
+    ]);
+  });
+
+  it("without qemu-img on the repository host, the manifest's hashes alone verify the set", async () => {
+    const bare = await startLab({ powerDelayMs: 20, missingTools: { 'repo-host': ['qemu-img'] } });
+    const bareStore = openSqliteStore(join(dir, 'bare.sqlite'));
+    const bareRunner = createRunner({ inventory: bare.inventory, store: bareStore, pollMs: 20 });
+    try {
+      const source = await bare.diskSha256('vm-linux-1');
+      const handle = await bareRunner.capture({
+        computer: 'vm-linux-1',
+        image: { osName: 'linux', prettyName: 'No qemu-img', owner: 'test' },
+      });
+      const result = await handle.result;
+      if (result.status !== 'completed') throw new Error(JSON.stringify(result.error));
+      await expectStoredImage(bare, 'vm-linux-1', result.artifact, source);
+      expect(bare.commandLog.filter((e) => e.host === 'repo-host' && e.argv?.[0] === 'qemu-img')).toEqual([]);
+    } finally {
+      await bareRunner.close();
+      await bareStore.close();
+      await bare.stop();
+    }
+  });
+
+  it('an extent changed after it was stored fails verify_image, and no file of the set is kept', async () => {
+    await again('vm-windows-1');
+    lab.faults.add({ kind: 'corrupt', at: 'file', host: 'repo-host', path: /-s001\.vmdk$/ });
+    const handle = await runner.capture({
+      computer: 'vm-windows-1',
+      image: { osName: 'windows', prettyName: 'Corrupt extent', owner: 'test' },
+    });
+    const result = await handle.result;
+    lab.faults.clear();
+    expect(result.status).toBe('failed');
+    if (result.status !== 'failed') return;
+    expect(result.error).toMatchObject({ code: 'VERIFY_MISMATCH', step: 'verify_image' });
+    expect(result.error.message).toContain(`${handle.image.name}-s001.vmdk has sha256`);
+    const repo = await lab.realPath('repo-host', lab.inventory.repositories.images?.path ?? '');
+    expect(readdirSync(repo).filter((f) => f.includes(handle.image.name))).toEqual([]);
+    expect(lab.internalErrors).toEqual([]);
+  });
+});
+
 describe('deadlines and hostile values', () => {
   it('a step past its deadline fails with TIMEOUT in that step, and its partial copy is removed', async () => {
     await again('lv-linux-1');

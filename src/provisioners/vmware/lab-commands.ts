@@ -6,12 +6,11 @@
  * a `2gbsparse` clone is a real twoGbMaxExtentSparse set (descriptor + `-s001.vmdk`... extents) written by
  * this machine's own `qemu-img`, so that what the capture stores is a disk real tools open.
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { posix } from 'node:path';
-import { promisify } from 'node:util';
 import { copyWithin, statOf } from '../../lab/commands/posix.js';
+import { localQemuImg } from '../../lab/commands/qemu-img.js';
 import type { CommandContext, ComputerRecord, Handler, HostRuntime, LabCore } from '../../lab/core.js';
 import { diskInUse, fail, NoSpaceError } from '../../lab/core.js';
 import { hostMatches, pathMatches } from '../../lab/faults.js';
@@ -260,8 +259,7 @@ async function cloneSparse(
   const setFiles = async () =>
     (await readdir(dir)).filter((f) => f === `${name}.vmdk` || isSparseExtentOf(name, f));
   try {
-    await promisify(execFile)(
-      'qemu-img',
+    await localQemuImg(
       [
         'convert',
         '-q',
@@ -274,7 +272,7 @@ async function cloneSparse(
         extent.real,
         dstReal,
       ],
-      { signal: ctx.signal },
+      ctx.signal,
     );
     let allocated = 0;
     for (const f of await setFiles()) allocated += ((await statOf(posix.join(dir, f)))?.blocks ?? 0) * 512;
