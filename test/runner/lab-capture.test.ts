@@ -92,6 +92,30 @@ describe('VMware repository copy: a 2gbsparse set', () => {
     ]);
   });
 
+  it('an ESXi without the multiextent module fails the copy with how to load it, leaving nothing', async () => {
+    await again('vm-linux-1');
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'esxi-host',
+      match: /^vmkfstools -i .* -d 2gbsparse$/,
+      exitCode: 1,
+      stderr: 'Failed to clone disk: The system cannot find the file specified (25).\n',
+    });
+    const handle = await runner.capture({
+      computer: 'vm-linux-1',
+      image: { osName: 'linux', prettyName: 'No multiextent', owner: 'test' },
+    });
+    const result = await handle.result;
+    lab.faults.clear();
+    expect(result.status).toBe('failed');
+    if (result.status !== 'failed') return;
+    expect(result.error).toMatchObject({ code: 'COMMAND_FAILED', step: 'copy_to_repository' });
+    expect(result.error.message).toContain('esxcli system module load -m multiextent');
+    const repo = await lab.realPath('repo-host', lab.inventory.repositories.images?.path ?? '');
+    expect(readdirSync(repo).filter((f) => f.includes(handle.image.name))).toEqual([]);
+    expect(await lab.exists('esxi-host', `/vmfs/volumes/datastore1/${handle.image.name}`)).toBe(false);
+  });
+
   it("without qemu-img on the repository host, the manifest's hashes alone verify the set", async () => {
     const bare = await startLab({ powerDelayMs: 20, missingTools: { 'repo-host': ['qemu-img'] } });
     const bareStore = openSqliteStore(join(dir, 'bare.sqlite'));

@@ -236,7 +236,11 @@ export async function vmwarePreflight(
   return undefined;
 }
 
-/** A vmkfstools clone whose failures that mean something are typed: the source needs repair, no space. */
+/**
+ * A vmkfstools clone whose failures that mean something are typed: the source needs repair, no space. A
+ * 2gbsparse clone of a source that exists failing with "cannot find the file specified" is ESXi 5.1+
+ * without its multiextent module (which writes that format): the message says how to load it.
+ */
 async function cloneOrExplain(exec: Exec, host: SshHost, argv: string[], source: unknown): Promise<void> {
   try {
     await exec(host, argv);
@@ -247,6 +251,12 @@ async function cloneOrExplain(exec: Exec, host: SshHost, argv: string[], source:
     if (needsRepair(out) || needsRepair(String((err as Error).message)))
       throw driverError('NEEDS_REPAIR', `vmkfstools: the source disk needs repair`, { disk: source });
     if (noSpace(out)) throw driverError('NO_SPACE', `no space left for the clone on ${host.name}`);
+    if (argv.includes('2gbsparse') && /cannot find the file specified/i.test(out))
+      throw driverError(
+        'COMMAND_FAILED',
+        `vmkfstools could not write the 2gbsparse copy of ${String(source)} on ${host.name} (${out.trim()}): ESXi 5.1 and later need the multiextent module for it (esxcli system module load -m multiextent)`,
+        { disk: source },
+      );
     throw err;
   }
 }
