@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { COPY_FINALIZE_SCRIPT, startLab } from '../../src/lab/index.js';
-import type { Lab } from '../../src/lab/types.js';
+import type { Fault, Lab } from '../../src/lab/types.js';
 import { createRunner, type Runner } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
 import { expectStoredImage } from '../helpers/stored-image.js';
@@ -64,27 +64,48 @@ async function again(computer: string): Promise<void> {
 }
 
 describe('VMware repository copy: a 2gbsparse set', () => {
-  it("verify_image opens the stored set with the repository host's qemu-img; a check that fails fails it", async () => {
-    await again('vm-linux-1');
+  /**
+   * A capture of `computer` with `fault` in place, which must fail in `step` with `code` and a message
+   * containing `says`, leaving no file of the set in the repository nor anything of it on the datastore.
+   */
+  async function failsLeavingNothing(
+    computer: string,
+    fault: Fault,
+    expected: { code: string; step: string; says: (image: string) => string },
+  ) {
+    await again(computer);
     lab.clearLog();
-    lab.faults.add({
-      kind: 'failCommand',
-      host: 'repo-host',
-      match: ['qemu-img', 'check'],
-      exitCode: 2,
-      stderr: 'ERROR: the grain table of extent 1 is corrupt\n',
-    });
+    lab.faults.add(fault);
     const handle = await runner.capture({
-      computer: 'vm-linux-1',
-      image: { osName: 'linux', prettyName: 'Check fails', owner: 'test' },
+      computer,
+      image: { osName: lab.computer(computer).os, prettyName: `Fails ${expected.code}`, owner: 'test' },
     });
     const result = await handle.result;
     lab.faults.clear();
     expect(result.status).toBe('failed');
-    if (result.status !== 'failed') return;
-    expect(result.error).toMatchObject({ code: 'VERIFY_MISMATCH', step: 'verify_image' });
-    expect(result.error.message).toContain('the grain table of extent 1 is corrupt');
-    const descriptor = `${lab.inventory.repositories.images?.path}/${handle.image.name}.vmdk`;
+    if (result.status !== 'failed') throw new Error('completed');
+    expect(result.error).toMatchObject({ code: expected.code, step: expected.step });
+    expect(result.error.message).toContain(expected.says(handle.image.name));
+    const repo = await lab.realPath('repo-host', lab.inventory.repositories.images?.path ?? '');
+    expect(readdirSync(repo).filter((f) => f.includes(handle.image.name))).toEqual([]);
+    expect(await lab.exists('esxi-host', `/vmfs/volumes/datastore1/${handle.image.name}`)).toBe(false);
+    expect(lab.internalErrors).toEqual([]);
+    return handle.image.name;
+  }
+
+  it("verify_image opens the stored set with the repository host's qemu-img; a check that fails fails it", async () => {
+    const image = await failsLeavingNothing(
+      'vm-linux-1',
+      {
+        kind: 'failCommand',
+        host: 'repo-host',
+        match: ['qemu-img', 'check'],
+        exitCode: 2,
+        stderr: 'ERROR: the grain table of extent 1 is corrupt\n',
+      },
+      { code: 'VERIFY_MISMATCH', step: 'verify_image', says: () => 'the grain table of extent 1 is corrupt' },
+    );
+    const descriptor = `${lab.inventory.repositories.images?.path}/${image}.vmdk`;
     const onRepo = lab.commandLog.filter((e) => e.host === 'repo-host' && e.argv?.[0] === 'qemu-img');
     expect(onRepo.map((e) => e.argv)).toEqual([
       ['qemu-img', 'info', '--output=json', descriptor],
@@ -93,27 +114,29 @@ describe('VMware repository copy: a 2gbsparse set', () => {
   });
 
   it('an ESXi without the multiextent module fails the copy with how to load it, leaving nothing', async () => {
-    await again('vm-linux-1');
-    lab.faults.add({
-      kind: 'failCommand',
-      host: 'esxi-host',
-      match: /^vmkfstools -i .* -d 2gbsparse$/,
-      exitCode: 1,
-      stderr: 'Failed to clone disk: The system cannot find the file specified (25).\n',
-    });
-    const handle = await runner.capture({
-      computer: 'vm-linux-1',
-      image: { osName: 'linux', prettyName: 'No multiextent', owner: 'test' },
-    });
-    const result = await handle.result;
-    lab.faults.clear();
-    expect(result.status).toBe('failed');
-    if (result.status !== 'failed') return;
-    expect(result.error).toMatchObject({ code: 'COMMAND_FAILED', step: 'copy_to_repository' });
-    expect(result.error.message).toContain('esxcli system module load -m multiextent');
-    const repo = await lab.realPath('repo-host', lab.inventory.repositories.images?.path ?? '');
-    expect(readdirSync(repo).filter((f) => f.includes(handle.image.name))).toEqual([]);
-    expect(await lab.exists('esxi-host', `/vmfs/volumes/datastore1/${handle.image.name}`)).toBe(false);
+    await failsLeavingNothing(
+      'vm-linux-1',
+      {
+        kind: 'failCommand',
+        host: 'esxi-host',
+        match: /^vmkfstools -i .* -d 2gbsparse$/,
+        exitCode: 1,
+        stderr: 'Failed to clone disk: The system cannot find the file specified (25).\n',
+      },
+      {
+        code: 'COMMAND_FAILED',
+        step: 'copy_to_repository',
+        says: () => 'esxcli system module load -m multiextent',
+      },
+    );
+  });
+
+  it('an extent changed after it was stored fails verify_image, and no file of the set is kept', async () => {
+    await failsLeavingNothing(
+      'vm-windows-1',
+      { kind: 'corrupt', at: 'file', host: 'repo-host', path: /-s001\.vmdk$/ },
+      { code: 'VERIFY_MISMATCH', step: 'verify_image', says: (image) => `${image}-s001.vmdk has sha256` },
+    );
   });
 
   it("without qemu-img on the repository host, the manifest's hashes alone verify the set", async () => {
@@ -135,24 +158,6 @@ describe('VMware repository copy: a 2gbsparse set', () => {
       await bareStore.close();
       await bare.stop();
     }
-  });
-
-  it('an extent changed after it was stored fails verify_image, and no file of the set is kept', async () => {
-    await again('vm-windows-1');
-    lab.faults.add({ kind: 'corrupt', at: 'file', host: 'repo-host', path: /-s001\.vmdk$/ });
-    const handle = await runner.capture({
-      computer: 'vm-windows-1',
-      image: { osName: 'windows', prettyName: 'Corrupt extent', owner: 'test' },
-    });
-    const result = await handle.result;
-    lab.faults.clear();
-    expect(result.status).toBe('failed');
-    if (result.status !== 'failed') return;
-    expect(result.error).toMatchObject({ code: 'VERIFY_MISMATCH', step: 'verify_image' });
-    expect(result.error.message).toContain(`${handle.image.name}-s001.vmdk has sha256`);
-    const repo = await lab.realPath('repo-host', lab.inventory.repositories.images?.path ?? '');
-    expect(readdirSync(repo).filter((f) => f.includes(handle.image.name))).toEqual([]);
-    expect(lab.internalErrors).toEqual([]);
   });
 });
 
