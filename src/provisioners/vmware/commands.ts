@@ -140,3 +140,30 @@ export function sparseSetFiles(name: string, virtualBytes: number): string[] {
   const extents = Array.from({ length: count }, (_, i) => `${name}-s${String(i + 1).padStart(3, '0')}.vmdk`);
   return [`${name}.vmdk`, ...extents];
 }
+
+/**
+ * The reference .vmx stored beside the image, as VCL keeps one: the VM's own, its one disk pointing at the
+ * stored descriptor and named after the image, without what identifies the captured VM rather than the
+ * image (its MAC addresses, UUIDs, swap file).
+ */
+export function referenceVmx(vmx: string, descriptor: string, image: string): string {
+  const disks = parseVmxDisks(vmx);
+  if (disks.length !== 1)
+    throw driverError(
+      'UNSUPPORTED_DISK',
+      `the .vmx declares ${disks.length} disks; a capture needs exactly one`,
+    );
+  const diskKey = `${(disks[0] as VmxDisk).key}.filename`;
+  const identity =
+    /^(ethernet\d+\.(generatedaddress|addresstype|generatedaddressoffset)|uuid\.(bios|location)|vc\.uuid|sched\.swap\.derivedname)$/;
+  const out: string[] = [];
+  for (const line of vmx.split('\n')) {
+    const key = /^\s*([\w:.]+)\s*=/.exec(line)?.[1];
+    const lower = key?.toLowerCase();
+    if (lower !== undefined && identity.test(lower)) continue;
+    if (lower === diskKey) out.push(`${key} = "${descriptor}"`);
+    else if (lower === 'displayname') out.push(`${key} = "${image}"`);
+    else out.push(line);
+  }
+  return out.join('\n');
+}

@@ -36,6 +36,7 @@ import {
   parsePowerState,
   parseVmdkExtents,
   parseVmxDisks,
+  referenceVmx,
   sparseSetFiles,
   vmware,
 } from './commands.js';
@@ -84,25 +85,6 @@ async function removeRepositorySet(exec: Exec, host: SshHost, set: ReturnType<ty
 }
 
 /**
- * The reference .vmx stored beside the image, as VCL keeps one: the VM's own, its disk pointing at the
- * stored descriptor, without what identifies the captured VM rather than the image (its MAC and UUIDs).
- */
-export function referenceVmx(vmx: string, diskKey: string, descriptor: string, image: string): string {
-  const drop =
-    /^\s*(ethernet\d+\.(generatedaddress|addresstype)|uuid\.(bios|location)|vc\.uuid|sched\.swap\.derivedname)\s*=/i;
-  const lines = vmx.split('\n').filter((l) => !drop.test(l));
-  return lines
-    .map((l) => {
-      const m = /^\s*([\w:.]+)\s*=/.exec(l);
-      const key = m?.[1]?.toLowerCase();
-      if (key === `${diskKey.toLowerCase()}.filename`) return `${m?.[1]} = "${descriptor}"`;
-      if (key === 'displayname') return `${m?.[1]} = "${image}"`;
-      return l;
-    })
-    .join('\n');
-}
-
-/**
  * locate_vm's checks: the ESXi and repository hosts reachable with their tools; the VM registered once
  * with exactly one persistent disk; the disk's virtual and allocated size (from its descriptor's extents
  * and `stat`). Returns the facts, or undefined when a check failed (collecting checklist).
@@ -147,15 +129,7 @@ export async function locateVm(env: DriverEnv, run: CheckRun, list: Checklist): 
       allocatedBytes += r?.code === 0 ? parseAllocation(r.stdout).allocatedBytes : e.sectors * 512;
     }
     return {
-      value: {
-        vmid: found.vmid,
-        vmx,
-        disk: diskPath,
-        diskKey: disk.key,
-        datastore,
-        virtualBytes,
-        allocatedBytes,
-      },
+      value: { vmid: found.vmid, vmx, disk: diskPath, datastore, virtualBytes, allocatedBytes },
       detail: `vmid ${found.vmid}, one disk ${diskPath} (${formatBytes(virtualBytes)}, ${formatBytes(allocatedBytes)} allocated)`,
     };
   });
@@ -379,7 +353,6 @@ export function vmwareSteps(env: DriverEnv): Record<string, Step> {
         );
       const vmx = referenceVmx(
         (await exec(host, vmware.readFile(String(facts.vmx)))).stdout,
-        String(facts.diskKey),
         set.descriptor,
         set.image,
       );
