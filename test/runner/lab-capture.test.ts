@@ -145,6 +145,10 @@ describe('VMware repository copy: a 2gbsparse set', () => {
     const bareRunner = createRunner({ inventory: bare.inventory, store: bareStore, pollMs: 20 });
     try {
       const source = await bare.diskSha256('vm-linux-1');
+      const progress: { bytes: number; total?: number }[] = [];
+      bareRunner.on((e) => {
+        if (e.type === 'progress' && e.step === 'copy_to_repository') progress.push(e);
+      });
       const handle = await bareRunner.capture({
         computer: 'vm-linux-1',
         image: { osName: 'linux', prettyName: 'No qemu-img', owner: 'test' },
@@ -152,6 +156,12 @@ describe('VMware repository copy: a 2gbsparse set', () => {
       const result = await handle.result;
       if (result.status !== 'completed') throw new Error(JSON.stringify(result.error));
       await expectStoredImage(bare, 'vm-linux-1', result.artifact, source);
+      // One progress over the whole set: it never goes back, and ends at the set and its manifest.
+      const manifest = await bare.readFile('repo-host', `${result.artifact.path}.sha256`);
+      const total = result.artifact.sizeBytes + manifest.length;
+      expect(progress.length).toBeGreaterThanOrEqual(4);
+      expect(progress.map((p) => p.bytes)).toEqual(progress.map((p) => p.bytes).sort((a, b) => a - b));
+      expect(progress.at(-1)).toMatchObject({ bytes: total, total });
       expect(bare.commandLog.filter((e) => e.host === 'repo-host' && e.argv?.[0] === 'qemu-img')).toEqual([]);
     } finally {
       await bareRunner.close();

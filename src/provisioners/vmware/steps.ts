@@ -16,6 +16,7 @@ import {
   provisionerSettings,
   removeCopyLeftovers,
   repositoryPath,
+  sizeOf,
 } from '../../drivers/env.js';
 import { driverError } from '../../drivers/errors.js';
 import { Checklist, type CheckRun, checkHosts, checkSpace, logPassed } from '../../drivers/preflight.js';
@@ -360,20 +361,26 @@ export function vmwareSteps(env: DriverEnv): Record<string, Step> {
       // Extents first, descriptor, .vmx, the manifest last: each lands durably under its final name (the
       // transport's temporary name, sync, rename, folder sync), so a manifest in place means the whole set
       // is; nothing is recorded before it.
-      const copy = (file: string) =>
-        env.remote.copy(
+      const files = [...(extents as string[]), set.descriptor, set.vmx];
+      // The step's progress covers the whole set (one bar, one total), not each file from 0.
+      let total = 0;
+      for (const file of files) total += await sizeOf(exec, host, posix.join(stagingDir, file));
+      const options = copyOptions(env, run);
+      let done = 0;
+      const copy = async (file: string) => {
+        const copied = await env.remote.copy(
           { host, path: posix.join(stagingDir, file) },
           { host: repo, path: posix.join(set.dir, file) },
-          copyOptions(env, run),
+          { ...options, onProgress: (p) => options.onProgress({ ...p, bytes: done + p.bytes, total }) },
         );
+        done += copied.bytes;
+        return copied;
+      };
       let manifest = '';
-      let sizeBytes = 0;
-      for (const file of [...(extents as string[]), set.descriptor, set.vmx]) {
-        const copied = await copy(file);
-        manifest += manifestLine(copied.sha256, file);
-        sizeBytes += copied.bytes;
-      }
+      for (const file of files) manifest += manifestLine((await copy(file)).sha256, file);
+      const sizeBytes = done;
       await exec(host, vmware.writeFile(posix.join(stagingDir, set.manifest)), { stdin: manifest });
+      total += Buffer.byteLength(manifest);
       const listed = await copy(set.manifest);
       await exec(host, vmware.removeTree(stagingDir));
       return {
