@@ -362,18 +362,33 @@ export function vmwareSteps(env: DriverEnv): Record<string, Step> {
       // transport's temporary name, sync, rename, folder sync), so a manifest in place means the whole set
       // is; nothing is recorded before it.
       const files = [...(extents as string[]), set.descriptor, set.vmx];
-      // The step's progress covers the whole set (one bar, one total), not each file from 0.
+      // The step's progress covers the whole set (one bar, one total, wire bytes and resumes summed), not
+      // each file from 0.
       let total = 0;
       for (const file of files) total += await sizeOf(exec, host, posix.join(stagingDir, file));
       const options = copyOptions(env, run);
       let done = 0;
+      let wire = 0;
+      let resumes = 0;
       const copy = async (file: string) => {
         const copied = await env.remote.copy(
           { host, path: posix.join(stagingDir, file) },
           { host: repo, path: posix.join(set.dir, file) },
-          { ...options, onProgress: (p) => options.onProgress({ ...p, bytes: done + p.bytes, total }) },
+          {
+            ...options,
+            onProgress: (p) =>
+              options.onProgress({
+                ...p,
+                bytes: done + p.bytes,
+                wireBytes: wire + p.wireBytes,
+                resumes: resumes + p.resumes,
+                total,
+              }),
+          },
         );
         done += copied.bytes;
+        wire += copied.wireBytes;
+        resumes += copied.resumes;
         return copied;
       };
       let manifest = '';
