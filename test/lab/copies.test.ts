@@ -247,6 +247,41 @@ describe('ESXi: vmkfstools -d 2gbsparse', () => {
     expect((await h.exec('esxi-host', vmware.removeTree(dir))).code).toBe(0);
   });
 
+  it("the repository host's qemu-img reads a stored set in its own paths, and runs only info and check", async () => {
+    const repo = LAB_REPOSITORIES.images.path;
+    const real = await h.lab.realPath('repo-host', `${repo}/q.vmdk`);
+    const raw = await h.lab.realPath('repo-host', `${repo}/q.raw`);
+    await writeFile(raw, randomBytes(128 * 1024));
+    spawnSync('qemu-img', [
+      'convert',
+      '-f',
+      'raw',
+      '-O',
+      'vmdk',
+      '-o',
+      'subformat=twoGbMaxExtentSparse',
+      raw,
+      real,
+    ]);
+    const info = await h.exec('repo-host', vmware.qemuInfo(`${repo}/q.vmdk`));
+    expect(info.code).toBe(0);
+    expect(info.stdout).not.toContain(real);
+    const parsed = JSON.parse(info.stdout);
+    expect(parsed).toMatchObject({ filename: `${repo}/q.vmdk`, format: 'vmdk' });
+    expect(parsed['format-specific'].data.extents[0].filename).toBe(`${repo}/q-s001.vmdk`);
+    expect(await h.exec('repo-host', vmware.qemuCheck(`${repo}/q.vmdk`))).toMatchObject({
+      code: 0,
+      stderr: '',
+    });
+    const missing = await h.exec('repo-host', vmware.qemuCheck(`${repo}/none.vmdk`));
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain(`Could not open '${repo}/none.vmdk'`);
+    expect(
+      (await h.exec('repo-host', ['qemu-img', 'convert', '-O', 'raw', `${repo}/q.vmdk`, '/tmp/x'])).code,
+    ).toBe(1);
+    await h.exec('repo-host', ['rm', '-f', '--', `${repo}/q.vmdk`, `${repo}/q-s001.vmdk`, `${repo}/q.raw`]);
+  });
+
   it('fails on a full datastore as vmkfstools does, leaving no file of the set', async () => {
     const clone = '/vmfs/volumes/datastore1/full/full.vmdk';
     expect((await h.exec('esxi-host', vmware.mkdir('/vmfs/volumes/datastore1/full'))).code).toBe(0);
