@@ -13,16 +13,9 @@ import {
   removeConversion,
   stagingFile,
 } from '../../drivers/convert.js';
-import {
-  type DriverEnv,
-  execFor,
-  exists,
-  provisionerSettings,
-  repositoryPath,
-  sameHost,
-} from '../../drivers/env.js';
+import { type DriverEnv, execFor, provisionerSettings, repositoryPath, sameHost } from '../../drivers/env.js';
 import { driverError } from '../../drivers/errors.js';
-import { Checklist, checkHosts, checkSpace, logPassed } from '../../drivers/preflight.js';
+import { type Checklist, checkHosts, preflightStep } from '../../drivers/preflight.js';
 import { formatBytes } from '../../drivers/preflight-commands.js';
 import { verifyArtifact } from '../../drivers/verify.js';
 import type { SshHost } from '../../ssh/index.js';
@@ -201,12 +194,7 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
   };
 
   return {
-    inspect_domain: async (run) => {
-      const list = new Checklist(true);
-      const facts = await libvirtPreflight(env, run, list, { target: true });
-      logPassed(run, list);
-      return { facts: facts ?? {} };
-    },
+    inspect_domain: preflightStep((run, list, options) => libvirtPreflight(env, run, list, options)),
     request_power_off: async (run) => {
       if ((await domainState(env, run)) !== 'shut off') await unlessOff(run, libvirt.shutdown(domain));
       return {};

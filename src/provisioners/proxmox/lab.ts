@@ -11,17 +11,19 @@ import { DIR_IMAGES, dataDiskOf, LVM_DEVICES, PROXMOX_COMMANDS, vmidOf } from '.
 const windows = (computer: string) => /^px-windows-/.test(computer);
 
 export const proxmoxLab = {
+  prefix: 'px',
+  // Proxmox VE's own OUI, as it generates MAC addresses.
+  macVendor: 'bc:24:11:00',
   // Proxmox VE is Debian: zstd is installed.
   host: {
     name: 'pve-node',
     role: 'proxmox',
-    dirs: [LVM_DEVICES, DIR_IMAGES, '/var/lib/vz/dump', '/root'],
     commands: [ZSTD_COMMANDS, PROXMOX_COMMANDS],
+    dirs: [LVM_DEVICES, DIR_IMAGES, '/var/lib/vz/dump', '/root'],
   },
+  // A repository on the node itself: qemu-img converts straight into it.
   repositories: { 'pve-local': '/var/lib/vz/vcl-images' },
   defaultRepository: 'images',
-  prefix: 'px',
-  macVendor: 'bc:24:11:00',
   disk({ name, host, sizeBytes }) {
     const vmid = vmidOf(name);
     const path = windows(name)

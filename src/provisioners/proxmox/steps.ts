@@ -14,11 +14,11 @@ import {
 } from '../../drivers/convert.js';
 import { type DriverEnv, execFor, provisionerSettings, sameHost } from '../../drivers/env.js';
 import { driverError } from '../../drivers/errors.js';
-import { Checklist, checkHosts, logPassed } from '../../drivers/preflight.js';
+import { checkHosts, preflightStep } from '../../drivers/preflight.js';
 import { formatBytes } from '../../drivers/preflight-commands.js';
 import { verifyArtifact } from '../../drivers/verify.js';
 import { parseImageInfo } from '../libvirt/commands.js';
-import type { PreflightRun, CaptureStep as Step } from '../types.js';
+import type { PreflightRun, Provisioner, CaptureStep as Step } from '../types.js';
 import {
   bootOrder,
   chooseDisk,
@@ -60,72 +60,72 @@ export function shutdownWaitSeconds(remainingMs: number): number {
 }
 
 /**
- * The Proxmox preflight (inspect_vm, and `vcl-capture preflight`): the node and repository hosts
- * reachable with their tools; the VM configured on the node with one disk (or the one named) whose
- * volume has a local path qemu-img reads; the target free in the repository; room for the copy in the
- * repository and, when the repository is another host, in the staging folder. Returns the facts the
- * capture goes on with, or undefined when a check failed (collecting checklist).
+ * The VM configured on the node, its disk (the only one, or the one `provisioner.disk` names), where
+ * that disk's volume lies (`pvesm path`) and what qemu-img reads there.
  */
-export async function proxmoxPreflight(
-  env: DriverEnv,
-  run: PreflightRun,
-  list: Checklist,
-  options: { target: boolean },
-): Promise<Facts | undefined> {
-  const { vmid, disk: wanted, format } = settings(env);
+async function inspectVm(env: DriverEnv, run: PreflightRun) {
+  const { vmid, disk: wanted } = settings(env);
   const host = env.provisionerHost;
   const exec = execFor(env, run);
-  if (!(await checkHosts(env, run, list))) {
-    list.skip(`VM ${vmid}`, 'a host on the path failed its check');
-    return undefined;
-  }
-  const found = await list.check(`VM ${vmid}`, async () => {
-    const r = await exec(host, qm.config(vmid), { check: false });
-    if (r.code !== 0 && UNKNOWN_VM.test(r.stderr))
-      throw driverError(
-        'NOT_FOUND',
-        `${host.name} has no VM ${vmid}: fix provisioner.vmid (or provisioner.host, the node it runs on) of ${env.computerName} in the inventory`,
-        { vmid },
-      );
-    if (r.code !== 0)
-      throw driverError('COMMAND_FAILED', `qm config ${vmid} on ${host.name} failed: ${r.stderr.trim()}`);
-    const config = parseQmConfig(r.stdout);
-    const disk = chooseDisk(config, wanted);
-    const source = parsePvesmPath((await exec(host, pvesm.path(disk.volid))).stdout, disk.volid);
-    const info = parseImageInfo((await exec(host, qemuImg.info(source.path, source.format))).stdout);
-    const status = parseQmStatus((await exec(host, qm.status(vmid))).stdout);
-    // A block device's allocation is the storage's (LVM-thin, ZFS), not one qemu-img info knows: the
-    // copy is assumed to take its whole size.
-    const allocated = source.block ? info.virtualSize : (info.actualSize ?? info.virtualSize);
-    const boots = bootOrder(config)[0] === disk.key ? ', its boot disk' : '';
-    return {
-      value: { status, disk, source, info, allocated },
-      detail: `${status}; ${disk.key}${boots}: ${disk.volid} at ${source.path} (${source.block ? 'block device' : source.format}, ${formatBytes(info.virtualSize)})`,
-    };
-  });
-  if (!found) {
-    list.skip('target', `VM ${vmid} was not found`);
-    return undefined;
-  }
-  const { disk, source, info, allocated } = found;
-  const checked = await checkConversion(env, run, list, {
-    target: options.target,
-    host,
-    format,
-    stagingDir: stagingDir(env),
-    virtualBytes: info.virtualSize,
-    allocatedBytes: allocated,
-  });
-  if (!checked) return undefined;
-  run.log.info({ vmid, status: found.status, disk: disk.key, path: source.path }, 'VM inspected');
+  const r = await exec(host, qm.config(vmid), { check: false });
+  if (r.code !== 0)
+    throw UNKNOWN_VM.test(r.stderr)
+      ? driverError(
+          'NOT_FOUND',
+          `${host.name} has no VM ${vmid}: fix provisioner.vmid (or provisioner.host, the node it runs on) of ${env.computerName} in the inventory`,
+          { vmid },
+        )
+      : driverError('COMMAND_FAILED', `qm config ${vmid} on ${host.name} failed: ${r.stderr.trim()}`);
+  const config = parseQmConfig(r.stdout);
+  const disk = chooseDisk(config, wanted);
+  const source = parsePvesmPath((await exec(host, pvesm.path(disk.volid))).stdout, disk.volid);
+  const info = parseImageInfo((await exec(host, qemuImg.info(source.path, source.format))).stdout);
+  const status = parseQmStatus((await exec(host, qm.status(vmid))).stdout);
+  // A block device's allocation is its storage's (LVM-thin, ZFS), which qemu-img info does not know:
+  // the copy is assumed to take its whole size.
+  const allocated = source.block ? info.virtualSize : (info.actualSize ?? info.virtualSize);
+  const boots = bootOrder(config)[0] === disk.key ? ', its boot disk' : '';
   return {
-    vmid,
-    diskKey: disk.key,
-    disk: source.path,
-    sourceFormat: source.format,
-    ...(checked.target === undefined ? {} : { target: checked.target }),
+    value: { status, disk, source, info, allocated },
+    detail: `${status}; ${disk.key}${boots}: ${disk.volid} at ${source.path} (${source.block ? 'block device' : source.format}, ${formatBytes(info.virtualSize)})`,
   };
 }
+
+type Preflight = (...args: [...Parameters<Provisioner['preflight']>]) => Promise<Facts | undefined>;
+
+/**
+ * The Proxmox preflight (inspect_vm, and `vcl-capture preflight`): the node and repository hosts
+ * reachable with their tools; the VM and its disk (inspectVm); the target free in the repository; room
+ * for the copy in the repository and, when the repository is another host, in the staging folder.
+ * Returns the facts the capture goes on with, or undefined when a check failed (collecting checklist).
+ */
+export const proxmoxPreflight: Preflight = async (env, run, list, options) => {
+  const { vmid, format } = settings(env);
+  const reached = await checkHosts(env, run, list);
+  const vm = reached ? await list.check(`VM ${vmid}`, () => inspectVm(env, run)) : undefined;
+  if (vm === undefined) {
+    if (reached) list.skip('target', `VM ${vmid} was not found`);
+    else list.skip(`VM ${vmid}`, 'a host on the path failed its check');
+    return undefined;
+  }
+  const checked = await checkConversion(env, run, list, {
+    target: options.target,
+    host: env.provisionerHost,
+    format,
+    stagingDir: stagingDir(env),
+    virtualBytes: vm.info.virtualSize,
+    allocatedBytes: vm.allocated,
+  });
+  if (!checked) return undefined;
+  run.log.info({ vmid, status: vm.status, disk: vm.disk.key, path: vm.source.path }, 'VM inspected');
+  return {
+    vmid,
+    diskKey: vm.disk.key,
+    disk: vm.source.path,
+    sourceFormat: vm.source.format,
+    ...(checked.target === undefined ? {} : { target: checked.target }),
+  };
+};
 
 export function proxmoxSteps(env: DriverEnv): Record<string, Step> {
   const { vmid, format } = settings(env);
@@ -147,12 +147,7 @@ export function proxmoxSteps(env: DriverEnv): Record<string, Step> {
   };
 
   return {
-    inspect_vm: async (run) => {
-      const list = new Checklist(true);
-      const facts = await proxmoxPreflight(env, run, list, { target: true });
-      logPassed(run, list);
-      return { facts: facts ?? {} };
-    },
+    inspect_vm: preflightStep((run, list, options) => proxmoxPreflight(env, run, list, options)),
     request_power_off: async (run) => {
       if ((await vmStatus(env, run)) === 'stopped') return {};
       const seconds = shutdownWaitSeconds(run.remainingMs());
