@@ -52,11 +52,12 @@ async function vmStatus(env: DriverEnv, run: Parameters<Step>[0]): Promise<strin
 const SHUTDOWN_GRACE_MS = 5000;
 
 /**
- * Seconds `qm shutdown` may wait for the guest within the request step: at most 60 (the wait step goes on
- * polling `qm status` for the rest of the power-off timeout), never past the step's deadline, at least 1.
+ * Seconds `qm shutdown --timeout` waits for the guest: the power-off timeout, within the request step's
+ * deadline (less the grace its command needs), at least 1. A guest still running then is left to
+ * wait_power_off, which escalates to `qm stop` when its own deadline passes.
  */
-export function shutdownWaitSeconds(remainingMs: number): number {
-  return Math.max(1, Math.min(60, Math.floor((remainingMs - SHUTDOWN_GRACE_MS) / 1000)));
+export function shutdownWaitSeconds(powerOffMs: number, remainingMs: number): number {
+  return Math.max(1, Math.floor(Math.min(powerOffMs, remainingMs - SHUTDOWN_GRACE_MS) / 1000));
 }
 
 /**
@@ -150,7 +151,7 @@ export function proxmoxSteps(env: DriverEnv): Record<string, Step> {
     inspect_vm: preflightStep((run, list, options) => proxmoxPreflight(env, run, list, options)),
     request_power_off: async (run) => {
       if ((await vmStatus(env, run)) === 'stopped') return {};
-      const seconds = shutdownWaitSeconds(run.remainingMs());
+      const seconds = shutdownWaitSeconds(run.input.timeouts.powerOffMs, run.remainingMs());
       const r = await execFor(env, run)(host, qm.shutdown(vmid, seconds), {
         check: false,
         timeoutMs: seconds * 1000 + SHUTDOWN_GRACE_MS,
