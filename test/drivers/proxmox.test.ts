@@ -12,17 +12,7 @@ import { VclError } from '../../src/errors.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
-import {
-  bootOrder,
-  chooseDisk,
-  parsePvesmPath,
-  parseQmConfig,
-  parseQmStatus,
-  pvesm,
-  qm,
-  shutdownTimedOut,
-  vmDisks,
-} from '../../src/provisioners/proxmox/commands.js';
+import * as pve from '../../src/provisioners/proxmox/commands.js';
 import { proxmoxSteps, shutdownWaitSeconds } from '../../src/provisioners/proxmox/steps.js';
 import { SshPool } from '../../src/ssh/index.js';
 import { captureOf, driverEnv, filesWith, stepRun } from './rerun-helpers.js';
@@ -56,96 +46,104 @@ async function refusal(p: unknown): Promise<VclError> {
   return err;
 }
 
+/** The typed error `fn` throws (failing the test when it throws nothing or something else). */
 function refused(fn: () => unknown): VclError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof VclError) return err;
-    throw err;
-  }
-  throw new Error('expected a VclError');
+  const thrown = (() => {
+    try {
+      fn();
+    } catch (err) {
+      return err;
+    }
+    return undefined;
+  })();
+  expect(thrown).toBeInstanceOf(VclError);
+  return thrown as VclError;
 }
 
 describe('qm and pvesm output', () => {
   it('reads the disks of qm config: no CD, EFI, TPM or unused volume; file= or bare volume ids', () => {
-    const config = parseQmConfig(CONFIG);
-    expect(vmDisks(config)).toEqual([
+    const config = pve.parseQmConfig(CONFIG);
+    expect(pve.vmDisks(config)).toEqual([
       { key: 'virtio0', volid: 'local:100/vm-100-disk-2.qcow2', size: '100G' },
       { key: 'virtio1', volid: 'local-lvm:vm-100-disk-1', size: '32G' },
     ]);
-    expect(bootOrder(config)).toEqual(['virtio1', 'ide2', 'net0']);
-    expect(bootOrder(new Map([['bootdisk', 'scsi0']]))).toEqual(['scsi0']);
+    expect(pve.bootOrder(config)).toEqual(['virtio1', 'ide2', 'net0']);
+    expect(pve.bootOrder(new Map([['bootdisk', 'scsi0']]))).toEqual(['scsi0']);
     // A snapshot section's keys are not the current configuration.
     expect(
-      vmDisks(parseQmConfig('scsi0: local-lvm:vm-1-disk-0,size=1G\n[before]\nscsi1: x:y\n')),
+      pve.vmDisks(pve.parseQmConfig('scsi0: local-lvm:vm-1-disk-0,size=1G\n[before]\nscsi1: x:y\n')),
     ).toHaveLength(1);
-    expect(refused(() => parseQmConfig('\n'))).toMatchObject({ code: 'PARSE_FAILED' });
+    expect(refused(() => pve.parseQmConfig('\n'))).toMatchObject({ code: 'PARSE_FAILED' });
   });
 
   it('captures the only disk or the one named; several and none named is refused, naming the boot disk', () => {
-    const config = parseQmConfig(CONFIG);
-    expect(chooseDisk(config, 'virtio0').volid).toBe('local:100/vm-100-disk-2.qcow2');
-    expect(refused(() => chooseDisk(config, undefined))).toMatchObject({
+    const config = pve.parseQmConfig(CONFIG);
+    expect(pve.chooseDisk(config, 'virtio0').volid).toBe('local:100/vm-100-disk-2.qcow2');
+    expect(refused(() => pve.chooseDisk(config, undefined))).toMatchObject({
       code: 'AMBIGUOUS',
       message:
         'the VM has 2 disks (virtio0, virtio1; it boots from virtio1): name the one to capture in provisioner.disk',
     });
-    expect(refused(() => chooseDisk(config, 'scsi0'))).toMatchObject({
+    expect(refused(() => pve.chooseDisk(config, 'scsi0'))).toMatchObject({
       code: 'NO_DISK',
       message: 'the VM has no disk scsi0 (its disks: virtio0, virtio1)',
     });
-    const one = parseQmConfig('ide2: none,media=cdrom\nscsi0: local-lvm:vm-101-disk-0,size=8G\n');
-    expect(chooseDisk(one, undefined)).toEqual({
+    const one = pve.parseQmConfig('ide2: none,media=cdrom\nscsi0: local-lvm:vm-101-disk-0,size=8G\n');
+    expect(pve.chooseDisk(one, undefined)).toEqual({
       key: 'scsi0',
       volid: 'local-lvm:vm-101-disk-0',
       size: '8G',
     });
-    expect(refused(() => chooseDisk(parseQmConfig('ide2: none,media=cdrom\n'), undefined))).toMatchObject({
+    expect(
+      refused(() => pve.chooseDisk(pve.parseQmConfig('ide2: none,media=cdrom\n'), undefined)),
+    ).toMatchObject({
       code: 'NO_DISK',
     });
   });
 
   it('tells a block device from an image file by pvesm path; a volume without a local path is refused', () => {
-    expect(parsePvesmPath('/dev/pve/vm-100-disk-1\n', 'local-lvm:vm-100-disk-1')).toEqual({
+    expect(pve.parsePvesmPath('/dev/pve/vm-100-disk-1\n', 'local-lvm:vm-100-disk-1')).toEqual({
       path: '/dev/pve/vm-100-disk-1',
       block: true,
       format: 'raw',
     });
-    expect(parsePvesmPath('/dev/zvol/rpool/data/vm-100-disk-1\n', 'local-zfs:vm-100-disk-1').block).toBe(
+    expect(pve.parsePvesmPath('/dev/zvol/rpool/data/vm-100-disk-1\n', 'local-zfs:vm-100-disk-1').block).toBe(
       true,
     );
     expect(
-      parsePvesmPath('/var/lib/vz/images/100/vm-100-disk-2.qcow2\n', 'local:100/vm-100-disk-2.qcow2'),
+      pve.parsePvesmPath('/var/lib/vz/images/100/vm-100-disk-2.qcow2\n', 'local:100/vm-100-disk-2.qcow2'),
     ).toEqual({ path: '/var/lib/vz/images/100/vm-100-disk-2.qcow2', block: false, format: 'qcow2' });
     expect(
-      refused(() => parsePvesmPath('rbd:rbd/vm-100-disk-0:mon_host=10.0.0.1\n', 'ceph:vm-100-disk-0')),
+      refused(() => pve.parsePvesmPath('rbd:rbd/vm-100-disk-0:mon_host=10.0.0.1\n', 'ceph:vm-100-disk-0')),
     ).toMatchObject({
       code: 'UNSUPPORTED_DISK',
     });
-    expect(refused(() => parsePvesmPath('/mnt/pve/nfs/images/100/x.img\n', 'nfs:100/x.img'))).toMatchObject({
+    expect(
+      refused(() => pve.parsePvesmPath('/mnt/pve/nfs/images/100/x.img\n', 'nfs:100/x.img')),
+    ).toMatchObject({
       code: 'UNSUPPORTED_DISK',
     });
   });
 
   it('reads qm status and a shutdown that timed out', () => {
-    expect(parseQmStatus('status: stopped\n')).toBe('stopped');
-    expect(parseQmStatus('status: running\n')).toBe('running');
-    expect(refused(() => parseQmStatus('VM 100 not running\n'))).toMatchObject({ code: 'PARSE_FAILED' });
-    expect(shutdownTimedOut('VM quit/powerdown failed - got timeout\n')).toBe(true);
-    expect(shutdownTimedOut("VM 100 qmp command 'system_powerdown' failed\n")).toBe(false);
+    expect(pve.parseQmStatus('status: stopped\n')).toBe('stopped');
+    expect(pve.parseQmStatus('status: running\n')).toBe('running');
+    expect(refused(() => pve.parseQmStatus('VM 100 not running\n'))).toMatchObject({ code: 'PARSE_FAILED' });
+    expect(pve.shutdownTimedOut('VM quit/powerdown failed - got timeout\n')).toBe(true);
+    expect(pve.shutdownTimedOut("VM 100 qmp command 'system_powerdown' failed\n")).toBe(false);
   });
 
   it('builds command lines only from a VM id and a volume id, never from an option or a path', () => {
-    expect(qm.shutdown(100, 30.7)).toEqual(['qm', 'shutdown', '100', '--timeout', '30']);
-    expect(pvesm.path('local:100/vm-100-disk-2.qcow2')).toEqual([
+    expect(pve.qm.shutdown(100, 30.7)).toEqual(['qm', 'shutdown', '100', '--timeout', '30']);
+    expect(pve.pvesm.path('local:100/vm-100-disk-2.qcow2')).toEqual([
       'pvesm',
       'path',
       'local:100/vm-100-disk-2.qcow2',
     ]);
     for (const vmid of [99, 100.5, Number.NaN, 1e10])
-      expect(refused(() => qm.status(vmid)).code).toBe('COMMAND_FAILED');
+      expect(refused(() => pve.qm.status(vmid)).code).toBe('COMMAND_FAILED');
     for (const volid of ['--help', 'local:../../etc/shadow', '/dev/sda', 'local:a b'])
-      expect(refused(() => pvesm.path(volid)).code).toBe('COMMAND_FAILED');
+      expect(refused(() => pve.pvesm.path(volid)).code).toBe('COMMAND_FAILED');
   });
 
   it('lets qm shutdown wait the power-off timeout within the request step, at least a second', () => {
