@@ -213,6 +213,44 @@ async function inspected(
   return { env, cap, facts, run: (step: string, timeoutMs?: number) => run(step, facts, timeoutMs) };
 }
 
+describe('the lab node', () => {
+  it('answers qm and pvesm in their documented formats and errors', async () => {
+    const node = driverEnv(separate, pool, 'px-windows-1').provisionerHost;
+    const sh = (argv: string[]) => pool.exec(node, argv, { check: false });
+    const config = await sh(['qm', 'config', '20001']);
+    expect(config.code).toBe(0);
+    // Sorted `key: value` lines; the CD drive, EFI and TPM volumes beside the two disks.
+    const keys = config.stdout
+      .trim()
+      .split('\n')
+      .map((l) => l.slice(0, l.indexOf(':')));
+    expect(keys).toEqual([...keys].sort());
+    expect(config.stdout).toMatch(/^boot: order=scsi0;ide2;net0$/m);
+    expect(config.stdout).toMatch(/^scsi0: local:20001\/vm-20001-disk-0\.qcow2,iothread=1,size=8M$/m);
+    expect(config.stdout).toMatch(/^scsi1: local-lvm:vm-20001-disk-1,iothread=1,size=8M$/m);
+    expect(config.stdout).toMatch(/^ide2: none,media=cdrom$/m);
+    expect(await sh(['qm', 'status', '20001'])).toMatchObject({
+      code: 0,
+      stdout: expect.stringMatching(/^status: (running|stopped)\n$/),
+    });
+    expect(await sh(['qm', 'status', '4242'])).toMatchObject({
+      code: 2,
+      stderr: "Configuration file 'nodes/pve-node/qemu-server/4242.conf' does not exist\n",
+    });
+    expect(await sh(['pvesm', 'path', 'local-lvm:vm-20001-disk-1'])).toMatchObject({
+      code: 0,
+      stdout: '/dev/pve/vm-20001-disk-1\n',
+    });
+    expect(await sh(['pvesm', 'path', 'local:20001/vm-20001-disk-0.qcow2'])).toMatchObject({
+      stdout: '/var/lib/vz/images/20001/vm-20001-disk-0.qcow2\n',
+    });
+    expect(await sh(['pvesm', 'path', 'ceph:vm-1-disk-0'])).toMatchObject({
+      code: 255,
+      stderr: "storage 'ceph' does not exist\n",
+    });
+  });
+});
+
 describe('Proxmox steps against the lab node', () => {
   it('finds an LVM-backed VM’s block device, and a Windows VM’s named qcow2 disk beside a data disk', async () => {
     const linux = await inspected(separate, 'px-linux-1');

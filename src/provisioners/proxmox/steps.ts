@@ -92,7 +92,8 @@ async function inspectVm(env: DriverEnv, run: PreflightRun) {
   };
 }
 
-type Preflight = (...args: [...Parameters<Provisioner['preflight']>]) => Promise<Facts | undefined>;
+/** The registry's preflight, returning the facts a capture goes on with. */
+type Preflight = (...args: Parameters<Provisioner['preflight']>) => Promise<Facts | undefined>;
 
 /**
  * The Proxmox preflight (inspect_vm, and `vcl-capture preflight`): the node and repository hosts
