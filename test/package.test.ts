@@ -26,6 +26,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PROVISIONERS } from '../machines/types.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TSC = join(ROOT, 'node_modules/typescript/bin/tsc');
@@ -260,7 +261,7 @@ try {
     expect(r.stderr).toBe('');
     expect(JSON.parse(r.stdout)).toEqual({
       resolved: `file://${join(consumer, 'node_modules', manifest.name, 'dist/src/index.js')}`,
-      provisioners: ['libvirt', 'vmware', 'xcat'],
+      provisioners: [...PROVISIONERS],
       status: 'completed',
       image: expect.stringMatching(/^linux-Consumerbase\d+-v0$/),
       sha256: expect.stringMatching(/^[0-9a-f]{64}$/),
