@@ -177,3 +177,40 @@ describe('a runner whose capture another runner claimed', () => {
     }
   });
 });
+
+describe('per-host slots across runners', () => {
+  it('two runners together never run more captures on one hypervisor than its maxCaptures', async () => {
+    const host = lab.inventory.hosts['libvirt-host'];
+    if (host === undefined) throw new Error('the lab has no libvirt-host');
+    const inventory = {
+      ...lab.inventory,
+      hosts: { ...lab.inventory.hosts, 'libvirt-host': { ...host, maxCaptures: 1 } },
+    };
+    const a = runner({ id: 'slots-a', inventory, slotPollMs: 20 });
+    const b = runner({ id: 'slots-b', inventory, slotPollMs: 20 });
+    /** [first state entered, finished] of a capture, in performance.now() time. */
+    const span = (r: Runner, captureId: string) =>
+      new Promise<[number, number]>((resolve) => {
+        let first: number | undefined;
+        const off = r.on((e) => {
+          if (!('captureId' in e) || e.captureId !== captureId) return;
+          if (e.type === 'state') first ??= performance.now();
+          if (e.type === 'finished') {
+            off();
+            resolve([first ?? Number.NaN, performance.now()]);
+          }
+        });
+      });
+    const [x, y] = await Promise.all([
+      a.capture({ computer: 'lv-linux-3', image: image('Slots A') }),
+      b.capture({ computer: 'lv-linux-4', image: image('Slots B') }),
+    ]);
+    const [spanX, spanY] = await Promise.all([span(a, x?.id ?? ''), span(b, y?.id ?? '')]);
+    expect((await x?.result)?.status).toBe('completed');
+    expect((await y?.result)?.status).toBe('completed');
+    // One ran after the other: the one slot of the host was held in the store, not in each runner.
+    const [earlier, later] = spanX[0] < spanY[0] ? [spanX, spanY] : [spanY, spanX];
+    expect(later[0]).toBeGreaterThan(earlier[1]);
+    expect(await store.hostSlotUsage()).toEqual([]);
+  });
+});
