@@ -63,6 +63,8 @@ export class Limiter {
  */
 export class HostSlots {
   private readonly local: Limiter;
+  /** Captures waiting for a host another runner fills, by host: a wake ends their pause early. */
+  private readonly sleepers = new Map<string, Set<() => void>>();
 
   constructor(
     private readonly store: CaptureStore,
@@ -72,6 +74,11 @@ export class HostSlots {
     private readonly log: Logger,
   ) {
     this.local = new Limiter(limitOf);
+  }
+
+  /** A slot of `host` came free in another runner (a store wake): its waiters ask again now. */
+  wake(host: string): void {
+    for (const resume of this.sleepers.get(host) ?? []) resume();
   }
 
   /** Held here (and waited for), as `runner.health()` reports it. */
@@ -93,7 +100,7 @@ export class HostSlots {
     const releaseLocal = await this.local.acquire(host, signal);
     try {
       const slot = { host, kind: this.kind, limit: this.limitOf(host) };
-      while (!(await store.acquireHostSlot(captureId, slot, fence))) await pause(this.pollMs, signal, host);
+      while (!(await store.acquireHostSlot(captureId, slot, fence))) await this.pause(host, signal);
     } catch (err) {
       releaseLocal();
       throw err;
@@ -111,19 +118,30 @@ export class HostSlots {
         .finally(releaseLocal);
     };
   }
-}
 
-function pause(ms: number, signal: AbortSignal, host: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const abort = () => {
-      clearTimeout(timer);
-      reject(new VclError('ABORTED', `gave up waiting for a ${host} slot`));
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', abort);
-      resolve();
-    }, ms);
-    if (signal.aborted) abort();
-    else signal.addEventListener('abort', abort, { once: true });
-  });
+  /** Until the next poll, a wake for `host`, or the abort. */
+  private pause(host: string, signal: AbortSignal): Promise<void> {
+    const sleepers = this.sleepers.get(host) ?? new Set<() => void>();
+    this.sleepers.set(host, sleepers);
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', abort);
+        sleepers.delete(resume);
+        if (sleepers.size === 0) this.sleepers.delete(host);
+      };
+      const resume = () => {
+        done();
+        resolve();
+      };
+      const abort = () => {
+        done();
+        reject(new VclError('ABORTED', `gave up waiting for a ${host} slot`));
+      };
+      const timer = setTimeout(resume, this.pollMs);
+      sleepers.add(resume);
+      if (signal.aborted) abort();
+      else signal.addEventListener('abort', abort, { once: true });
+    });
+  }
 }

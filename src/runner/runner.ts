@@ -37,6 +37,7 @@ import {
   type ComputerStatus,
   type ImageRegistration,
   maintenanceCauseText,
+  type StoreWake,
 } from '../store/index.js';
 import { cancelThroughStore } from './cancel.js';
 import {
@@ -484,6 +485,40 @@ export function createRunner(options: RunnerOptions): Runner {
     return picking;
   };
 
+  /**
+   * Wakes from the store (PostgreSQL's NOTIFY): new work is claimed, a cancellation carried out and a
+   * freed host slot asked for at once instead of at the next poll or lease renewal, which stay the
+   * fallback (and all there is on SQLite).
+   */
+  const onWake = (wake: StoreWake) => {
+    if (closing) return;
+    if (wake.kind === 'slot') {
+      hostCaptureSlots.wake(wake.host);
+      hostCopySlots.wake(wake.host);
+      return;
+    }
+    if (wake.kind === 'cancel') {
+      const h = handles.get(wake.captureId);
+      if (h)
+        store.getCaptureRecord(wake.captureId).then(
+          (r) => {
+            if (r?.cancelRequested) h.cancel(r.cancelRequested);
+          },
+          (err: unknown) => baseLog.warn({ err, captureId: wake.captureId }, 'could not read a cancellation'),
+        );
+      return;
+    }
+    if (queueTimer)
+      pickUpNow({ resumed: [], started: [], failed: [] }).catch((err: unknown) =>
+        baseLog.error({ err }, 'could not take queued captures'),
+      );
+  };
+  const subscription = store.subscribe(onWake).catch((err: unknown) => {
+    baseLog.warn({ err }, 'no wakes from the store: polling only');
+    return undefined;
+  });
+  const unsubscribe = async () => (await subscription)?.close();
+
   return {
     id: runnerId,
     inventory,
@@ -556,6 +591,7 @@ export function createRunner(options: RunnerOptions): Runner {
       await picking?.catch(() => undefined);
       await Promise.allSettled([...handles.values()].map((h) => h.suspend(o.timeoutMs)));
       leases.stop();
+      await unsubscribe();
       await store.releaseCaptures(runnerId);
       if (ownsRemote) await (ownRemote as SshPool).close();
       baseLog.info('runner stopped');
@@ -569,6 +605,7 @@ export function createRunner(options: RunnerOptions): Runner {
       for (const h of pending) h.cancel('runner closing');
       await Promise.allSettled(pending.map((h) => h.result));
       leases.stop();
+      await unsubscribe();
       if (ownsRemote) await (ownRemote as SshPool).close();
     },
   };

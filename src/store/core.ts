@@ -84,6 +84,8 @@ import {
   type RemoteTagRecord,
   STORE_EVENT_TYPES,
   type StoredSnapshot,
+  type StoreSubscription,
+  type StoreWake,
   type TransitionInput,
 } from './types.js';
 import {
@@ -341,6 +343,11 @@ export abstract class CaptureStoreCore implements CaptureStore {
   protected abstract transact<T>(kind: TxKind, operation: string, body: (tx: Tx) => Gen<T>): Promise<T>;
 
   abstract close(): Promise<void>;
+
+  /** No wakes (the embedded store): a backend that has them overrides this. */
+  async subscribe(_onWake: (wake: StoreWake) => void): Promise<StoreSubscription> {
+    return { live: false, close: async () => undefined };
+  }
 
   // ---- computers ------------------------------------------------------------------------------------
 
@@ -630,7 +637,7 @@ export abstract class CaptureStoreCore implements CaptureStore {
       if (reserve) {
         yield* reserveInTx(tx, computer, id, null, now);
         yield* tx.run('setRunning', { id, now });
-      }
+      } else if (owner === null) yield* tx.notify({ kind: 'queued' });
       return toCapture(yield* requireCapture(tx, id));
     });
   }
@@ -1025,7 +1032,11 @@ export abstract class CaptureStoreCore implements CaptureStore {
 
   async releaseCaptures(owner: string): Promise<number> {
     const me = checkShortText(owner, 'owner');
-    return this.transact('write', 'releaseCaptures', (tx) => tx.run('releaseOwned', { owner: me }));
+    return this.transact('write', 'releaseCaptures', function* (tx) {
+      const released = yield* tx.run('releaseOwned', { owner: me });
+      if (released > 0) yield* tx.notify({ kind: 'queued' });
+      return released;
+    });
   }
 
   async requestCancel(captureId: string, reason: string): Promise<CaptureRecord> {
@@ -1036,6 +1047,7 @@ export abstract class CaptureStoreCore implements CaptureStore {
         wrongStatus(row, 'cancel', 'queued or running');
       const now = tx.now();
       yield* tx.run('requestCancel', { id: captureId, reason: why, now });
+      yield* tx.notify({ kind: 'cancel', captureId });
       yield* appendEvent(tx, captureId, now, {
         type: 'capture.cancel_requested',
         details: toJson({ reason: why }, 'details'),
@@ -1110,7 +1122,9 @@ export abstract class CaptureStoreCore implements CaptureStore {
     const h = checkShortText(host, 'host');
     const k = checkSlotKind(kind);
     return this.transact('write', 'releaseHostSlot', function* (tx) {
-      return (yield* tx.run('releaseSlot', { host: h, kind: k, captureId })) > 0;
+      const released = (yield* tx.run('releaseSlot', { host: h, kind: k, captureId })) > 0;
+      if (released) yield* tx.notify({ kind: 'slot', host: h });
+      return released;
     });
   }
 

@@ -6,7 +6,7 @@
  */
 
 import { CAPTURE_COLUMNS, DELIVERY_COLUMNS } from './rows.js';
-import { CAPTURABLE_COMPUTER_STATES } from './types.js';
+import { CAPTURABLE_COMPUTER_STATES, type StoreWake } from './types.js';
 
 /** What differs between the databases' SQL. */
 export interface Dialect {
@@ -214,4 +214,9 @@ export interface Tx {
   now(): string;
   /** The time `ms` after {@link now}'s clock reading, as stored. */
   later(ms: number): string;
+  /**
+   * Tells listening runners (`subscribe`), when the transaction commits: PostgreSQL's NOTIFY; nothing on
+   * SQLite, whose runners poll.
+   */
+  notify(wake: StoreWake): Gen<void>;
 }

@@ -537,6 +537,24 @@ export interface RemoteTagRecord {
   recordedAt: string;
 }
 
+/**
+ * What wakes a runner before its next poll ({@link CaptureStore.subscribe}): a capture was queued or
+ * released (work to claim), a cancellation was asked, a host slot came free; `resync` after the listener
+ * (re)connected, when wakes may have been missed.
+ */
+export type StoreWake =
+  | { kind: 'queued' }
+  | { kind: 'cancel'; captureId: string }
+  | { kind: 'slot'; host: string }
+  | { kind: 'resync' };
+
+/** A listener of {@link CaptureStore.subscribe}. */
+export interface StoreSubscription {
+  /** True when wakes come from the database (PostgreSQL's LISTEN); false: polling only (SQLite). */
+  readonly live: boolean;
+  close(): Promise<void>;
+}
+
 export interface CaptureStore extends NotificationOutbox {
   /**
    * Registers computers from the inventory: new ones are inserted in `state` (default `available`),
@@ -674,6 +692,14 @@ export interface CaptureStore extends NotificationOutbox {
   releaseHostSlot(captureId: string, host: string, kind: HostSlotKind): Promise<boolean>;
   /** Slots that count now (live holders), per host and kind. */
   hostSlotUsage(): Promise<HostSlotUsage[]>;
+
+  /**
+   * Calls `onWake` for the changes other processes commit that a runner would otherwise find only at its
+   * next poll. PostgreSQL: LISTEN on a connection of its own, reconnected after a loss (then `resync`);
+   * SQLite: nothing (its runners keep polling). Polling stays the fallback either way: a wake only
+   * makes it sooner.
+   */
+  subscribe(onWake: (wake: StoreWake) => void): Promise<StoreSubscription>;
 
   /** Closes the store; later calls fail with `STORE_CLOSED`. */
   close(): Promise<void>;

@@ -12,7 +12,13 @@ import { VclError } from '../../src/errors.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { createRunner, type Runner, type RunnerEvent, type RunnerOptions } from '../../src/runner/runner.js';
-import { type CaptureStore, openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
+import {
+  type CaptureStore,
+  openPostgresStore,
+  openSqliteStore,
+  type SqliteCaptureStore,
+} from '../../src/store/index.js';
+import { type PostgresCluster, postgresAvailable, startPostgres } from '../helpers/postgres.js';
 
 let lab: Lab;
 let store: SqliteCaptureStore;
@@ -212,5 +218,45 @@ describe('per-host slots across runners', () => {
     const [earlier, later] = spanX[0] < spanY[0] ? [spanX, spanY] : [spanY, spanX];
     expect(later[0]).toBeGreaterThan(earlier[1]);
     expect(await store.hostSlotUsage()).toEqual([]);
+  });
+});
+
+describe.runIf(postgresAvailable('runner on PostgreSQL'))('a runner on PostgreSQL', () => {
+  let cluster: PostgresCluster | undefined;
+  beforeAll(async () => {
+    cluster = await startPostgres();
+  }, 60_000);
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  it('gets a cancellation asked through another store handle within 1 s (NOTIFY), long before its next renewal', async () => {
+    if (!cluster) throw new Error('no PostgreSQL cluster');
+    const url = await cluster.createDatabase();
+    const mine = await openPostgresStore(url);
+    const other = await openPostgresStore(url);
+    try {
+      // Renewal every 20 s: a cancellation seen within 1 s came by the wake, not by the renewal.
+      const owner = runner({ id: 'pg-owner', store: mine, leaseMs: 60_000 });
+      lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'], times: 1 });
+      const handle = await owner.capture({ computer: 'lv-linux-5', image: image('Wake') });
+      await eventOf(owner, handle.id, inState('copy_image'));
+      await whenTrue(() => lab.runningCommands('libvirt-host') > 0, 10_000);
+      const left = eventOf(owner, handle.id, (e) => e.type === 'state' && !inState('copy_image')(e));
+      const asked = performance.now();
+      await other.requestCancel(handle.id, 'operator changed their mind');
+      await left;
+      expect(performance.now() - asked).toBeLessThan(1000);
+      const result = await handle.result;
+      expect(result.status).toBe('cancelled');
+      expect(await other.getCaptureRecord(handle.id)).toMatchObject({
+        status: 'cancelled',
+        owner: 'pg-owner',
+      });
+      await owner.close();
+    } finally {
+      await other.close();
+      await mine.close();
+    }
   });
 });

@@ -5,7 +5,7 @@
  * slot counts only while its holder's claim holds.
  */
 import { describe, expect, it } from 'vitest';
-import type { CaptureFence, CaptureStore } from '../../src/store/index.js';
+import type { CaptureFence, CaptureStore, StoreWake } from '../../src/store/index.js';
 import { type OpenedStore, openEach, storeBackends } from './backends.js';
 import { expectVclError, REPO, SHA } from './helpers.js';
 
@@ -241,6 +241,43 @@ describe.each(storeBackends())('$name store', (backend) => {
         await Promise.all(
           ids.map((id, i) => (i % 2 === 0 ? other : store).releaseHostSlot(id, 'esx-1', 'copy')),
         );
+      }
+    });
+  });
+
+  describe('wakes', () => {
+    it('another handle’s queued capture, cancel request and freed slot wake a subscriber within 1 s (PostgreSQL); SQLite polls', async () => {
+      const wakes: StoreWake[] = [];
+      const subscription = await store.subscribe((w) => wakes.push(w));
+      try {
+        expect(subscription.live).toBe(backend.name === 'postgres');
+        if (!subscription.live) return;
+        await expect.poll(() => wakes, { timeout: 1000 }).toContainEqual({ kind: 'resync' });
+        const other = await opened.openAgain({ now: clock });
+        await other.createCapture({ ...base, id: 'w-1', computer: 'pc-01', reserve: false });
+        await expect.poll(() => wakes, { timeout: 1000 }).toContainEqual({ kind: 'queued' });
+        const [claim] = await other.claimQueuedCaptures('runner-a', { leaseMs: 60_000, limit: 1 });
+        await other.requestCancel('w-1', 'not wanted');
+        await expect
+          .poll(() => wakes, { timeout: 1000 })
+          .toContainEqual({ kind: 'cancel', captureId: 'w-1' });
+        await other.acquireHostSlot(
+          'w-1',
+          { host: 'esx-1', kind: 'copy', limit: 1 },
+          fenceOf(claim ?? { owner: null, generation: 0 }),
+        );
+        await other.releaseHostSlot('w-1', 'esx-1', 'copy');
+        await expect.poll(() => wakes, { timeout: 1000 }).toContainEqual({ kind: 'slot', host: 'esx-1' });
+        // A refused change wakes nobody: its transaction rolled back, and NOTIFY with it.
+        const count = wakes.length;
+        await other.cancelCapture('w-1', { code: 'CANCELLED', step: 'queued', message: 'x' }, 'restore');
+        await expectVclError(other.requestCancel('w-1', 'again'), 'INVALID_TRANSITION');
+        await other.releaseHostSlot('w-1', 'esx-1', 'copy');
+        await other.createCapture({ ...base, id: 'w-2', computer: 'pc-02', reserve: false });
+        await expect.poll(() => wakes.length, { timeout: 1000 }).toBe(count + 1);
+        expect(wakes.slice(count)).toEqual([{ kind: 'queued' }]);
+      } finally {
+        await subscription.close();
       }
     });
   });
