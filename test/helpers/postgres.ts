@@ -76,7 +76,15 @@ function asOwner(argv: string[]): string[] {
     : argv;
 }
 
-export async function startPostgres(): Promise<PostgresCluster> {
+export interface StartPostgresOptions {
+  /**
+   * Keep PostgreSQL's durability settings (fsync, synchronous commit, full page writes), which a test
+   * cluster turns off: for benchmarks whose figures must mean what a real server does.
+   */
+  durable?: boolean;
+}
+
+export async function startPostgres(options: StartPostgresOptions = {}): Promise<PostgresCluster> {
   const bin = postgresBin();
   if (bin === undefined) throw new Error('PostgreSQL is not installed (apt-get install postgresql)');
   const dir = mkdtempSync(join(tmpdir(), 'vcl-pg-'));
@@ -120,12 +128,9 @@ export async function startPostgres(): Promise<PostgresCluster> {
       '-c',
       'listen_addresses=', // no TCP at all: the socket only,
       // A throwaway cluster: durability buys nothing.
-      '-c',
-      'fsync=off',
-      '-c',
-      'synchronous_commit=off',
-      '-c',
-      'full_page_writes=off',
+      ...(options.durable
+        ? []
+        : ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off']),
       '-c',
       'max_connections=100',
     ]),
