@@ -411,6 +411,7 @@ export function createRunner(options: RunnerOptions): Runner {
         r.id,
         { code, step: 'resume', message },
         r.status === 'running' ? 'maintenance' : 'restore',
+        { fence: { owner: runnerId, generation: r.generation } },
       );
       report.failed.push({ captureId: r.id, code, message });
       baseLog.error({ captureId: r.id, code, ...details }, message);
