@@ -27,7 +27,7 @@ const off = runner.on((event) => {
 
 try {
   const handles = await Promise.all(
-    ['lv-linux-1', 'vm-windows-1', 'xc-linux-1'].map((computer) =>
+    ['lv-linux-1', 'vm-windows-1', 'xc-linux-1', 'px-linux-1'].map((computer) =>
       runner.capture({
         computer,
         image: { osName: lab.computer(computer).os, prettyName: 'Lab base', owner: 'embed-example' },

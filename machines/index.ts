@@ -8,6 +8,7 @@ import type { OsMachine } from './os/os-machine.js';
 import { windowsMachine } from './os/windows.js';
 import { defaultEndState, type ProvisionerSpec } from './provisioners/capture-machine.js';
 import { LIBVIRT, libvirtMachine } from './provisioners/libvirt.js';
+import { PROXMOX, proxmoxMachine } from './provisioners/proxmox.js';
 import { VMWARE, vmwareMachine } from './provisioners/vmware.js';
 import { XCAT, xcatMachine } from './provisioners/xcat.js';
 import type { EndState, OsName, ProvisionerName } from './types.js';
@@ -16,6 +17,7 @@ export const provisioners = {
   libvirt: { spec: LIBVIRT, machine: libvirtMachine },
   vmware: { spec: VMWARE, machine: vmwareMachine },
   xcat: { spec: XCAT, machine: xcatMachine },
+  proxmox: { spec: PROXMOX, machine: proxmoxMachine },
 } as const satisfies Record<ProvisionerName, { spec: ProvisionerSpec; machine: unknown }>;
 
 export const operatingSystems = {
@@ -79,4 +81,4 @@ export type {
 } from './provisioners/capture-machine.js';
 export { releaseOutcome, upgradeCaptureSnapshot } from './provisioners/capture-machine.js';
 export * from './types.js';
-export { libvirtMachine, linuxMachine, vmwareMachine, windowsMachine, xcatMachine };
+export { libvirtMachine, linuxMachine, proxmoxMachine, vmwareMachine, windowsMachine, xcatMachine };

@@ -7,7 +7,7 @@ export const END_STATES = ['on', 'off', 'reboot'] as const;
 /** The power state the OS must leave the computer in at the end of `pre_capture` (VCL-94). */
 export type EndState = (typeof END_STATES)[number];
 
-export const PROVISIONERS = ['libvirt', 'vmware', 'xcat'] as const;
+export const PROVISIONERS = ['libvirt', 'vmware', 'xcat', 'proxmox'] as const;
 export type ProvisionerName = (typeof PROVISIONERS)[number];
 
 export const OPERATING_SYSTEMS = ['linux', 'windows'] as const;

@@ -75,6 +75,7 @@ describe('vcl-capture demo', () => {
       ['lv-linux-1', 'libvirt', 'completed'],
       ['vm-windows-1', 'vmware', 'completed'],
       ['xc-linux-1', 'xcat', 'completed'],
+      ['px-linux-1', 'proxmox', 'completed'],
     ]);
     const store = openSqliteStore(db);
     try {
@@ -86,6 +87,7 @@ describe('vcl-capture demo', () => {
         expect(rev?.deleted).toBe(false);
       }
       expect((await store.listCaptures()).map((c) => c.status)).toEqual([
+        'completed',
         'completed',
         'completed',
         'completed',
@@ -115,6 +117,30 @@ describe('vcl-capture capture', () => {
     expect(out.image).toMatch(/^linux-CLIbase\d+-v0$/);
     expect(await lab.sha256('repo-host', out.path)).toBe(out.sha256);
     expect(out.sha256).toBe(await lab.diskSha256('vm-linux-1'));
+  });
+
+  it('captures a Proxmox VM (the disk its entry names of two) and refuses a VM id Proxmox cannot have', async () => {
+    const r = await cliAsync([
+      'capture',
+      'px-windows-1',
+      '--image',
+      'PVE base',
+      '--config',
+      inventoryFile,
+      '--db',
+      join(dir, 'px.sqlite'),
+      '--json',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { status: string; sha256: string; path: string };
+    expect(out.status).toBe('completed');
+    expect(out.path).toMatch(/^\/srv\/vcl\/images\/windows-PVEbase\d+-v0\.qcow2$/);
+    expect(out.sha256).toBe(await lab.diskSha256('px-windows-1'));
+    const file = join(dir, 'bad-vmid.yaml');
+    writeFileSync(file, stringify(lab.inventory).replace(/vmid: 20001/, 'vmid: 42'));
+    const bad = await cliAsync(['capture', 'px-windows-1', '--image', 'x', '--config', file]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/computers\.px-windows-1\.provisioner\.vmid: Proxmox VM ids start at 100/);
   });
 
   it('notifies before it exits: a signed webhook on loopback and a command hook; `notifications` lists them', async () => {

@@ -13,10 +13,10 @@ it('examples/embed.ts captures one computer per provisioner through createRunner
   );
   expect(r.stderr).not.toMatch(/Error/);
   expect(r.status).toBe(0);
-  for (const computer of ['lv-linux-1', 'vm-windows-1', 'xc-linux-1']) {
+  for (const computer of ['lv-linux-1', 'vm-windows-1', 'xc-linux-1', 'px-linux-1']) {
     expect(r.stdout).toMatch(new RegExp(`${computer}: \\w+-Labbase\\d+-v0 sha256 [0-9a-f]{64}`));
   }
-  expect(r.stdout.match(/finished .*: completed/g)).toHaveLength(3);
+  expect(r.stdout.match(/finished .*: completed/g)).toHaveLength(4);
 });
 
 it('examples/daemon.ts starts a runner, queues, lists and cancels through it, and stops', async () => {

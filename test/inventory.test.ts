@@ -33,7 +33,13 @@ function problem(text: string): string {
 describe('inventory files', () => {
   it('accepts the documented example and applies defaults', () => {
     const inv = loadInventoryFile(EXAMPLE);
-    expect(Object.keys(inv.computers)).toEqual(['vm-ubuntu-1', 'vm-win-1', 'node-7']);
+    expect(Object.keys(inv.computers)).toEqual(['vm-ubuntu-1', 'vm-win-1', 'node-7', 'vm-pve-1']);
+    expect(inv.computers['vm-pve-1']?.provisioner).toEqual({
+      type: 'proxmox',
+      host: 'pve1',
+      vmid: 123,
+      format: 'qcow2',
+    });
     expect(inv.hosts.esxi1?.port).toBe(22);
     expect(inv.hosts.esxi1?.maxCaptures).toBe(5);
     expect(parseInventoryText(base).computers.pc1?.reservationUsers).toEqual([]);
@@ -52,6 +58,31 @@ describe('inventory files', () => {
     expect(problem(base.replace('type: libvirt', 'type: hyperv'))).toMatch(
       /computers\.pc1\.provisioner\.type: .*'libvirt' \| 'vmware' \| 'xcat'/,
     );
+  });
+
+  it('checks Proxmox settings: a VM id, a disk device name, nothing unknown', () => {
+    const pve = base.replace(
+      '{ type: libvirt, host: h1, domain: pc1 }',
+      '{ type: proxmox, host: h1, vmid: 101 }',
+    );
+    expect(parseInventoryText(pve).computers.pc1?.provisioner).toEqual({
+      type: 'proxmox',
+      host: 'h1',
+      vmid: 101,
+      format: 'qcow2',
+    });
+    expect(problem(pve.replace('vmid: 101', 'vmid: 99'))).toMatch(
+      /computers\.pc1\.provisioner\.vmid: Proxmox VM ids start at 100/,
+    );
+    expect(problem(pve.replace('vmid: 101', 'vmid: 1.5'))).toMatch(/vmid: a VM id is a whole number/);
+    expect(problem(pve.replace(', vmid: 101', ''))).toMatch(/computers\.pc1\.provisioner\.vmid: /);
+    expect(problem(pve.replace('vmid: 101', 'vmid: 101, disk: "scsi0;rm"'))).toMatch(
+      /provisioner\.disk: a disk device as qm config names it, e.g. scsi0/,
+    );
+    expect(problem(pve.replace('vmid: 101', 'vmid: 101, stagingDir: tmp'))).toMatch(
+      /provisioner\.stagingDir: must be an absolute path/,
+    );
+    expect(problem(pve.replace('vmid: 101', 'vmid: 101, domain: pc1'))).toMatch(/Unrecognized key.*domain/);
   });
 
   it('refuses a duplicate computer', () => {

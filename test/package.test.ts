@@ -207,6 +207,7 @@ describe('the installed bin', () => {
       ['lv-linux-1', 'libvirt'],
       ['vm-windows-1', 'vmware'],
       ['xc-linux-1', 'xcat'],
+      ['px-linux-1', 'proxmox'],
     ]) {
       expect(summary).toMatch(new RegExp(`^${computer} +${provisioner} .* completed$`, 'm'));
     }

@@ -38,4 +38,5 @@ it('counts repair_disk among the VMware copy steps (the hand list it replaces le
   expect([...COPY_STEPS.vmware].sort()).toEqual(['clone_disk', 'copy_to_repository', 'repair_disk']);
   expect([...COPY_STEPS.libvirt]).toEqual(['copy_image']);
   expect([...COPY_STEPS.xcat]).toEqual(['watch_upload']);
+  expect([...COPY_STEPS.proxmox]).toEqual(['copy_image']);
 });

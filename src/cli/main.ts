@@ -43,7 +43,9 @@ const dbOption = () =>
 
 const program = new Command()
   .name('vcl-capture')
-  .description('Capture disk images of lab computers (xCAT, VMware ESXi, libvirt/KVM) as XState machines')
+  .description(
+    'Capture disk images of lab computers (xCAT, VMware ESXi, libvirt/KVM, Proxmox VE) as XState machines',
+  )
   .version(PACKAGE_VERSION)
   .option(
     '--log-level <level>',
@@ -86,7 +88,7 @@ const INSPECT_HELP =
 program
   .command('demo')
   .description(
-    'Start the built-in lab and capture one computer per provisioner at once (libvirt + Linux, VMware + Windows, xCAT + Linux)',
+    'Start the built-in lab and capture one computer per provisioner at once (libvirt + Linux, VMware + Windows, xCAT + Linux, Proxmox VE + Linux)',
   )
   .option(
     '--db <file|url>',

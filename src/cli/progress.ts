@@ -38,7 +38,7 @@ export function progressView(labels: Map<string, string>, tty = Boolean(process.
   }
   const multi = new cliProgress.MultiBar(
     {
-      format: '{label} |{bar}| {state} {bytes} {rate} {elapsed}s',
+      format: '{label} |{bar}| {state} {bytes} {rate} {wire} {eta_text} {elapsed}s',
       hideCursor: true,
       clearOnComplete: false,
       stopOnComplete: false,
@@ -56,6 +56,8 @@ export function progressView(labels: Map<string, string>, tty = Boolean(process.
         label: (labels.get(id) ?? id).padEnd(28),
         state: 'queued',
         bytes: '',
+        wire: '',
+        eta_text: '',
         rate: '',
         elapsed: '0',
       });
@@ -71,9 +73,13 @@ export function progressView(labels: Map<string, string>, tty = Boolean(process.
       if (e.type === 'progress') {
         const b = bar(e.captureId);
         b.setTotal(e.total ?? Math.max(e.bytes, 1));
+        const left =
+          e.total !== undefined && e.bytesPerSecond > 0 ? (e.total - e.bytes) / e.bytesPerSecond : undefined;
         b.update(e.bytes, {
           bytes: mib(e.bytes),
           rate: `${mib(e.bytesPerSecond)}/s`,
+          wire: e.wireBytes === undefined ? '' : `(${mib(e.wireBytes)} on the wire)`,
+          eta_text: `${left === undefined ? '' : `ETA ${left.toFixed(0)} s`}${e.resumes ? ` resumed ${e.resumes}x` : ''}`,
           elapsed: elapsed(e.captureId),
         });
       }

@@ -20,7 +20,16 @@ export interface DriverEnv {
   /** Interval of polling waits (power state, upload growth). */
   pollMs: number;
   /** Bytes moved by a copy step so far (`total` when known). */
-  progress?: (step: string, p: { bytes: number; total?: number; bytesPerSecond: number }) => void;
+  progress?: (step: string, p: CopyStepProgress) => void;
+}
+
+/** A copy step's progress: bytes of the file so far, bytes on the wire, rate, resumes after a drop. */
+export interface CopyStepProgress {
+  bytes: number;
+  total?: number;
+  bytesPerSecond: number;
+  wireBytes?: number;
+  resumes?: number;
 }
 
 /** Copy options of a step: its deadline, abort signal, and progress reported to the runner. */
@@ -30,11 +39,19 @@ export function copyOptions(env: DriverEnv, run: StepRun<{ step: string }>) {
     signal: run.signal,
     timeoutMs: run.remainingMs(),
     step,
-    onProgress: (p: { bytes: number; total: number | undefined; bytesPerSecond: number }) =>
+    onProgress: (p: {
+      bytes: number;
+      total: number | undefined;
+      bytesPerSecond: number;
+      wireBytes?: number;
+      resumes?: number;
+    }) =>
       env.progress?.(step, {
         bytes: p.bytes,
         bytesPerSecond: p.bytesPerSecond,
         ...(p.total === undefined ? {} : { total: p.total }),
+        ...(p.wireBytes === undefined ? {} : { wireBytes: p.wireBytes }),
+        ...(p.resumes === undefined ? {} : { resumes: p.resumes }),
       }),
   };
 }

@@ -25,6 +25,7 @@ export const TOOLS: Readonly<Record<HostRole, readonly string[]>> = {
   libvirt: ['virsh', 'qemu-img', 'sha256sum', 'stat', 'sync', 'df'],
   vmware: ['vim-cmd', 'vmkfstools', 'stat', 'cat'],
   xcat: ['rpower', 'nodeset', 'nodestat', 'nodech'],
+  proxmox: ['qm', 'pvesm', 'qemu-img', 'sha256sum', 'stat', 'sync', 'df'],
   repository: ['cat', 'mv', 'sync', 'stat', 'sha256sum', 'df'],
 };
 

@@ -187,6 +187,21 @@ export function logPassed(run: CheckRun, list: Checklist): void {
 }
 
 /**
+ * A capture's check step made of a provisioner's preflight: its checks stop at the first failure (whose
+ * typed error fails the capture) and those passed are logged; the facts found go on to the next steps.
+ */
+export function preflightStep<TRun extends CheckRun, TFacts extends object>(
+  preflight: (run: TRun, list: Checklist, options: { target: boolean }) => Promise<TFacts | undefined>,
+): (run: TRun) => Promise<{ facts: TFacts | Record<string, never> }> {
+  return async (run) => {
+    const list = new Checklist(true);
+    const facts = await preflight(run, list, { target: true });
+    logPassed(run, list);
+    return { facts: facts ?? {} };
+  };
+}
+
+/**
  * The host answers SSH and lets us in with its host key verified (`true` runs). For the computer's own
  * OS in `vcl-capture preflight`: a capture checks it in ensure_responding instead, which also waits for a
  * computer that is still booting.

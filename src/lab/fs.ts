@@ -151,6 +151,11 @@ export interface SparseCopyOptions {
   progress?: (done: number) => Promise<void> | void;
   /** Size of the blocks read and written. Default 1 MiB. */
   blockSize?: number;
+  /**
+   * Granularity of the zero check inside a block: runs of zeros this long are left as holes and the data
+   * between them written (qemu-img convert's `-S 4k`). Default: the whole block.
+   */
+  zeroBlock?: number;
 }
 
 /** Copies a file keeping its holes: blocks of zeros are skipped and the size set at the end. */
@@ -168,9 +173,18 @@ export async function copySparse(src: string, dst: string, options: SparseCopyOp
         const { bytesRead } = await input.read(buf, 0, Math.min(buf.length, size - at), at);
         if (bytesRead === 0) break;
         const chunk = buf.subarray(0, bytesRead);
-        if (!isZero(chunk)) {
-          options.beforeWrite?.(bytesRead);
-          await output.write(chunk, 0, bytesRead, at);
+        const zeroBlock = Math.max(1, options.zeroBlock ?? bytesRead);
+        let data = -1;
+        for (let off = 0; off <= bytesRead; off += zeroBlock) {
+          const end = Math.min(bytesRead, off + zeroBlock);
+          const zero = off >= bytesRead || isZero(chunk.subarray(off, end));
+          if (!zero && data < 0) data = off;
+          if ((zero || end === bytesRead) && data >= 0) {
+            const upTo = zero ? off : end;
+            options.beforeWrite?.(upTo - data);
+            await output.write(chunk, data, upTo - data, at + data);
+            data = -1;
+          }
         }
         at += bytesRead;
         await options.progress?.(at);

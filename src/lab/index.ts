@@ -12,11 +12,12 @@
  * }
  * ```
  *
- * Hosts (inventory names): `libvirt-host`, `esxi-host`, `xcat-mn`, `repo-host`, and one guest host per
- * computer named like the computer (`lv-linux-1`, `vm-windows-1`, `xc-linux-1`...). Each host is its own
+ * Hosts (inventory names): `libvirt-host`, `esxi-host`, `xcat-mn`, `pve-node`, `repo-host`, and one guest
+ * host per computer named like the computer (`lv-linux-1`, `vm-windows-1`, `xc-linux-1`, `px-linux-1`...). Each host is its own
  * ssh2 `Server` on 127.0.0.1 with its own ed25519 host key (pinned in the inventory) and file system.
  * Repositories: `images` (repo-host:/srv/vcl/images), `kvm-local` (libvirt-host:/var/lib/vcl/images),
- * `xcat-images` (xcat-mn:/install/image/x86). The lab never runs a shell: see words.ts.
+ * `xcat-images` (xcat-mn:/install/image/x86), `pve-local` (pve-node:/var/lib/vz/vcl-images). The lab never
+ * runs a shell: see words.ts.
  */
 
 export { type ChildLab, spawnLab } from './child.js';

@@ -43,7 +43,8 @@ export interface GuestProfile {
 export interface LabOptions {
   /**
    * How many computers of each kind. Default: one of each (`lv-linux-1`, `lv-windows-1`, `vm-linux-1`,
-   * `vm-windows-1`, `xc-linux-1`, `xc-windows-1`). When given, kinds left out get none.
+   * `vm-windows-1`, `xc-linux-1`, `xc-windows-1`, `px-linux-1`, `px-windows-1`). When given, kinds left out
+   * get none.
    */
   computers?: Partial<Record<ComputerKind, number>>;
   /** Time of each power transition (booting, going down). Default 50 ms. */
@@ -61,7 +62,7 @@ export interface LabOptions {
   reservationUsers?: string[];
   /** Guest profiles by computer name, merged over the OS defaults (`GUEST_PROFILES`). */
   guestProfiles?: Record<string, Partial<GuestProfile>>;
-  /** Repository each provisioner's computers use. Default: libvirt and VMware `images`, xCAT `xcat-images`. */
+  /** Repository each provisioner's computers use. Default: its lab entry's (`images`; xCAT `xcat-images`). */
   repositories?: Partial<Record<Provisioner, LabRepositoryName>>;
   /** Put into the inventory's `defaults.timeouts`. */
   timeouts?: Partial<Timeouts>;

@@ -7,6 +7,7 @@
 import type { AnyStateMachine, AnyStateNode } from 'xstate';
 import { provisioners as machines, type ProvisionerName } from '../../machines/index.js';
 import { libvirtProvisioner } from './libvirt/index.js';
+import { proxmoxProvisioner } from './proxmox/index.js';
 import type { Provisioner } from './types.js';
 import { vmwareProvisioner } from './vmware/index.js';
 import { xcatProvisioner } from './xcat/index.js';
@@ -15,6 +16,7 @@ export const provisioners = {
   libvirt: libvirtProvisioner,
   vmware: vmwareProvisioner,
   xcat: xcatProvisioner,
+  proxmox: proxmoxProvisioner,
 } as const satisfies Record<ProvisionerName, Provisioner>;
 
 export type ProvisionerEntry = (typeof provisioners)[ProvisionerName];

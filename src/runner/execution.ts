@@ -71,6 +71,10 @@ export type RunnerEvent =
       bytes: number;
       total?: number;
       bytesPerSecond: number;
+      /** Bytes that crossed the network (a zstd frame: far fewer than `bytes` for a sparse disk). */
+      wireBytes?: number;
+      /** Times the copy resumed after a dropped connection. */
+      resumes?: number;
     }
   | { type: 'finished'; captureId: string; result: RunResult };
 

@@ -10,10 +10,14 @@
  *
  * Disk images (issue 16): when the source host and this machine have zstd (`zstd-plan.ts`), the source
  * sends one zstd frame (`zstd.ts`), so holes and zero runs cost nearly nothing on the wire; a local or zstd
- * destination writes the file sparse with `zstd -d -o` (locally hashed behind it, `zstd-file.ts`), any other
- * gets the data decompressed here. The recorded sha256 is always of every byte, as `sha256sum` reads them.
+ * destination writes the file sparse with `zstd -d -c --sparse > tmp` (locally hashed behind it,
+ * `zstd-file.ts`), any other gets the data decompressed here. The recorded sha256 is always of every byte,
+ * as `sha256sum` reads them.
+ *
+ * A copy to a host whose connection (to either host) drops goes on after reconnecting from the last
+ * checkpoint the destination verifiably holds, instead of from zero (`copy-resume.ts`).
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { chmod, open, realpath, rename, rm } from 'node:fs/promises';
 import {
   dirname,
@@ -25,7 +29,17 @@ import {
 import type { Readable, Writable } from 'node:stream';
 import { pipeline, finished as streamFinished } from 'node:stream/promises';
 import type { Logger } from '../log.js';
-import { SshError, type SshErrorCode } from './errors.js';
+import {
+  CheckpointHash,
+  DEFAULT_CHECKPOINT_BYTES,
+  digestOfLine,
+  RESUME_READ_SCRIPT,
+  RESUME_WRITE_SCRIPT,
+  type ResumePoint,
+  ZSTD_RESUME_READ_SCRIPT,
+  ZSTD_RESUME_WRITE_SCRIPT,
+} from './copy-resume.js';
+import { isSshError, SshError, type SshErrorCode } from './errors.js';
 import { openFileSink } from './filesink.js';
 import type { RemoteProcess } from './process.js';
 import type {
@@ -51,6 +65,10 @@ export interface CopyRunner {
    * compresses.
    */
   hasZstd?(host: SshHost, signal: AbortSignal): Promise<boolean>;
+  /** How many connections to `host` dropped so far. Without it (and `killGroup`) a copy never resumes. */
+  connectionLosses?(host: SshHost): number;
+  /** Kills a process group an earlier connection left on `host`; true when confirmed. */
+  killGroup?(host: SshHost, pid: number, signal?: AbortSignal): Promise<boolean>;
 }
 
 /** Every command of a copy carries the copy's tag (see `CopyOptions.tag`). */
@@ -60,6 +78,10 @@ function tagging(runner: CopyRunner, tag: string | undefined): CopyRunner {
     exec: (host, argv, options) => runner.exec(host, argv, { ...options, tag }),
     spawn: (host, argv, options) => runner.spawn(host, argv, { ...options, tag }),
     ...(runner.hasZstd === undefined ? {} : { hasZstd: runner.hasZstd.bind(runner) }),
+    ...(runner.connectionLosses === undefined
+      ? {}
+      : { connectionLosses: runner.connectionLosses.bind(runner) }),
+    ...(runner.killGroup === undefined ? {} : { killGroup: runner.killGroup.bind(runner) }),
   };
 }
 
@@ -78,6 +100,8 @@ interface Source {
   /** Settles when the source side is over; rejects when it failed. */
   finished: Promise<void>;
   stop(): void;
+  /** The remote reader's process group, once known. */
+  pid?: () => number | undefined;
 }
 
 interface Destination {
@@ -95,6 +119,8 @@ interface Destination {
   sha256?: () => string | undefined;
   /** With `sha256`: bytes the destination wrote, checked against the bytes read. */
   bytesWritten?: () => number;
+  /** A host destination's temporary file and its writer's process group: what a resumed copy goes on with. */
+  remote?: { tmp: string; pid: () => number | undefined };
 }
 
 /** What marks a copy's temporary file: `.<base>.vcl-tmp-<random>` beside the destination. */
@@ -205,12 +231,17 @@ export function durableMoveCommand(tmp: string, path: string, mode = 0o644): str
 
 const REMOTE_READER = 'stat -L -c %s:%F -- "$1" && exec cat -- "$1"';
 
+/**
+ * Opens the source for reading from byte `offset` (a resumed copy's; 0 otherwise). The size it reports is
+ * the whole file's.
+ */
 async function openSource(
   runner: CopyRunner,
   from: CopyEndpoint,
   signal: AbortSignal,
   step: string | undefined,
   compressed: boolean,
+  offset: number,
 ): Promise<Source> {
   if (from.host === undefined) {
     const fh = await open(from.path, 'r').catch((err: unknown) => {
@@ -222,7 +253,7 @@ async function openSource(
       );
     });
     const st = await fh.stat();
-    const stream = fh.createReadStream({ highWaterMark: LOCAL_READ_CHUNK });
+    const stream = fh.createReadStream({ highWaterMark: LOCAL_READ_CHUNK, start: offset });
     const finished = new Promise<void>((resolve, reject) => {
       stream.once('end', resolve);
       stream.once('error', (err) =>
@@ -241,8 +272,16 @@ async function openSource(
     };
   }
   const host = from.host;
-  const script = compressed ? ZSTD_READ_SCRIPT : REMOTE_READER;
-  const proc = await runner.spawn(host, ['sh', '-c', script, 'sh', from.path], {
+  const script =
+    offset === 0
+      ? compressed
+        ? ZSTD_READ_SCRIPT
+        : REMOTE_READER
+      : compressed
+        ? ZSTD_RESUME_READ_SCRIPT
+        : RESUME_READ_SCRIPT;
+  const args = offset === 0 ? [from.path] : [from.path, String(offset + 1)];
+  const proc = await runner.spawn(host, ['sh', '-c', script, 'sh', ...args], {
     signal,
     maxStderrBytes: 64 * 1024,
     ...(step === undefined ? {} : { step }),
@@ -276,6 +315,7 @@ async function openSource(
     total: kind === 'regular file' || kind === 'regular empty file' ? Number(match[1]) : undefined,
     finished,
     stop: () => proc.stop('SSH_ABORTED', `copy from ${host.name}:${from.path} stopped`),
+    pid: () => proc.pid,
   };
 }
 
@@ -324,7 +364,7 @@ async function openLocalDestination(path: string, mode: number): Promise<Destina
   };
 }
 
-/** A local destination for a zstd frame: `zstd -d -o tmp` writes it sparse, the file is hashed behind it. */
+/** A local destination for a zstd frame: zstd writes it sparse, the file is hashed behind it. */
 async function openZstdLocalDestination(path: string, mode: number, where: string): Promise<Destination> {
   // The absolute, real folder: the writer's descriptor is found by this name under /proc.
   const dir = await realpath(dirname(resolvePath(path))).catch((err: unknown) => {
@@ -353,6 +393,10 @@ async function openZstdLocalDestination(path: string, mode: number, where: strin
   };
 }
 
+/**
+ * A host destination: a writer into a temporary file beside `path`. With `resume`, the writer goes on with
+ * that attempt's temporary file from its offset, once the destination proved it holds the same prefix.
+ */
 async function openRemoteDestination(
   runner: CopyRunner,
   host: SshHost,
@@ -362,19 +406,43 @@ async function openRemoteDestination(
   step: string | undefined,
   log: Logger,
   compressed: boolean,
+  resume: (ResumePoint & { tmp: string }) | undefined,
 ): Promise<Destination> {
-  const tmp = tempName(posix.join, posix.dirname(path), posix.basename(path));
-  const script = compressed ? ZSTD_WRITE_SCRIPT : 'umask 077 && exec cat > "$1"';
+  const tmp = resume?.tmp ?? tempName(posix.join, posix.dirname(path), posix.basename(path));
+  const script =
+    resume === undefined
+      ? compressed
+        ? ZSTD_WRITE_SCRIPT
+        : 'umask 077 && exec cat > "$1"'
+      : compressed
+        ? ZSTD_RESUME_WRITE_SCRIPT
+        : RESUME_WRITE_SCRIPT;
+  const args = resume === undefined ? [tmp] : [tmp, String(resume.offset)];
   const stepOpt = step === undefined ? {} : { step };
   // The writer never renames by itself: a dropped connection also ends its stdin, and a partial file must
   // not look complete. The rename is a separate command, sent only after the checks passed.
-  const proc = await runner.spawn(host, ['sh', '-c', script, 'sh', tmp], {
+  const proc = await runner.spawn(host, ['sh', '-c', script, 'sh', ...args], {
     signal,
     maxStderrBytes: 64 * 1024,
     ...stepOpt,
   });
-  proc.stdout.resume();
   proc.stdin.on('error', () => {});
+  if (resume !== undefined) {
+    const held = digestOfLine(await readFirstLine(proc.stdout, 4096));
+    if (held !== resume.prefixSha256) {
+      proc.stdout.resume();
+      proc.stop('SSH_ABORTED', `resuming the copy to ${host.name}:${path} stopped`);
+      const r = await proc.done.catch((err: unknown) => err as SshError);
+      throw copyError(
+        'COPY_FAILED',
+        held === undefined
+          ? `cannot resume the copy to ${host.name}:${path}: ${'stderr' in r ? r.stderr.trim() : r.message}`
+          : `cannot resume the copy to ${host.name}:${path}: its first ${resume.offset} bytes are not what was sent`,
+        { host: host.name, path, tmp, offset: resume.offset, resumeMismatch: held !== undefined },
+      );
+    }
+  }
+  proc.stdout.resume();
   const finished = proc.done.then((r) => {
     if (r.code !== 0) {
       throw copyError(
@@ -387,6 +455,7 @@ async function openRemoteDestination(
   return {
     stream: proc.stdin,
     finished,
+    remote: { tmp, pid: () => proc.pid },
     stop: () => proc.stop('SSH_ABORTED', `copy to ${host.name}:${path} stopped`),
     async commit() {
       const r = await runner.exec(host, durableMoveCommand(tmp, path, mode), {
@@ -428,6 +497,28 @@ async function openRemoteDestination(
   };
 }
 
+/** Codes that say a connection (not a side) failed: a copy that saw one may resume. */
+const CONNECTION_CODES: readonly SshErrorCode[] = [
+  'SSH_DISCONNECTED',
+  'SSH_UNREACHABLE',
+  'SSH_CHANNEL_FAILED',
+];
+/** A copy whose connections keep dropping gives up after this many resumes. */
+const MAX_RESUMES = 100;
+const RECONNECT_BACKOFF_MS = [500, 1000, 2000, 5000];
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
 export async function copyFile(
   untagged: CopyRunner,
   from: CopyEndpoint,
@@ -444,27 +535,39 @@ export async function copyFile(
     ...extra,
   });
   const mode = options.mode ?? 0o644;
-  // One controller stops both sides, whichever trigger (caller, deadline, idle, error) fires first.
-  const stopAll = new AbortController();
+  const stepOpt = options.step === undefined ? {} : { step: options.step };
+  // What ends the whole copy, resumed or not: the caller, the deadline, no data moving for too long.
+  const whole = new AbortController();
+  let fatal: unknown;
+  // One attempt's sides. A dropped connection ends an attempt; the next goes on from the last checkpoint
+  // the destination holds.
+  let attempt = new AbortController();
   let failure: unknown;
+  let attemptErrors: unknown[] = [];
   let source: Source | undefined;
   let dest: Destination | undefined;
   let decompressor: LocalDecompressor | undefined;
   const fail = (err: unknown) => {
+    attemptErrors.push(err);
     if (failure !== undefined) return;
     failure = err;
     source?.stop();
     decompressor?.stop();
     dest?.stop();
-    stopAll.abort();
+    attempt.abort();
   };
-  const onAbort = () => fail(copyError('SSH_ABORTED', `copy ${where} was aborted`, details({ bytes })));
+  const end = (err: unknown) => {
+    fatal ??= err;
+    whole.abort();
+    fail(err);
+  };
+  const onAbort = () => end(copyError('SSH_ABORTED', `copy ${where} was aborted`, details({ bytes })));
   options.signal?.addEventListener('abort', onAbort, { once: true });
   const deadline =
     options.timeoutMs !== undefined && Number.isFinite(options.timeoutMs)
       ? setTimeout(
           () =>
-            fail(
+            end(
               copyError(
                 'SSH_TIMEOUT',
                 `copy ${where} timed out after ${options.timeoutMs} ms`,
@@ -479,21 +582,23 @@ export async function copyFile(
   const idle = setInterval(
     () => {
       if (Date.now() - lastData > idleLimit) {
-        fail(
+        end(
           copyError(
             'SSH_TIMEOUT',
             `copy ${where}: no data moved for ${idleLimit} ms`,
-            details({ bytes, idle: true }),
+            details({ bytes, idle: true, resumes }),
           ),
         );
       }
     },
     Math.min(1000, idleLimit),
   );
-  const hash = createHash('sha256');
+  const hash = new CheckpointHash(options.checkpointBytes ?? DEFAULT_CHECKPOINT_BYTES);
   /** Bytes of the file (logical: holes and zero runs count), and bytes that came over the wire. */
   let bytes = 0;
   let wireBytes = 0;
+  let resumes = 0;
+  let resentBytes = 0;
   const interval = options.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS;
   let lastProgress = 0;
   const progress = (done: boolean): CopyProgress => {
@@ -506,22 +611,71 @@ export async function copyFile(
       bytesPerSecond: elapsedMs > 0 ? (bytes * 1000) / elapsedMs : 0,
       elapsedMs,
       done,
+      resumes,
     };
   };
+  const destHost = to.host;
+  const canResume =
+    options.resume !== false &&
+    destHost !== undefined &&
+    runner.killGroup !== undefined &&
+    runner.connectionLosses !== undefined;
+  const losses = () =>
+    (from.host === undefined ? 0 : (runner.connectionLosses?.(from.host) ?? 0)) +
+    (destHost === undefined ? 0 : (runner.connectionLosses?.(destHost) ?? 0));
 
-  try {
-    if (options.signal?.aborted) onAbort();
-    if (failure !== undefined) throw failure;
-    const plan: CompressionPlan | undefined = await chooseCompression(
-      runner,
-      from,
-      to,
-      options.compress !== false,
-      stopAll.signal,
-    );
-    if (failure !== undefined) throw failure;
+  /**
+   * Once the hosts answer again: stops what the failed attempt may have left running (a writer the
+   * destination has not seen disconnect would write on), asks how much of the temporary file exists, and
+   * rewinds to the last checkpoint at or below it. Waits as long as the idle limit allows.
+   */
+  const prepareResume = async (tmp: string, earlier: [SshHost | undefined, number | undefined][]) => {
+    if (destHost === undefined || runner.killGroup === undefined) throw new Error('not resumable');
+    for (let wait = 0; ; wait++) {
+      if (fatal !== undefined) throw fatal;
+      try {
+        for (const [host, pid] of earlier) {
+          if (host === undefined || pid === undefined) continue;
+          if (!(await runner.killGroup(host, pid, whole.signal)))
+            throw copyError(
+              'SSH_DISCONNECTED',
+              `could not confirm that ${host.name} stopped process ${pid}`,
+              {
+                host: host.name,
+                pid,
+              },
+            );
+        }
+        const r = await runner.exec(destHost, ['stat', '-c', '%s', '--', tmp], {
+          timeoutMs: 30_000,
+          signal: whole.signal,
+          check: false,
+          ...stepOpt,
+        });
+        // No file (the writer never created it): start again from zero.
+        const held = r.code === 0 ? Number(r.stdout.trim()) : 0;
+        return { tmp, ...hash.rewind(Number.isSafeInteger(held) ? held : 0) };
+      } catch (err) {
+        if (fatal !== undefined) throw fatal;
+        if (!isSshError(err, ...CONNECTION_CODES)) throw err;
+        const delay = RECONNECT_BACKOFF_MS[Math.min(wait, RECONNECT_BACKOFF_MS.length - 1)] as number;
+        log.info({ code: err.code, delayMs: delay }, 'copy waits for the hosts to answer again');
+        await sleep(delay, whole.signal);
+      }
+    }
+  };
+
+  /** One pass from `resume` (or from the start) to a committed file. */
+  const runAttempt = async (
+    plan: CompressionPlan | undefined,
+    resume: (ResumePoint & { tmp: string }) | undefined,
+  ): Promise<CopyResult> => {
+    const signal = AbortSignal.any([whole.signal, attempt.signal]);
+    // Data a stopped attempt's streams still deliver must not reach the rewound hash.
+    const current = attempt;
+    const live = () => current === attempt;
     // The destination first: a folder we cannot write to fails the copy before the source is read.
-    // A local destination of a zstd frame is this machine's own `zstd -d -o` (see zstd-file.ts).
+    // A local destination of a zstd frame is this machine's own zstd (see zstd-file.ts).
     const localZstd = plan !== undefined && to.host === undefined;
     dest =
       to.host === undefined
@@ -533,15 +687,16 @@ export async function copyFile(
             to.host,
             to.path,
             mode,
-            stopAll.signal,
+            signal,
             options.step,
             log,
             plan?.destDecompresses === true,
+            resume,
           );
     // Awaited below; until then (or if the source cannot be opened) its failure is not "unhandled".
     dest.finished.catch(() => {});
     if (failure !== undefined) throw failure;
-    source = await openSource(runner, from, stopAll.signal, options.step, plan !== undefined);
+    source = await openSource(runner, from, signal, options.step, plan !== undefined, resume?.offset ?? 0);
     source.finished.catch(() => {});
     if (failure !== undefined) throw failure;
     const onProgress = options.onProgress;
@@ -560,6 +715,7 @@ export async function copyFile(
     if (localZstd && logicalOf !== undefined) {
       // The frame goes to the local zstd as it came; the file's bytes are counted as it writes them.
       wire.on('data', (chunk: Buffer) => {
+        if (!live()) return;
         wireBytes += chunk.length;
         bytes = logicalOf();
         tick();
@@ -574,10 +730,12 @@ export async function copyFile(
         flows.push(pipeline(wire, decompressor.input).catch(fail), decompressor.finished.catch(fail));
       }
       wire.on('data', (chunk: Buffer) => {
+        if (!live()) return;
         wireBytes += chunk.length;
         lastData = Date.now();
       });
       logical.on('data', (chunk: Buffer) => {
+        if (!live()) return;
         if (!destHashes) hash.update(chunk);
         bytes += chunk.length;
         tick();
@@ -593,7 +751,7 @@ export async function copyFile(
     await Promise.all(flows);
     if (failure !== undefined) throw failure;
     if (localZstd && logicalOf !== undefined) bytes = logicalOf();
-    const sha256 = destHashes ? dest.sha256?.() : hash.digest('hex');
+    const sha256 = destHashes ? dest.sha256?.() : hash.digest();
     const written = dest.bytesWritten?.() ?? bytes;
     if (sha256 === undefined || written !== bytes) {
       throw copyError(
@@ -618,21 +776,102 @@ export async function copyFile(
     }
     await dest.commit();
     const durationMs = Date.now() - started;
-    const result: CopyResult = {
+    return {
       bytes,
       wireBytes,
       compressed: source.compressed,
       sha256,
       durationMs,
       bytesPerSecond: durationMs > 0 ? (bytes * 1000) / durationMs : 0,
+      resumes,
+      resentBytes,
     };
-    options.onProgress?.(progress(true));
-    log.info({ bytes, wireBytes, compressed: source.compressed, sha256, durationMs }, 'copy done');
-    return result;
+  };
+
+  try {
+    if (options.signal?.aborted) onAbort();
+    if (fatal !== undefined) throw fatal;
+    const plan: CompressionPlan | undefined = await chooseCompression(
+      runner,
+      from,
+      to,
+      options.compress !== false,
+      whole.signal,
+    );
+    if (fatal !== undefined) throw fatal;
+    let resume: (ResumePoint & { tmp: string }) | undefined;
+    for (;;) {
+      const lossesBefore = losses();
+      try {
+        const result = await runAttempt(plan, resume);
+        options.onProgress?.(progress(true));
+        log.info(
+          {
+            bytes,
+            wireBytes,
+            compressed: result.compressed,
+            sha256: result.sha256,
+            durationMs: result.durationMs,
+            resumes,
+            resentBytes,
+          },
+          'copy done',
+        );
+        return result;
+      } catch (thrown) {
+        const err = failure ?? thrown;
+        source?.stop();
+        decompressor?.stop();
+        dest?.stop();
+        const tmp = dest?.remote?.tmp;
+        const mismatch =
+          isSshError(err, 'COPY_FAILED') &&
+          (err.details as { resumeMismatch?: boolean }).resumeMismatch === true;
+        const dropped =
+          losses() > lossesBefore || [err, ...attemptErrors].some((e) => isSshError(e, ...CONNECTION_CODES));
+        if (
+          !canResume ||
+          fatal !== undefined ||
+          tmp === undefined ||
+          resumes >= MAX_RESUMES ||
+          !(dropped || mismatch)
+        )
+          throw err;
+        const reached = bytes;
+        const earlier: [SshHost | undefined, number | undefined][] = [
+          [from.host, source?.pid?.()],
+          [destHost, dest?.remote?.pid()],
+        ];
+        // Give the failed attempt's local pieces a moment to settle before their state is reused.
+        await Promise.all(
+          [source?.finished, decompressor?.finished, dest?.finished].map((p) => p?.catch(() => {})),
+        );
+        source = undefined;
+        decompressor = undefined;
+        failure = undefined;
+        attemptErrors = [];
+        attempt = new AbortController();
+        if (mismatch) {
+          // The destination's prefix is not what was sent: send everything again, into the same file.
+          log.warn(
+            { offset: resume?.offset },
+            'the destination does not hold what was sent: copying from the start',
+          );
+          resume = { tmp, ...hash.rewind(0) };
+        } else {
+          log.warn({ code: (err as SshError).code, bytes: reached }, 'copy lost its connection: resuming');
+          resume = await prepareResume(tmp, earlier);
+        }
+        resumes++;
+        resentBytes += reached - resume.offset;
+        bytes = resume.offset;
+        log.info({ offset: resume.offset, resumes }, 'copy resumes');
+      }
+    }
   } catch (thrown) {
     // What stopped the copy (deadline, idle, caller) is the error, not the abort it caused in a side
     // still opening.
-    const err = failure ?? thrown;
+    const err = fatal ?? failure ?? thrown;
     source?.stop();
     decompressor?.stop();
     dest?.stop();
@@ -647,7 +886,7 @@ export async function copyFile(
             err,
           );
     if (options.step !== undefined) e.step ??= options.step;
-    log.warn({ code: e.code, bytes, durationMs: Date.now() - started }, 'copy failed');
+    log.warn({ code: e.code, bytes, resumes, durationMs: Date.now() - started }, 'copy failed');
     throw e;
   } finally {
     clearTimeout(deadline);

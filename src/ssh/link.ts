@@ -116,6 +116,8 @@ export class HostLink {
   private current: Conn | undefined;
   private connecting: Promise<Conn> | undefined;
   private readonly closing = new AbortController();
+  /** Connections of this link that dropped so far (a copy compares it to tell a drop from a failure). */
+  losses = 0;
 
   constructor(
     readonly host: SshHost,
@@ -146,6 +148,7 @@ export class HostLink {
       const attempt = connect(this.host, this.log, this.closing.signal).then((c) => {
         const conn = new Conn(c.client, c.cipher);
         conn.once('lost', (reason: string) => {
+          this.losses++;
           this.log.info({ reason }, 'connection lost');
           if (this.current === conn) this.current = undefined;
         });

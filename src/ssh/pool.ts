@@ -4,7 +4,7 @@ import { copyFile } from './copy.js';
 import { SshError, SshExitError } from './errors.js';
 import { HostLink } from './link.js';
 import { probeSshBanner } from './probe.js';
-import { collect, commandName, type RemoteProcess, startProcess } from './process.js';
+import { collect, commandName, killEarlierGroup, type RemoteProcess, startProcess } from './process.js';
 import type {
   CopyEndpoint,
   CopyOptions,
@@ -151,6 +151,19 @@ export class SshPool {
       if (signal.aborted) throw err;
       return false;
     }
+  }
+
+  /** How many of the pool's connections to `host` dropped so far. */
+  connectionLosses(host: SshHost): number {
+    return this.links.get(linkKey(host))?.losses ?? 0;
+  }
+
+  /**
+   * Kills remote process group `pid` on `host` (a command started over an earlier connection), connecting
+   * again if needed. True when confirmed; connection failures reject.
+   */
+  async killGroup(host: SshHost, pid: number, signal?: AbortSignal): Promise<boolean> {
+    return await killEarlierGroup(this.link(host), pid, signal);
   }
 
   /**

@@ -172,6 +172,61 @@ export function commandLineOf(argv: readonly string[], tag: string | undefined):
 }
 
 /**
+ * Sends SIGKILL to remote process group `group` over `conn`, on one of the link's reserved kill channels.
+ * True when the signal reached every member of the group, or no member was left. Waiting for the group to
+ * vanish would not work: a killed background child can stay a zombie (still a group member) until an init
+ * that reaps lazily collects it, and SIGKILL cannot be caught anyway.
+ */
+async function killGroupOn(link: HostLink, conn: Conn, group: number): Promise<boolean> {
+  const releaseKill = await link.killSlots.acquire(undefined, () => new Error('unreachable'));
+  conn.active++;
+  try {
+    const script =
+      `kill -KILL -- -${group} 2>/dev/null || kill -KILL ${group} 2>/dev/null || ` +
+      `! kill -0 -- -${group} 2>/dev/null`;
+    const { channel: ch, exit } = await conn.exec(script);
+    return await new Promise<boolean>((resolve) => {
+      const t = setTimeout(() => {
+        ch.close();
+        resolve(false);
+      }, KILL_TIMEOUT_MS);
+      ch.once('close', () => {
+        clearTimeout(t);
+        conn.channelClosed();
+        resolve(exit()?.code === 0);
+      });
+      ch.resume();
+      ch.stderr.resume();
+      ch.end();
+    });
+  } catch {
+    conn.channelClosed();
+    return false;
+  } finally {
+    releaseKill();
+  }
+}
+
+/**
+ * Kills the process group a command of an earlier connection left on `link`'s host (its PID from the
+ * command's header), over the live connection or a new one. For a copy that resumes after its connection
+ * dropped: the old writer may still run there (the server has not noticed the drop) and must not write
+ * after the resumed one starts. Connection failures reject (`SSH_UNREACHABLE`...), a kill that could not
+ * be confirmed resolves false.
+ */
+export async function killEarlierGroup(
+  link: HostLink,
+  group: number,
+  signal: AbortSignal | undefined,
+): Promise<boolean> {
+  const conn = await link.conn(
+    signal,
+    () => new SshError('SSH_ABORTED', `killing process group ${group} on ${link.host.name} was aborted`),
+  );
+  return await killGroupOn(link, conn, group);
+}
+
+/**
  * OpenSSH frees a closed session only after the read that carried its close: a channel opened in the same
  * write as other channels' closes (a busy pool reusing its slots) can find `MaxSessions` (10 by default)
  * still full, and is refused. Such a refusal is retried a few times, over about 0.6 s; one that lasts is
@@ -330,37 +385,7 @@ function runOnChannel(
       conn.off('lost', gone);
     }
     if (pid === undefined || conn.lost !== undefined) return false;
-    const group = pid;
-    const releaseKill = await link.killSlots.acquire(undefined, () => new Error('unreachable'));
-    conn.active++;
-    try {
-      // Success means SIGKILL reached every member of the group, or no member was left. Waiting for the
-      // group to vanish would not work: a killed background child can stay a zombie (still a group member)
-      // until an init that reaps lazily collects it, and SIGKILL cannot be caught anyway.
-      const script =
-        `kill -KILL -- -${group} 2>/dev/null || kill -KILL ${group} 2>/dev/null || ` +
-        `! kill -0 -- -${group} 2>/dev/null`;
-      const { channel: ch, exit } = await conn.exec(script);
-      return await new Promise<boolean>((resolve) => {
-        const t = setTimeout(() => {
-          ch.close();
-          resolve(false);
-        }, KILL_TIMEOUT_MS);
-        ch.once('close', () => {
-          clearTimeout(t);
-          conn.channelClosed();
-          resolve(exit()?.code === 0);
-        });
-        ch.resume();
-        ch.stderr.resume();
-        ch.end();
-      });
-    } catch {
-      conn.channelClosed();
-      return false;
-    } finally {
-      releaseKill();
-    }
+    return await killGroupOn(link, conn, pid);
   };
 
   const drain = () => {

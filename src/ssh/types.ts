@@ -151,6 +151,8 @@ export interface CopyProgress {
   bytesPerSecond: number;
   elapsedMs: number;
   done: boolean;
+  /** Times the copy resumed after a dropped connection (`bytes` then went back to the resume point). */
+  resumes: number;
 }
 
 /** A file on a host, or on this machine when `host` is absent. */
@@ -172,6 +174,14 @@ export interface CopyOptions {
    * destination with zstd write the file sparse). Default true; without zstd anywhere the copy is raw.
    */
   compress?: boolean;
+  /**
+   * Resume after a dropped connection, from the last checkpoint the destination holds (verified there by
+   * its sha256), when the destination is a host. The hosts must answer again within `idleTimeoutMs`.
+   * Default true.
+   */
+  resume?: boolean;
+  /** Bytes between resume checkpoints. Default 64 MiB. */
+  checkpointBytes?: number;
   /** File mode of the destination. Default 0o644 (0o600 would be usual for disk images with secrets). */
   mode?: number;
   step?: string;
@@ -193,4 +203,8 @@ export interface CopyResult {
   sha256: string;
   durationMs: number;
   bytesPerSecond: number;
+  /** Times the copy resumed after a dropped connection. */
+  resumes: number;
+  /** Bytes of the file sent more than once (those after each resume point that had been sent before). */
+  resentBytes: number;
 }

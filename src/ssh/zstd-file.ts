@@ -1,11 +1,11 @@
 /**
- * A local destination for a zstd frame: this machine's `zstd -d -o <tmp>` writes the file sparse itself
- * (as on a remote destination, with the same script), and the file is hashed by reading it back, behind
- * zstd as it writes: the sha256 is then of the stored file, exactly what `sha256sum` of it prints.
+ * A local destination for a zstd frame: this machine's zstd writes the file sparse itself, through the
+ * same script as a remote destination (`zstd -d -c --sparse > <tmp>`), and the file is hashed by reading
+ * it back, behind zstd as it writes: the sha256 is then of the stored file, exactly what `sha256sum` of it prints.
  *
  * Why not decompress into the copy's own sink (filesink.ts): measured on this project's 2-core VM, reading
  * `zstd -d -c`'s output through a pipe into Node costs ~0.9 s per 512 MiB on the main thread (64 KiB per
- * read, a context switch each), while `zstd -d -o` writes the same file in 0.2-0.4 s and reading it back
+ * read, a context switch each), while zstd writing the file itself does it in 0.2-0.4 s and reading it back
  * (holes come as zeros from the kernel, data from the page cache) costs little beyond the hash itself.
  *
  * Holes are not read back: their extents come from `SEEK_DATA`/`SEEK_HOLE` (extents.ts) and are hashed as
@@ -58,7 +58,7 @@ async function positionOf(pid: number, fd: string): Promise<number | undefined> 
   return m === null ? undefined : Number(m[1]);
 }
 
-/** Starts `zstd -d -o tmp` (through the same `sh -c` script a remote destination runs). `tmp` is absolute. */
+/** Starts `zstd -d -c --sparse > tmp` (the same `sh -c` script a remote destination runs). Absolute `tmp`. */
 export function startZstdFile(tmp: string, where: string): ZstdFileDestination {
   const child: ChildProcessWithoutNullStreams = spawn('sh', ['-c', ZSTD_WRITE_SCRIPT, 'sh', tmp], {
     stdio: ['pipe', 'pipe', 'pipe'],

@@ -22,11 +22,12 @@ import { SshError } from './errors.js';
 export const ZSTD_READ_SCRIPT = 'stat -L -c %s:%F -- "$1" && exec zstd -q -c -1 -T0 -- "$1"';
 
 /**
- * The decompressing writer: zstd writes a named output file sparse by default (it seeks over zero
- * runs instead of writing them), checks the frame's checksum, and removes the file when the stream is
- * broken. Like `cat > tmp`, it never renames: the commit does.
+ * The decompressing writer: zstd writes the file sparse (`--sparse`: it seeks over zero runs instead of
+ * writing them) and checks the frame's checksum. Through the shell's redirection rather than `-o`: with
+ * `-o` zstd removes the file when the stream breaks, and a copy that resumes after a dropped connection
+ * (copy-resume.ts) goes on from what arrived. Like `cat > tmp`, it never renames: the commit does.
  */
-export const ZSTD_WRITE_SCRIPT = 'umask 077 && exec zstd -q -d -o "$1"';
+export const ZSTD_WRITE_SCRIPT = 'umask 077 && exec zstd -q -d -c --sparse > "$1"';
 
 let localZstd: Promise<string | undefined> | undefined;
 

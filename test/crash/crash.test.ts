@@ -104,6 +104,7 @@ describe.each([
   ['libvirt', 'lv-linux-1', true],
   ['vmware', 'vm-linux-1', false],
   ['xcat', 'xc-linux-1', false],
+  ['proxmox', 'px-linux-1', false],
 ] as const)('%s: a kill at every state', (provisioner, computer, osStates) => {
   it('resumes to the end, whatever state the kill hit', async () => {
     const all = await reference(computer);

@@ -17,10 +17,14 @@ import type { CaptureDetail } from '../../src/store/types.js';
 
 const BIN = join(import.meta.dirname, '../../src/cli/bin.mjs');
 
-/** Repository folders of the lab (host, path), where nothing half-made may stay. */
+/**
+ * Repository folders of the lab (host, path), and the Proxmox node's staging folder: nothing half-made may
+ * stay in them.
+ */
 const REPOSITORIES = [
   ['repo-host', '/srv/vcl/images'],
   ['xcat-mn', '/install/image/x86'],
+  ['pve-node', '/var/lib/vz/dump'],
 ] as const;
 
 export interface Rig {

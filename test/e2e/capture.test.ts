@@ -39,11 +39,13 @@ import { osSteps } from '../../src/drivers/os.js';
 import { silentLogger } from '../../src/log.js';
 import { libvirtSteps } from '../../src/provisioners/libvirt/steps.js';
 import { stepActor } from '../../src/runner/step.js';
+import { pidsWithOpenFile } from '../helpers/procs.js';
 import { sshdAvailable } from '../helpers/sshd.js';
 import {
   auditSteps,
   type CaptureRecord,
   cliLog,
+  copyDone,
   debugfs,
   printTimings,
   qemuImg,
@@ -76,6 +78,11 @@ const RANDOM_MIB = 100;
 const ZEROS_MIB = 100;
 const DATA_AT_MIB = 1536;
 const GUEST_FS_MIB = 64;
+const MiB = 1024 * 1024;
+/** How long the repository host's sshd is stopped in the middle of the copy in case 4. */
+const REPO_CUT_MS = 3000;
+/** The cut comes once the stored file reaches 40 MiB into the random data (past the 1536 MiB checkpoint). */
+const CUT_AFTER_BYTES = (DATA_AT_MIB + 40) * MiB;
 
 /**
  * A stored image holds what the disk holds, not its virtual size: its allocated size stays within 1.2x of
@@ -117,6 +124,43 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
       throw new Error(`vcl-capture printed no JSON (exit ${r.code}):\n${r.stdout}\n${r.stderr.slice(-3000)}`);
     }
     return { ...r, summary, log: cliLog(rig.dir, cliCalls) };
+  }
+
+  /**
+   * Waits for the copy into the separate repository host to have written past two resume checkpoints,
+   * holds its writer there (SIGSTOP, so the copy cannot end while we act), then stops that host's sshd
+   * (listener and sessions) for `REPO_CUT_MS` and starts it again. Fails if the capture ends first.
+   */
+  async function cutRepositoryMidCopy(running: Promise<unknown>) {
+    let over = false;
+    void running.finally(() => {
+      over = true;
+    });
+    const until = Date.now() + 600_000;
+    let seen = 0;
+    for (;;) {
+      if (over || Date.now() > until)
+        throw new Error(
+          `the copy into ${rig.remoteRepository} ended before it could be cut (its file reached ${seen} bytes)`,
+        );
+      // The copy's temporary file: `.<image file>.vcl-tmp-<random>`.
+      const tmp = readdirSync(rig.remoteRepository).find((f) => f.includes('.vcl-tmp-'));
+      const path = tmp === undefined ? undefined : join(rig.remoteRepository, tmp);
+      const heldBytes = path === undefined ? 0 : (statSync(path, { throwIfNoEntry: false })?.size ?? 0);
+      seen = Math.max(seen, heldBytes);
+      if (path !== undefined && heldBytes >= CUT_AFTER_BYTES) {
+        const writers = pidsWithOpenFile(path);
+        for (const pid of writers) process.kill(pid, 'SIGSTOP');
+        await rig.repoHost.halt();
+        try {
+          await sleep(REPO_CUT_MS);
+        } finally {
+          await rig.repoHost.start();
+        }
+        return { heldBytes, writers };
+      }
+      await sleep(5);
+    }
   }
 
   async function show(id: string): Promise<CaptureRecord> {
@@ -483,9 +527,21 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
       BOOT_MS,
     );
 
-    it(`capture with end state on: virsh shutdown is ignored, after ${SHORT_POWER_OFF_MS} ms virsh destroy, capture completes`, async () => {
-      const r = await capture([VM_REMOTE, '--image', 'e2e-forced', '--end-state', 'on']);
+    it(`capture with end state on: virsh shutdown is ignored, after ${SHORT_POWER_OFF_MS} ms virsh destroy; the repository host's sshd is stopped for ${REPO_CUT_MS} ms mid-copy, the copy resumes and the capture completes`, async () => {
+      const running = capture([VM_REMOTE, '--image', 'e2e-forced', '--end-state', 'on']);
+      const cut = await cutRepositoryMidCopy(running);
+      const r = await running;
       expect(r.code, r.stderr.slice(-3000)).toBe(0);
+      // The copy lost its connection once, went on from a checkpoint the repository held, and sent again
+      // only what came after it: far less than the whole.
+      const copy = copyDone(r.log);
+      console.log(
+        `repository cut at ${(cut.heldBytes / MiB).toFixed(0)} MiB of the file for ${REPO_CUT_MS} ms: ` +
+          `${copy.resumes} resume(s), ${(copy.resentBytes / MiB).toFixed(1)} MiB sent again of ` +
+          `${(copy.bytes / MiB).toFixed(0)} MiB, ${(copy.wireBytes / MiB).toFixed(1)} MiB on the wire in all`,
+      );
+      expect(copy.resumes).toBeGreaterThanOrEqual(1);
+      expect(copy.resentBytes).toBeLessThan(copy.bytes / 2);
       expect(r.summary.status).toBe('completed');
       const timeout = r.summary.warnings.find((w) => w.step === 'wait_power_off');
       expect(timeout?.code).toBe('TIMEOUT');

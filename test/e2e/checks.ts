@@ -26,6 +26,23 @@ export function stepTimings(logFile: string): StepTiming[] {
   return out;
 }
 
+/** What the transport logged when the capture's copy completed (the last `copy done` of the log). */
+export function copyDone(logFile: string): {
+  bytes: number;
+  wireBytes: number;
+  resumes: number;
+  resentBytes: number;
+} {
+  let last: { bytes: number; wireBytes: number; resumes: number; resentBytes: number } | undefined;
+  for (const line of readFileSync(logFile, 'utf8').split('\n')) {
+    if (!line.startsWith('{')) continue;
+    const o = JSON.parse(line) as { msg?: string };
+    if (o.msg === 'copy done') last = o as typeof last;
+  }
+  if (last === undefined) throw new Error(`no "copy done" in ${logFile}`);
+  return last;
+}
+
 /** The log file of the rig's n-th CLI call. */
 export function cliLog(dir: string, n: number): string {
   return join(dir, 'logs', `cli-${n}.jsonl`);

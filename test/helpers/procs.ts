@@ -2,7 +2,7 @@
  * Looking at processes on this machine: the loopback sshd runs its commands here, so "the remote process
  * is gone" can be checked directly in /proc.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** Live (not zombie) PIDs whose `/proc/<pid>/<file>`, split at NUL bytes, has the entry `entry`. */
@@ -31,6 +31,25 @@ export function pidsWithArg(needle: string): number[] {
 /** PIDs whose environment holds `VCL_CAPTURE_TAG=<tag>` (a runner execution's commands). */
 export function pidsWithTag(tag: string): number[] {
   return livePidsWith('environ', `VCL_CAPTURE_TAG=${tag}`);
+}
+
+/** PIDs with a file open whose path starts with `prefix` (a copy's writer, by its temporary file). */
+export function pidsWithOpenFile(prefix: string): number[] {
+  const out: number[] = [];
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+        if (readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith(prefix)) {
+          out.push(Number(pid));
+          break;
+        }
+      }
+    } catch {
+      // Ended while we looked, or not ours to read.
+    }
+  }
+  return out;
 }
 
 /** Waits until `check()` is true, polling, or fails after `timeoutMs`. */

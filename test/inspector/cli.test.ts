@@ -104,6 +104,7 @@ describe('vcl-capture with the inspector', () => {
     const { captures } = await getJson<{ captures: CaptureSummary[] }>(`${url}api/captures`);
     expect(captures.map((c) => [c.computer, c.status]).sort()).toEqual([
       ['lv-linux-1', 'completed'],
+      ['px-linux-1', 'completed'],
       ['vm-windows-1', 'completed'],
       ['xc-linux-1', 'completed'],
     ]);
@@ -112,17 +113,26 @@ describe('vcl-capture with the inspector', () => {
     expect(detail.machine).toBe('libvirt');
     expect(detail.live?.messages.some((m) => m.t === 'os')).toBe(true);
     expect(detail.transitions.at(-1)?.value).toBe('completed');
+    // The fourth provisioner is followed the same way, with its own diagram.
+    const px = captures.find((c) => c.computer === 'px-linux-1') as CaptureSummary;
+    const pxDetail = await getJson<CaptureDetailResponse>(`${url}api/captures/${px.id}`);
+    expect(pxDetail.machine).toBe('proxmox');
+    expect(pxDetail.transitions.map((t) => JSON.stringify(t.value))).toContain('{"capturing":"copy_image"}');
+    expect(pxDetail.transitions.at(-1)?.value).toBe('completed');
+    const diagram = await fetch(`${url}diagrams/proxmox.svg`);
+    expect(diagram.status).toBe(200);
+    expect(await diagram.text()).toContain('inspect_vm');
     demo.child.kill('SIGINT');
     expect(await demo.exit).toBe(0);
     // stdout is still the summary alone.
-    expect(JSON.parse(demo.out()).captures).toHaveLength(3);
+    expect(JSON.parse(demo.out()).captures).toHaveLength(4);
   });
 
   it('inspect serves the store: its captures and their recorded transitions', async () => {
     const inspect = run(['inspect', '--db', db(), '--port', '0']);
     const url = (await inspect.waitFor(/(http:\/\/127\.0\.0\.1:\d+\/)/))[1] as string;
     const { captures } = await getJson<{ captures: CaptureSummary[] }>(`${url}api/captures`);
-    expect(captures).toHaveLength(3);
+    expect(captures).toHaveLength(4);
     for (const c of captures) {
       expect(c.live).toBe(false);
       const d = await getJson<CaptureDetailResponse>(`${url}api/captures/${c.id}`);

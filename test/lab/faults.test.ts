@@ -1,4 +1,6 @@
 /** Every fault kind the lab injects, added and cleared while it runs. */
+import { randomBytes } from 'node:crypto';
+import { appendFile, truncate, writeFile } from 'node:fs/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { endStateCommand } from '../../src/drivers/os-commands.js';
 import {
@@ -12,12 +14,22 @@ import {
 import { libvirt } from '../../src/provisioners/libvirt/commands.js';
 import { needsRepair, noSpace, vmware } from '../../src/provisioners/vmware/commands.js';
 import { xcat } from '../../src/provisioners/xcat/commands.js';
+import {
+  RESUME_READ_SCRIPT,
+  RESUME_WRITE_SCRIPT,
+  ZSTD_RESUME_READ_SCRIPT,
+  ZSTD_RESUME_WRITE_SCRIPT,
+} from '../../src/ssh/copy-resume.js';
 import { isSshError } from '../../src/ssh/index.js';
 import { eventually, type LabHarness, openLab } from './helpers.js';
 
 let h: LabHarness;
 beforeAll(async () => {
   h = await openLab({ powerDelayMs: 40, captureChunkMs: 5, captureChunkBytes: 512 * 1024 });
+  const real = await h.lab.realPath('libvirt-host', MIXED_DISK);
+  await writeFile(real, randomBytes(8 * MiB));
+  await truncate(real, 10 * MiB);
+  await appendFile(real, randomBytes(2 * MiB));
 });
 afterEach(() => {
   h.lab.faults.clear();
@@ -29,6 +41,15 @@ afterAll(async () => {
 
 const LV_DISK = '/var/lib/libvirt/images/lv-linux-1.qcow2';
 const REPO = LAB_REPOSITORIES.images.path;
+
+const MiB = 1024 * 1024;
+/** A disk of random data, a 2 MiB hole, random data (12 MiB), written once on the libvirt host for the resume tests. */
+const MIXED_DISK = '/var/lib/libvirt/images/mixed.img';
+const MIXED_BYTES = 12 * MiB;
+
+async function sha256Of(host: string, file: string): Promise<string | undefined> {
+  return (await h.exec(host, ['sha256sum', file])).stdout.split(' ')[0];
+}
 
 async function tempFilesIn(host: string, dir: string): Promise<string> {
   return (await h.exec(host, ['find', dir, '-name', '*vcl-tmp*'])).stdout;
@@ -115,34 +136,105 @@ describe('dropConnection', () => {
   // Both copy paths: the raw stream, and zstd on the wire (the lab's disks compress to ~130 KiB).
   for (const path of COPY_PATHS) {
     /** A copy from the libvirt host to the repository whose `side` drops its connection after N bytes. */
-    const dropped = async (side: 'read' | 'write', to: string) => {
+    const dropped = async (side: 'read' | 'write', to: string, resume: boolean) => {
       const fault = h.lab.faults.add({
         kind: 'dropConnection',
         host: side === 'read' ? 'libvirt-host' : 'repo-host',
         match: ['sh', '-c', path[side]],
         afterBytes: path.after,
       });
-      const err = await h.pool
+      const r = await h.pool
         .copy(
           { host: h.host('libvirt-host'), path: LV_DISK },
           { host: h.host('repo-host'), path: to },
-          { compress: path.compress },
+          { compress: path.compress, resume, checkpointBytes: 128 * 1024 },
         )
         .catch((e: unknown) => e);
-      expect(isSshError(err)).toBe(true);
       expect(fault.fired).toBe(1);
-      expect(await h.lab.exists('repo-host', to)).toBe(false);
+      return r;
     };
-
-    it(`mid-copy (${path.name}): the source stops after N bytes, the copy fails and leaves nothing`, async () => {
-      await dropped('read', `${REPO}/dropped-${path.name}.qcow2`);
+    it(`mid-copy (${path.name}), not resumed: the source stops after N bytes, the copy fails and leaves nothing`, async () => {
+      const to = `${REPO}/dropped-${path.name}.qcow2`;
+      expect(isSshError(await dropped('read', to, false))).toBe(true);
+      expect(await h.lab.exists('repo-host', to)).toBe(false);
       await eventually(async () => (await tempFilesIn('repo-host', REPO)) === '');
     });
 
-    it(`mid-copy on the writing side (${path.name}), after N bytes received`, async () => {
-      await dropped('write', `${REPO}/w-${path.name}.qcow2`);
+    it(`mid-copy on the writing side (${path.name}), not resumed: fails and leaves nothing`, async () => {
+      const to = `${REPO}/w-${path.name}.qcow2`;
+      expect(isSshError(await dropped('write', to, false))).toBe(true);
+      expect(await h.lab.exists('repo-host', to)).toBe(false);
     });
+
+    for (const side of ['read', 'write'] as const) {
+      it(`mid-copy on the ${side} side (${path.name}): the copy resumes from a checkpoint the destination holds`, async () => {
+        const to = `${REPO}/resumed-${side}-${path.name}.img`;
+        const logFrom = h.lab.commandLog.length;
+        const fault = h.lab.faults.add({
+          kind: 'dropConnection',
+          host: side === 'read' ? 'libvirt-host' : 'repo-host',
+          match: ['sh', '-c', path[side]],
+          // Past the few MiB the streams between the two ends hold (SSH windows, pipes), so that the
+          // destination has written more than a checkpoint when the connection drops.
+          afterBytes: 6 * MiB,
+        });
+        const r = await h.pool.copy(
+          { host: h.host('libvirt-host'), path: MIXED_DISK },
+          { host: h.host('repo-host'), path: to },
+          { compress: path.compress, checkpointBytes: 256 * 1024 },
+        );
+        expect(fault.fired).toBe(1);
+        expect(r.resumes).toBe(1);
+        expect(r.bytes).toBe(MIXED_BYTES);
+        expect(r.sha256).toBe(await sha256Of('libvirt-host', MIXED_DISK));
+        expect(await sha256Of('repo-host', to)).toBe(r.sha256);
+        const resumed = h.lab.commandLog
+          .slice(logFrom)
+          .filter(
+            (e) =>
+              e.host === 'repo-host' &&
+              e.argv?.[2] === (path.compress ? ZSTD_RESUME_WRITE_SCRIPT : RESUME_WRITE_SCRIPT),
+          );
+        expect(resumed).toHaveLength(1);
+        // The writer went on from a checkpoint above zero: that prefix was checked there, not sent again.
+        const offset = Number(resumed[0]?.argv?.[5]);
+        expect(offset).toBeGreaterThan(0);
+        expect(offset % (256 * 1024)).toBe(0);
+        // The source read on from there.
+        const reader = h.lab.commandLog
+          .slice(logFrom)
+          .filter(
+            (e) =>
+              e.host === 'libvirt-host' &&
+              e.argv?.[2] === (path.compress ? ZSTD_RESUME_READ_SCRIPT : RESUME_READ_SCRIPT) &&
+              e.argv?.[5] === String(offset + 1),
+          );
+        expect(reader).toHaveLength(1);
+        await eventually(async () => (await tempFilesIn('repo-host', REPO)) === '');
+      });
+    }
   }
+
+  it('a destination that does not hold what was sent gets everything again, and the copy is still right', async () => {
+    const to = `${REPO}/rewritten.qcow2`;
+    // The destination's disk flips a byte of what it writes: after the drop its prefix's sha256 differs.
+    h.lab.faults.add({ kind: 'corrupt', at: 'write', host: 'repo-host', path: to, offset: 1000 });
+    const drop = h.lab.faults.add({
+      kind: 'dropConnection',
+      host: 'repo-host',
+      match: ['sh', '-c', COPY_WRITE_SCRIPT],
+      afterBytes: 1024 * 1024,
+    });
+    const r = await h.pool.copy(
+      { host: h.host('libvirt-host'), path: LV_DISK },
+      { host: h.host('repo-host'), path: to },
+      { compress: false, checkpointBytes: 128 * 1024 },
+    );
+    expect(drop.fired).toBe(1);
+    expect(r.resumes).toBe(2);
+    expect(await sha256Of('repo-host', to)).toBe(r.sha256);
+    expect(r.sha256).toBe(await sha256Of('libvirt-host', LV_DISK));
+  });
 });
 
 describe('neverPowersOff', () => {

@@ -97,6 +97,13 @@ const RULES: Record<
     // set_capture_boot changes the node's boot setting in xCAT, which reset_boot undoes: not the node.
     touches: ['ensure_node_on', 'wait_capture_env', 'watch_upload'],
   },
+  proxmox: {
+    owes: { reserve: 'release_computer', copy_image: 'remove_copy' },
+    settles: {},
+    copies: ['copy_image'],
+    powerConfirmed: ['wait_power_off', 'wait_forced_off'],
+    touches: ['request_power_off', 'wait_power_off', 'force_power_off', 'wait_forced_off', 'copy_image'],
+  },
 };
 
 function comparable(result: CaptureResult): unknown {

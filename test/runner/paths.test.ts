@@ -84,6 +84,15 @@ const FAIL: Record<ProvisionerName, Record<string, CommandMatch>> = {
     verify_image: ['sha256sum'],
     reset_boot: ['nodeset'],
   },
+  proxmox: {
+    inspect_vm: ['qm', 'config'],
+    request_power_off: ['qm', 'shutdown'],
+    wait_power_off: ['qm', 'status'],
+    force_power_off: ['qm', 'stop'],
+    wait_forced_off: ['qm', 'status'],
+    copy_image: ['qemu-img', 'convert'],
+    verify_image: ['sha256sum'],
+  },
 };
 /** What makes the OS sub-machine fail: a critical pre_capture step. */
 const OS_FAIL: Record<'linux' | 'windows', CommandMatch> = {
@@ -96,15 +105,39 @@ const HOST_OF: Record<string, string> = {
   copy_to_repository: 'esxi-host',
 };
 
-const KIND = { libvirt: 'lv', vmware: 'vm', xcat: 'xc' } as const;
-const PROVISIONER_HOST = { libvirt: 'libvirt-host', vmware: 'esxi-host', xcat: 'xcat-mn' } as const;
+const KIND = { libvirt: 'lv', vmware: 'vm', xcat: 'xc', proxmox: 'px' } as const;
+const PROVISIONER_HOST = {
+  libvirt: 'libvirt-host',
+  vmware: 'esxi-host',
+  xcat: 'xcat-mn',
+  proxmox: 'pve-node',
+} as const;
+/** The step that checks the source before anything is touched, and the one that moves the image. */
+const CHECK_STEP = {
+  libvirt: 'inspect_domain',
+  vmware: 'locate_vm',
+  xcat: 'check_target',
+  proxmox: 'inspect_vm',
+};
+const COPY_STEP = {
+  libvirt: 'copy_image',
+  vmware: 'copy_to_repository',
+  xcat: 'watch_upload',
+  proxmox: 'copy_image',
+};
+const CHECK_FAIL: Record<ProvisionerName, CommandMatch> = {
+  libvirt: ['virsh', 'domstate'],
+  vmware: ['vim-cmd'],
+  xcat: ['test'],
+  proxmox: ['qm', 'config'],
+};
 
 function runs(): Run[] {
   const out: Run[] = [];
-  for (const p of ['libvirt', 'vmware', 'xcat'] as const) {
+  for (const p of ['libvirt', 'vmware', 'xcat', 'proxmox'] as const) {
     const os = 'linux' as const;
-    // libvirt with end state on: the provisioner shuts the domain down itself (request_power_off works).
-    const endState: EndState = p === 'libvirt' ? 'on' : defaultEndStateOf(p, os);
+    // libvirt and Proxmox with end state on: the provisioner shuts the VM down itself (request_power_off works).
+    const endState: EndState = p === 'libvirt' || p === 'proxmox' ? 'on' : defaultEndStateOf(p, os);
     const timeoutSetup = (c: string): Fault[] => [{ kind: 'neverPowersOff', computer: c, mode: 'ignore' }];
     for (const [step, match] of Object.entries(FAIL[p])) {
       const escalated = step === 'force_power_off' || step === 'wait_forced_off';
@@ -156,7 +189,7 @@ function runs(): Run[] {
       });
     }
     // Cancelled while a long step runs: the copy.
-    const copyStep = p === 'libvirt' ? 'copy_image' : p === 'vmware' ? 'copy_to_repository' : 'watch_upload';
+    const copyStep = COPY_STEP[p];
     out.push({
       name: `${p}: cancelled during ${copyStep}`,
       provisioner: p,
@@ -174,9 +207,9 @@ function runs(): Run[] {
       provisioner: p,
       os,
       endState,
-      step: p === 'libvirt' ? 'inspect_domain' : p === 'vmware' ? 'locate_vm' : 'check_target',
+      step: CHECK_STEP[p],
       outcome: 'cancel',
-      inject: { fail: p === 'libvirt' ? ['virsh', 'domstate'] : p === 'vmware' ? ['vim-cmd'] : ['test'] },
+      inject: { fail: CHECK_FAIL[p] },
     });
   }
   out.push({
@@ -272,8 +305,8 @@ let store: SqliteCaptureStore;
 let runner: Runner;
 let dir: string;
 const all = runs();
-const used = { libvirt: 0, vmware: 0, xcat: 0 };
-const usedWindows = { libvirt: 0, vmware: 0, xcat: 0 };
+const used = { libvirt: 0, vmware: 0, xcat: 0, proxmox: 0 };
+const usedWindows = { libvirt: 0, vmware: 0, xcat: 0, proxmox: 0 };
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'vcl-paths-'));
@@ -287,6 +320,7 @@ beforeAll(async () => {
       'vmware-linux': count('vmware', 'linux'),
       'xcat-linux': count('xcat', 'linux'),
       'xcat-windows': count('xcat', 'windows'),
+      'proxmox-linux': count('proxmox', 'linux'),
     },
   });
   store = openSqliteStore(join(dir, 'store.sqlite'));
@@ -379,6 +413,9 @@ describe('paths forced through the runner against the lab', () => {
       const touched = expected.states.includes('capturing.pre_capture') || result.cleanupFailures.length > 0;
       expect(computerState).toBe(touched ? 'maintenance' : 'available');
     }
+    if (run.provisioner === 'proxmox')
+      // The staging file on the node (the repository is repo-host) is gone whatever the outcome.
+      expect(readdirSync(await lab.realPath('pve-node', '/var/lib/vz/dump'))).toEqual([]);
     expect(await lab.diskSha256(computer)).toBe(source);
     expect(lab.internalErrors).toEqual([]);
   });

@@ -15,7 +15,7 @@ import { cliLogger, type LogOptions } from '../logging.js';
 import { progressView } from '../progress.js';
 import { inspectPort, startObservedRunner, untilSignal } from './inspect.js';
 
-export const DEMO_COMPUTERS = ['lv-linux-1', 'vm-windows-1', 'xc-linux-1'] as const;
+export const DEMO_COMPUTERS = ['lv-linux-1', 'vm-windows-1', 'xc-linux-1', 'px-linux-1'] as const;
 
 export interface DemoOptions extends LogOptions {
   db?: string;
@@ -37,7 +37,7 @@ export async function demoCommand(o: DemoOptions): Promise<number> {
   const started = Date.now();
   if (!o.json)
     console.log(
-      'Starting the built-in lab (SSH hosts on 127.0.0.1: libvirt, ESXi, xCAT, repository, guests)...',
+      'Starting the built-in lab (SSH hosts on 127.0.0.1: libvirt, ESXi, xCAT, Proxmox VE, repository, guests)...',
     );
   const port = inspectPort(o.inspect);
   const lab = await startLab({

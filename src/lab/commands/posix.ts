@@ -229,6 +229,7 @@ export async function streamFile(
   path: string,
   real: string,
   size: number,
+  start = 0,
 ): Promise<void> {
   const corrupt = ctx.core.faults.take(
     'corrupt',
@@ -236,8 +237,8 @@ export async function streamFile(
   );
   const flipAt = corrupt === undefined ? undefined : (corrupt.offset ?? Math.floor(size / 2));
   await ctx.core.beforeRead(ctx.host, path, real);
-  const stream = createReadStream(real, { highWaterMark: 256 * 1024 });
-  let at = 0;
+  const stream = createReadStream(real, { highWaterMark: 256 * 1024, start });
+  let at = start;
   try {
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       if (flipAt !== undefined && flipAt >= at && flipAt < at + chunk.length) {
@@ -273,7 +274,8 @@ const cat: Handler = async (ctx) => {
 
 /**
  * Writes stdin into `real` (created with `mode`), with the `diskFull` and `corrupt at: 'write'` faults.
- * `tee` also copies it to stdout. Returns the bytes written.
+ * `tee` also copies it to stdout. From `start`, the file is written on from there, not truncated (it must
+ * exist). Returns the bytes written.
  */
 export async function writeStdinTo(
   ctx: CommandContext,
@@ -281,14 +283,16 @@ export async function writeStdinTo(
   real: string,
   mode: number,
   alsoStdout: boolean,
+  start?: number,
 ): Promise<number> {
   const corrupt = ctx.core.faults.take(
     'corrupt',
     (f) => f.at === 'write' && hostMatches(f.host, ctx.host.name) && pathMatches(f.path, path),
   );
   let flipAt = corrupt?.offset;
-  const fh = await open(real, 'w', mode);
+  const fh = await open(real, start === undefined ? 'w' : 'r+', mode);
   let written = 0;
+  const base = start ?? 0;
   try {
     for await (const data of ctx.stdin as AsyncIterable<Buffer>) {
       const chunk = Buffer.from(data);
@@ -298,7 +302,7 @@ export async function writeStdinTo(
           chunk[flipAt - written] = (chunk[flipAt - written] as number) ^ 0xff;
       }
       ctx.core.checkWrite(ctx.host.name, chunk.length);
-      await fh.write(chunk, 0, chunk.length, written);
+      await fh.write(chunk, 0, chunk.length, base + written);
       written += chunk.length;
       if (alsoStdout) await ctx.out(data);
     }

@@ -1,12 +1,12 @@
 /**
  * `zstd` as the transport's compressed copies run it (src/ssh/zstd.ts), and only those forms:
- * `zstd -q -c -1 -T0 -- <file>` (the file as one frame on stdout) and `zstd -q -d -o <file>` (stdin's frame
- * into a new sparse file). The frames are real: the lab runs this machine's own `zstd` binary for the
+ * `zstd -q -c -1 -T0 -- <file>` (the file as one frame on stdout) and, for the transport's writer scripts
+ * (commands/transport.ts), `zstd -q -d -c --sparse` into a file (stdin's frame, written sparse). The frames are real: the lab runs this machine's own `zstd` binary for the
  * format and does the file I/O itself, so its faults (a corrupt read or write, a full disk, a kill) apply
  * to the data as they do for `cat`. Hosts without `zstd` (ESXi's busybox) have no handler.
  */
 import { spawn } from 'node:child_process';
-import { open, rm } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import { findLocalZstd } from '../../ssh/zstd.js';
 import { type CommandContext, fail, type Handler, NoSpaceError } from '../core.js';
@@ -58,8 +58,11 @@ async function writeTo(w: Writable, chunk: Buffer): Promise<void> {
   });
 }
 
-/** `zstd -q -c -1 -T0 -- <path>`: the bytes `cat` would send (faults included), compressed. */
-async function compressFile(ctx: CommandContext, p: string): Promise<number> {
+/**
+ * `zstd -q -c -1 -T0 -- <path>`: the bytes `cat` would send (faults included), compressed. From `start`:
+ * the resumed reader's `tail -c +<start + 1> <path> | zstd ...`.
+ */
+export async function compressFile(ctx: CommandContext, p: string, start = 0): Promise<number> {
   const { path, real } = await ctx.host.fs.prepare(p);
   const st = await statOf(real);
   if (st === undefined || st.isDirectory())
@@ -71,7 +74,13 @@ async function compressFile(ctx: CommandContext, p: string): Promise<number> {
   // Awaited below; a reader stopped first (the command killed) fails both sides, reported once.
   pumped.catch(() => {});
   try {
-    await streamFile({ ...ctx, out: (data) => writeTo(z.stdin, Buffer.from(data)) }, path, real, st.size);
+    await streamFile(
+      { ...ctx, out: (data) => writeTo(z.stdin, Buffer.from(data)) },
+      path,
+      real,
+      st.size,
+      start,
+    );
   } finally {
     z.stdin.end();
   }
@@ -82,14 +91,13 @@ async function compressFile(ctx: CommandContext, p: string): Promise<number> {
 }
 
 /**
- * `zstd -q -d -o <tmp>`: stdin's frame decompressed into a new file, zero blocks left as holes. The
- * `corrupt at: 'write'` fault flips a byte of the data written (past the checksum, as a bad disk would);
- * a broken frame fails as zstd does and removes the file.
+ * `zstd -q -d -c --sparse` with its stdout on `target` (the transport's `> tmp`, or the resumed writer's
+ * descriptor at `start`): stdin's frame decompressed into the file, zero blocks left as holes. The
+ * `corrupt at: 'write'` fault flips a byte of the data written (past the checksum, as a bad disk would). A
+ * broken frame fails as zstd does; what was written stays, as with any stdout.
  */
-async function decompressTo(ctx: CommandContext, target: string): Promise<number> {
+export async function decompressInto(ctx: CommandContext, target: string, start?: number): Promise<number> {
   const { path, real } = await ctx.host.fs.prepare(target);
-  const dir = await statOf(real.slice(0, real.lastIndexOf('/')) || '/');
-  if (dir === undefined || !dir.isDirectory()) fail(1, `zstd: ${target}: No such file or directory`);
   const corrupt = ctx.core.faults.take(
     'corrupt',
     (f) => f.at === 'write' && hostMatches(f.host, ctx.host.name) && pathMatches(f.path, path),
@@ -103,9 +111,8 @@ async function decompressTo(ctx: CommandContext, target: string): Promise<number
     }
   })();
   fed.catch(() => {});
-  const fh = await open(real, 'wx', 0o600);
-  let at = 0;
-  let ok = false;
+  const fh = await open(real, start === undefined ? 'w' : 'r+', 0o600);
+  let at = start ?? 0;
   try {
     let flipAt = corrupt?.offset;
     for await (const data of z.stdout as AsyncIterable<Buffer>) {
@@ -128,16 +135,14 @@ async function decompressTo(ctx: CommandContext, target: string): Promise<number
     await fed;
     const r = await z.done();
     if (r.code !== 0 || ctx.signal.aborted) fail(1, r.stderr.trim() || `zstd: exit ${r.code}`);
+    // Trailing zero blocks: zstd's last write makes them part of the file.
     await fh.truncate(at);
-    ok = true;
   } catch (err) {
     if (err instanceof NoSpaceError)
       fail(1, 'zstd: error 70 : Write error : cannot write block : No space left on device');
     throw err;
   } finally {
     await fh.close();
-    // zstd removes the output file of a failed decompression.
-    if (!ok) await rm(real, { force: true });
   }
   ctx.host.fs.formats.delete(path);
   return 0;
@@ -147,7 +152,6 @@ export const zstd: Handler = async (ctx) => {
   const args = ctx.argv.slice(1);
   const is = (...want: string[]) => args.length === want.length + 1 && want.every((w, i) => args[i] === w);
   if (is('-q', '-c', '-1', '-T0', '--')) return await compressFile(ctx, args[5] as string);
-  if (is('-q', '-d', '-o')) return await decompressTo(ctx, args[3] as string);
   fail(1, `zstd: the lab emulates only the transport's forms, not ${JSON.stringify(args.join(' '))}`);
 };
 

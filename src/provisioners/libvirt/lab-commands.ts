@@ -2,12 +2,14 @@
  * The libvirt host: `virsh` (domstate, domblklist, shutdown, destroy, start, event, dumpxml, undefine,
  * list) and `qemu-img` (info, convert, check), in libvirt 8 / QEMU 6 output formats. A running domain
  * holds its disk's write lock: `qemu-img convert` or `check` on it fails as QEMU's does. Conversions are
- * byte copies (holes kept) that record the target format, which `qemu-img info` then reports.
+ * byte copies (zero runs of 4 KiB left as holes) that record the target format, which `qemu-img info`
+ * then reports.
  */
 
-import { copyWithin, errnoText, options, statOf } from '../../lab/commands/posix.js';
+import { errnoText, options, statOf } from '../../lab/commands/posix.js';
 import type { CommandContext, ComputerRecord, Handler, LabCore } from '../../lab/core.js';
 import { diskInUse, fail, NoSpaceError } from '../../lab/core.js';
+import { copySparse } from '../../lab/fs.js';
 
 export function libvirtDomain(core: LabCore, name: string | undefined): ComputerRecord {
   const rec = name === undefined ? undefined : core.computers.get(name);
@@ -274,7 +276,12 @@ const qemuImg: Handler = async (ctx) => {
       await ctx.core.beforeRead(ctx.host, img.path, img.real);
       let done = 0;
       try {
-        await copyWithin(ctx, img.real, out.real);
+        // qemu-img convert leaves zero runs of 4 KiB unwritten (its `-S 4k` default): sparse output.
+        await copySparse(img.real, out.real, {
+          signal: ctx.signal,
+          beforeWrite: (n) => ctx.core.checkWrite(ctx.host.name, n),
+          zeroBlock: 4096,
+        });
         done = img.st.size;
       } catch (err) {
         if (err instanceof NoSpaceError)

@@ -8,22 +8,17 @@ import { posix } from 'node:path';
 import type { CaptureStepInput, Facts } from '../../../machines/index.js';
 import { sleep } from '../../drivers/contract.js';
 import {
-  copyOptions,
-  type DriverEnv,
-  execFor,
-  exists,
-  provisionerSettings,
-  removeCopyLeftovers,
-  repositoryPath,
-  sameHost,
-  sha256Of,
-  sizeOf,
-} from '../../drivers/env.js';
+  checkConversion,
+  convertIntoRepository,
+  removeConversion,
+  stagingFile,
+} from '../../drivers/convert.js';
+import { type DriverEnv, execFor, provisionerSettings, repositoryPath, sameHost } from '../../drivers/env.js';
 import { driverError } from '../../drivers/errors.js';
-import { Checklist, checkHosts, checkSpace, logPassed } from '../../drivers/preflight.js';
+import { type Checklist, checkHosts, preflightStep } from '../../drivers/preflight.js';
 import { formatBytes } from '../../drivers/preflight-commands.js';
 import { verifyArtifact } from '../../drivers/verify.js';
-import { durableMoveCommand, type SshHost } from '../../ssh/index.js';
+import type { SshHost } from '../../ssh/index.js';
 import type { PreflightRun, CaptureStep as Step } from '../types.js';
 import {
   firstDisk,
@@ -47,7 +42,7 @@ function stagingPath(env: DriverEnv, input: CaptureStepInput, disk: string): str
   const format = settings(env).format;
   return sameHost(env.provisionerHost, env.repository.host)
     ? repositoryPath(env, imageFileName(input, format))
-    : posix.join(posix.dirname(disk), `.vcl-capture-${input.captureId}.${format}`);
+    : stagingFile(posix.dirname(disk), input.captureId, format);
 }
 
 async function domainState(env: DriverEnv, run: Parameters<Step>[0]) {
@@ -126,34 +121,16 @@ export async function libvirtPreflight(
     return undefined;
   }
   const { disk, info } = found;
-  const image = run.input.image;
-  let target: string | undefined;
-  if (options.target && image) {
-    target = repositoryPath(env, `${image.name}.${format}`);
-    const free = await list.check('target', async () => {
-      const path = target as string;
-      if (await exists(exec, env.repository.host, path))
-        throw driverError('TARGET_EXISTS', `the repository already holds ${path}; nothing is overwritten`, {
-          target: path,
-        });
-      return { value: true, detail: `${path} is free` };
-    });
-    if (!free) return undefined;
-  } else list.skip('target', 'no image name given');
-  // qemu-img convert writes sparse output: the copy takes what the source allocates. A raw image staged
-  // and then streamed to another host arrives dense, at its virtual size.
-  const allocated = info.actualSize ?? info.virtualSize;
-  const staged = !sameHost(host, env.repository.host);
-  await checkSpace(
-    env,
-    run,
-    list,
-    { what: `repository ${env.computer.repository}`, host: env.repository.host, dir: env.repository.path },
-    staged && format === 'raw' ? info.virtualSize : allocated,
-  );
-  if (staged)
-    await checkSpace(env, run, list, { what: 'staging folder', host, dir: posix.dirname(disk) }, allocated);
-  if (!list.ok) return undefined;
+  const checked = await checkConversion(env, run, list, {
+    target: options.target,
+    host,
+    format,
+    stagingDir: posix.dirname(disk),
+    virtualBytes: info.virtualSize,
+    allocatedBytes: info.actualSize ?? info.virtualSize,
+  });
+  if (!checked) return undefined;
+  const { target } = checked;
   run.log.info({ domain, state: found.state, disk, sourceFormat: info.format }, 'domain inspected');
   return { domain, disk, sourceFormat: info.format, ...(target === undefined ? {} : { target }) };
 }
@@ -175,17 +152,13 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
     }
   };
 
-  /**
-   * Everything a copy to `target` may have left, on both hosts: the staging file, the `.partial`, the
-   * transport's temporary files, and the target itself when an attempt interrupted after its rename left
-   * it (inspect_domain refused a target that existed before this capture: any target now is ours).
-   */
-  const removeCopy = async (run: Parameters<Step>[0], target: string, disk: string | undefined) => {
-    const exec = execFor(env, run);
-    if (!sameHost(host, env.repository.host) && disk !== undefined)
-      await exec(host, ['rm', '-f', '--', stagingPath(env, run.input, disk)]);
-    await removeCopyLeftovers(exec, env.repository.host, target, [target, `${target}.partial`]);
-  };
+  /** The conversion of `disk` (unknown when the capture failed before inspect_domain) to `target`. */
+  const conversion = (run: Parameters<Step>[0], target: string, disk: string | undefined) => ({
+    host,
+    target,
+    staging: disk === undefined ? undefined : stagingPath(env, run.input, disk),
+    format,
+  });
 
   /**
    * Waits for the domain to be off on its lifecycle events (`virsh event`), reading its state after each:
@@ -221,12 +194,7 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
   };
 
   return {
-    inspect_domain: async (run) => {
-      const list = new Checklist(true);
-      const facts = await libvirtPreflight(env, run, list, { target: true });
-      logPassed(run, list);
-      return { facts: facts ?? {} };
-    },
+    inspect_domain: preflightStep((run, list, options) => libvirtPreflight(env, run, list, options)),
     request_power_off: async (run) => {
       if ((await domainState(env, run)) !== 'shut off') await unlessOff(run, libvirt.shutdown(domain));
       return {};
@@ -238,44 +206,17 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
       return {};
     },
     wait_forced_off: waitOff,
-    copy_image: async (run) => {
-      const exec = execFor(env, run);
-      const disk = String(run.input.facts.disk);
-      const target = String(run.input.facts.target);
-      const staging = stagingPath(env, run.input, disk);
-      const partial = sameHost(host, env.repository.host) ? `${target}.partial` : staging;
-      // A re-run (the capture resumed after a crash) finds whatever the interrupted attempt left.
-      await removeCopy(run, target, disk);
-      await exec(host, libvirt.convert(disk, format, partial));
-      await exec(host, libvirt.check(partial), { check: false }).then((r) => {
-        // qemu-img check exits 0 (clean) or 3 (leaked clusters, harmless); others mean corruption.
-        if (r.code !== 0 && r.code !== 3 && format === 'qcow2')
-          throw driverError('VERIFY_MISMATCH', `qemu-img check found errors in the copy: ${r.stderr.trim()}`);
-      });
-      if (sameHost(host, env.repository.host)) {
-        const sha256 = await sha256Of(exec, host, partial);
-        const sizeBytes = await sizeOf(exec, host, partial);
-        // qemu-img convert leaves its output in the page cache (its default target cache mode does not
-        // flush): the image and its name are made durable before the revision can be recorded.
-        await exec(host, durableMoveCommand(partial, target));
-        return { artifact: { path: target, sizeBytes, sha256, format } };
-      }
-      try {
-        const copied = await env.remote.copy(
-          { host, path: partial },
-          { host: env.repository.host, path: target },
-          copyOptions(env, run),
-        );
-        return { artifact: { path: target, sizeBytes: copied.bytes, sha256: copied.sha256, format } };
-      } finally {
-        await exec(host, ['rm', '-f', '--', partial], { check: false }).catch(() => undefined);
-      }
-    },
+    copy_image: (run) =>
+      convertIntoRepository(env, run, {
+        ...conversion(run, String(run.input.facts.target), String(run.input.facts.disk)),
+        convert: (output) => libvirt.convert(String(run.input.facts.disk), format, output),
+        check: libvirt.check,
+      }),
     verify_image: (run) => verifyArtifact(env, run),
     remove_copy: async (run) => {
       const target = run.input.facts.target === undefined ? undefined : String(run.input.facts.target);
       const disk = run.input.facts.disk === undefined ? undefined : String(run.input.facts.disk);
-      if (target) await removeCopy(run, target, disk);
+      if (target) await removeConversion(env, run, conversion(run, target, disk));
       return {};
     },
   };

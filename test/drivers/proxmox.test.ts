@@ -1,0 +1,348 @@
+/**
+ * Proxmox VE: the qm/pvesm parsers on the formats qm(1) and pvesm(1) print, and the steps one by one
+ * against the lab's node: which disk is captured (and which configurations are refused), the commands
+ * the power steps send, and a sparse copy of a block device, staged and streamed or converted in place.
+ */
+import { stat } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Facts } from '../../machines/index.js';
+import type { Remote } from '../../src/drivers/contract.js';
+import type { DriverEnv } from '../../src/drivers/env.js';
+import { VclError } from '../../src/errors.js';
+import { startLab } from '../../src/lab/index.js';
+import type { Lab } from '../../src/lab/types.js';
+import { silentLogger } from '../../src/log.js';
+import * as pve from '../../src/provisioners/proxmox/commands.js';
+import { proxmoxSteps, shutdownWaitSeconds } from '../../src/provisioners/proxmox/steps.js';
+import { SshPool } from '../../src/ssh/index.js';
+import { captureOf, driverEnv, filesWith, stepRun } from './rerun-helpers.js';
+
+/** `qm config 100` of a UEFI VM with a CD drive, a TPM, an unused volume and two disks. */
+const CONFIG = `agent: 1
+bios: ovmf
+boot: order=virtio1;ide2;net0
+cores: 4
+efidisk0: local-lvm:vm-100-disk-0,efitype=4m,pre-enrolled-keys=1,size=4M
+ide2: local:iso/debian-12.5.0-amd64-netinst.iso,media=cdrom,size=629M
+memory: 8192
+meta: creation-qemu=8.1.5,ctime=1712345678
+name: web1
+net0: virtio=BC:24:11:5E:2A:01,bridge=vmbr0,firewall=1
+ostype: l26
+scsihw: virtio-scsi-single
+tpmstate0: local-lvm:vm-100-disk-3,size=4M,version=v2.0
+unused0: local-lvm:vm-100-disk-4
+virtio0: file=local:100/vm-100-disk-2.qcow2,discard=on,size=100G
+virtio1: local-lvm:vm-100-disk-1,iothread=1,size=32G
+vmgenid: 2b0b0e6c-5d62-4a35-a2d1-0f6f1a9d2c11
+`;
+
+async function refusal(p: unknown): Promise<VclError> {
+  const err = await Promise.resolve(p).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!(err instanceof VclError)) throw new Error(`expected a VclError, got ${String(err)}`);
+  return err;
+}
+
+/** The typed error `fn` throws (failing the test when it throws nothing or something else). */
+function refused(fn: () => unknown): VclError {
+  const thrown = (() => {
+    try {
+      fn();
+    } catch (err) {
+      return err;
+    }
+    return undefined;
+  })();
+  expect(thrown).toBeInstanceOf(VclError);
+  return thrown as VclError;
+}
+
+describe('qm and pvesm output', () => {
+  it('reads the disks of qm config: no CD, EFI, TPM or unused volume; file= or bare volume ids', () => {
+    const config = pve.parseQmConfig(CONFIG);
+    expect(pve.vmDisks(config)).toEqual([
+      { key: 'virtio0', volid: 'local:100/vm-100-disk-2.qcow2', size: '100G' },
+      { key: 'virtio1', volid: 'local-lvm:vm-100-disk-1', size: '32G' },
+    ]);
+    expect(pve.bootOrder(config)).toEqual(['virtio1', 'ide2', 'net0']);
+    expect(pve.bootOrder(new Map([['bootdisk', 'scsi0']]))).toEqual(['scsi0']);
+    // A snapshot section's keys are not the current configuration.
+    expect(
+      pve.vmDisks(pve.parseQmConfig('scsi0: local-lvm:vm-1-disk-0,size=1G\n[before]\nscsi1: x:y\n')),
+    ).toHaveLength(1);
+    expect(refused(() => pve.parseQmConfig('\n'))).toMatchObject({ code: 'PARSE_FAILED' });
+  });
+
+  it('captures the only disk or the one named; several and none named is refused, naming the boot disk', () => {
+    const config = pve.parseQmConfig(CONFIG);
+    expect(pve.chooseDisk(config, 'virtio0').volid).toBe('local:100/vm-100-disk-2.qcow2');
+    expect(refused(() => pve.chooseDisk(config, undefined))).toMatchObject({
+      code: 'AMBIGUOUS',
+      message:
+        'the VM has 2 disks (virtio0, virtio1; it boots from virtio1): name the one to capture in provisioner.disk',
+    });
+    expect(refused(() => pve.chooseDisk(config, 'scsi0'))).toMatchObject({
+      code: 'NO_DISK',
+      message: 'the VM has no disk scsi0 (its disks: virtio0, virtio1)',
+    });
+    const one = pve.parseQmConfig('ide2: none,media=cdrom\nscsi0: local-lvm:vm-101-disk-0,size=8G\n');
+    expect(pve.chooseDisk(one, undefined)).toEqual({
+      key: 'scsi0',
+      volid: 'local-lvm:vm-101-disk-0',
+      size: '8G',
+    });
+    expect(
+      refused(() => pve.chooseDisk(pve.parseQmConfig('ide2: none,media=cdrom\n'), undefined)),
+    ).toMatchObject({
+      code: 'NO_DISK',
+    });
+  });
+
+  it('tells a block device from an image file by pvesm path; a volume without a local path is refused', () => {
+    expect(pve.parsePvesmPath('/dev/pve/vm-100-disk-1\n', 'local-lvm:vm-100-disk-1')).toEqual({
+      path: '/dev/pve/vm-100-disk-1',
+      block: true,
+      format: 'raw',
+    });
+    expect(pve.parsePvesmPath('/dev/zvol/rpool/data/vm-100-disk-1\n', 'local-zfs:vm-100-disk-1').block).toBe(
+      true,
+    );
+    expect(
+      pve.parsePvesmPath('/var/lib/vz/images/100/vm-100-disk-2.qcow2\n', 'local:100/vm-100-disk-2.qcow2'),
+    ).toEqual({ path: '/var/lib/vz/images/100/vm-100-disk-2.qcow2', block: false, format: 'qcow2' });
+    expect(
+      refused(() => pve.parsePvesmPath('rbd:rbd/vm-100-disk-0:mon_host=10.0.0.1\n', 'ceph:vm-100-disk-0')),
+    ).toMatchObject({
+      code: 'UNSUPPORTED_DISK',
+    });
+    expect(
+      refused(() => pve.parsePvesmPath('/mnt/pve/nfs/images/100/x.img\n', 'nfs:100/x.img')),
+    ).toMatchObject({
+      code: 'UNSUPPORTED_DISK',
+    });
+  });
+
+  it('reads qm status and a shutdown that timed out', () => {
+    expect(pve.parseQmStatus('status: stopped\n')).toBe('stopped');
+    expect(pve.parseQmStatus('status: running\n')).toBe('running');
+    expect(refused(() => pve.parseQmStatus('VM 100 not running\n'))).toMatchObject({ code: 'PARSE_FAILED' });
+    expect(pve.shutdownTimedOut('VM quit/powerdown failed - got timeout\n')).toBe(true);
+    expect(pve.shutdownTimedOut("VM 100 qmp command 'system_powerdown' failed\n")).toBe(false);
+  });
+
+  it('builds command lines only from a VM id and a volume id, never from an option or a path', () => {
+    expect(pve.qm.shutdown(100, 30.7)).toEqual(['qm', 'shutdown', '100', '--timeout', '30']);
+    expect(pve.pvesm.path('local:100/vm-100-disk-2.qcow2')).toEqual([
+      'pvesm',
+      'path',
+      'local:100/vm-100-disk-2.qcow2',
+    ]);
+    for (const vmid of [99, 100.5, Number.NaN, 1e10])
+      expect(refused(() => pve.qm.status(vmid)).code).toBe('COMMAND_FAILED');
+    for (const volid of ['--help', 'local:../../etc/shadow', '/dev/sda', 'local:a b'])
+      expect(refused(() => pve.pvesm.path(volid)).code).toBe('COMMAND_FAILED');
+  });
+
+  it('lets qm shutdown wait the power-off timeout within the request step, at least a second', () => {
+    expect(shutdownWaitSeconds(300_000, 120_000)).toBe(115);
+    expect(shutdownWaitSeconds(30_000, 120_000)).toBe(30);
+    expect(shutdownWaitSeconds(600, 120_000)).toBe(1);
+    expect(shutdownWaitSeconds(300_000, 2_000)).toBe(1);
+  });
+});
+
+let separate: Lab;
+let local: Lab;
+let pool: SshPool;
+
+beforeAll(async () => {
+  const computers = { 'proxmox-linux': 3, 'proxmox-windows': 1 } as const;
+  [separate, local] = await Promise.all([
+    startLab({ powerDelayMs: 20, diskBytes: 8 * 1024 * 1024, computers }),
+    startLab({
+      powerDelayMs: 20,
+      diskBytes: 8 * 1024 * 1024,
+      computers,
+      repositories: { proxmox: 'pve-local' },
+    }),
+  ]);
+  pool = new SshPool({ logger: silentLogger() });
+});
+
+afterAll(async () => {
+  await pool?.close();
+  await Promise.all([separate?.stop(), local?.stop()]);
+});
+
+/** A transport that keeps the command lines it sends. */
+function watched(): Remote & { sent: string[] } {
+  const w = {
+    sent: [] as string[],
+    exec: ((host, argv, options) => {
+      w.sent.push(argv.join(' '));
+      return pool.exec(host, argv, options);
+    }) as Remote['exec'],
+    copy: ((from, to, options) => pool.copy(from, to, options)) as Remote['copy'],
+  };
+  return w;
+}
+
+/** A capture of `computer`, inspected (its settings changed by `settings`): what its later steps see. */
+async function inspected(
+  lab: Lab,
+  computer: string,
+  remote: Remote = pool,
+  settings: (p: Record<string, unknown>) => Record<string, unknown> = (p) => p,
+) {
+  const base = driverEnv(lab, remote, computer);
+  const env = {
+    ...base,
+    computer: { ...base.computer, provisioner: settings(base.computer.provisioner) },
+  } as DriverEnv;
+  const steps = proxmoxSteps(env);
+  const cap = captureOf(lab, computer, 'off');
+  const run = (step: string, f: Facts = {}, timeoutMs?: number) => {
+    const fn = steps[step];
+    if (!fn) throw new Error(`no step ${step}`);
+    return fn(stepRun(cap.input(step, f), timeoutMs === undefined ? {} : { timeoutMs }));
+  };
+  const facts = ((await run('inspect_vm'))?.facts ?? {}) as Facts;
+  return { env, cap, facts, run: (step: string, timeoutMs?: number) => run(step, facts, timeoutMs) };
+}
+
+describe('the lab node', () => {
+  it('answers qm and pvesm in their documented formats and errors', async () => {
+    const node = driverEnv(separate, pool, 'px-windows-1').provisionerHost;
+    const sh = (argv: string[]) => pool.exec(node, argv, { check: false });
+    const config = await sh(['qm', 'config', '20001']);
+    expect(config.code).toBe(0);
+    // Sorted `key: value` lines; the CD drive, EFI and TPM volumes beside the two disks.
+    const keys = config.stdout
+      .trim()
+      .split('\n')
+      .map((l) => l.slice(0, l.indexOf(':')));
+    expect(keys).toEqual([...keys].sort());
+    expect(config.stdout).toMatch(/^boot: order=scsi0;ide2;net0$/m);
+    expect(config.stdout).toMatch(/^scsi0: local:20001\/vm-20001-disk-0\.qcow2,iothread=1,size=8M$/m);
+    expect(config.stdout).toMatch(/^scsi1: local-lvm:vm-20001-disk-1,iothread=1,size=8M$/m);
+    expect(config.stdout).toMatch(/^ide2: none,media=cdrom$/m);
+    expect(await sh(['qm', 'status', '20001'])).toMatchObject({
+      code: 0,
+      stdout: expect.stringMatching(/^status: (running|stopped)\n$/),
+    });
+    expect(await sh(['qm', 'status', '4242'])).toMatchObject({
+      code: 2,
+      stderr: "Configuration file 'nodes/pve-node/qemu-server/4242.conf' does not exist\n",
+    });
+    expect(await sh(['pvesm', 'path', 'local-lvm:vm-20001-disk-1'])).toMatchObject({
+      code: 0,
+      stdout: '/dev/pve/vm-20001-disk-1\n',
+    });
+    expect(await sh(['pvesm', 'path', 'local:20001/vm-20001-disk-0.qcow2'])).toMatchObject({
+      stdout: '/var/lib/vz/images/20001/vm-20001-disk-0.qcow2\n',
+    });
+    expect(await sh(['pvesm', 'path', 'ceph:vm-1-disk-0'])).toMatchObject({
+      code: 255,
+      stderr: "storage 'ceph' does not exist\n",
+    });
+  });
+});
+
+describe('Proxmox steps against the lab node', () => {
+  it('finds an LVM-backed VM’s block device, and a Windows VM’s named qcow2 disk beside a data disk', async () => {
+    const linux = await inspected(separate, 'px-linux-1');
+    expect(linux.facts).toMatchObject({
+      vmid: 10001,
+      diskKey: 'scsi0',
+      disk: '/dev/pve/vm-10001-disk-0',
+      sourceFormat: 'raw',
+      target: `/srv/vcl/images/${linux.cap.name}.qcow2`,
+    });
+    const windows = await inspected(separate, 'px-windows-1');
+    expect(windows.facts).toMatchObject({
+      diskKey: 'scsi0',
+      disk: '/var/lib/vz/images/20001/vm-20001-disk-0.qcow2',
+      sourceFormat: 'qcow2',
+    });
+  });
+
+  it('refuses a VM with two disks when the inventory names none, an unknown VM, and an existing target', async () => {
+    const err = await refusal(inspected(separate, 'px-windows-1', pool, ({ disk: _disk, ...p }) => p));
+    expect(err).toMatchObject({
+      code: 'AMBIGUOUS',
+      message:
+        'the VM has 2 disks (scsi0, scsi1; it boots from scsi0): name the one to capture in provisioner.disk',
+    });
+    expect(
+      await refusal(inspected(separate, 'px-linux-1', pool, (p) => ({ ...p, vmid: 999 }))),
+    ).toMatchObject({
+      code: 'NOT_FOUND',
+      message: expect.stringContaining('pve-node has no VM 999: fix provisioner.vmid'),
+    });
+    const first = await inspected(separate, 'px-linux-2');
+    separate.powerOff('px-linux-2');
+    await first.run('copy_image');
+    const again = proxmoxSteps(first.env).inspect_vm?.(stepRun(first.cap.input('inspect_vm')));
+    expect(await refusal(again)).toMatchObject({
+      code: 'TARGET_EXISTS',
+      details: { target: first.facts.target },
+    });
+    await first.run('remove_copy');
+  });
+
+  it('asks qm shutdown, lets a guest that ignores it time out, then qm stop; sends neither to a stopped VM', async () => {
+    const remote = watched();
+    const c = await inspected(separate, 'px-linux-3', remote);
+    separate.faults.add({ kind: 'neverPowersOff', computer: 'px-linux-3', mode: 'ignore' });
+    if (separate.computer('px-linux-3').power === 'off') separate.powerOn('px-linux-3');
+    await separate.waitForPower('px-linux-3', 'on');
+    const from = remote.sent.length;
+    // qm shutdown's own timeout (1 s: what the step's deadline leaves past the grace) runs out: not a failure.
+    await c.run('request_power_off', 6500);
+    expect(separate.computer('px-linux-3').power).toBe('on');
+    // The wait gives up at its deadline (the runner turns that into TIMEOUT and escalates).
+    await expect(c.run('wait_power_off', 300)).rejects.toThrow();
+    await c.run('force_power_off');
+    await c.run('wait_forced_off');
+    expect(separate.computer('px-linux-3').power).toBe('off');
+    const power = remote.sent.slice(from).filter((l) => /^qm (shutdown|stop)/.test(l));
+    expect(power).toEqual([expect.stringMatching(/^qm shutdown 10003 --timeout \d+$/), 'qm stop 10003']);
+    separate.faults.clear();
+
+    const after = remote.sent.length;
+    await c.run('request_power_off');
+    await c.run('force_power_off');
+    expect(remote.sent.slice(after).filter((l) => /^qm (shutdown|stop)/.test(l))).toEqual([]);
+  });
+
+  it.each([
+    ['staged on the node and streamed to the repository host', () => separate],
+    ['converted in place into a repository on the node', () => local],
+  ])('copies a block device sparse (%s), and leaves no staging file', async (_how, labOf) => {
+    const lab = labOf();
+    const remote = watched();
+    const c = await inspected(lab, 'px-linux-1', remote);
+    lab.powerOff('px-linux-1');
+    await lab.waitForPower('px-linux-1', 'off');
+    const out = await c.run('copy_image');
+    const artifact = out.artifact;
+    if (!artifact) throw new Error('no artifact');
+    // Told the source format, never probing a raw device's content.
+    expect(remote.sent).toContainEqual(
+      expect.stringMatching(/^qemu-img convert -f raw -O qcow2 \/dev\/pve\/vm-10001-disk-0 /),
+    );
+    expect(artifact.sha256).toBe(await lab.diskSha256('px-linux-1'));
+    const repo = lab.inventory.repositories[lab.inventory.computers['px-linux-1']?.repository ?? ''];
+    if (!repo) throw new Error('no repository');
+    const real = await stat(await lab.realPath(repo.host, artifact.path));
+    expect(real.size).toBe(8 * 1024 * 1024);
+    // The lab's disk holds data in about 200 KiB of its 8 MiB: a fully allocated copy would take all.
+    expect(real.blocks * 512).toBeLessThan(real.size / 4);
+    expect(await filesWith(lab, 'pve-node', '/var/lib/vz/dump', '.vcl-capture-')).toEqual([]);
+    await c.run('remove_copy');
+    expect(await lab.exists(repo.host, artifact.path)).toBe(false);
+  });
+});
