@@ -54,7 +54,7 @@ const int = (n: number) => Math.round(n).toLocaleString('en-US');
 
 /** Runs `jobs` in child processes: each prepares, then all start together and run until `untilMs`. */
 async function runWorkers(jobs: WorkerJob[], seconds: number): Promise<WorkerReport[]> {
-  const children = jobs.map((job) =>
+  const children = jobs.map(() =>
     fork(SELF, ['--worker'], { execArgv: process.execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
   );
   const reports = children.map(

@@ -212,7 +212,8 @@ export class PostgresCaptureStore extends CaptureStoreCore {
    * fails only when the store is closed; a database that cannot be reached yet is retried the same way.
    */
   override async subscribe(onWake: (wake: StoreWake) => void): Promise<StoreSubscription> {
-    if (this.closed) throw storeError(STORE_ERROR_CODES.STORE_CLOSED, `subscribe: the store ${this.url} is closed`);
+    if (this.closed)
+      throw storeError(STORE_ERROR_CODES.STORE_CLOSED, `subscribe: the store ${this.url} is closed`);
     const config = this.listenerConfig;
     if (config === undefined) return super.subscribe(onWake);
     const log = this.logger;
