@@ -268,20 +268,10 @@ export function createRunner(options: RunnerOptions): Runner {
     );
   const runnerSlots = new Limiter(() => inventory.defaults.maxConcurrentCaptures);
   const slotPollMs = options.slotPollMs ?? 1000;
-  const hostCaptureSlots = new HostSlots(
-    options.store,
-    'capture',
-    (host) => inventory.hosts[host]?.maxCaptures ?? 5,
-    slotPollMs,
-    baseLog,
-  );
-  const hostCopySlots = new HostSlots(
-    options.store,
-    'copy',
-    (host) => inventory.hosts[host]?.maxCopies ?? 2,
-    slotPollMs,
-    baseLog,
-  );
+  const hostSlots = (kind: 'capture' | 'copy', limitOf: (host: string) => number) =>
+    new HostSlots(options.store, kind, limitOf, slotPollMs, baseLog);
+  const hostCaptureSlots = hostSlots('capture', (host) => inventory.hosts[host]?.maxCaptures ?? 5);
+  const hostCopySlots = hostSlots('copy', (host) => inventory.hosts[host]?.maxCopies ?? 2);
   const handles = new Map<string, Execution>();
   const listeners = new Set<(event: RunnerEvent) => void>();
   const emit = (event: RunnerEvent) => {

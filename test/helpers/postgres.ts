@@ -17,6 +17,7 @@ import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
+import { afterAll, beforeAll } from 'vitest';
 
 const ROOT = '/usr/lib/postgresql';
 const PORT = 5432;
@@ -213,5 +214,23 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     },
     query,
     stop,
+  };
+}
+
+/**
+ * One private cluster for the calling test file (or `describe` block): started in `beforeAll`, stopped in
+ * `afterAll`. The getter throws when it did not start.
+ */
+export function clusterForSuite(options: StartPostgresOptions = {}): () => PostgresCluster {
+  let cluster: PostgresCluster | undefined;
+  beforeAll(async () => {
+    cluster = await startPostgres(options);
+  }, 60_000);
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+  return () => {
+    if (cluster === undefined) throw new Error('the PostgreSQL cluster did not start');
+    return cluster;
   };
 }

@@ -18,7 +18,8 @@ import {
   openSqliteStore,
   type SqliteCaptureStore,
 } from '../../src/store/index.js';
-import { type PostgresCluster, postgresAvailable, startPostgres } from '../helpers/postgres.js';
+import { clusterForSuite, postgresAvailable } from '../helpers/postgres.js';
+import { eventOf, inState } from '../helpers/runner-events.js';
 
 let lab: Lab;
 let store: SqliteCaptureStore;
@@ -47,20 +48,6 @@ function runner(options: Partial<RunnerOptions> & { id: string; store?: CaptureS
 }
 
 const image = (name: string) => ({ osName: 'linux', prettyName: name, owner: 'test' });
-
-function eventOf(r: Runner, captureId: string, test: (e: RunnerEvent) => boolean): Promise<RunnerEvent> {
-  return new Promise((resolve) => {
-    const off = r.on((e) => {
-      if ('captureId' in e && e.captureId === captureId && test(e)) {
-        off();
-        resolve(e);
-      }
-    });
-  });
-}
-
-const inState = (name: string) => (e: RunnerEvent) =>
-  e.type === 'state' && JSON.stringify(e.state).includes(`"${name}"`);
 
 /** When (performance.now()) `test` first held, polling every 5 ms; throws after `timeoutMs`. */
 async function whenTrue(test: () => boolean, timeoutMs: number): Promise<number> {
@@ -222,17 +209,10 @@ describe('per-host slots across runners', () => {
 });
 
 describe.runIf(postgresAvailable('runner on PostgreSQL'))('a runner on PostgreSQL', () => {
-  let cluster: PostgresCluster | undefined;
-  beforeAll(async () => {
-    cluster = await startPostgres();
-  }, 60_000);
-  afterAll(async () => {
-    await cluster?.stop();
-  });
+  const cluster = clusterForSuite();
 
   it('gets a cancellation asked through another store handle within 1 s (NOTIFY), long before its next renewal', async () => {
-    if (!cluster) throw new Error('no PostgreSQL cluster');
-    const url = await cluster.createDatabase();
+    const url = await cluster().createDatabase();
     const mine = await openPostgresStore(url);
     const other = await openPostgresStore(url);
     try {

@@ -15,6 +15,7 @@ import { parseCommandLine } from '../../src/lab/words.js';
 import { createRunner, type Runner, type RunnerEvent } from '../../src/runner/runner.js';
 import { LEFTOVER_SWEEP_SCRIPT } from '../../src/ssh/index.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
+import { eventOf, finished, inState } from '../helpers/runner-events.js';
 
 let lab: Lab;
 let store: SqliteCaptureStore;
@@ -43,22 +44,6 @@ function runner(id: string, leaseMs = 60_000): Runner {
 }
 
 const image = (name: string) => ({ osName: 'linux', prettyName: name, owner: 'test' });
-
-/** Resolves with the first event of `captureId` that `test` accepts. */
-function eventOf(r: Runner, captureId: string, test: (e: RunnerEvent) => boolean): Promise<RunnerEvent> {
-  return new Promise((resolve) => {
-    const off = r.on((e) => {
-      if ('captureId' in e && e.captureId === captureId && test(e)) {
-        off();
-        resolve(e);
-      }
-    });
-  });
-}
-
-const inState = (name: string) => (e: RunnerEvent) =>
-  e.type === 'state' && JSON.stringify(e.state).includes(`"${name}"`);
-const finished = (e: RunnerEvent) => e.type === 'finished';
 
 async function repositoryFiles(): Promise<string[]> {
   return readdirSync(await lab.realPath('repo-host', '/srv/vcl/images'));
