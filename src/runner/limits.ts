@@ -106,7 +106,7 @@ export class HostSlots {
       throw err;
     }
     let released = false;
-    return () => {
+    const release = () => {
       if (released) return;
       released = true;
       this.store
@@ -117,6 +117,12 @@ export class HostSlots {
         )
         .finally(releaseLocal);
     };
+    // Stopped while the store answered: the step must not start after its abort (nothing would stop it).
+    if (signal.aborted) {
+      release();
+      throw new VclError('ABORTED', `gave up waiting for a ${host} slot`);
+    }
+    return release;
   }
 
   /** Until the next poll, a wake for `host`, or the abort. */
