@@ -25,6 +25,7 @@ import { COPY_READ_SCRIPT, startLab } from '../../src/lab/index.js';
 import type { CommandMatch, Fault, Lab } from '../../src/lab/types.js';
 import { createRunner, type Runner, type RunnerEvent } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
+import { expectStoredImage } from '../helpers/stored-image.js';
 import { ARTIFACT } from '../model/catalogue.js';
 
 type Inject =
@@ -221,6 +222,33 @@ function runs(): Run[] {
     code: 'NEEDS_REPAIR',
     inject: { before: () => ({ kind: 'needsRepair', host: 'esxi-host' }) },
   });
+  // The repository copy is several commands and copies: a failure or a cancel at its first (the 2gbsparse
+  // clone on the datastore) and at its last (the manifest, once the rest of the set is in place) must leave
+  // no file of the set anywhere.
+  const sparseClone = /^vmkfstools -i .* -d 2gbsparse$/;
+  const manifestRead = /^sh -c .* \S+\.vmdk\.sha256$/;
+  for (const [what, match] of [
+    ['the 2gbsparse clone', sparseClone],
+    ['the manifest, the set already in place', manifestRead],
+  ] as const) {
+    out.push({
+      name: `vmware: copy_to_repository fails at ${what}`,
+      provisioner: 'vmware',
+      os: 'linux',
+      step: 'copy_to_repository',
+      outcome: 'error',
+      code: 'STEP_FAILED',
+      inject: { fail: match, host: 'esxi-host' },
+    });
+    out.push({
+      name: `vmware: cancelled during copy_to_repository at ${what}`,
+      provisioner: 'vmware',
+      os: 'linux',
+      step: 'copy_to_repository',
+      outcome: 'cancel',
+      inject: { fail: match, host: 'esxi-host' },
+    });
+  }
   out.push({
     name: 'xcat + windows (end state off): OS first, then the capture image',
     provisioner: 'xcat',
@@ -400,13 +428,15 @@ describe('paths forced through the runner against the lab', () => {
     const record = await store.getCapture(handle.id);
     const computerState = (await store.getComputer(computer))?.state;
     if (result.status === 'completed') {
-      expect(result.artifact.sha256).toBe(source);
-      expect(await lab.sha256(repo.host, result.artifact.path)).toBe(source);
+      await expectStoredImage(lab, computer, result.artifact, source);
       expect(computerState).toBe('reload');
       expect(record?.status).toBe('completed');
     } else {
       // Nothing half-made is kept: no image, no marker, no temporary file.
       expect(files).toEqual([]);
+      // VMware: nor the clone, nor the 2gbsparse set staged beside it on the datastore.
+      if (run.provisioner === 'vmware')
+        expect(await lab.exists('esxi-host', `/vmfs/volumes/datastore1/${handle.image.name}`)).toBe(false);
       expect(record?.status).toBe(result.status);
       // Failed or cancelled alike: back where it was unless the computer was touched (the OS sub-machine
       // got past its first look, which every OS run here does) or an undo failed.
