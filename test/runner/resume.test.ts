@@ -143,7 +143,15 @@ describe('deadlines across a restart', () => {
       image: image('Deadline'),
       timeouts: { copyMs: 1500 },
     });
+    const logFrom = lab.commandLog.length;
     await eventOf(a, handle.id, inState('copy_image'));
+    // The step is in flight once its convert runs (the hang fault is then used up, not left for the next
+    // test's convert): the copy first takes its host slot in the store, which can take a while under load.
+    await expect
+      .poll(() =>
+        lab.commandLog.slice(logFrom).some((e) => e.argv?.[0] === 'qemu-img' && e.argv[1] === 'convert'),
+      )
+      .toBe(true);
     await a.stop({ timeoutMs: 50 });
     expect((await handle.result).status).toBe('suspended');
     // Down for longer than the copy's whole budget: a fresh deadline would let the copy run again.
