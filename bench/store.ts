@@ -15,6 +15,11 @@
  * Usage: npm run bench:store [-- --seconds 5 --running 200 --captures 1000 --transitions 12
  *        --snapshot-bytes 2000 --synchronous NORMAL|FULL --dir /path/on/the/disk/to/test]
  * The exit code is 1 when the rate misses the target.
+ *
+ * With `--postgres local` (a private cluster, fsync on) or `--postgres <url>` (an empty database of its
+ * own), PostgreSQL's figures follow (bench/store-postgres.ts): state changes per second with
+ * `--writers 1,4` writer processes, claim latency with 4 runner processes over a `--backlog 2000`, and
+ * round trips per capture. `--skip-sqlite` runs only those.
  */
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -24,6 +29,7 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
 import { openSqliteStore, type SqliteCaptureStore } from '../src/store/index.js';
+import { postgresFigures } from './store-postgres.js';
 
 const TARGET_PER_SECOND = 5_000;
 const REPOSITORY = '/var/lib/libvirt/images';
@@ -37,6 +43,10 @@ const { values: args } = parseArgs({
     'snapshot-bytes': { type: 'string', default: '2000' },
     synchronous: { type: 'string', default: 'NORMAL' },
     dir: { type: 'string' },
+    postgres: { type: 'string' },
+    writers: { type: 'string', default: '1,4' },
+    backlog: { type: 'string', default: '2000' },
+    'skip-sqlite': { type: 'boolean', default: false },
   },
 });
 
@@ -222,6 +232,20 @@ const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(2)} MiB`;
 const int = (n: number) => Math.round(n).toLocaleString('en-US');
 
 async function main(): Promise<void> {
+  if (!args['skip-sqlite']) await sqliteFigures();
+  if (args.postgres !== undefined)
+    await postgresFigures({
+      target: args.postgres,
+      seconds,
+      running: runningCaptures,
+      writers: (args.writers ?? '1,4').split(',').map((w) => Math.round(positive('writers', w))),
+      backlog: Math.round(positive('backlog', args.backlog)),
+      transitions: transitionsPerCapture,
+      snapshot: snapshotFor,
+    });
+}
+
+async function sqliteFigures(): Promise<void> {
   const dir = mkdtempSync(join(args.dir ?? tmpdir(), 'vcl-bench-store-'));
   const require = createRequire(import.meta.url);
   const betterSqlite = (require('better-sqlite3/package.json') as { version: string }).version;

@@ -122,6 +122,7 @@ export const captureRecordSchema = z.object({
   owner: z.string().nullable(),
   leaseUntil: isoTime.nullable(),
   cancelRequested: z.string().nullable(),
+  generation: z.number().int().nonnegative(),
   createdAt: isoTime,
   updatedAt: isoTime,
   finishedAt: isoTime.nullable(),

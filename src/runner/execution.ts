@@ -19,16 +19,17 @@ import {
 import type { Remote, StepFn } from '../drivers/contract.js';
 import type { DriverEnv } from '../drivers/env.js';
 import { osSteps } from '../drivers/os.js';
-import { VclError } from '../errors.js';
+import { isVclError, VclError } from '../errors.js';
 import { captureHostsOf, computerEntry } from '../inventory/hosts.js';
 import type { Inventory } from '../inventory/schema.js';
 import type { Logger } from '../log.js';
 import { COPY_STEPS, provisioners as registry } from '../provisioners/index.js';
 import type { SshHost } from '../ssh/index.js';
-import type { CaptureRecord, CaptureStore } from '../store/index.js';
+import type { CaptureFence, CaptureRecord, CaptureStore } from '../store/index.js';
 import { cancelQueued } from './cancel.js';
+import { fencedStore } from './fence.js';
 import { taggedRemote } from './leftovers.js';
-import type { Limiter } from './limits.js';
+import type { HostSlots, Limiter } from './limits.js';
 import { inFlightSteps, machineVersion, snapshotProblem } from './resume.js';
 import { storeSteps } from './store-steps.js';
 
@@ -105,21 +106,43 @@ export interface ExecutionContext {
   inventory: Inventory;
   hosts: Map<string, SshHost>;
   store: CaptureStore;
+  /** The owner name of this runner's claims. */
+  runnerId: string;
   remote: Remote;
   log: Logger;
   emit(event: RunnerEvent): void;
-  captureSlots: Limiter;
-  copySlots: Limiter;
+  /** This runner's captures at once (`'*'`, `maxConcurrentCaptures`). */
+  runnerSlots: Limiter;
+  /** Per-host slots, held in the store over every runner. */
+  hostCaptureSlots: HostSlots;
+  hostCopySlots: HostSlots;
   sharedMachine(provisioner: CaptureRecord['provisioner'], os: CaptureRecord['os']): CaptureMachine;
   stepsBySystem: WeakMap<object, CaptureSteps>;
   pollMs: number;
   inspect?: (event: InspectionEvent) => void;
 }
 
-/** A handle plus what only the runner uses: suspension at the next transition. */
+/** A handle plus what only the runner uses: suspension at the next transition, and its claim. */
 export interface Execution extends CaptureHandle {
   /** Stops the capture at its next persisted transition (at once if it waits for a slot). */
   suspend(timeoutMs?: number): Promise<void>;
+  /** The claim this execution runs the capture under. */
+  readonly fence: CaptureFence;
+  /**
+   * When (`performance.now()`) the request that last extended the claim's lease was sent: the lease
+   * holds at least until this plus the lease's length, whatever the clocks of the runner and the
+   * database say (both measure the same intervals).
+   */
+  readonly leaseBase: number;
+  /** A lease renewal sent at `sentAt` extended this claim. */
+  renewed(sentAt: number): void;
+  /**
+   * The capture is lost (another claim took it, or the lease may run out before it is renewed): the
+   * running step is stopped at once (its AbortSignal kills its remote commands), nothing more is written
+   * for the capture, and the result settles as suspended with `err`'s code. It stays unfinished in the
+   * store for whoever claims it next.
+   */
+  lose(err: VclError): void;
 }
 
 /** The timeouts of a capture: inventory defaults, its host's, its computer's, then its request's. */
@@ -173,8 +196,16 @@ export function resumeProblem(
  * Starts a capture recorded in the store and claimed by this runner; `snapshot` resumes it from there.
  * The computer must be in the inventory (the runner checks before).
  */
-export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: unknown): Execution {
+export function execute(
+  x: ExecutionContext,
+  record: CaptureRecord,
+  snapshot: unknown,
+  claimedAt: number,
+): Execution {
   const computer = computerEntry(x.inventory, record.computer);
+  const fence: CaptureFence = { owner: x.runnerId, generation: record.generation };
+  // Every write for this capture names its claim; the first refusal drops the capture (lose).
+  const store = fencedStore(x.store, record.id, fence, (err) => execution.lose(err));
   const log = x.log.child({ captureId: record.id, computer: record.computer, image: record.image.name });
   const driverEnv = (remote: Remote): DriverEnv => ({
     remote,
@@ -190,12 +221,32 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
   let cancelReason: string | undefined;
   let suspendAsked = false;
   let suspendNow: (() => void) | undefined;
+  let lostWith: VclError | undefined;
+  let haltNow: ((result: SuspendedResult) => void) | undefined;
+  let leaseBase = claimedAt;
   const execution: Execution = {
     id: record.id,
     image: record.image,
     computer: record.computer,
+    fence,
     get actor() {
       return actor;
+    },
+    get leaseBase() {
+      return leaseBase;
+    },
+    renewed(sentAt) {
+      leaseBase = Math.max(leaseBase, sentAt);
+    },
+    lose(err) {
+      if (lostWith !== undefined) return;
+      lostWith = err;
+      log.warn(
+        { code: err.code, err: err.message },
+        'capture lost: its step is stopped, nothing more is written',
+      );
+      if (!actor) waiting.abort();
+      else haltNow?.(lostResult(actor.getSnapshot().context.step));
     },
     result: undefined as unknown as Promise<RunResult>,
     cancel(reason?: string) {
@@ -216,6 +267,13 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     },
   };
 
+  const lostResult = (step: string): SuspendedResult =>
+    endedResult('suspended', record.id, record.image, {
+      code: lostWith?.code ?? 'FENCED',
+      step,
+      message: `this runner lost the capture: ${lostWith?.message ?? 'another claim took it'}`,
+    });
+
   const suspended = (state: string): SuspendedResult =>
     endedResult('suspended', record.id, record.image, {
       code: 'RUNNER_STOPPED',
@@ -228,7 +286,12 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
    * rather than stay running with nobody driving it, and the result still settles (a daemon must not
    * die of an unhandled rejection).
    */
-  const crashed = async (err: unknown): Promise<CaptureResult> => {
+  const crashed = async (err: unknown): Promise<RunResult> => {
+    if (lostWith !== undefined || (isVclError(err) && err.code === 'FENCED')) {
+      actor?.stop();
+      if (isVclError(err)) execution.lose(err);
+      return lostResult(actor?.getSnapshot().context.step ?? 'start');
+    }
     const error = {
       code: err instanceof VclError ? err.code : 'INTERNAL',
       step: actor?.getSnapshot().context.step ?? 'start',
@@ -236,9 +299,9 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     };
     log.error({ err }, 'capture failed in the runner');
     actor?.stop();
-    const now = await x.store.getCaptureRecord(record.id).catch(() => undefined);
+    const now = await store.getCaptureRecord(record.id).catch(() => undefined);
     if (now && (now.status === 'running' || now.status === 'queued'))
-      await x.store
+      await store
         .failCapture(record.id, error, now.status === 'running' ? 'maintenance' : 'restore')
         .catch((e: unknown) => log.error({ err: e }, 'could not record the failure'));
     return endedResult('failed', record.id, record.image, error);
@@ -248,12 +311,26 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     const releases: (() => void)[] = [];
     try {
       try {
-        await acquireCaptureSlots(x.captureSlots, computer.provisioner.host, waiting.signal, releases);
-      } catch {
+        await acquireCaptureSlots(
+          x,
+          store,
+          record.id,
+          fence,
+          computer.provisioner.host,
+          waiting.signal,
+          releases,
+        );
+      } catch (err) {
+        if (lostWith !== undefined || (isVclError(err) && err.code === 'FENCED')) {
+          if (isVclError(err)) execution.lose(err);
+          const result = lostResult('queued');
+          x.emit({ type: 'finished', captureId: record.id, result });
+          return result;
+        }
         if (suspendAsked) return suspended('queued');
         // A capture that already holds its computer (resumed) is cancelled by its machine, with cleanup.
         if (record.status === 'queued') {
-          const { error } = await cancelQueued(x.store, record.id, cancelReason ?? 'cancelled');
+          const { error } = await cancelQueued(store, record.id, cancelReason ?? 'cancelled');
           log.info('capture cancelled while queued');
           const result = endedResult('cancelled', record.id, record.image, error);
           x.emit({ type: 'finished', captureId: record.id, result });
@@ -271,11 +348,11 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
   async function run(): Promise<RunResult> {
     // What an earlier execution (a runner that died or stopped) may have left running is stopped before
     // this one's first command on each host (leftovers.ts).
-    const earlier = await x.store.remoteTags(record.id);
-    const env = driverEnv(taggedRemote(x.remote, x.store, record.id, earlier, log));
+    const earlier = await store.remoteTags(record.id);
+    const env = driverEnv(taggedRemote(x.remote, store, record.id, earlier, log));
     let warnings: unknown[] = [];
     const rerun = snapshot === undefined ? new Set<string>() : inFlightSteps(snapshot);
-    const steps = captureSteps(x, record, env, {
+    const steps = captureSteps(x, store, record, fence, env, {
       warnings: () => warnings,
       writes: () => recorder.written,
       log,
@@ -290,7 +367,7 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
     });
     x.stepsBySystem.set(a.system, steps);
     actor = a;
-    const recorder = new TransitionRecorder(x.store, record.id, machineVersion(machine), log, a, snapshot);
+    const recorder = new TransitionRecorder(store, record.id, machineVersion(machine), log, a, snapshot);
     const announce = stateAnnouncer(x, record.id, log);
     let watchedOs: AnyActorRef | undefined;
     let settle: ((r: RunResult) => void) | undefined;
@@ -303,6 +380,12 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
       settle?.(suspended(a.getSnapshot().context.step));
     };
     suspendNow = () => stop('stop timeout: the step in flight re-runs on resume');
+    haltNow = (result) => {
+      if (a.getSnapshot().status !== 'active') return;
+      // Stopping the actor aborts the running step's signal, which kills its remote commands.
+      a.stop();
+      settle?.(result);
+    };
     /** Records the state now; a runner stopping suspends the capture at its first recorded transition. */
     const persist = () => {
       if (recorder.record() && suspendAsked)
@@ -337,14 +420,17 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
         state: a.getSnapshot().value,
       });
     }
+    // Lost while it was being prepared: nothing of it is started.
+    if (lostWith !== undefined) return lostResult(a.getSnapshot().context.step);
     a.start();
     if (cancelReason !== undefined) a.send({ type: 'CANCEL', reason: cancelReason });
     const result = await done;
     await recorder.written;
     if (result.status === 'suspended') return result;
-    await closeUnrecorded(x.store, record.id, result, a.getSnapshot().context);
+    if (lostWith !== undefined) return lostResult(a.getSnapshot().context.step);
+    await closeUnrecorded(store, record.id, result, a.getSnapshot().context);
     // A finished capture is never resumed: its tags have no use any more.
-    await x.store
+    await store
       .forgetRemoteTags(record.id)
       .catch((err: unknown) => log.warn({ err }, 'could not forget the remote command tags'));
     log.info(
@@ -368,19 +454,29 @@ export function execute(x: ExecutionContext, record: CaptureRecord, snapshot?: u
  * capture that runs (bench/scale.ts: 500 captures requested host by host, 166 s -> 113 s, ideal 110 s).
  */
 async function acquireCaptureSlots(
-  slots: Limiter,
+  x: ExecutionContext,
+  store: CaptureStore,
+  captureId: string,
+  fence: CaptureFence,
   host: string,
   signal: AbortSignal,
   releases: (() => void)[],
 ): Promise<void> {
-  releases.push(await slots.acquire(host, signal));
-  releases.push(await slots.acquire('*', signal));
+  releases.push(await x.hostCaptureSlots.acquire(store, captureId, fence, host, signal));
+  releases.push(await x.runnerSlots.acquire('*', signal));
 }
 
 /** A step that holds one of the host's copy slots while it runs. */
-function withCopySlot(copySlots: Limiter, host: string, fn: AnyStepFn): AnyStepFn {
+function withCopySlot(
+  x: ExecutionContext,
+  store: CaptureStore,
+  captureId: string,
+  fence: CaptureFence,
+  host: string,
+  fn: AnyStepFn,
+): AnyStepFn {
   return async (r) => {
-    const release = await copySlots.acquire(host, r.signal);
+    const release = await x.hostCopySlots.acquire(store, captureId, fence, host, r.signal);
     try {
       return await fn(r);
     } finally {
@@ -396,13 +492,15 @@ function withCopySlot(copySlots: Limiter, host: string, fn: AnyStepFn): AnyStepF
  */
 function captureSteps(
   x: ExecutionContext,
+  store: CaptureStore,
   record: CaptureRecord,
+  fence: CaptureFence,
   env: DriverEnv,
   o: { warnings: () => unknown[]; writes: () => Promise<void>; log: Logger; rerun: Set<string> },
 ): CaptureSteps {
   const provisioner = record.provisioner;
   const provisionerImpls: Record<string, StepFn<never, unknown>> = {
-    ...storeSteps(x.store, o.warnings, o.writes),
+    ...storeSteps(store, o.warnings, o.writes),
     ...registry[provisioner].steps(env),
   };
   const osImpls = osSteps(env);
@@ -417,7 +515,9 @@ function captureSteps(
     Object.fromEntries(
       Object.entries(impls).map(([n, f]) => [
         n,
-        copySteps.has(n) ? withCopySlot(x.copySlots, copyHost, f as AnyStepFn) : (f as AnyStepFn),
+        copySteps.has(n)
+          ? withCopySlot(x, store, record.id, fence, copyHost, f as AnyStepFn)
+          : (f as AnyStepFn),
       ]),
     );
   return { provisioner: wrap(provisionerImpls), os: wrap(osImpls), log: o.log, rerun: o.rerun };

@@ -7,6 +7,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
+import { performance } from 'node:perf_hooks';
 import type { AnyActorLogic, InspectionEvent } from 'xstate';
 import {
   allowedEndStates,
@@ -36,6 +37,7 @@ import {
   type ComputerStatus,
   type ImageRegistration,
   maintenanceCauseText,
+  type StoreWake,
 } from '../store/index.js';
 import { cancelThroughStore } from './cancel.js';
 import {
@@ -50,7 +52,7 @@ import {
   resumeProblem,
   timeoutsOf,
 } from './execution.js';
-import { Limiter } from './limits.js';
+import { HostSlots, Limiter } from './limits.js';
 import { machineVersion } from './resume.js';
 import { boundStepActor } from './step.js';
 
@@ -74,6 +76,14 @@ export interface RunnerOptions {
   id?: string;
   /** How long this runner's claim on a capture holds unless renewed (default 60 s; renewed every third). */
   leaseMs?: number;
+  /**
+   * How long before its lease could run out a capture whose lease this runner could not renew is stopped
+   * (default a quarter of the lease): the time its running step and remote commands have to end before
+   * another runner may take the capture over (docs/resume.md, "Fencing").
+   */
+  stopBudgetMs?: number;
+  /** How often a capture waiting for a host slot another runner holds asks the store again (default 1000 ms). */
+  slotPollMs?: number;
   /** How often a started runner looks for captures queued in the store (default 1000 ms). */
   queuePollMs?: number;
 }
@@ -250,10 +260,18 @@ export function createRunner(options: RunnerOptions): Runner {
     remoteFailures[code] = (remoteFailures[code] ?? 0) + 1;
   });
   const store = options.store;
-  const captureSlots = new Limiter((key) =>
-    key === '*' ? inventory.defaults.maxConcurrentCaptures : (inventory.hosts[key]?.maxCaptures ?? 5),
-  );
-  const copySlots = new Limiter((key) => inventory.hosts[key]?.maxCopies ?? 2);
+  const stopBudgetMs = options.stopBudgetMs ?? Math.floor(leaseMs / 4);
+  if (!(stopBudgetMs > 0 && stopBudgetMs < leaseMs / 2))
+    throw new VclError(
+      'INVALID_INPUT',
+      `stopBudgetMs must be above 0 and below half the lease (${leaseMs} ms): ${stopBudgetMs}`,
+    );
+  const runnerSlots = new Limiter(() => inventory.defaults.maxConcurrentCaptures);
+  const slotPollMs = options.slotPollMs ?? 1000;
+  const hostSlots = (kind: 'capture' | 'copy', limitOf: (host: string) => number) =>
+    new HostSlots(options.store, kind, limitOf, slotPollMs, baseLog);
+  const hostCaptureSlots = hostSlots('capture', (host) => inventory.hosts[host]?.maxCaptures ?? 5);
+  const hostCopySlots = hostSlots('copy', (host) => inventory.hosts[host]?.maxCopies ?? 2);
   const handles = new Map<string, Execution>();
   const listeners = new Set<(event: RunnerEvent) => void>();
   const emit = (event: RunnerEvent) => {
@@ -272,11 +290,13 @@ export function createRunner(options: RunnerOptions): Runner {
     inventory,
     hosts,
     store,
+    runnerId,
     remote,
     log: baseLog,
     emit,
-    captureSlots,
-    copySlots,
+    runnerSlots,
+    hostCaptureSlots,
+    hostCopySlots,
     sharedMachine,
     stepsBySystem,
     pollMs: options.pollMs ?? 2000,
@@ -288,10 +308,11 @@ export function createRunner(options: RunnerOptions): Runner {
   const leaseHealth: RunnerHealth['leases'] = { leaseMs, renewals: 0, failures: 0, last: null };
   let queueTimer: NodeJS.Timeout | undefined;
   let picking: Promise<void> | undefined;
-  const leaseTimer = startLeaseRenewal({
+  const leases = startLeaseRenewal({
     store,
     runnerId,
     leaseMs,
+    stopBudgetMs,
     handles,
     health: leaseHealth,
     log: baseLog,
@@ -328,8 +349,13 @@ export function createRunner(options: RunnerOptions): Runner {
     return { computer, provisioner, endState, repository, imageId };
   }
 
-  async function record(request: CaptureRequest, owned: boolean): Promise<CaptureRecord> {
+  /** The capture, and when (`performance.now()`) the request that created it claimed was sent. */
+  async function record(
+    request: CaptureRequest,
+    owned: boolean,
+  ): Promise<CaptureRecord & { sentAt: number }> {
     const p = await prepare(request);
+    const sentAt = performance.now();
     const created = await store.createCapture({
       ...(request.id ? { id: request.id } : {}),
       computer: request.computer,
@@ -347,11 +373,12 @@ export function createRunner(options: RunnerOptions): Runner {
       owned ? 'capture queued' : 'capture queued for a started runner',
     );
     emit({ type: 'queued', captureId: created.id, computer: created.computer, image: created.image.name });
-    return created;
+    return { ...created, sentAt };
   }
 
-  function launch(r: CaptureRecord, snapshot?: unknown): Execution {
-    const execution = execute(context, r, snapshot);
+  /** Runs a capture this runner claimed by a request sent at `claimedAt` (`performance.now()`). */
+  function launch(r: CaptureRecord, claimedAt: number, snapshot?: unknown): Execution {
+    const execution = execute(context, r, snapshot, claimedAt);
     handles.set(r.id, execution);
     const forget = () => {
       handles.delete(r.id);
@@ -367,13 +394,14 @@ export function createRunner(options: RunnerOptions): Runner {
   }
 
   /** A capture this runner claimed: resumed from its snapshot, or started; or failed when it cannot be. */
-  async function takeOver(r: CaptureRecord, report: StartReport): Promise<void> {
+  async function takeOver(r: CaptureRecord, claimedAt: number, report: StartReport): Promise<void> {
     const fail = async (code: string, message: string, details: Record<string, unknown> = {}) => {
       // A running capture holds its computer: it goes to maintenance; a queued one never took it.
       await store.failCapture(
         r.id,
         { code, step: 'resume', message },
         r.status === 'running' ? 'maintenance' : 'restore',
+        { fence: { owner: runnerId, generation: r.generation } },
       );
       report.failed.push({ captureId: r.id, code, message });
       baseLog.error({ captureId: r.id, code, ...details }, message);
@@ -385,13 +413,13 @@ export function createRunner(options: RunnerOptions): Runner {
       );
     }
     if (r.status === 'queued') {
-      launch(r);
+      launch(r, claimedAt);
       report.started.push(r.id);
       return;
     }
     const resumable = await snapshotToResume(context, r, baseLog);
     if ('refused' in resumable) return fail('SNAPSHOT_INCOMPATIBLE', resumable.refused, resumable.details);
-    launch(r, resumable.snapshot);
+    launch(r, claimedAt, resumable.snapshot);
     report.resumed.push(r.id);
   }
 
@@ -401,6 +429,8 @@ export function createRunner(options: RunnerOptions): Runner {
    * slots, oldest first, so that several runners on one store share a backlog.
    */
   async function pickUp(report: StartReport): Promise<void> {
+    // A runner that cannot renew its leases takes no work: its claims would not hold.
+    if (!leases.healthy()) return;
     const now = new Date().toISOString();
     for (const r of await store.listResumableCaptures()) {
       if (closing) return;
@@ -410,6 +440,7 @@ export function createRunner(options: RunnerOptions): Runner {
       const free = r.owner === null || r.owner === runnerId || gone || (r.leaseUntil ?? '') < now;
       if (!free) continue;
       let claimed: CaptureRecord;
+      const sentAt = performance.now();
       try {
         claimed = await store.claimCapture(r.id, runnerId, {
           leaseMs,
@@ -427,13 +458,14 @@ export function createRunner(options: RunnerOptions): Runner {
           'took over a capture of a runner that is gone',
         );
       }
-      await takeOver(claimed, report);
+      await takeOver(claimed, sentAt, report);
     }
     const room = inventory.defaults.maxConcurrentCaptures - handles.size;
     if (closing || room <= 0) return;
+    const sentAt = performance.now();
     for (const claimed of await store.claimQueuedCaptures(runnerId, { leaseMs, limit: room })) {
       if (closing) return;
-      await takeOver(claimed, report);
+      await takeOver(claimed, sentAt, report);
     }
   }
 
@@ -443,6 +475,40 @@ export function createRunner(options: RunnerOptions): Runner {
     });
     return picking;
   };
+
+  /**
+   * Wakes from the store (PostgreSQL's NOTIFY): new work is claimed, a cancellation carried out and a
+   * freed host slot asked for at once instead of at the next poll or lease renewal, which stay the
+   * fallback (and all there is on SQLite).
+   */
+  const onWake = (wake: StoreWake) => {
+    if (closing) return;
+    if (wake.kind === 'slot') {
+      hostCaptureSlots.wake(wake.host);
+      hostCopySlots.wake(wake.host);
+      return;
+    }
+    if (wake.kind === 'cancel') {
+      const h = handles.get(wake.captureId);
+      if (h)
+        store.getCaptureRecord(wake.captureId).then(
+          (r) => {
+            if (r?.cancelRequested) h.cancel(r.cancelRequested);
+          },
+          (err: unknown) => baseLog.warn({ err, captureId: wake.captureId }, 'could not read a cancellation'),
+        );
+      return;
+    }
+    if (queueTimer)
+      pickUpNow({ resumed: [], started: [], failed: [] }).catch((err: unknown) =>
+        baseLog.error({ err }, 'could not take queued captures'),
+      );
+  };
+  const subscription = store.subscribe(onWake).catch((err: unknown) => {
+    baseLog.warn({ err }, 'no wakes from the store: polling only');
+    return undefined;
+  });
+  const unsubscribe = async () => (await subscription)?.close();
 
   return {
     id: runnerId,
@@ -466,10 +532,13 @@ export function createRunner(options: RunnerOptions): Runner {
       return report;
     },
     async capture(request) {
-      const r = await record(request, true);
-      return launch(r);
+      const { sentAt, ...r } = await record(request, true);
+      return launch(r, sentAt);
     },
-    enqueue: (request) => record(request, false),
+    enqueue: async (request) => {
+      const { sentAt: _, ...r } = await record(request, false);
+      return r;
+    },
     async list() {
       return (await store.listResumableCaptures()).map((r) => ({ ...r, local: handles.has(r.id) }));
     },
@@ -485,8 +554,8 @@ export function createRunner(options: RunnerOptions): Runner {
       const slots: RunnerHealth['slots'] = {};
       for (const c of Object.values(inventory.computers)) {
         const host = c.provisioner.host;
-        const captures = captureSlots.usage(host);
-        const copies = copySlots.usage(host);
+        const captures = hostCaptureSlots.usage(host);
+        const copies = hostCopySlots.usage(host);
         slots[host] = {
           captures: captures.active,
           copies: copies.active,
@@ -512,7 +581,8 @@ export function createRunner(options: RunnerOptions): Runner {
       queueTimer = undefined;
       await picking?.catch(() => undefined);
       await Promise.allSettled([...handles.values()].map((h) => h.suspend(o.timeoutMs)));
-      clearInterval(leaseTimer);
+      leases.stop();
+      await unsubscribe();
       await store.releaseCaptures(runnerId);
       if (ownsRemote) await (ownRemote as SshPool).close();
       baseLog.info('runner stopped');
@@ -525,7 +595,8 @@ export function createRunner(options: RunnerOptions): Runner {
       const pending = [...handles.values()];
       for (const h of pending) h.cancel('runner closing');
       await Promise.allSettled(pending.map((h) => h.result));
-      clearInterval(leaseTimer);
+      leases.stop();
+      await unsubscribe();
       if (ownsRemote) await (ownRemote as SshPool).close();
     },
   };
@@ -567,42 +638,123 @@ function machineCache(
 }
 
 /**
- * Lease renewal: renews a runner's claims while it runs captures, and carries out the cancellations
- * other processes asked for. Unref'd: it never keeps the process alive.
+ * Lease renewal: renews a runner's claims while it runs captures, carries out the cancellations other
+ * processes asked for, and fences this runner off what it may have lost (docs/resume.md, "Fencing"):
+ * - a capture the renewal no longer returns, whose claim the store shows as another's, is dropped at once;
+ * - a capture whose lease could run out within `stopBudgetMs` (no renewal of it succeeded since
+ *   `leaseBase + leaseMs - stopBudgetMs`) is dropped too: its step and remote commands stop, and it
+ *   writes nothing more, before another runner may claim it.
+ * Renewal runs every third of the lease, and after a failure again every 1/24 of it, so a short outage
+ * costs nothing. The timers are unref'd: they never keep the process alive.
  */
 function startLeaseRenewal(o: {
   store: CaptureStore;
   runnerId: string;
   leaseMs: number;
+  stopBudgetMs: number;
   handles: ReadonlyMap<string, Execution>;
   health: RunnerHealth['leases'];
   log: Logger;
-}): NodeJS.Timeout {
-  const { store, runnerId, leaseMs, handles, health } = o;
-  const timer = setInterval(
-    () => {
-      if (handles.size === 0) return;
-      store.renewLeases(runnerId, leaseMs).then(
-        (owned) => {
-          health.renewals += 1;
-          health.last = { at: new Date().toISOString(), ok: true };
-          for (const c of owned) if (c.cancelRequested) handles.get(c.captureId)?.cancel(c.cancelRequested);
-        },
-        (err: unknown) => {
-          health.failures += 1;
-          health.last = {
-            at: new Date().toISOString(),
-            ok: false,
-            error: err instanceof Error ? err.message : String(err),
-          };
-          o.log.error({ err }, 'could not renew the leases of running captures');
-        },
+}): { stop(): void; healthy(): boolean } {
+  const { store, runnerId, leaseMs, stopBudgetMs, handles, health } = o;
+  const every = Math.max(50, Math.floor(leaseMs / 3));
+  const retry = Math.max(20, Math.floor(leaseMs / 24));
+  let inFlightSince: number | undefined;
+  let failing = false;
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+
+  /** A capture the renewal did not return: lost when the store says another claim holds it. */
+  const checkLost = async (h: Execution) => {
+    const r = await store.getCaptureRecord(h.id);
+    if (!r || (r.status !== 'queued' && r.status !== 'running') || handles.get(h.id) !== h) return;
+    if (r.owner !== runnerId || r.generation !== h.fence.generation)
+      h.lose(
+        new VclError(
+          'FENCED',
+          `capture ${h.id} is now run by ${r.owner ?? 'nobody'} under claim ${r.generation} (this runner's claim was ${h.fence.generation})`,
+        ),
       );
-    },
-    Math.max(50, Math.floor(leaseMs / 3)),
-  );
+  };
+
+  const renew = async (): Promise<boolean> => {
+    const sentAt = performance.now();
+    // A renewal that hangs (a dead connection) does not hold back the next one for long.
+    if (inFlightSince !== undefined && sentAt - inFlightSince < every) return !failing;
+    inFlightSince = sentAt;
+    try {
+      const owned = await store.renewLeases(runnerId, leaseMs);
+      health.renewals += 1;
+      health.last = { at: new Date().toISOString(), ok: true };
+      failing = false;
+      const returned = new Set<string>();
+      for (const c of owned) {
+        returned.add(c.captureId);
+        const h = handles.get(c.captureId);
+        h?.renewed(sentAt);
+        if (c.cancelRequested) h?.cancel(c.cancelRequested);
+      }
+      for (const h of handles.values())
+        if (!returned.has(h.id))
+          checkLost(h).catch((err: unknown) =>
+            o.log.warn({ err, captureId: h.id }, 'could not check a claim'),
+          );
+      return true;
+    } catch (err) {
+      health.failures += 1;
+      health.last = {
+        at: new Date().toISOString(),
+        ok: false,
+        error: err instanceof Error ? err.message : String(err),
+      };
+      failing = true;
+      o.log.error({ err }, 'could not renew the leases of running captures');
+      return false;
+    } finally {
+      if (inFlightSince === sentAt) inFlightSince = undefined;
+    }
+  };
+
+  const loop = () => {
+    if (stopped) return;
+    // With nothing to renew, nothing can be lost: a failure before no longer holds back new work.
+    if (handles.size === 0) failing = false;
+    const round = handles.size === 0 ? Promise.resolve(true) : renew();
+    round.then((ok) => {
+      if (stopped) return;
+      timer = setTimeout(loop, ok ? every : retry);
+      timer.unref();
+    });
+  };
+  timer = setTimeout(loop, every);
   timer.unref();
-  return timer;
+
+  // The deadline of each capture, checked often enough to leave most of the stop budget to the stop.
+  const watchdog = setInterval(
+    () => {
+      const now = performance.now();
+      for (const h of handles.values()) {
+        if (now < h.leaseBase + leaseMs - stopBudgetMs) continue;
+        h.lose(
+          new VclError(
+            'LEASE_LOST',
+            `the lease of capture ${h.id} could not be renewed for ${Math.round(now - h.leaseBase)} ms (lease ${leaseMs} ms): stopped before another runner may take it over`,
+          ),
+        );
+      }
+    },
+    Math.max(10, Math.floor(stopBudgetMs / 4)),
+  );
+  watchdog.unref();
+
+  return {
+    stop() {
+      stopped = true;
+      clearTimeout(timer);
+      clearInterval(watchdog);
+    },
+    healthy: () => !failing,
+  };
 }
 
 /**

@@ -46,6 +46,7 @@ import type { Gen, Tx } from './sql.js';
 import {
   CAPTURABLE_COMPUTER_STATES,
   type CaptureDetail,
+  type CaptureFence,
   type CaptureFilter,
   type CaptureRecord,
   type CaptureRecordStatus,
@@ -61,7 +62,11 @@ import {
   type ComputerState,
   type ComputerStatus,
   type DeliveryOutcome,
+  type Fenced,
   type FinishOptions,
+  type HostSlotKind,
+  type HostSlotRequest,
+  type HostSlotUsage,
   type ImageFilter,
   type ImageRecord,
   type ImageRegistration,
@@ -79,6 +84,8 @@ import {
   type RemoteTagRecord,
   STORE_EVENT_TYPES,
   type StoredSnapshot,
+  type StoreSubscription,
+  type StoreWake,
   type TransitionInput,
 } from './types.js';
 import {
@@ -117,6 +124,11 @@ interface EventInput {
   durationMs?: number | null;
 }
 
+function checkSlotKind(kind: unknown): HostSlotKind {
+  if (kind !== 'capture' && kind !== 'copy') throw invalid('slot kind must be capture or copy', { kind });
+  return kind;
+}
+
 function checkLimit(value: number | undefined): number {
   const limit = checkInteger(value ?? DEFAULT_LIST_LIMIT, 'limit', 1);
   if (limit > MAX_LIST_LIMIT) throw invalid(`limit must be at most ${MAX_LIST_LIMIT}`, { limit });
@@ -131,6 +143,42 @@ function* requireCapture(tx: Tx, captureId: string): Gen<CaptureRow> {
     });
   }
   return row;
+}
+
+/** The fence of a runner's write, checked before anything is written; null for an unfenced write. */
+function checkFence(options: Fenced | undefined): CaptureFence | null {
+  const fence = options?.fence;
+  if (fence === undefined) return null;
+  if (typeof fence !== 'object' || fence === null) throw invalid('fence must be { owner, generation }');
+  return {
+    owner: checkShortText(fence.owner, 'fence.owner'),
+    generation: checkInteger(fence.generation, 'fence.generation'),
+  };
+}
+
+/** The fence as statement parameters (both NULL: unfenced). */
+function fenceParams(fence: CaptureFence | null) {
+  return { fenceOwner: fence?.owner ?? null, fenceGeneration: fence?.generation ?? null };
+}
+
+function fenced(row: CaptureRow, fence: CaptureFence): never {
+  throw storeError(
+    STORE_ERROR_CODES.FENCED,
+    `capture ${row.id} is no longer run by ${fence.owner} under claim ${fence.generation}: it is ${
+      row.owner === null ? 'run by nobody' : `run by ${row.owner}`
+    } under claim ${row.generation}; nothing was changed`,
+    { captureId: row.id, owner: row.owner, generation: row.generation, fence: { ...fence } },
+  );
+}
+
+/**
+ * A fenced write's first statement: holds the capture's row (so that a concurrent claim is ordered
+ * before or after this whole transaction) and throws `FENCED` when `fence` is not its claim any more.
+ */
+function* holdFence(tx: Tx, captureId: string, fence: CaptureFence | null): Gen<void> {
+  if (fence === null) return;
+  const held = yield* tx.get<{ id: string }>('fence', { id: captureId, ...fenceParams(fence) });
+  if (held === undefined) fenced(yield* requireCapture(tx, captureId), fence);
 }
 
 function wrongStatus(row: CaptureRow, operation: string, allowed: string): never {
@@ -295,6 +343,11 @@ export abstract class CaptureStoreCore implements CaptureStore {
   protected abstract transact<T>(kind: TxKind, operation: string, body: (tx: Tx) => Gen<T>): Promise<T>;
 
   abstract close(): Promise<void>;
+
+  /** No wakes (the embedded store): a backend that has them overrides this. */
+  async subscribe(_onWake: (wake: StoreWake) => void): Promise<StoreSubscription> {
+    return { live: false, close: async () => undefined };
+  }
 
   // ---- computers ------------------------------------------------------------------------------------
 
@@ -573,6 +626,8 @@ export abstract class CaptureStoreCore implements CaptureStore {
         request,
         owner,
         leaseUntil: owner === null ? null : tx.later(leaseMs),
+        // Created claimed: that is its first claim.
+        generation: owner === null ? 0 : 1,
         now,
       });
       yield* appendEvent(tx, id, now, {
@@ -582,14 +637,16 @@ export abstract class CaptureStoreCore implements CaptureStore {
       if (reserve) {
         yield* reserveInTx(tx, computer, id, null, now);
         yield* tx.run('setRunning', { id, now });
-      }
+      } else if (owner === null) yield* tx.notify({ kind: 'queued' });
       return toCapture(yield* requireCapture(tx, id));
     });
   }
 
   async reserveComputer(captureId: string, options?: CasOptions): Promise<CaptureRecord> {
     const expectedVersion = checkCasOptions(options);
+    const fence = checkFence(options);
     return this.transact('write', 'reserveComputer', function* (tx) {
+      yield* holdFence(tx, captureId, fence);
       const row = yield* requireCapture(tx, captureId);
       if (row.status !== 'queued') wrongStatus(row, 'reserve the computer of', 'queued');
       const now = tx.now();
@@ -610,6 +667,7 @@ export abstract class CaptureStoreCore implements CaptureStore {
         : checkShortText(transition.machineVersion, 'machineVersion');
     const error = transition.error === undefined ? undefined : checkStepFailure(transition.error, 'error');
     const event = checkEvent(transition.event);
+    const fence = checkFence(transition);
     return this.transact('write', 'recordTransition', function* (tx) {
       const now = tx.now();
       const updated = yield* tx.get<{ event_count: number }>('transition', {
@@ -621,10 +679,15 @@ export abstract class CaptureStoreCore implements CaptureStore {
         errorCode: error?.code ?? null,
         errorStep: error?.step ?? null,
         errorMessage: error?.message ?? null,
+        ...fenceParams(fence),
         now,
       });
-      if (updated === undefined)
-        wrongStatus(yield* requireCapture(tx, captureId), 'record a transition of', 'queued or running');
+      if (updated === undefined) {
+        const row = yield* requireCapture(tx, captureId);
+        if (fence !== null && (row.owner !== fence.owner || row.generation !== fence.generation))
+          fenced(row, fence);
+        wrongStatus(row, 'record a transition of', 'queued or running');
+      }
       return yield* appendEvent(tx, captureId, now, { ...event, stateValue }, updated.event_count);
     });
   }
@@ -638,7 +701,9 @@ export abstract class CaptureStoreCore implements CaptureStore {
     const repositoryOption =
       options.repository === undefined ? null : normalizeRepository(options.repository);
     const extra = checkDetails(options.details, 'details');
+    const fence = checkFence(options);
     return this.transact('write', 'completeCapture', function* (tx) {
+      yield* holdFence(tx, captureId, fence);
       const row = yield* requireCapture(tx, captureId);
       if (row.status !== 'running') wrongStatus(row, 'complete', 'running');
       const repository = repositoryOption ?? row.repository;
@@ -728,7 +793,9 @@ export abstract class CaptureStoreCore implements CaptureStore {
     checkOutcome(outcome);
     const extra = checkDetails(options.details, 'details');
     const operation = status === 'failed' ? 'fail' : 'cancel';
+    const fence = checkFence(options);
     return this.transact('write', `${operation}Capture`, function* (tx) {
+      yield* holdFence(tx, captureId, fence);
       const row = yield* requireCapture(tx, captureId);
       if (row.status !== 'running' && row.status !== 'queued')
         wrongStatus(row, operation, 'queued or running');
@@ -965,7 +1032,11 @@ export abstract class CaptureStoreCore implements CaptureStore {
 
   async releaseCaptures(owner: string): Promise<number> {
     const me = checkShortText(owner, 'owner');
-    return this.transact('write', 'releaseCaptures', (tx) => tx.run('releaseOwned', { owner: me }));
+    return this.transact('write', 'releaseCaptures', function* (tx) {
+      const released = yield* tx.run('releaseOwned', { owner: me });
+      if (released > 0) yield* tx.notify({ kind: 'queued' });
+      return released;
+    });
   }
 
   async requestCancel(captureId: string, reason: string): Promise<CaptureRecord> {
@@ -976,6 +1047,7 @@ export abstract class CaptureStoreCore implements CaptureStore {
         wrongStatus(row, 'cancel', 'queued or running');
       const now = tx.now();
       yield* tx.run('requestCancel', { id: captureId, reason: why, now });
+      yield* tx.notify({ kind: 'cancel', captureId });
       yield* appendEvent(tx, captureId, now, {
         type: 'capture.cancel_requested',
         details: toJson({ reason: why }, 'details'),
@@ -992,10 +1064,12 @@ export abstract class CaptureStoreCore implements CaptureStore {
 
   // ---- the tags of a capture's remote commands ------------------------------------------------------
 
-  async recordRemoteTag(captureId: string, host: string, tag: string): Promise<void> {
+  async recordRemoteTag(captureId: string, host: string, tag: string, options?: Fenced): Promise<void> {
     const h = checkShortText(host, 'host');
     const t = checkShortText(tag, 'tag');
+    const fence = checkFence(options);
     await this.transact('write', 'recordRemoteTag', function* (tx) {
+      yield* holdFence(tx, captureId, fence);
       yield* requireCapture(tx, captureId);
       yield* tx.run('recordRemoteTag', { captureId, host: h, tag: t, now: tx.now() });
     });
@@ -1010,12 +1084,57 @@ export abstract class CaptureStoreCore implements CaptureStore {
     });
   }
 
-  async forgetRemoteTags(captureId: string, only?: { host: string; tag: string }): Promise<number> {
-    return this.transact('write', 'forgetRemoteTags', (tx) =>
-      only === undefined
-        ? tx.run('forgetRemoteTags', { captureId })
-        : tx.run('forgetRemoteTag', { captureId, host: only.host, tag: only.tag }),
-    );
+  async forgetRemoteTags(
+    captureId: string,
+    only?: { host: string; tag: string },
+    options?: Fenced,
+  ): Promise<number> {
+    const fence = checkFence(options);
+    return this.transact('write', 'forgetRemoteTags', function* (tx) {
+      yield* holdFence(tx, captureId, fence);
+      return only === undefined
+        ? yield* tx.run('forgetRemoteTags', { captureId })
+        : yield* tx.run('forgetRemoteTag', { captureId, host: only.host, tag: only.tag });
+    });
+  }
+
+  // ---- per-host slots -------------------------------------------------------------------------------
+
+  async acquireHostSlot(captureId: string, slot: HostSlotRequest, fence: CaptureFence): Promise<boolean> {
+    const host = checkShortText(slot?.host, 'host');
+    const kind = checkSlotKind(slot.kind);
+    const limit = checkInteger(slot.limit, 'limit', 1);
+    const claim = checkFence({ fence }) as CaptureFence;
+    return this.transact('write', 'acquireHostSlot', function* (tx) {
+      yield* holdFence(tx, captureId, claim);
+      const now = tx.now();
+      const key = { host, kind, now };
+      // Slots of claims that ended (a dead runner's lease ran out, a capture taken over) are free.
+      yield* tx.run('dropDeadSlots', key);
+      const live = yield* tx.all<{ capture_id: string }>('liveSlots', key);
+      if (!live.some((r) => r.capture_id === captureId) && live.length >= limit) return false;
+      yield* tx.run('takeSlot', { ...key, captureId, ...fenceParams(claim) });
+      return true;
+    });
+  }
+
+  async releaseHostSlot(captureId: string, host: string, kind: HostSlotKind): Promise<boolean> {
+    const h = checkShortText(host, 'host');
+    const k = checkSlotKind(kind);
+    return this.transact('write', 'releaseHostSlot', function* (tx) {
+      const released = (yield* tx.run('releaseSlot', { host: h, kind: k, captureId })) > 0;
+      if (released) yield* tx.notify({ kind: 'slot', host: h });
+      return released;
+    });
+  }
+
+  async hostSlotUsage(): Promise<HostSlotUsage[]> {
+    return this.transact('read', 'hostSlotUsage', function* (tx) {
+      const rows = yield* tx.all<{ host: string; kind: HostSlotKind; held: number }>('slotUsage', {
+        now: tx.now(),
+      });
+      return rows.map((r) => ({ host: r.host, kind: r.kind, held: Number(r.held) }));
+    });
   }
 
   async loadSnapshot(captureId: string): Promise<StoredSnapshot | undefined> {

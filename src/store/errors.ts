@@ -21,6 +21,11 @@ export const STORE_ERROR_CODES = {
   CAPTURE_EXISTS: 'CAPTURE_EXISTS',
   /** Another runner owns the capture and its lease has not run out (the message names the owner). */
   CAPTURE_CLAIMED: 'CAPTURE_CLAIMED',
+  /**
+   * A runner's write names a claim (owner, generation) that is no longer the capture's: another runner
+   * took it over (or it was released). Nothing was changed; the runner must drop the capture.
+   */
+  FENCED: 'FENCED',
   /** An artifact path resolves outside its repository (`..`, or an absolute path elsewhere). */
   PATH_OUTSIDE_REPOSITORY: 'PATH_OUTSIDE_REPOSITORY',
   /** A path or repository is malformed (empty, relative repository, NUL, newline or other control character). */

@@ -190,12 +190,32 @@ CREATE TABLE remote_tags (
 );
 `;
 
+/**
+ * Coordination of several runners (issue 18): `generation` counts the claims of a capture, and every write
+ * a runner makes for it names the generation it claimed (a runner that lost the capture changes nothing of
+ * it); `host_slots` holds the per-host capture and copy slots, so that a hypervisor's limits hold across
+ * all runners. A slot counts only while its holder's claim (owner, generation, lease) holds.
+ */
+const V5_COORDINATION = `
+ALTER TABLE captures ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE host_slots (
+  host         TEXT NOT NULL,
+  kind         TEXT NOT NULL CHECK (kind IN ('capture', 'copy')),
+  capture_id   TEXT NOT NULL REFERENCES captures(id),
+  owner        TEXT NOT NULL,
+  generation   INTEGER NOT NULL,
+  acquired_at  TEXT NOT NULL,
+  PRIMARY KEY (host, kind, capture_id)
+);
+`;
+
 /** Every migration, in order. The last one's version is the schema version this code writes. */
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: 'initial schema', up: V1_INITIAL },
   { version: 2, name: 'capture ownership and requests', up: V2_OWNERSHIP },
   { version: 3, name: 'notification outbox', up: V3_NOTIFICATIONS },
   { version: 4, name: 'remote command tags', up: V4_REMOTE_TAGS },
+  { version: 5, name: 'claim generations and host slots', up: V5_COORDINATION },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;

@@ -136,8 +136,18 @@ create table remote_tags (
 );
 `;
 
+const PG_V5 = `
+alter table captures add column generation integer not null default 0;
+create table host_slots (
+  host text not null, kind text not null check (kind in ('capture', 'copy')),
+  capture_id text not null references captures (id), owner text not null, generation integer not null,
+  acquired_at text not null,
+  primary key (host, kind, capture_id)
+);
+`;
+
 /** PostgreSQL's script of each SQLite migration (`MIGRATIONS`), by version: every version must have one. */
-const POSTGRES_UP: Readonly<Record<number, string>> = { 1: PG_V1, 2: PG_V2, 3: PG_V3, 4: PG_V4 };
+const POSTGRES_UP: Readonly<Record<number, string>> = { 1: PG_V1, 2: PG_V2, 3: PG_V3, 4: PG_V4, 5: PG_V5 };
 
 /** Every migration, in order: the SQLite ones' versions and names, with PostgreSQL's scripts. */
 export const POSTGRES_MIGRATIONS: readonly PostgresMigration[] = MIGRATIONS.map((m) => {

@@ -27,6 +27,7 @@ import { CaptureStoreCore, type TxKind } from './core.js';
 import { asStoreError, STORE_ERROR_CODES, storeError } from './errors.js';
 import { applyPostgresMigrations, POSTGRES_SCHEMA_VERSION } from './postgres-migrations.js';
 import { type Gen, type Params, type StatementName, statements, type Tx } from './sql.js';
+import type { StoreSubscription, StoreWake } from './types.js';
 import { checkInteger } from './validate.js';
 
 export interface PostgresStoreOptions {
@@ -60,6 +61,25 @@ export function redactUrl(url: string): string {
     // Not parseable: keep the scheme, hide the rest rather than risk showing a secret.
     return `${url.split(':')[0] ?? 'postgres'}://(unparseable URL)`;
   }
+}
+
+/** The NOTIFY channel of wakes (`StoreWake` as JSON). */
+const WAKE_CHANNEL = 'vcl_capture_wake';
+
+/** How long a lost listener waits before it connects again (polling covers the gap). */
+const LISTEN_RETRY_MS = 1000;
+
+function parseWake(payload: string | undefined): StoreWake | undefined {
+  try {
+    const wake = JSON.parse(payload ?? '') as Partial<StoreWake> | null;
+    if (wake?.kind === 'queued' || wake?.kind === 'resync') return { kind: wake.kind };
+    if (wake?.kind === 'cancel' && typeof wake.captureId === 'string')
+      return { kind: 'cancel', captureId: wake.captureId };
+    if (wake?.kind === 'slot' && typeof wake.host === 'string') return { kind: 'slot', host: wake.host };
+  } catch {
+    // Someone else's payload on our channel: not a wake.
+  }
+  return undefined;
 }
 
 /** SQLSTATEs after which a write is tried again: serialization failure, deadlock. */
@@ -153,7 +173,10 @@ export async function openPostgresStore(
     throw asStoreError(err, `opening store ${where}`);
   }
   client.release();
-  return new PostgresCaptureStore(pool, where, options);
+  return new PostgresCaptureStore(pool, where, options, {
+    connectionString: url,
+    connectionTimeoutMillis: checkInteger(options.connectTimeoutMs ?? 10_000, 'connectTimeoutMs', 1),
+  });
 }
 
 export class PostgresCaptureStore extends CaptureStoreCore {
@@ -165,16 +188,96 @@ export class PostgresCaptureStore extends CaptureStoreCore {
   private readonly pool: pg.Pool;
   private readonly clock: (() => Date) | undefined;
   private readonly retries: number;
+  private readonly logger: Logger;
+  /** How a listener connects (LISTEN needs a session of its own, outside the pool); holds the password. */
+  private readonly listenerConfig: pg.ClientConfig | undefined;
+  private readonly subscriptions = new Set<StoreSubscription>();
   private closed = false;
 
   /** Use {@link openPostgresStore}, which migrates the database first. */
-  constructor(pool: pg.Pool, url: string, options: PostgresStoreOptions) {
+  constructor(pool: pg.Pool, url: string, options: PostgresStoreOptions, listenerConfig?: pg.ClientConfig) {
     super();
     this.pool = pool;
     this.url = url;
     this.clock = options.now;
     this.newCaptureId = options.newCaptureId ?? randomUUID;
     this.retries = checkInteger(options.retries ?? 20, 'retries');
+    this.logger = options.logger ?? silentLogger();
+    this.listenerConfig = listenerConfig;
+  }
+
+  /**
+   * LISTEN on a connection of its own. A lost connection is replaced after {@link LISTEN_RETRY_MS}, then
+   * `resync` is delivered (wakes sent meanwhile are lost: the caller looks at the store again). Opening
+   * fails only when the store is closed; a database that cannot be reached yet is retried the same way.
+   */
+  override async subscribe(onWake: (wake: StoreWake) => void): Promise<StoreSubscription> {
+    if (this.closed)
+      throw storeError(STORE_ERROR_CODES.STORE_CLOSED, `subscribe: the store ${this.url} is closed`);
+    const config = this.listenerConfig;
+    if (config === undefined) return super.subscribe(onWake);
+    const log = this.logger;
+    const where = this.url;
+    let client: pg.Client | undefined;
+    let retry: NodeJS.Timeout | undefined;
+    let ended = false;
+    const deliver = (wake: StoreWake) => {
+      try {
+        onWake(wake);
+      } catch (err) {
+        log.warn({ err }, 'a store wake listener threw');
+      }
+    };
+    const again = () => {
+      if (ended || retry !== undefined) return;
+      const old = client;
+      client = undefined;
+      old?.end().catch(() => undefined);
+      retry = setTimeout(() => {
+        retry = undefined;
+        connect().catch(again);
+      }, LISTEN_RETRY_MS);
+      retry.unref();
+    };
+    const connect = async () => {
+      const c = new pg.Client(config);
+      c.on('notification', (n) => {
+        if (n.channel !== WAKE_CHANNEL) return;
+        const wake = parseWake(n.payload);
+        if (wake) deliver(wake);
+      });
+      c.on('error', (err) => {
+        log.warn({ database: where, err: err.message }, 'store listener lost; polling until it is back');
+        again();
+      });
+      c.on('end', again);
+      client = c;
+      await c.connect();
+      await c.query(`LISTEN ${WAKE_CHANNEL}`);
+      if (ended) {
+        await c.end();
+        return;
+      }
+      deliver({ kind: 'resync' });
+    };
+    await connect().catch((err: unknown) => {
+      log.warn(
+        { database: where, err: err instanceof Error ? err.message : String(err) },
+        'store listener could not connect; polling until it can',
+      );
+      again();
+    });
+    const subscription: StoreSubscription = {
+      live: true,
+      close: async () => {
+        ended = true;
+        this.subscriptions.delete(subscription);
+        clearTimeout(retry);
+        await client?.end().catch(() => undefined);
+      },
+    };
+    this.subscriptions.add(subscription);
+    return subscription;
   }
 
   protected async transact<T>(kind: TxKind, operation: string, body: (tx: Tx) => Gen<T>): Promise<T> {
@@ -249,6 +352,10 @@ export class PostgresCaptureStore extends CaptureStoreCore {
       },
       now: () => (clock ? clock().toISOString() : start),
       later: (ms) => new Date((clock ? clock().getTime() : Date.parse(start)) + ms).toISOString(),
+      *notify(wake: StoreWake): Gen<void> {
+        // Sent at COMMIT, and not at all if the transaction rolls back.
+        yield client.query('SELECT pg_notify($1, $2)', [WAKE_CHANNEL, JSON.stringify(wake)]);
+      },
     };
     const gen = body(tx);
     let step = gen.next();
@@ -270,6 +377,7 @@ export class PostgresCaptureStore extends CaptureStoreCore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    for (const s of [...this.subscriptions]) await s.close();
     await this.pool.end();
   }
 }

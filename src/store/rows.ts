@@ -73,6 +73,7 @@ export interface CaptureRow {
   owner: string | null;
   lease_until: string | null;
   cancel_requested: string | null;
+  generation: number;
   created_at: string;
   updated_at: string;
   finished_at: string | null;
@@ -115,7 +116,7 @@ export interface DeliveryRow {
 /** Capture columns without the snapshot (which can be large and is only read by resume). */
 export const CAPTURE_COLUMNS = `id, computer, image_id, revision_id, image_name, revision, provisioner, os, end_state,
   repository, status, state_value, error_code, error_step, error_message, release_outcome, machine_version,
-  event_count, request, owner, lease_until, cancel_requested, created_at, updated_at, finished_at`;
+  event_count, request, owner, lease_until, cancel_requested, generation, created_at, updated_at, finished_at`;
 
 export const DELIVERY_COLUMNS = `d.id, d.target, d.status, d.attempts, d.next_attempt_at, d.last_error, d.created_at,
   d.updated_at, d.delivered_at, n.payload`;
@@ -185,6 +186,7 @@ export function toCapture(row: CaptureRow): CaptureRecord {
     request: parseJson<Record<string, unknown>>(row.request),
     owner: row.owner,
     leaseUntil: row.lease_until,
+    generation: row.generation,
     cancelRequested: row.cancel_requested,
     createdAt: row.created_at,
     updatedAt: row.updated_at,

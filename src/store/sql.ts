@@ -6,7 +6,7 @@
  */
 
 import { CAPTURE_COLUMNS, DELIVERY_COLUMNS } from './rows.js';
-import { CAPTURABLE_COMPUTER_STATES } from './types.js';
+import { CAPTURABLE_COMPUTER_STATES, type StoreWake } from './types.js';
 
 /** What differs between the databases' SQL. */
 export interface Dialect {
@@ -20,6 +20,14 @@ export interface Dialect {
 
 /** `('available', 'reserved')`: built from constants, never from input. */
 const CAPTURABLE_SQL = `(${CAPTURABLE_COMPUTER_STATES.map((s) => `'${s}'`).join(', ')})`;
+
+/** Matches the capture's claim `@fenceOwner`/`@fenceGeneration` when given (NULL: an unfenced write). */
+const FENCE_MATCHES =
+  '(CAST(@fenceOwner AS TEXT) IS NULL OR (owner = @fenceOwner AND generation = @fenceGeneration))';
+
+/** A slot whose holder's claim still holds (`host_slots s`, at `@now`). */
+const LIVE_SLOT = `EXISTS (SELECT 1 FROM captures c WHERE c.id = s.capture_id AND c.owner = s.owner
+  AND c.generation = s.generation AND c.status IN ('queued', 'running') AND c.lease_until >= @now)`;
 
 /** Matches `@expectedVersion` when given (NULL: any version). */
 const VERSION_MATCHES = '(CAST(@expectedVersion AS INTEGER) IS NULL OR version = @expectedVersion)';
@@ -74,15 +82,20 @@ export function statements(d: Dialect) {
     capture: `SELECT ${CAPTURE_COLUMNS} FROM captures WHERE id = @id`,
     captureExists: 'SELECT 1 AS found FROM captures WHERE id = @id',
     insertCapture: `INSERT INTO captures (id, computer, image_id, revision_id, image_name, revision, provisioner, os, end_state,
-         repository, status, request, owner, lease_until, event_count, created_at, updated_at)
+         repository, status, request, owner, lease_until, generation, event_count, created_at, updated_at)
        VALUES (@id, @computer, @imageId, @revisionId, @imageName, @revision, @provisioner, @os, @endState,
-         @repository, @status, @request, @owner, @leaseUntil, 0, @now, @now)`,
+         @repository, @status, @request, @owner, @leaseUntil, @generation, 0, @now, @now)`,
     // Queued captures nobody runs, oldest first; on PostgreSQL locked, skipping those another claim holds.
     claimableQueued: `SELECT id, owner FROM captures
        WHERE status = 'queued' AND (owner IS NULL OR lease_until IS NULL OR lease_until < @now)
        ORDER BY created_at, rowid LIMIT @limit ${d.skipLocked}`,
-    claim: `UPDATE captures SET owner = @owner, lease_until = @leaseUntil, updated_at = @now
+    // Every claim is a new generation: the writes of whoever held the capture before now fail (FENCED).
+    claim: `UPDATE captures SET owner = @owner, lease_until = @leaseUntil, generation = generation + 1, updated_at = @now
        WHERE id = @id AND status IN ('queued', 'running')`,
+    // The fence of a runner's write, its first statement: on PostgreSQL the row lock (and SERIALIZABLE)
+    // orders it against a concurrent claim; a claim that committed first makes it match nothing.
+    fence: `UPDATE captures SET generation = generation
+       WHERE id = @id AND owner = @fenceOwner AND generation = @fenceGeneration RETURNING id`,
     renew: `UPDATE captures SET lease_until = @leaseUntil
        WHERE owner = @owner AND status IN ('queued', 'running')
        RETURNING id, cancel_requested`,
@@ -101,7 +114,7 @@ export function statements(d: Dialect) {
            error_message = CASE WHEN @hasError = 1 THEN @errorMessage ELSE error_message END,
            event_count = event_count + 1,
            updated_at = @now
-       WHERE id = @id AND status IN ('queued', 'running')
+       WHERE id = @id AND status IN ('queued', 'running') AND ${FENCE_MATCHES}
        RETURNING event_count`,
     finish: `UPDATE captures
        SET status = @status, repository = coalesce(@repository, repository),
@@ -127,6 +140,18 @@ export function statements(d: Dialect) {
       'SELECT host, tag, recorded_at FROM remote_tags WHERE capture_id = @captureId ORDER BY recorded_at, rowid',
     forgetRemoteTag: 'DELETE FROM remote_tags WHERE capture_id = @captureId AND host = @host AND tag = @tag',
     forgetRemoteTags: 'DELETE FROM remote_tags WHERE capture_id = @captureId',
+
+    // ---- per-host slots (migration 5) ----
+    dropDeadSlots: `DELETE FROM host_slots WHERE host = @host AND kind = @kind AND capture_id IN (
+         SELECT s.capture_id FROM host_slots s WHERE s.host = @host AND s.kind = @kind AND NOT ${LIVE_SLOT})`,
+    liveSlots: `SELECT s.capture_id FROM host_slots s WHERE s.host = @host AND s.kind = @kind AND ${LIVE_SLOT}`,
+    takeSlot: `INSERT INTO host_slots (host, kind, capture_id, owner, generation, acquired_at)
+       VALUES (@host, @kind, @captureId, @fenceOwner, @fenceGeneration, @now)
+       ON CONFLICT (host, kind, capture_id) DO UPDATE
+         SET owner = excluded.owner, generation = excluded.generation, acquired_at = excluded.acquired_at`,
+    releaseSlot: 'DELETE FROM host_slots WHERE host = @host AND kind = @kind AND capture_id = @captureId',
+    slotUsage: `SELECT s.host, s.kind, count(*) AS held FROM host_slots s WHERE ${LIVE_SLOT}
+       GROUP BY s.host, s.kind ORDER BY s.host, s.kind`,
 
     // ---- the notification outbox (src/store/outbox.ts) ----
     insertNotification: `INSERT INTO notifications (event_id, type, capture_id, payload, created_at)
@@ -189,4 +214,9 @@ export interface Tx {
   now(): string;
   /** The time `ms` after {@link now}'s clock reading, as stored. */
   later(ms: number): string;
+  /**
+   * Tells listening runners (`subscribe`), when the transaction commits: PostgreSQL's NOTIFY; nothing on
+   * SQLite, whose runners poll.
+   */
+  notify(wake: StoreWake): Gen<void>;
 }

@@ -179,6 +179,8 @@ export class SqliteCaptureStore extends CaptureStoreCore {
         at(() => (params === undefined ? s[name].run() : s[name].run(params)).changes),
       now: () => clock().toISOString(),
       later: (ms) => new Date(clock().getTime() + ms).toISOString(),
+      // No NOTIFY in SQLite: runners on a file poll it.
+      notify: () => at(() => undefined),
     };
   }
 

@@ -197,6 +197,11 @@ export interface CaptureRecord {
   leaseUntil: string | null;
   /** A cancellation asked by another process, for the owner to carry out, or null. */
   cancelRequested: string | null;
+  /**
+   * Counts the claims of this capture (0: never claimed): the owner's writes name it in their
+   * {@link CaptureFence}, so a runner that lost the capture to a later claim changes nothing of it.
+   */
+  generation: number;
   createdAt: string;
   updatedAt: string;
   finishedAt: string | null;
@@ -251,7 +256,7 @@ export interface AuditEventInput {
 }
 
 /** A state change of a capture's machine. */
-export interface TransitionInput {
+export interface TransitionInput extends Fenced {
   /** The state value the machine is in now. */
   stateValue: StateValue;
   /** The machine's persisted snapshot (`actor.getPersistedSnapshot()`), JSON-serialisable; omitted: kept. */
@@ -344,14 +349,29 @@ export interface ImageFilter {
   includeDeleted?: boolean;
 }
 
+/**
+ * A runner's claim on a capture, as its writes name it: the write is made only while `owner` still runs
+ * the capture under this `generation` (no later claim took it), else it fails with `FENCED` and changes
+ * nothing. A write without a fence (an operator's, a test's) is not checked.
+ */
+export interface CaptureFence {
+  owner: string;
+  generation: number;
+}
+
+/** Options of a write a runner makes for a capture it runs. */
+export interface Fenced {
+  fence?: CaptureFence;
+}
+
 /** Options of a compare-and-swap on a computer. */
-export interface CasOptions {
+export interface CasOptions extends Fenced {
   /** Succeed only if the computer is still at this version (`COMPUTER_CHANGED` otherwise). */
   expectedVersion?: number;
 }
 
 /** Options of the terminal operations. */
-export interface FinishOptions {
+export interface FinishOptions extends Fenced {
   /** Extra JSON details for the audit event (warnings, cleanup failures...). */
   details?: Record<string, unknown>;
 }
@@ -492,11 +512,47 @@ export interface NotificationOutbox {
  * The store a runner drives captures with. Every method is one transaction; errors are
  * `VclError`s with a code from `STORE_ERROR_CODES`.
  */
+/** Per-host slots held in the store: a capture running on the host, a copy from it. */
+export type HostSlotKind = 'capture' | 'copy';
+
+/** What {@link CaptureStore.acquireHostSlot} asks for. */
+export interface HostSlotRequest {
+  host: string;
+  kind: HostSlotKind;
+  /** The host's limit for this kind (`maxCaptures`, `maxCopies` of the inventory). */
+  limit: number;
+}
+
+/** Live holders of one host's slots of one kind. */
+export interface HostSlotUsage {
+  host: string;
+  kind: HostSlotKind;
+  held: number;
+}
+
 /** A tag one runner execution put on every command it ran on one host for a capture. */
 export interface RemoteTagRecord {
   host: string;
   tag: string;
   recordedAt: string;
+}
+
+/**
+ * What wakes a runner before its next poll ({@link CaptureStore.subscribe}): a capture was queued or
+ * released (work to claim), a cancellation was asked, a host slot came free; `resync` after the listener
+ * (re)connected, when wakes may have been missed.
+ */
+export type StoreWake =
+  | { kind: 'queued' }
+  | { kind: 'cancel'; captureId: string }
+  | { kind: 'slot'; host: string }
+  | { kind: 'resync' };
+
+/** A listener of {@link CaptureStore.subscribe}. */
+export interface StoreSubscription {
+  /** True when wakes come from the database (PostgreSQL's LISTEN); false: polling only (SQLite). */
+  readonly live: boolean;
+  close(): Promise<void>;
 }
 
 export interface CaptureStore extends NotificationOutbox {
@@ -614,11 +670,36 @@ export interface CaptureStore extends NotificationOutbox {
    * Records that this execution of the capture marks its commands on `host` with `tag` (idempotent),
    * before the first of them starts. `NOT_FOUND` for an unknown capture.
    */
-  recordRemoteTag(captureId: string, host: string, tag: string): Promise<void>;
+  recordRemoteTag(captureId: string, host: string, tag: string, options?: Fenced): Promise<void>;
   /** The tags recorded for a capture, oldest first. */
   remoteTags(captureId: string): Promise<RemoteTagRecord[]>;
   /** Forgets one recorded tag (`only`), or all of a capture's; returns how many were forgotten. */
-  forgetRemoteTags(captureId: string, only?: { host: string; tag: string }): Promise<number>;
+  forgetRemoteTags(
+    captureId: string,
+    only?: { host: string; tag: string },
+    options?: Fenced,
+  ): Promise<number>;
+
+  /**
+   * Takes one of `host`'s `kind` slots for the capture, if fewer than `limit` are held: counted over every
+   * runner, and a slot counts only while its holder's claim holds (same owner and generation, lease not
+   * run out), so a dead runner's slots come free with its leases. True when taken (or already held by
+   * this claim), false when the host is full. Fenced like every write of a runner: `FENCED` when
+   * `fence` is no longer the capture's claim.
+   */
+  acquireHostSlot(captureId: string, slot: HostSlotRequest, fence: CaptureFence): Promise<boolean>;
+  /** Gives a slot back (nothing when it is not held); returns whether it was. */
+  releaseHostSlot(captureId: string, host: string, kind: HostSlotKind): Promise<boolean>;
+  /** Slots that count now (live holders), per host and kind. */
+  hostSlotUsage(): Promise<HostSlotUsage[]>;
+
+  /**
+   * Calls `onWake` for the changes other processes commit that a runner would otherwise find only at its
+   * next poll. PostgreSQL: LISTEN on a connection of its own, reconnected after a loss (then `resync`);
+   * SQLite: nothing (its runners keep polling). Polling stays the fallback either way: a wake only
+   * makes it sooner.
+   */
+  subscribe(onWake: (wake: StoreWake) => void): Promise<StoreSubscription>;
 
   /** Closes the store; later calls fail with `STORE_CLOSED`. */
   close(): Promise<void>;

@@ -17,6 +17,7 @@ import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
+import { afterAll, beforeAll } from 'vitest';
 
 const ROOT = '/usr/lib/postgresql';
 const PORT = 5432;
@@ -76,7 +77,15 @@ function asOwner(argv: string[]): string[] {
     : argv;
 }
 
-export async function startPostgres(): Promise<PostgresCluster> {
+export interface StartPostgresOptions {
+  /**
+   * Keep PostgreSQL's durability settings (fsync, synchronous commit, full page writes), which a test
+   * cluster turns off: for benchmarks whose figures must mean what a real server does.
+   */
+  durable?: boolean;
+}
+
+export async function startPostgres(options: StartPostgresOptions = {}): Promise<PostgresCluster> {
   const bin = postgresBin();
   if (bin === undefined) throw new Error('PostgreSQL is not installed (apt-get install postgresql)');
   const dir = mkdtempSync(join(tmpdir(), 'vcl-pg-'));
@@ -120,12 +129,9 @@ export async function startPostgres(): Promise<PostgresCluster> {
       '-c',
       'listen_addresses=', // no TCP at all: the socket only,
       // A throwaway cluster: durability buys nothing.
-      '-c',
-      'fsync=off',
-      '-c',
-      'synchronous_commit=off',
-      '-c',
-      'full_page_writes=off',
+      ...(options.durable
+        ? []
+        : ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off']),
       '-c',
       'max_connections=100',
     ]),
@@ -208,5 +214,23 @@ export async function startPostgres(): Promise<PostgresCluster> {
     },
     query,
     stop,
+  };
+}
+
+/**
+ * One private cluster for the calling test file (or `describe` block): started in `beforeAll`, stopped in
+ * `afterAll`. The getter throws when it did not start.
+ */
+export function clusterForSuite(options: StartPostgresOptions = {}): () => PostgresCluster {
+  let cluster: PostgresCluster | undefined;
+  beforeAll(async () => {
+    cluster = await startPostgres(options);
+  }, 60_000);
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+  return () => {
+    if (cluster === undefined) throw new Error('the PostgreSQL cluster did not start');
+    return cluster;
   };
 }

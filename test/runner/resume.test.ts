@@ -15,6 +15,7 @@ import { parseCommandLine } from '../../src/lab/words.js';
 import { createRunner, type Runner, type RunnerEvent } from '../../src/runner/runner.js';
 import { LEFTOVER_SWEEP_SCRIPT } from '../../src/ssh/index.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
+import { eventOf, finished, inState } from '../helpers/runner-events.js';
 
 let lab: Lab;
 let store: SqliteCaptureStore;
@@ -43,22 +44,6 @@ function runner(id: string, leaseMs = 60_000): Runner {
 }
 
 const image = (name: string) => ({ osName: 'linux', prettyName: name, owner: 'test' });
-
-/** Resolves with the first event of `captureId` that `test` accepts. */
-function eventOf(r: Runner, captureId: string, test: (e: RunnerEvent) => boolean): Promise<RunnerEvent> {
-  return new Promise((resolve) => {
-    const off = r.on((e) => {
-      if ('captureId' in e && e.captureId === captureId && test(e)) {
-        off();
-        resolve(e);
-      }
-    });
-  });
-}
-
-const inState = (name: string) => (e: RunnerEvent) =>
-  e.type === 'state' && JSON.stringify(e.state).includes(`"${name}"`);
-const finished = (e: RunnerEvent) => e.type === 'finished';
 
 async function repositoryFiles(): Promise<string[]> {
   return readdirSync(await lab.realPath('repo-host', '/srv/vcl/images'));
@@ -158,7 +143,15 @@ describe('deadlines across a restart', () => {
       image: image('Deadline'),
       timeouts: { copyMs: 1500 },
     });
+    const logFrom = lab.commandLog.length;
     await eventOf(a, handle.id, inState('copy_image'));
+    // The step is in flight once its convert runs (the hang fault is then used up, not left for the next
+    // test's convert): the copy first takes its host slot in the store, which can take a while under load.
+    await expect
+      .poll(() =>
+        lab.commandLog.slice(logFrom).some((e) => e.argv?.[0] === 'qemu-img' && e.argv[1] === 'convert'),
+      )
+      .toBe(true);
     await a.stop({ timeoutMs: 50 });
     expect((await handle.result).status).toBe('suspended');
     // Down for longer than the copy's whole budget: a fresh deadline would let the copy run again.

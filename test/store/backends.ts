@@ -6,14 +6,14 @@
  */
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
+import { afterEach, beforeEach } from 'vitest';
 import {
   type CaptureStore,
   openPostgresStore,
   type PostgresStoreOptions,
   type SqliteStoreOptions,
 } from '../../src/store/index.js';
-import { type PostgresCluster, postgresAvailable, startPostgres } from '../helpers/postgres.js';
+import { clusterForSuite, type PostgresCluster, postgresAvailable } from '../helpers/postgres.js';
 import { dump, openStore, seed, steppingClock, tableCounts, tempFolder } from './helpers.js';
 
 export type BackendOptions = Pick<SqliteStoreOptions & PostgresStoreOptions, 'now' | 'newCaptureId'>;
@@ -124,19 +124,7 @@ function postgres(cluster: () => PostgresCluster): StoreBackend {
 export function storeBackends(): StoreBackend[] {
   const backends: StoreBackend[] = [sqlite];
   if (!postgresAvailable('PostgreSQL contract suite')) return backends;
-  let cluster: PostgresCluster | undefined;
-  beforeAll(async () => {
-    cluster = await startPostgres();
-  }, 60_000);
-  afterAll(async () => {
-    await cluster?.stop();
-  });
-  backends.push(
-    postgres(() => {
-      if (cluster === undefined) throw new Error('the PostgreSQL cluster did not start');
-      return cluster;
-    }),
-  );
+  backends.push(postgres(clusterForSuite()));
   return backends;
 }
 
