@@ -27,11 +27,11 @@ let dir: string;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'vcl-boot-'));
-  lab = await startLab({ powerDelayMs: 15, computers: { 'libvirt-linux': 7 } });
+  lab = await startLab({ powerDelayMs: 15, computers: { 'libvirt-linux': 6 } });
   store = openSqliteStore(join(dir, 'store.sqlite'));
   const inventory = withBootTest(
-    withBootTest(lab.inventory, ['lv-linux-1', 'lv-linux-2', 'lv-linux-3', 'lv-linux-4', 'lv-linux-5']),
-    ['lv-linux-6'],
+    withBootTest(lab.inventory, ['lv-linux-1', 'lv-linux-2', 'lv-linux-3', 'lv-linux-4']),
+    ['lv-linux-5'],
     { check: 'ssh', port: SSH_PORT },
   );
   runner = createRunner({ inventory, store, pollMs: 15 });
@@ -173,7 +173,7 @@ describe('boot test of captured libvirt images', () => {
 
   it('the SSH check: the banner on the forwarded port shows the guest booted', async () => {
     lab.clearLog();
-    const { handle, result } = await capture('lv-linux-6');
+    const { handle, result } = await capture('lv-linux-5');
     if (result.status !== 'completed') throw new Error(JSON.stringify(result.error));
     const xml = lab.commands('libvirt-host').find((a) => a[0] === 'tee');
     expect(xml).toEqual(['tee', '--', `${IMAGES}/.vcl-boot-${handle.id}.xml`]);
@@ -184,13 +184,13 @@ describe('boot test of captured libvirt images', () => {
   });
 
   it('the preflight refuses a boot test of an image that would not be on the libvirt host', async () => {
-    const inventory = withBootTest(lab.inventory, ['lv-linux-7']);
-    const entry = inventory.computers['lv-linux-7'];
+    const inventory = withBootTest(lab.inventory, ['lv-linux-6']);
+    const entry = inventory.computers['lv-linux-6'];
     if (entry) entry.repository = 'images';
     const other = createRunner({ inventory, store, pollMs: 15 });
     try {
       const handle = await other.capture({
-        computer: 'lv-linux-7',
+        computer: 'lv-linux-6',
         image: { osName: 'linux', prettyName: 'Boot elsewhere', owner: 'test' },
       });
       const result = await handle.result;
@@ -198,7 +198,7 @@ describe('boot test of captured libvirt images', () => {
       expect(result.error).toMatchObject({ code: 'BOOT_TEST_UNSUPPORTED', step: 'inspect_domain' });
       expect(result.error.message).toMatch(/repository images is on repo-host/);
       // Nothing was touched: the computer is back as it was.
-      expect((await store.getComputer('lv-linux-7'))?.state).toBe('available');
+      expect((await store.getComputer('lv-linux-6'))?.state).toBe('available');
     } finally {
       await other.close();
     }
