@@ -91,6 +91,12 @@ describe('boot test commands', () => {
       'qcow2',
       names.overlay,
     ]);
+    expect(libvirt.ownLike('/d/vm1.img', names.overlay)).toEqual([
+      'chown',
+      '--reference=/d/vm1.img',
+      '--',
+      names.overlay,
+    ]);
     expect(libvirt.create(names.xml)).toEqual(['virsh', 'create', names.xml]);
     expect(libvirt.dumpxml('vm1')).toEqual(['virsh', 'dumpxml', '--inactive', 'vm1']);
     expect(sshBannerProbe(2222, 1.5)).toEqual([

@@ -92,6 +92,8 @@ describe('boot test of captured libvirt images', () => {
     const commands = lab.commands('libvirt-host').map((a) => a.join(' '));
     const overlay = `${IMAGES}/.vcl-boot-${handle.id}.qcow2`;
     expect(commands).toContain(`qemu-img create -f qcow2 -b ${result.artifact.path} -F qcow2 ${overlay}`);
+    // QEMU runs as the owner of the computer's disk: the overlay is given to it.
+    expect(commands).toContain(`chown --reference=${IMAGES}/lv-linux-1.qcow2 -- ${overlay}`);
     const created = commands.indexOf(`virsh create ${IMAGES}/.vcl-boot-${handle.id}.xml`);
     const destroyed = commands.lastIndexOf(`virsh destroy vcl-boot-${handle.id}`);
     expect(created).toBeGreaterThan(0);

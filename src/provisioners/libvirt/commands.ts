@@ -44,6 +44,8 @@ export const libvirt = {
     format,
     overlay,
   ],
+  /** Gives `path` the owner and group of `like` (GNU chown). */
+  ownLike: (like: string, path: string) => ['chown', `--reference=${like}`, '--', path],
   /** Starts a transient domain from an XML file: it has no definition and vanishes when destroyed. */
   create: (xmlFile: string) => ['virsh', 'create', xmlFile],
 };

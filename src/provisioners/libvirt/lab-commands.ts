@@ -517,8 +517,27 @@ const qemuImg: Handler = async (ctx) => {
   }
 };
 
+/** GNU chown `--reference=R -- FILE`: the lab's files have one owner, so only the paths are checked. */
+const chown: Handler = async (ctx) => {
+  const args = ctx.argv.slice(1);
+  const ref = args.find((a) => a.startsWith('--reference='))?.slice('--reference='.length);
+  const files = args.filter((a) => !a.startsWith('-'));
+  if (ref === undefined || files.length === 0)
+    fail(1, 'chown: the lab plays only chown --reference=RFILE FILE...');
+  for (const path of [ref, ...files]) {
+    const f = await ctx.host.fs.prepare(path);
+    if ((await statOf(f.real)) === undefined)
+      fail(
+        1,
+        `chown: ${path === ref ? 'failed to get attributes of' : 'cannot access'} '${path}': No such file or directory`,
+      );
+  }
+  return 0;
+};
+
 export const LIBVIRT_COMMANDS: ReadonlyMap<string, Handler> = new Map([
   ['virsh', virsh],
   ['qemu-img', qemuImg],
   ['bash', bash],
+  ['chown', chown],
 ]);

@@ -279,6 +279,16 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
     const stopAt = started + run.remainingMs() - Math.min(15_000, run.remainingMs() / 5);
     await removeBootTest(run, names);
     await exec(host, libvirt.overlay(artifact.path, artifact.format, names.overlay));
+    // QEMU writes the overlay as the user it runs the computer's domain as: the owner of its disk. (A
+    // system libvirtd also chowns it itself; a session one, or another user's, does not.)
+    const owned = await exec(host, libvirt.ownLike(String(run.input.facts.disk), names.overlay), {
+      check: false,
+    });
+    if (owned.code !== 0)
+      run.log.warn(
+        { stderr: owned.stderr.trim().slice(0, 200) },
+        'the overlay keeps its owner: chown failed',
+      );
     const definition = (await exec(host, libvirt.dumpxml(domain))).stdout;
     const xml = bootTestDomainXml(definition, {
       names,
