@@ -140,7 +140,7 @@ describe('boot test commands', () => {
     const xml = bootTestDomainXml(plain, { names, ssh: { address: '127.0.0.1', port: 2222 } });
     expect(xml).toContain("<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>");
     expect(xml).toContain("<qemu:arg value='user,id=vclboot,hostfwd=tcp:127.0.0.1:2222-:22'/>");
-    expect(xml).toContain("<qemu:arg value='virtio-net-pci,netdev=vclboot'/>");
+    expect(xml).toContain("<qemu:arg value='virtio-net-pci,netdev=vclboot,romfile='/>");
     const again = bootTestDomainXml(DUMPXML, { names, ssh: { address: '127.0.0.1', port: 2222 } });
     expect(again.match(/xmlns:qemu=/g)).toHaveLength(1);
     expect(again).not.toContain('40022');

@@ -120,7 +120,8 @@ const QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0';
  * written), no network interface (a clone of the computer must not appear on its network with its
  * identity), the serial console written to `console` (read by the console check, and quoted in a
  * failure); for the SSH check, one user-mode network that forwards `ssh.address:ssh.port` to the guest's
- * port 22, and nothing else of the original's QEMU pass-through arguments.
+ * port 22 (its NIC without an option ROM: the test boots from disk, and hosts without ipxe's ROMs could
+ * not start it), and nothing else of the original's QEMU pass-through arguments.
  */
 export function bootTestDomainXml(
   source: string,
@@ -160,7 +161,7 @@ export function bootTestDomainXml(
   xml = xml.replace(/\s*<\/devices>/, `\n${consoleLog}`);
   if (t.ssh) {
     const fwd = `user,id=vclboot,hostfwd=tcp:${t.ssh.address}:${t.ssh.port}-:22`;
-    const args = ['-netdev', fwd, '-device', 'virtio-net-pci,netdev=vclboot']
+    const args = ['-netdev', fwd, '-device', 'virtio-net-pci,netdev=vclboot,romfile=']
       .map((a) => `    <qemu:arg value='${xmlAttr(a)}'/>`)
       .join('\n');
     xml = xml.replace(/<\/domain>\s*$/, `  <qemu:commandline>\n${args}\n  </qemu:commandline>\n</domain>\n`);
