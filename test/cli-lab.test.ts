@@ -14,6 +14,7 @@ import { stringify } from 'yaml';
 import { startLab } from '../src/lab/index.js';
 import type { Lab } from '../src/lab/types.js';
 import { openSqliteStore } from '../src/store/index.js';
+import { expectStoredImage } from './helpers/stored-image.js';
 
 const BIN = new URL('../src/cli/bin.mjs', import.meta.url).pathname;
 let dir: string;
@@ -112,11 +113,21 @@ describe('vcl-capture capture', () => {
       '--json',
     ]);
     expect(r.code, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout) as { status: string; sha256: string; path: string; image: string };
+    const out = JSON.parse(r.stdout) as {
+      status: string;
+      sha256: string;
+      path: string;
+      sizeBytes: number;
+      image: string;
+    };
     expect(out.status).toBe('completed');
     expect(out.image).toMatch(/^linux-CLIbase\d+-v0$/);
-    expect(await lab.sha256('repo-host', out.path)).toBe(out.sha256);
-    expect(out.sha256).toBe(await lab.diskSha256('vm-linux-1'));
+    await expectStoredImage(
+      lab,
+      'vm-linux-1',
+      { path: out.path, sizeBytes: out.sizeBytes, sha256: out.sha256, format: 'vmdk' },
+      await lab.diskSha256('vm-linux-1'),
+    );
   });
 
   it('captures a Proxmox VM (the disk its entry names of two) and refuses a VM id Proxmox cannot have', async () => {

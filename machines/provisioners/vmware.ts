@@ -1,7 +1,7 @@
 /**
  * VMware ESXi capture (docs/capture-flow.md, "VMware"): locate the VM and refuse anything ambiguous before
  * touching it; OS ends `off`; wait for `Powered off`, escalate to a hard power off; clone the disk thin
- * with one repair-and-retry; copy the clone to the repository; verify; record; release.
+ * with one repair-and-retry; copy the clone to the repository as a 2gbsparse vmdk set; verify; record; release.
  */
 import {
   captureResult,
@@ -44,7 +44,7 @@ const { forwardStep, preCapture, cleanupState, finals, reserveStep, powerOffStep
 export const vmwareMachine = vmwareSetup.createMachine({
   id: 'vmware',
   description:
-    'Capture a VMware ESXi VM: OS pre_capture, power off, vmkfstools clone, copy to repository, verify',
+    'Capture a VMware ESXi VM: OS pre_capture, power off, vmkfstools clone, copy to repository as 2gbsparse, verify',
   context: ({ input }) => initialCaptureContext(VMWARE, input),
   initial: 'capturing',
   states: {
@@ -94,7 +94,8 @@ export const vmwareMachine = vmwareSetup.createMachine({
           onDone: { target: 'clone_disk', actions: ['mergeOutput', 'markRepairAttempted'] },
         }),
         copy_to_repository: forwardStep('copy_to_repository', {
-          title: 'Copy the clone into the image repository (sha256 while copying)',
+          title:
+            'Copy the clone as 2gbsparse (vmkfstools -d 2gbsparse), then its files, a reference .vmx and their sha256 manifest into the repository',
           effect: 'copy',
           touches: true,
           timeout: 'copyMs',
@@ -102,7 +103,8 @@ export const vmwareMachine = vmwareSetup.createMachine({
           compensation: 'remove_repository_copy',
         }),
         verify_image: forwardStep('verify_image', {
-          title: 'Verify the repository copy (re-hash, compare)',
+          title:
+            'Verify the repository copy (the manifest, every file re-hashed; qemu-img check where installed)',
           effect: 'verify',
           touches: false,
           timeout: 'verifyMs',

@@ -16,6 +16,7 @@ import { findLocalZstd } from '../ssh/zstd.js';
 import { startCaptureEnv } from './capture-env.js';
 import { LINUX_COMMANDS, WINDOWS_COMMANDS } from './commands/guest.js';
 import { POSIX_COMMANDS, sha256File } from './commands/posix.js';
+import { hasLocalQemuImg, REPOSITORY_QEMU_IMG } from './commands/qemu-img.js';
 import { TRANSPORT_COMMANDS } from './commands/transport.js';
 import { ZSTD_COMMANDS } from './commands/zstd.js';
 import {
@@ -80,8 +81,9 @@ function commandTable(...tables: ReadonlyMap<string, Handler>[]): ReadonlyMap<st
 }
 
 const BASE_COMMANDS = [POSIX_COMMANDS, TRANSPORT_COMMANDS] as const;
-// Debian hosts have zstd (each provisioner's lab host says whether it does).
-const REPOSITORY_COMMANDS = commandTable(...BASE_COMMANDS, ZSTD_COMMANDS);
+// Debian hosts have zstd (each provisioner's lab host says whether it does); the repository host also
+// qemu-utils, which the VMware verification uses where it is installed.
+const REPOSITORY_COMMANDS = commandTable(...BASE_COMMANDS, ZSTD_COMMANDS, REPOSITORY_QEMU_IMG);
 const GUEST_COMMANDS: Record<Os, ReadonlyMap<string, Handler>> = {
   linux: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, LINUX_COMMANDS),
   windows: commandTable(POSIX_COMMANDS, TRANSPORT_COMMANDS, WINDOWS_COMMANDS),
@@ -274,6 +276,7 @@ async function build(rt: Runtime, dir: string): Promise<Lab> {
     [LAB_HOSTS.repository, 'repository', [LAB_REPOSITORIES.images.path, '/root'], REPOSITORY_COMMANDS],
   ];
   const hasLocalZstd = (await findLocalZstd()) !== undefined;
+  const hasQemuImg = await hasLocalQemuImg();
   for (const [name, role, dirs, commands, prepare] of infra) {
     const fs = new HostFs(join(dir, 'hosts', name));
     for (const d of dirs) await mkdir(fs.realOf(d), { recursive: true });
@@ -282,6 +285,9 @@ async function build(rt: Runtime, dir: string): Promise<Lab> {
     runtime.missingTools = new Set(opts.missingTools[name] ?? []);
     // The lab's zstd needs this machine's binary for the frame format: without it, no host has zstd.
     if (!hasLocalZstd) runtime.missingTools = new Set([...runtime.missingTools, 'zstd']);
+    // The same for the repository host's qemu-img (only there: the libvirt host's is the lab's model).
+    if (!hasQemuImg && role === 'repository')
+      runtime.missingTools = new Set([...runtime.missingTools, 'qemu-img']);
     rt.hosts.set(name, runtime);
     roles.set(name, role);
     keys.set(name, generateHostKey());

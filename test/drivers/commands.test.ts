@@ -4,6 +4,7 @@
  * misread (another node's line, a name with regex characters, a line that only looks similar).
  */
 import { describe, expect, it } from 'vitest';
+import { manifestLine, parseManifest } from '../../src/drivers/verify.js';
 import { isVclError } from '../../src/errors.js';
 import {
   firstDisk,
@@ -20,6 +21,8 @@ import {
   parseGetallvms,
   parsePowerState,
   parseVmxDisks,
+  referenceVmx,
+  sparseSetFiles,
   vmware,
 } from '../../src/provisioners/vmware/commands.js';
 import { parseNodestat, parseRpowerStat, parseSizes, xcat } from '../../src/provisioners/xcat/commands.js';
@@ -160,6 +163,82 @@ describe('VMware commands', () => {
       'thin',
     ]);
     expect(vmware.repair('/v/a.vmdk')).toEqual(['vmkfstools', '-x', 'repair', '/v/a.vmdk']);
+    expect(vmware.clone2gbSparse('/v/a.vmdk', '/r/b.vmdk')).toEqual([
+      'vmkfstools',
+      '-i',
+      '/v/a.vmdk',
+      '/r/b.vmdk',
+      '-d',
+      '2gbsparse',
+    ]);
+    expect(vmware.writeFile('/v/a.vmx')).toEqual(['tee', '--', '/v/a.vmx']);
+    expect(vmware.qemuInfo('/r/b.vmdk')).toEqual(['qemu-img', 'info', '--output=json', '/r/b.vmdk']);
+    expect(vmware.qemuCheck('/r/b.vmdk')).toEqual(['qemu-img', 'check', '-q', '/r/b.vmdk']);
+  });
+
+  it("names the files of a 2gbsparse set so that either tool's extents are covered", () => {
+    const MiB = 1024 ** 2;
+    expect(sparseSetFiles('img', 4 * MiB)).toEqual(['img.vmdk', 'img-s001.vmdk']);
+    expect(sparseSetFiles('img', 2047 * MiB)).toEqual(['img.vmdk', 'img-s001.vmdk']);
+    // One byte past VMware's 2047 MiB extent: a second one (qemu-img's 2048 MiB would still hold it).
+    expect(sparseSetFiles('img', 2047 * MiB + 1)).toEqual(['img.vmdk', 'img-s001.vmdk', 'img-s002.vmdk']);
+    expect(sparseSetFiles('img', 0)).toEqual(['img.vmdk', 'img-s001.vmdk']);
+    expect(sparseSetFiles('img', 1024 * 1024 * MiB)).toHaveLength(1 + 513);
+    expect(sparseSetFiles('img', 1024 * 1024 * MiB).at(-1)).toBe('img-s513.vmdk');
+  });
+
+  it("makes the reference .vmx point at the stored disk, without the captured VM's identity", () => {
+    const vmx = [
+      '.encoding = "UTF-8"',
+      'displayName = "vm-linux-1"',
+      'scsi0:0.present = "TRUE"',
+      'scsi0:0.fileName = "vm-linux-1.vmdk"',
+      'sata0:0.fileName = "/vmfs/volumes/datastore1/iso/tools.iso"',
+      'ethernet0.addressType = "generated"',
+      'ethernet0.generatedAddress = "00:0c:29:00:00:01"',
+      'uuid.bios = "42 1a"',
+      'uuid.location = "56 4d"',
+      'memSize = "2048"',
+      '',
+    ].join('\n');
+    expect(referenceVmx(vmx, 'img-v0.vmdk', 'img-v0')).toBe(
+      [
+        '.encoding = "UTF-8"',
+        'displayName = "img-v0"',
+        'scsi0:0.present = "TRUE"',
+        'scsi0:0.fileName = "img-v0.vmdk"',
+        'sata0:0.fileName = "/vmfs/volumes/datastore1/iso/tools.iso"',
+        'memSize = "2048"',
+        '',
+      ].join('\n'),
+    );
+    expect(codeOf(() => referenceVmx('memSize = "1"\n', 'a.vmdk', 'a'))).toBe('UNSUPPORTED_DISK');
+  });
+
+  it('reads a sha256sum manifest of files in its own folder, refusing anything else', () => {
+    const sha = 'a'.repeat(64);
+    const text = `${manifestLine(sha, 'img-s001.vmdk')}${manifestLine('b'.repeat(64), 'img.vmdk')}`;
+    expect(text).toBe(`${sha}  img-s001.vmdk\n${'b'.repeat(64)}  img.vmdk\n`);
+    expect(parseManifest(text)).toEqual([
+      { sha256: sha, file: 'img-s001.vmdk' },
+      { sha256: 'b'.repeat(64), file: 'img.vmdk' },
+    ]);
+    // Binary mode (`*`) as sha256sum -b writes it.
+    expect(parseManifest(`${sha} *img.vmdk\n`)).toEqual([{ sha256: sha, file: 'img.vmdk' }]);
+    for (const bad of [
+      '',
+      `${sha}  ../img.vmdk\n`,
+      `${sha}  /srv/img.vmdk\n`,
+      `${sha}  .hidden\n`,
+      `${sha}  a b.vmdk\n`,
+      `${sha.slice(1)}  img.vmdk\n`,
+      `${sha.toUpperCase()}  img.vmdk\n`,
+      `\\${sha}  img\\nx.vmdk\n`,
+    ])
+      expect(
+        codeOf(() => parseManifest(bad)),
+        JSON.stringify(bad),
+      ).toBe('PARSE_FAILED');
   });
 
   it('reads an empty VM table as no VMs, and output without the table as PARSE_FAILED', () => {

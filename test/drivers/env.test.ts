@@ -4,7 +4,7 @@
  * scripted transport where the point is an answer no healthy host gives (fault injection).
  */
 import { createHash } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CaptureStepInput } from '../../machines/index.js';
@@ -21,7 +21,7 @@ import {
   sizeOf,
   syncPaths,
 } from '../../src/drivers/env.js';
-import { verifyArtifact } from '../../src/drivers/verify.js';
+import { manifestLine, verifyArtifact, verifyManifestArtifact } from '../../src/drivers/verify.js';
 import { VclError } from '../../src/errors.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
@@ -232,6 +232,55 @@ describe('verifying a copy where it lies', () => {
     expect((await refusal(verify({ ...artifact, sizeBytes: bytes.length + 1 }))).code).toBe(
       'VERIFY_MISMATCH',
     );
+  });
+
+  it('a set of files: the manifest as recorded, every file as it lists, the sizes adding up', async () => {
+    const env = driverEnv(lab, pool, COMPUTER);
+    const cap = captureOf(lab, COMPUTER, 'off');
+    const dir = env.repository.path;
+    const host = env.repository.host.name;
+    const put = async (name: string, bytes: Buffer | string) => {
+      const real = await lab.realPath(host, `${dir}/${name}`);
+      await mkdir(dirname(real), { recursive: true });
+      await writeFile(real, bytes);
+    };
+    const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
+    const files = { [`${cap.name}-s001.vmdk`]: Buffer.alloc(4096, 1), [`${cap.name}.vmdk`]: 'descriptor\n' };
+    for (const [name, bytes] of Object.entries(files)) await put(name, bytes);
+    const manifest = Object.entries(files)
+      .map(([name, bytes]) => manifestLine(sha(bytes), name))
+      .join('');
+    await put(`${cap.name}.vmdk.sha256`, manifest);
+    const artifact = {
+      path: `${dir}/${cap.name}.vmdk`,
+      sizeBytes: 4096 + 11,
+      sha256: sha(manifest),
+      format: 'vmdk',
+    };
+    const verify = (a: typeof artifact) =>
+      verifyManifestArtifact(env, stepRun<CaptureStepInput>({ ...cap.input('verify_image'), artifact: a }));
+    expect(await verify(artifact)).toEqual({ dir, files: Object.keys(files) });
+    // The manifest is not the one recorded.
+    expect((await refusal(verify({ ...artifact, sha256: sha('other') }))).message).toContain(
+      `its manifest ${artifact.path}.sha256 has sha256`,
+    );
+    // The sizes do not add up to what was recorded.
+    expect((await refusal(verify({ ...artifact, sizeBytes: 1 }))).message).toContain(
+      `its files hold ${4096 + 11} bytes against 1`,
+    );
+    // A file changed after it was listed: named, with both hashes.
+    await put(`${cap.name}-s001.vmdk`, Buffer.alloc(4096, 2));
+    const err = await refusal(verify(artifact));
+    expect(err.code).toBe('VERIFY_MISMATCH');
+    expect(err.details).toMatchObject({
+      file: `${cap.name}-s001.vmdk`,
+      sha256: sha(Buffer.alloc(4096, 2)),
+      expectedSha256: sha(Buffer.alloc(4096, 1)),
+    });
+    // A file listed but gone: the step fails (stat), it never passes.
+    const real = await lab.realPath(host, `${dir}/${cap.name}-s001.vmdk`);
+    await rm(real);
+    await expect(verify(artifact)).rejects.toThrow();
   });
 
   it('refuses to verify when no copy was recorded', async () => {

@@ -21,6 +21,7 @@ import { vmwareSteps } from '../../src/provisioners/vmware/steps.js';
 import { xcatSteps } from '../../src/provisioners/xcat/steps.js';
 import { copyLeftoversCommand, SshPool } from '../../src/ssh/index.js';
 import { execResult, fakeGuestEnv } from '../helpers/fake-guest.js';
+import { expectVmdkSet } from '../helpers/stored-image.js';
 import {
   captureOf,
   driverEnv,
@@ -279,7 +280,7 @@ describe('libvirt boot test', () => {
   });
 });
 
-describe('VMware: a thin clone on the datastore, streamed into the repository', () => {
+describe('VMware: a thin clone on the datastore, its 2gbsparse copy streamed into the repository', () => {
   it('power-off steps re-run when the VM is already off succeed; so does a hard power off the VM beat', async () => {
     const c = 'vm-linux-1';
     await powerOn(big, c);
@@ -307,7 +308,7 @@ describe('VMware: a thin clone on the datastore, streamed into the repository', 
     expect(big.computer(c).power).toBe('off');
   });
 
-  it('clone_disk and copy_to_repository re-run over what a killed process leaves: one image, the source bytes; the cleanup leaves nothing', async () => {
+  it('clone_disk and copy_to_repository re-run over what a killed process leaves: one set, the source disk; the cleanup leaves nothing', async () => {
     const c = 'vm-linux-2';
     await powerOff(big, c);
     const env = driverEnv(big, pool, c);
@@ -331,6 +332,11 @@ describe('VMware: a thin clone on the datastore, streamed into the repository', 
     ).resolves.toEqual({});
     expect(await big.sha256('esxi-host', flat)).toBe(source);
 
+    // The repository copy: a 2gbsparse set staged beside the clone, its files streamed one by one. Killed
+    // while the extent streams; then also with the descriptor already renamed into place and a staged
+    // extent half-written on the datastore.
+    const extent = `${cap.name}-s001.vmdk`;
+    const set = [extent, image, `${cap.name}.vmx`, `${image}.sha256`].sort();
     await interrupted(
       big,
       env,
@@ -338,22 +344,31 @@ describe('VMware: a thin clone on the datastore, streamed into the repository', 
         steps.copy_to_repository?.(
           stepRun(cap.input('copy_to_repository', facts), { signal }),
         ) as Promise<unknown>,
-      (n) => n.startsWith(`.${image}.vcl-tmp-`),
-      4 * MiB,
+      (n) => n.startsWith(`.${extent}.vcl-tmp-`),
+      MiB,
     );
-    await leave(big, repo.host, `${repo.path}/.${image}${KILLED_TMP_SUFFIX}`);
-    expect(await filesWith(big, repo.host, repo.path, cap.name)).toEqual([`.${image}${KILLED_TMP_SUFFIX}`]);
+    await leave(big, repo.host, `${repo.path}/.${extent}${KILLED_TMP_SUFFIX}`);
+    await leave(big, repo.host, target);
+    await leave(big, 'esxi-host', posix.join(posix.dirname(clone), 'repository', extent));
+    expect(await filesWith(big, repo.host, repo.path, cap.name)).toEqual(
+      [`.${extent}${KILLED_TMP_SUFFIX}`, image].sort(),
+    );
     for (const attempt of ['after the interruption', 'after the copy completed']) {
       const out = await steps.copy_to_repository?.(
         stepRun(cap.input('copy_to_repository', facts), { resumed: true }),
       );
-      expect(out?.artifact?.sha256, attempt).toBe(source);
-      expect(await big.sha256(repo.host, target), attempt).toBe(source);
-      expect(await filesWith(big, repo.host, repo.path, cap.name), attempt).toEqual([image]);
+      if (!out?.artifact) throw new Error(`no artifact ${attempt}`);
+      await expectVmdkSet(big, repo.host, out.artifact, big.computer(c).disk.real);
+      expect(await filesWith(big, repo.host, repo.path, cap.name), attempt).toEqual(set);
+      // The staged set is gone from the datastore; the clone stays (VCL's datastore copy).
+      expect(await big.exists('esxi-host', posix.join(posix.dirname(clone), 'repository')), attempt).toBe(
+        false,
+      );
+      expect(await big.sha256('esxi-host', flat), attempt).toBe(source);
     }
 
     // Killed once more mid-copy, then the capture fails: its cleanup leaves nothing.
-    await leave(big, repo.host, `${repo.path}/.${image}${KILLED_TMP_SUFFIX}`);
+    await leave(big, repo.host, `${repo.path}/.${extent}${KILLED_TMP_SUFFIX}`);
     for (let i = 0; i < 2; i++) {
       await steps.remove_repository_copy?.(
         stepRun(cap.input('remove_repository_copy', facts), { resumed: i > 0 }),

@@ -3,13 +3,23 @@
  * between hosts through the transport, and the xCAT capture environment's upload all end with the source's
  * sha256.
  */
-import { stat } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { open, readdir, stat, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { endStateCommand } from '../../src/drivers/os-commands.js';
 import { LAB_CAPTURE_IMAGE, LAB_REPOSITORIES } from '../../src/lab/index.js';
 import { libvirt, parseImageInfo } from '../../src/provisioners/libvirt/commands.js';
-import { needsRepair, vmware } from '../../src/provisioners/vmware/commands.js';
+import {
+  needsRepair,
+  noSpace,
+  parseVmdkExtents,
+  sparseSetFiles,
+  vmware,
+} from '../../src/provisioners/vmware/commands.js';
+import { descriptorText } from '../../src/provisioners/vmware/lab-commands.js';
 import { parseNodestat, parseSizes, xcat } from '../../src/provisioners/xcat/commands.js';
+import { qemuInfo } from '../helpers/stored-image.js';
 import { eventually, type LabHarness, openLab } from './helpers.js';
 
 let h: LabHarness;
@@ -191,6 +201,102 @@ describe('ESXi: vmkfstools', () => {
     );
     expect((await h.exec('esxi-host', vmware.removeTree('/vmfs/volumes/datastore1/img-v0'))).code).toBe(0);
     expect((await h.exec('esxi-host', vmware.exists(clone))).code).toBe(1);
+  });
+});
+
+describe('ESXi: vmkfstools -d 2gbsparse', () => {
+  it('writes a real twoGbMaxExtentSparse set, split at 2 GB, identical to the source and compact', async () => {
+    // A disk past one extent: 2.5 GiB virtual, data at its start and in its second extent only.
+    const dir = '/vmfs/volumes/datastore1/big';
+    expect((await h.exec('esxi-host', vmware.mkdir(`${dir}/out`))).code).toBe(0);
+    const size = 2.5 * 1024 ** 3;
+    const flat = await h.lab.realPath('esxi-host', `${dir}/big-flat.vmdk`);
+    const fh = await open(flat, 'w');
+    await fh.write(randomBytes(64 * 1024), 0, 64 * 1024, 0);
+    await fh.write(randomBytes(64 * 1024), 0, 64 * 1024, 2.25 * 1024 ** 3);
+    await fh.truncate(size);
+    await fh.close();
+    await writeFile(await h.lab.realPath('esxi-host', `${dir}/big.vmdk`), descriptorText('big', size, true));
+    const r = await h.exec('esxi-host', vmware.clone2gbSparse(`${dir}/big.vmdk`, `${dir}/out/img.vmdk`));
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    expect(r.stdout).toBe(
+      `Destination disk format: sparse with 2GB maximum extent size\nCloning disk '${dir}/big.vmdk'...\nClone: 100% done.\n`,
+    );
+    expect((await readdir(await h.lab.realPath('esxi-host', `${dir}/out`))).sort()).toEqual([
+      'img-s001.vmdk',
+      'img-s002.vmdk',
+      'img.vmdk',
+    ]);
+    const descriptor = (await h.lab.readFile('esxi-host', `${dir}/out/img.vmdk`)).toString();
+    expect(parseVmdkExtents(descriptor).map((e) => e.file)).toEqual(['img-s001.vmdk', 'img-s002.vmdk']);
+    // The extents the driver expects for this size cover the ones written.
+    expect(sparseSetFiles('img', size)).toEqual(['img.vmdk', 'img-s001.vmdk', 'img-s002.vmdk']);
+    const out = await h.lab.realPath('esxi-host', `${dir}/out/img.vmdk`);
+    const info = qemuInfo(out);
+    expect(info['format-specific']?.data?.['create-type']).toBe('twoGbMaxExtentSparse');
+    expect(info['virtual-size']).toBe(size);
+    expect(spawnSync('qemu-img', ['check', out]).status).toBe(0);
+    expect(
+      spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'vmdk', flat, out], { encoding: 'utf8' }).stdout,
+    ).toBe('Images are identical.\n');
+    let stored = 0;
+    for (const f of ['img.vmdk', 'img-s001.vmdk', 'img-s002.vmdk'])
+      stored += (await stat(await h.lab.realPath('esxi-host', `${dir}/out/${f}`))).size;
+    // 128 KiB of data in 2.5 GiB: the set holds the data and its grain tables, not the holes.
+    expect(stored).toBeLessThan(4 * 1024 ** 2);
+    expect((await h.exec('esxi-host', vmware.removeTree(dir))).code).toBe(0);
+  });
+
+  it("the repository host's qemu-img reads a stored set in its own paths, and runs only info and check", async () => {
+    const repo = LAB_REPOSITORIES.images.path;
+    const real = await h.lab.realPath('repo-host', `${repo}/q.vmdk`);
+    // An empty set, as `qemu-img create` makes one (what the set holds does not matter here).
+    expect(
+      spawnSync('qemu-img', [
+        'create',
+        '-q',
+        '-f',
+        'vmdk',
+        '-o',
+        'subformat=twoGbMaxExtentSparse',
+        real,
+        '1M',
+      ]).status,
+    ).toBe(0);
+    const info = await h.exec('repo-host', vmware.qemuInfo(`${repo}/q.vmdk`));
+    expect(info.code).toBe(0);
+    expect(info.stdout).not.toContain(real);
+    const parsed = JSON.parse(info.stdout);
+    expect(parsed).toMatchObject({ filename: `${repo}/q.vmdk`, format: 'vmdk' });
+    expect(parsed['format-specific'].data.extents[0].filename).toBe(`${repo}/q-s001.vmdk`);
+    expect(await h.exec('repo-host', vmware.qemuCheck(`${repo}/q.vmdk`))).toMatchObject({
+      code: 0,
+      stderr: '',
+    });
+    const missing = await h.exec('repo-host', vmware.qemuCheck(`${repo}/none.vmdk`));
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain(`Could not open '${repo}/none.vmdk'`);
+    expect(
+      (await h.exec('repo-host', ['qemu-img', 'convert', '-O', 'raw', `${repo}/q.vmdk`, '/tmp/x'])).code,
+    ).toBe(1);
+    await h.exec('repo-host', ['rm', '-f', '--', `${repo}/q.vmdk`, `${repo}/q-s001.vmdk`]);
+  });
+
+  it('fails on a full datastore as vmkfstools does, leaving no file of the set', async () => {
+    const clone = '/vmfs/volumes/datastore1/full/full.vmdk';
+    expect((await h.exec('esxi-host', vmware.mkdir('/vmfs/volumes/datastore1/full'))).code).toBe(0);
+    await h.exec('esxi-host', vmware.powerOff(1));
+    const fault = h.lab.faults.add({ kind: 'diskFull', host: 'esxi-host' });
+    try {
+      const r = await h.exec('esxi-host', vmware.clone2gbSparse(`${VM_DIR}/vm-linux-1.vmdk`, clone));
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe('Failed to clone disk: No space left on device (1835017).\n');
+      expect(noSpace(r.stderr)).toBe(true);
+    } finally {
+      h.lab.faults.clear(fault);
+    }
+    expect(await readdir(await h.lab.realPath('esxi-host', '/vmfs/volumes/datastore1/full'))).toEqual([]);
+    expect((await h.exec('esxi-host', vmware.removeTree('/vmfs/volumes/datastore1/full'))).code).toBe(0);
   });
 });
 

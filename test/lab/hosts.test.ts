@@ -49,13 +49,15 @@ describe('the inventory', () => {
     expect(Object.keys(inv.computers).sort()).toEqual([
       'lv-linux-1',
       'lv-windows-1',
+      'px-linux-1',
+      'px-windows-1',
       'vm-linux-1',
       'vm-windows-1',
       'xc-linux-1',
       'xc-windows-1',
     ]);
     expect(Object.keys(inv.hosts).sort()).toEqual(
-      ['esxi-host', 'libvirt-host', 'repo-host', 'xcat-mn', ...Object.keys(inv.computers)].sort(),
+      ['esxi-host', 'libvirt-host', 'pve-node', 'repo-host', 'xcat-mn', ...Object.keys(inv.computers)].sort(),
     );
     expect(inv.repositories).toEqual(LAB_REPOSITORIES);
     expect(inv.computers['xc-windows-1']).toMatchObject({

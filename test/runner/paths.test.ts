@@ -28,6 +28,7 @@ import { labTransientDomains } from '../../src/provisioners/libvirt/lab-commands
 import { createRunner, type Runner, type RunnerEvent } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
 import { withBootTest } from '../helpers/boot-test.js';
+import { expectStoredImage } from '../helpers/stored-image.js';
 import { ARTIFACT } from '../model/catalogue.js';
 
 type Inject =
@@ -226,8 +227,35 @@ function runs(): Run[] {
     code: 'NEEDS_REPAIR',
     inject: { before: () => ({ kind: 'needsRepair', host: 'esxi-host' }) },
   });
+  // The repository copy is several commands and copies: a failure or a cancel at its first (the 2gbsparse
+  // clone on the datastore) and at its last (the manifest, once the rest of the set is in place) must leave
+  // no file of the set anywhere.
+  const sparseClone = /^vmkfstools -i .* -d 2gbsparse$/;
+  const manifestRead = /^sh -c .* \S+\.vmdk\.sha256$/;
+  for (const [what, match] of [
+    ['the 2gbsparse clone', sparseClone],
+    ['the manifest, the set already in place', manifestRead],
+  ] as const) {
+    out.push({
+      name: `vmware: copy_to_repository fails at ${what}`,
+      provisioner: 'vmware',
+      os: 'linux',
+      step: 'copy_to_repository',
+      outcome: 'error',
+      code: 'STEP_FAILED',
+      inject: { fail: match, host: 'esxi-host' },
+    });
+    out.push({
+      name: `vmware: cancelled during copy_to_repository at ${what}`,
+      provisioner: 'vmware',
+      os: 'linux',
+      step: 'copy_to_repository',
+      outcome: 'cancel',
+      inject: { fail: match, host: 'esxi-host' },
+    });
+  }
   // The boot test (libvirt, switched on for these computers only): passes, the image does not boot, its
-  // command fails, cancelled while it runs. Last, so the boot-test computers are the highest numbered.
+  // command fails, cancelled while it runs. Each run has its own computer (computerOf).
   const boot = { provisioner: 'libvirt', os: 'linux', endState: 'on', bootTest: true } as const;
   out.push(
     {
@@ -458,13 +486,15 @@ describe('paths forced through the runner against the lab', () => {
     const record = await store.getCapture(handle.id);
     const computerState = (await store.getComputer(computer))?.state;
     if (result.status === 'completed') {
-      expect(result.artifact.sha256).toBe(source);
-      expect(await lab.sha256(repo.host, result.artifact.path)).toBe(source);
+      await expectStoredImage(lab, computer, result.artifact, source, inventory);
       expect(computerState).toBe('reload');
       expect(record?.status).toBe('completed');
     } else {
       // Nothing half-made is kept: no image, no marker, no temporary file.
       expect(files).toEqual([]);
+      // VMware: nor the clone, nor the 2gbsparse set staged beside it on the datastore.
+      if (run.provisioner === 'vmware')
+        expect(await lab.exists('esxi-host', `/vmfs/volumes/datastore1/${handle.image.name}`)).toBe(false);
       expect(record?.status).toBe(result.status);
       if (run.code === 'BOOT_TEST_FAILED')
         expect(result.error).toMatchObject({ code: 'BOOT_TEST_FAILED', step: 'boot_test' });

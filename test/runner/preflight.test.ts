@@ -17,6 +17,7 @@ import { preflight } from '../../src/runner/preflight.js';
 import { createRunner } from '../../src/runner/runner.js';
 import { SshPool } from '../../src/ssh/index.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
+import { expectStoredImage } from '../helpers/stored-image.js';
 
 let dir: string;
 let store: SqliteCaptureStore;
@@ -263,7 +264,7 @@ describe('a failed preflight fails the capture untouched', () => {
       const second = await (await again.capture({ computer, image })).result;
       await again.close();
       if (second.status !== 'completed') throw new Error(`${second.status}: ${JSON.stringify(second.error)}`);
-      expect(second.artifact.sha256).toBe(source);
+      await expectStoredImage(lab, computer, second.artifact, source);
     }
     expect(lab.internalErrors).toEqual([]);
   });

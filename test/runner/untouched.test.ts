@@ -18,6 +18,7 @@ import type { Lab } from '../../src/lab/types.js';
 import { createRunner } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
 import { ed25519KeyPair } from '../helpers/keys.js';
+import { expectStoredImage } from '../helpers/stored-image.js';
 
 let lab: Lab;
 let store: SqliteCaptureStore;
@@ -249,7 +250,7 @@ describe('a failure before the computer was touched leaves it as it was', () => 
     const second = await again.result;
     await fixed.close();
     if (second.status !== 'completed') throw new Error(`${second.status}: ${JSON.stringify(second.error)}`);
-    expect(second.artifact.sha256).toBe(source);
+    await expectStoredImage(lab, c.computer, second.artifact, source);
     expect((await store.getComputer(c.computer))?.state).toBe('reload');
     expect(lab.internalErrors).toEqual([]);
   });

@@ -17,6 +17,13 @@ export const vmware = {
   mkdir: (path: string) => ['mkdir', '-p', path],
   removeTree: (path: string) => ['rm', '-rf', path],
   cloneThin: (source: string, target: string) => ['vmkfstools', '-i', source, target, '-d', 'thin'],
+  /** The repository format: a descriptor and `-s001.vmdk`... extents of at most 2 GB (docs/performance-copy.md). */
+  clone2gbSparse: (source: string, target: string) => ['vmkfstools', '-i', source, target, '-d', '2gbsparse'],
+  /** Writes its stdin to `path` (the manifest, the reference .vmx); busybox and coreutils alike. */
+  writeFile: (path: string) => ['tee', '--', path],
+  /** On the repository host, where qemu-img is installed: the stored set opens as the disk it says it is. */
+  qemuCheck: (descriptor: string) => ['qemu-img', 'check', '-q', descriptor],
+  qemuInfo: (descriptor: string) => ['qemu-img', 'info', '--output=json', descriptor],
   repair: (disk: string) => ['vmkfstools', '-x', 'repair', disk],
 };
 
@@ -121,4 +128,42 @@ export function parseVmdkExtents(descriptor: string): VmdkExtent[] {
   if (out.length === 0)
     throw driverError('PARSE_FAILED', 'the disk descriptor lists no extent (RW <sectors> ...)');
   return out;
+}
+
+/**
+ * The files of a 2gbsparse disk `<name>.vmdk` as vmkfstools (and qemu-img) name them: the descriptor, then
+ * `<name>-s001.vmdk`... VMware's hosted extents hold 2047 MiB, qemu-img's 2048 MiB: the count for the
+ * larger is taken, so that the list covers either tool's set (a cleanup removes what may exist).
+ */
+export function sparseSetFiles(name: string, virtualBytes: number): string[] {
+  const count = Math.max(1, Math.ceil(virtualBytes / (2047 * 1024 ** 2)));
+  const extents = Array.from({ length: count }, (_, i) => `${name}-s${String(i + 1).padStart(3, '0')}.vmdk`);
+  return [`${name}.vmdk`, ...extents];
+}
+
+/**
+ * The reference .vmx stored beside the image, as VCL keeps one: the VM's own, its one disk pointing at the
+ * stored descriptor and named after the image, without what identifies the captured VM rather than the
+ * image (its MAC addresses, UUIDs, swap file).
+ */
+export function referenceVmx(vmx: string, descriptor: string, image: string): string {
+  const disks = parseVmxDisks(vmx);
+  if (disks.length !== 1)
+    throw driverError(
+      'UNSUPPORTED_DISK',
+      `the .vmx declares ${disks.length} disks; a capture needs exactly one`,
+    );
+  const diskKey = `${(disks[0] as VmxDisk).key}.filename`;
+  const identity =
+    /^(ethernet\d+\.(generatedaddress|addresstype|generatedaddressoffset)|uuid\.(bios|location)|vc\.uuid|sched\.swap\.derivedname)$/;
+  const out: string[] = [];
+  for (const line of vmx.split('\n')) {
+    const key = /^\s*([\w:.]+)\s*=/.exec(line)?.[1];
+    const lower = key?.toLowerCase();
+    if (lower !== undefined && identity.test(lower)) continue;
+    if (lower === diskKey) out.push(`${key} = "${descriptor}"`);
+    else if (lower === 'displayname') out.push(`${key} = "${image}"`);
+    else out.push(line);
+  }
+  return out.join('\n');
 }

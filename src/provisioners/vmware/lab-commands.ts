@@ -2,12 +2,15 @@
  * The ESXi host: `vim-cmd vmsvc/...` (getallvms, power.getstate/shutdown/off/on, unregister) and
  * `vmkfstools` (-i clone, -x repair/check, -U delete), in ESXi 7/8 output formats, over VMs laid out as
  * ESXi does: `/vmfs/volumes/datastore1/<vm>/<vm>.vmx`, a `.vmdk` descriptor and its `-flat.vmdk` data.
- * A powered-on VM holds its disk's lock; a thin clone copies the data (holes kept) and writes a descriptor.
+ * A powered-on VM holds its disk's lock; a thin clone copies the data (holes kept) and writes a descriptor;
+ * a `2gbsparse` clone is a real twoGbMaxExtentSparse set (descriptor + `-s001.vmdk`... extents) written by
+ * this machine's own `qemu-img`, so that what the capture stores is a disk real tools open.
  */
 import { randomBytes } from 'node:crypto';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { copyWithin, statOf } from '../../lab/commands/posix.js';
+import { localQemuImg } from '../../lab/commands/qemu-img.js';
 import type { CommandContext, ComputerRecord, Handler, HostRuntime, LabCore } from '../../lab/core.js';
 import { diskInUse, fail, NoSpaceError } from '../../lab/core.js';
 import { hostMatches, pathMatches } from '../../lab/faults.js';
@@ -193,7 +196,7 @@ async function extentOf(ctx: CommandContext, descriptor: string, real: string): 
   return file.startsWith('/') ? file : posix.join(posix.dirname(ctx.host.fs.normalize(descriptor)), file);
 }
 
-async function clone(ctx: CommandContext, src: string, dst: string): Promise<number> {
+async function clone(ctx: CommandContext, src: string, dst: string, type: string): Promise<number> {
   const fs = ctx.host.fs;
   const s = await fs.prepare(src);
   if ((await statOf(s.real)) === undefined)
@@ -216,6 +219,7 @@ async function clone(ctx: CommandContext, src: string, dst: string): Promise<num
   if (!(await statOf(posix.dirname(d.real)))?.isDirectory())
     fail(1, 'Failed to clone disk: The system cannot find the file specified (25).');
   const name = posix.basename(d.path).replace(/\.vmdk$/, '');
+  if (type === '2gbsparse') return await cloneSparse(ctx, src, e, d.real, name);
   const flat = await fs.prepare(posix.join(posix.dirname(d.path), `${name}-flat.vmdk`));
   await ctx.out(`Destination disk format: VMFS thin-provisioned\nCloning disk '${src}'...\n`);
   await ctx.core.beforeRead(ctx.host, e.path, e.real);
@@ -225,6 +229,59 @@ async function clone(ctx: CommandContext, src: string, dst: string): Promise<num
   } catch (err) {
     await rm(flat.real, { force: true });
     if (err instanceof NoSpaceError) fail(1, 'Failed to clone disk: No space left on device (1835017).');
+    throw err;
+  }
+  await ctx.out('Clone: 100% done.\n');
+  return 0;
+}
+
+/** The extents vmkfstools and qemu-img name for a 2gbsparse `<name>.vmdk`: `<name>-s001.vmdk`... */
+function isSparseExtentOf(name: string, file: string): boolean {
+  return file.startsWith(`${name}-s`) && /^-s\d{3}\.vmdk$/.test(file.slice(name.length));
+}
+
+/**
+ * `vmkfstools -i <src> <dst> -d 2gbsparse`: the source's data (its flat extent, raw) converted by this
+ * machine's `qemu-img` into a twoGbMaxExtentSparse set beside `dst`. The set's allocated bytes count
+ * against the host's free space after the fact (a `diskFull` fault then fails it as vmkfstools does), and
+ * a failed or killed clone leaves no file of the set, as vmkfstools removes its partial destination.
+ */
+async function cloneSparse(
+  ctx: CommandContext,
+  src: string,
+  extent: { path: string; real: string },
+  dstReal: string,
+  name: string,
+): Promise<number> {
+  await ctx.out(`Destination disk format: sparse with 2GB maximum extent size\nCloning disk '${src}'...\n`);
+  await ctx.core.beforeRead(ctx.host, extent.path, extent.real);
+  const dir = posix.dirname(dstReal);
+  const setFiles = async () =>
+    (await readdir(dir)).filter((f) => f === `${name}.vmdk` || isSparseExtentOf(name, f));
+  try {
+    await localQemuImg(
+      [
+        'convert',
+        '-q',
+        '-f',
+        'raw',
+        '-O',
+        'vmdk',
+        '-o',
+        'subformat=twoGbMaxExtentSparse',
+        extent.real,
+        dstReal,
+      ],
+      ctx.signal,
+    );
+    let allocated = 0;
+    for (const f of await setFiles()) allocated += ((await statOf(posix.join(dir, f)))?.blocks ?? 0) * 512;
+    ctx.core.checkWrite(ctx.host.name, allocated);
+  } catch (err) {
+    for (const f of await setFiles()) await rm(posix.join(dir, f), { force: true });
+    if (err instanceof NoSpaceError) fail(1, 'Failed to clone disk: No space left on device (1835017).');
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+      fail(1, "Failed to clone disk: the lab needs this machine's qemu-img for 2gbsparse (qemu-utils).");
     throw err;
   }
   await ctx.out('Clone: 100% done.\n');
@@ -275,9 +332,9 @@ const vmkfstools: Handler = async (ctx) => {
   if (op === '-i' && a !== undefined && b !== undefined) {
     const d = args.indexOf('-d');
     const type = d >= 0 ? args[d + 1] : 'zeroedthick';
-    if (type !== undefined && !['thin', 'zeroedthick', 'eagerzeroedthick', '2gbsparse'].includes(type))
-      fail(1, `Failed to clone disk: Invalid disk type '${type}'.`);
-    return await clone(ctx, a, b);
+    if (type === undefined || !['thin', 'zeroedthick', 'eagerzeroedthick', '2gbsparse'].includes(type))
+      fail(1, `Failed to clone disk: Invalid disk type '${type ?? ''}'.`);
+    return await clone(ctx, a, b, type);
   }
   if (op === '-x' && (a === 'repair' || a === 'check') && b !== undefined) {
     const s = await ctx.host.fs.prepare(b);
