@@ -8,6 +8,7 @@ import { isVclError } from '../../src/errors.js';
 import {
   bootTestDomainXml,
   bootTestNames,
+  freeRootSlot,
   isSshBanner,
   libvirt,
   SSH_BANNER_SCRIPT,
@@ -140,10 +141,38 @@ describe('boot test commands', () => {
     const xml = bootTestDomainXml(plain, { names, ssh: { address: '127.0.0.1', port: 2222 } });
     expect(xml).toContain("<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>");
     expect(xml).toContain("<qemu:arg value='user,id=vclboot,hostfwd=tcp:127.0.0.1:2222-:22'/>");
-    expect(xml).toContain("<qemu:arg value='virtio-net-pci,netdev=vclboot,romfile='/>");
+    expect(xml).toContain("<qemu:arg value='virtio-net-pci,netdev=vclboot,romfile=,bus=pci.0,addr=0x1e'/>");
     const again = bootTestDomainXml(DUMPXML, { names, ssh: { address: '127.0.0.1', port: 2222 } });
     expect(again.match(/xmlns:qemu=/g)).toHaveLength(1);
     expect(again).not.toContain('40022');
+  });
+
+  it("gives the SSH check's NIC a root bus slot none of the definition's devices has (QEMU would take theirs)", () => {
+    const slot = (n: number) =>
+      `<address type='pci' domain='0x0000' bus='0x00' slot='0x${n.toString(16).padStart(2, '0')}' function='0x0'/>`;
+    expect(
+      freeRootSlot(`<type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type>${slot(2)}${slot(3)}`),
+    ).toEqual({
+      bus: 'pci.0',
+      slot: 0x1e,
+    });
+    expect(freeRootSlot(`<type arch='x86_64' machine='pc-q35-7.2'>hvm</type>${slot(0x1e)}`)).toEqual({
+      bus: 'pcie.0',
+      slot: 0x1d,
+    });
+    // A device on another bus does not take the root bus's slot.
+    const otherBus = "<address type='pci' domain='0x0000' bus='0x01' slot='0x1e' function='0x0'/>";
+    expect(freeRootSlot(`<type machine='pc'>hvm</type>${otherBus}`).slot).toBe(0x1e);
+    const full = Array.from({ length: 0x1c }, (_, i) => slot(i + 3)).join('');
+    expect(() => freeRootSlot(full)).toThrow(/no free slot/);
+    const xml = bootTestDomainXml(
+      DUMPXML.replace("<target dev='vda' bus='virtio'/>", `<target dev='vda' bus='virtio'/>${slot(0x1e)}`),
+      {
+        names,
+        ssh: { address: '127.0.0.1', port: 2222 },
+      },
+    );
+    expect(xml).toContain("<qemu:arg value='virtio-net-pci,netdev=vclboot,romfile=,bus=pci.0,addr=0x1d'/>");
   });
 
   it('escapes what it writes into attributes, and refuses a definition without a bootable disk', () => {

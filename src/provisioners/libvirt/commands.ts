@@ -161,13 +161,39 @@ export function bootTestDomainXml(
   xml = xml.replace(/\s*<\/devices>/, `\n${consoleLog}`);
   if (t.ssh) {
     const fwd = `user,id=vclboot,hostfwd=tcp:${t.ssh.address}:${t.ssh.port}-:22`;
-    const args = ['-netdev', fwd, '-device', 'virtio-net-pci,netdev=vclboot,romfile=']
+    // QEMU places a device without an address before libvirt's own, taking the slot libvirt gave one of
+    // them (the real e2e: "slot 2 function 0 not available for virtio-blk-pci, in use by virtio-net-pci"):
+    // it gets a root bus slot no device of the definition uses.
+    const { bus, slot } = freeRootSlot(xml);
+    const nic = `virtio-net-pci,netdev=vclboot,romfile=,bus=${bus},addr=0x${slot.toString(16)}`;
+    const args = ['-netdev', fwd, '-device', nic]
       .map((a) => `    <qemu:arg value='${xmlAttr(a)}'/>`)
       .join('\n');
     xml = xml.replace(/<\/domain>\s*$/, `  <qemu:commandline>\n${args}\n  </qemu:commandline>\n</domain>\n`);
     if (!xml.includes(QEMU_NS)) xml = xml.replace(/<domain\b([^>]*)>/, `<domain$1 xmlns:qemu='${QEMU_NS}'>`);
   }
   return xml;
+}
+
+/**
+ * A slot of the root PCI bus (`pci.0`; `pcie.0` on q35 machines) that no device of the definition has,
+ * from the top down (libvirt fills slots from the bottom; q35's 0x1f is its LPC bridge).
+ */
+export function freeRootSlot(xml: string): { bus: string; slot: number } {
+  const q35 = /<type\b[^>]*machine=['"][^'"]*q35/.test(xml);
+  const used = new Set(
+    [
+      ...xml.matchAll(
+        /<address\b(?=[^>]*type=['"]pci['"])(?=[^>]*bus=['"]0x0*0['"])[^>]*slot=['"](0x[0-9a-fA-F]+)['"]/g,
+      ),
+    ].map((m) => Number.parseInt(m[1] as string, 16)),
+  );
+  for (let slot = 0x1e; slot >= 0x03; slot--)
+    if (!used.has(slot)) return { bus: q35 ? 'pcie.0' : 'pci.0', slot };
+  throw driverError(
+    'PARSE_FAILED',
+    "the domain definition leaves no free slot on its root PCI bus for the boot test's NIC",
+  );
 }
 
 /** Whether a guest's boot is visible: an SSH identification line (RFC 4253, 4.2) at the start of a banner. */
