@@ -22,7 +22,7 @@ export interface StepMeta {
   timeout: TimeoutName;
   /**
    * What the step does to the world, for ordering invariants and audit:
-   * `reserve`, `os`, `power`, `copy`, `verify`, `record`, `release`, `check`, `boot-config`, `cleanup`.
+   * `reserve`, `os`, `power`, `copy`, `verify`, `record`, `release`, `check`, `boot-config`, `boot-test`, `cleanup`.
    */
   effect: string;
   /**

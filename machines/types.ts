@@ -47,6 +47,8 @@ export const FAILURE_CODES = {
   PREFLIGHT_NO_SPACE: 'PREFLIGHT_NO_SPACE',
   /** A process an earlier run of the capture left on a host survived SIGKILL: the step does not start beside it. */
   REMOTE_LEFTOVER: 'REMOTE_LEFTOVER',
+  /** The captured image did not show it booted (SSH banner, console line) in a throwaway domain within its timeout. */
+  BOOT_TEST_FAILED: 'BOOT_TEST_FAILED',
 } as const;
 export type FailureCode = (typeof FAILURE_CODES)[keyof typeof FAILURE_CODES] | (string & {});
 
@@ -105,6 +107,8 @@ export interface Timeouts {
   uploadNoProgressMs: number;
   /** xCAT: the whole upload (VCL: 6 h). */
   uploadOverallMs: number;
+  /** The boot test of a captured image (libvirt): from creating its overlay until the guest shows it booted. */
+  bootTestMs: number;
 }
 
 export const DEFAULT_TIMEOUTS: Readonly<Timeouts> = Object.freeze({
@@ -122,6 +126,7 @@ export const DEFAULT_TIMEOUTS: Readonly<Timeouts> = Object.freeze({
   captureEnvMs: 900_000,
   uploadNoProgressMs: 1_200_000,
   uploadOverallMs: 21_600_000,
+  bootTestMs: 600_000,
 });
 
 export type TimeoutName = keyof Timeouts;

@@ -4,6 +4,7 @@
  * escalations, the cancel message, and the result a caller gets. The model tests check the order of
  * effects on every path; these check the values that travel along one.
  */
+
 import { describe, expect, it } from 'vitest';
 import { createActor, fromPromise, waitFor } from 'xstate';
 import {
@@ -18,6 +19,7 @@ import {
   releaseOutcome,
   upgradeCaptureSnapshot,
 } from '../machines/index.js';
+import { DEFAULT_TIMEOUTS } from '../machines/types.js';
 import { ARTIFACT } from './model/catalogue.js';
 
 const IMAGE = { name: 'linux-Base1-v0', imageId: 1, revision: 0 };
@@ -274,5 +276,15 @@ describe('a capture machine run with scripted effects', () => {
     expect(upgradeCaptureSnapshot(null)).toBeNull();
     expect(upgradeCaptureSnapshot({ value: 'done' })).toEqual({ value: 'done' });
     expect(upgradeCaptureSnapshot({ context: null })).toEqual({ context: null });
+  });
+
+  it('gives a snapshot persisted before bootTestMs existed its default, so a resumed boot test arms a deadline', () => {
+    const { bootTestMs: _added, ...before } = DEFAULT_TIMEOUTS;
+    const old = { context: { touched: true, timeouts: { ...before, copyMs: 5 } } };
+    expect(upgradeCaptureSnapshot(old)).toEqual({
+      context: { touched: true, timeouts: { ...DEFAULT_TIMEOUTS, copyMs: 5 } },
+    });
+    const current = { context: { touched: true, timeouts: { ...DEFAULT_TIMEOUTS } } };
+    expect(upgradeCaptureSnapshot(current)).toBe(current);
   });
 });

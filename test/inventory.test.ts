@@ -103,6 +103,31 @@ describe('inventory files', () => {
     );
   });
 
+  it('takes a libvirt boot test switch, off by default, and says what a wrong one lacks', () => {
+    const withBoot = (b: string) =>
+      base.replace(
+        '{ type: libvirt, host: h1, domain: pc1 }',
+        `{ type: libvirt, host: h1, domain: pc1, bootTest: ${b} }`,
+      );
+    expect(parseInventoryText(withBoot('{ enabled: true }')).computers.pc1?.provisioner).toMatchObject({
+      bootTest: { enabled: true, check: 'console', pattern: 'login:' },
+    });
+    expect(
+      parseInventoryText(withBoot('{ enabled: true, check: ssh, port: 2222 }')).computers.pc1?.provisioner,
+    ).toMatchObject({ bootTest: { enabled: true, check: 'ssh', port: 2222 } });
+    expect(problem(withBoot('{ enabled: true, check: ssh }'))).toMatch(
+      /computers\.pc1\.provisioner\.bootTest\.port: check 'ssh' needs port/,
+    );
+    expect(problem(withBoot('{ enabled: true, check: ssh, port: 22 }'))).toMatch(
+      /bootTest\.port: use an unprivileged port/,
+    );
+    expect(problem(withBoot('{ enabled: true, pattern: "login:(" }'))).toMatch(
+      /bootTest\.pattern: must be a valid regular expression/,
+    );
+    expect(problem(withBoot('{ enabled: true, check: serial }'))).toMatch(/bootTest\.check: /);
+    expect(problem(withBoot('{ enable: true }'))).toMatch(/Unrecognized key.*enable/);
+  });
+
   it('ships a current JSON Schema for editors', () => {
     const shipped = readFileSync(new URL('../examples/inventory.schema.json', import.meta.url), 'utf8');
     expect(shipped, 'run: npx tsx -e "…inventoryJsonSchema()" > examples/inventory.schema.json').toBe(
@@ -181,6 +206,7 @@ describe('inventory files', () => {
       host: 'h1',
       domain: 'pc1',
       format: 'qcow2',
+      bootTest: { enabled: false, check: 'console', pattern: 'login:' },
     });
     const root = caughtVcl(() => parseInventory(null));
     expect(root.code).toBe('INVALID_INVENTORY');

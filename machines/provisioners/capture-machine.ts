@@ -31,6 +31,7 @@ import {
 import {
   type CaptureInput,
   type CaptureResult,
+  DEFAULT_TIMEOUTS,
   type EndState,
   FAILURE_CODES,
   type ImageArtifact,
@@ -180,15 +181,34 @@ export function releaseOutcome(context: Pick<CaptureContext, 'touched'>): Releas
 }
 
 /**
- * A persisted capture snapshot written before `touched` existed gets it from the field it replaces,
- * `osTouched` (the same flag then: every touching step came after the OS sub-machine started). Returns
- * the snapshot unchanged when it needs nothing.
+ * A persisted capture snapshot written by an earlier version gets what its context lacks: `touched` from
+ * the field it replaces, `osTouched` (the same flag then: every touching step came after the OS
+ * sub-machine started), and timeouts added since (`bootTestMs`) their defaults, so a resumed capture
+ * that reaches such a step arms a real deadline. Returns the snapshot unchanged when it needs nothing.
  */
 export function upgradeCaptureSnapshot(snapshot: unknown): unknown {
   const context = (snapshot as { context?: Record<string, unknown> } | null)?.context;
-  if (typeof context !== 'object' || context === null || 'touched' in context) return snapshot;
-  const { osTouched, ...rest } = context;
-  return { ...(snapshot as object), context: { ...rest, touched: osTouched !== false } };
+  if (typeof context !== 'object' || context === null) return snapshot;
+  const timeouts = context.timeouts;
+  const missing =
+    typeof timeouts === 'object' && timeouts !== null
+      ? (Object.keys(DEFAULT_TIMEOUTS) as TimeoutName[]).filter((k) => !(k in timeouts))
+      : [];
+  if ('touched' in context && missing.length === 0) return snapshot;
+  let upgraded: Record<string, unknown> = context;
+  if (!('touched' in context)) {
+    const { osTouched, ...rest } = context;
+    upgraded = { ...rest, touched: osTouched !== false };
+  }
+  if (missing.length > 0)
+    upgraded = {
+      ...upgraded,
+      timeouts: {
+        ...Object.fromEntries(missing.map((k) => [k, DEFAULT_TIMEOUTS[k]])),
+        ...(timeouts as object),
+      },
+    };
+  return { ...(snapshot as object), context: upgraded };
 }
 
 function stepInput(
@@ -341,6 +361,8 @@ export function captureSetup(stepIds: readonly string[]) {
       computerUntouched: ({ context }, params: { compensation: string }) =>
         context.compensations.at(-1) === params.compensation && releaseOutcome(context) === 'restore',
       endStateIs: ({ context }, params: { endState: EndState }) => context.endState === params.endState,
+      /** The computer's inventory asks for a boot test of its images (its check step's `bootTest` fact). */
+      bootTestEnabled: ({ context }) => context.facts.bootTest === true,
       mayRepairOnce: ({ context, event }) =>
         !context.repairAttempted &&
         errorCode((event as { error?: unknown }).error) === FAILURE_CODES.NEEDS_REPAIR,

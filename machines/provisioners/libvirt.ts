@@ -1,7 +1,9 @@
 /**
  * libvirt/KVM capture (docs/capture-flow.md, "libvirt / KVM"): the OS ends `off` (or stays `on` and the
  * provisioner asks libvirt for the shutdown); wait for `shut off`, escalate to `virsh destroy`; copy the
- * first disk with `qemu-img convert`; verify format and checksum; record; release.
+ * first disk with `qemu-img convert`; verify format and checksum; when the computer's inventory asks for it,
+ * boot the image in a throwaway domain on a copy-on-write overlay and wait until it shows it booted;
+ * record; release.
  */
 import {
   captureResult,
@@ -27,7 +29,9 @@ export const LIBVIRT_STEPS = [
   'wait_forced_off',
   'copy_image',
   'verify_image',
+  'boot_test',
   'record_revision',
+  'remove_boot_test',
   'remove_copy',
   'release_computer',
 ] as const;
@@ -38,7 +42,8 @@ const { forwardStep, preCapture, cleanupState, finals, reserveStep, powerOffStep
 
 export const libvirtMachine = libvirtSetup.createMachine({
   id: 'libvirt',
-  description: 'Capture a libvirt/KVM domain: OS pre_capture, power off, qemu-img convert, verify, record',
+  description:
+    'Capture a libvirt/KVM domain: OS pre_capture, power off, qemu-img convert, verify, boot test (optional), record',
   context: ({ input }) => initialCaptureContext(LIBVIRT, input),
   initial: 'capturing',
   states: {
@@ -75,6 +80,20 @@ export const libvirtMachine = libvirtSetup.createMachine({
           touches: false,
           timeout: 'verifyMs',
           next: 'record_revision',
+          onDone: [
+            { guard: 'bootTestEnabled', target: 'boot_test', actions: 'mergeOutput' },
+            { target: 'record_revision', actions: 'mergeOutput' },
+          ],
+        }),
+        boot_test: forwardStep('boot_test', {
+          title:
+            'Boot test: boot the image in a throwaway domain on a copy-on-write overlay until it shows it booted, then remove both',
+          effect: 'boot-test',
+          touches: false,
+          timeout: 'bootTestMs',
+          next: 'record_revision',
+          compensation: 'remove_boot_test',
+          doneActions: [{ type: 'settle', params: { compensation: 'remove_boot_test' } }],
         }),
         record_revision: forwardStep('record_revision', {
           title: 'Record the image revision and release the computer for reload (one transaction)',
@@ -84,7 +103,7 @@ export const libvirtMachine = libvirtSetup.createMachine({
         }),
       },
     },
-    cleanup: cleanupState(['remove_copy', 'release_computer']),
+    cleanup: cleanupState(['remove_boot_test', 'remove_copy', 'release_computer']),
     ...finals,
   },
   output: ({ context }) => captureResult(context),

@@ -18,6 +18,9 @@ export const DRIVER_ERROR_CODES = {
   COMMAND_FAILED: 'COMMAND_FAILED',
   PREFLIGHT_TOOL_MISSING: FAILURE_CODES.PREFLIGHT_TOOL_MISSING,
   PREFLIGHT_NO_SPACE: FAILURE_CODES.PREFLIGHT_NO_SPACE,
+  BOOT_TEST_FAILED: FAILURE_CODES.BOOT_TEST_FAILED,
+  /** The boot test cannot run where the image is (a repository on another host than the hypervisor). */
+  BOOT_TEST_UNSUPPORTED: 'BOOT_TEST_UNSUPPORTED',
 } as const;
 
 export type DriverErrorCode = keyof typeof DRIVER_ERROR_CODES;

@@ -215,6 +215,19 @@ export interface CaptureFailsFault extends Counted {
 }
 
 /**
+ * A captured image does not boot in a boot test: the test domain started from an overlay over a matching
+ * image `hang`s (runs, never prints its login prompt nor answers SSH) or `panic`s (its kernel finds no
+ * init and the transient domain ends).
+ */
+export interface DoesNotBootFault extends Counted {
+  kind: 'doesNotBoot';
+  host?: HostMatch;
+  /** The image the overlay is backed by. Default: any. */
+  image?: PathMatch;
+  mode?: 'hang' | 'panic';
+}
+
+/**
  * The host does not answer: new TCP connections are reset at once (as by a host that is down or a
  * firewall), and the connections it had are dropped. Lasts until cleared.
  */
@@ -232,7 +245,8 @@ export type Fault =
   | CorruptFault
   | DiskFullFault
   | NeedsRepairFault
-  | CaptureFailsFault;
+  | CaptureFailsFault
+  | DoesNotBootFault;
 
 export interface FaultHandle {
   readonly id: number;

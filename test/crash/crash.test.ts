@@ -6,8 +6,12 @@
  * revision whose sha256 is the source disk's, or failed with its computer in maintenance and nothing
  * usable; no half-made file stays in a repository; the audit trail shows the takeover.
  */
+import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { COMPUTER_KINDS } from '../../src/lab/types.js';
+import { labTransientDomains } from '../../src/provisioners/libvirt/lab-commands.js';
 import { LEFTOVER_SWEEP_SCRIPT } from '../../src/ssh/index.js';
+import { withBootTest } from '../helpers/boot-test.js';
 import {
   checkOutcome,
   HALF_MADE,
@@ -23,9 +27,19 @@ import {
 } from './harness.js';
 
 let rig: Rig;
+const BOOT_TESTED = 'lv-linux-2';
 
 beforeAll(async () => {
-  rig = await startRig({ powerDelayMs: 120, commandLatencyMs: 40, diskBytes: 16 * 1024 * 1024 });
+  // One computer of each kind, and a second libvirt one that boot-tests its images.
+  rig = await startRig(
+    {
+      powerDelayMs: 120,
+      commandLatencyMs: 40,
+      diskBytes: 16 * 1024 * 1024,
+      computers: { ...Object.fromEntries(COMPUTER_KINDS.map((k) => [k, 1])), 'libvirt-linux': 2 },
+    },
+    (inventory) => withBootTest(inventory, [BOOT_TESTED]),
+  );
 }, 60_000);
 
 afterAll(async () => {
@@ -138,6 +152,39 @@ describe('a kill in the middle of a copy', () => {
     },
     120_000,
   );
+});
+
+describe('a kill during the boot test', () => {
+  it(`${BOOT_TESTED}: the resumed boot_test removes the killed attempt's test domain and overlay first, then boots once`, async () => {
+    // The first attempt's guest hangs, so the kill lands while its test domain runs.
+    rig.lab.faults.add({ kind: 'doesNotBoot', host: 'libvirt-host', mode: 'hang', times: 1 });
+    const logFrom = rig.lab.commandLog.length;
+    const detail = await killOnce(
+      BOOT_TESTED,
+      'boot test',
+      'boot_test with its test domain running',
+      (ps) => ps.some((p) => p.includes('boot_test')) && labTransientDomains().length > 0,
+    );
+    expect(detail.status).toBe('completed');
+    expect(kills.at(-1)?.killedAt).toMatch(/boot_test/);
+    const domain = `vcl-boot-${detail.id}`;
+    const sent = rig.lab.commandLog
+      .slice(logFrom)
+      .filter((e) => e.host === 'libvirt-host' && e.argv !== null)
+      .map((e) => (e.argv as string[]).join(' '));
+    const creates = sent.flatMap((l, i) => (l.startsWith('virsh create') ? [i] : []));
+    expect(creates).toHaveLength(2);
+    const [first = 0, second = 0] = creates;
+    // The re-run destroyed the earlier domain before it made its own overlay and domain again.
+    const destroyed = sent.findIndex((l, i) => i > first && l === `virsh destroy ${domain}`);
+    const overlay = sent.findIndex((l, i) => i > first && l.startsWith('qemu-img create'));
+    expect(destroyed).toBeGreaterThan(first);
+    expect(destroyed).toBeLessThan(overlay);
+    expect(overlay).toBeLessThan(second);
+    expect(labTransientDomains()).toEqual([]);
+    const disks = await rig.lab.realPath('libvirt-host', '/var/lib/libvirt/images');
+    expect(readdirSync(disks).filter((f) => f.startsWith('.vcl-'))).toEqual([]);
+  }, 120_000);
 });
 
 /** mulberry32: a small seeded generator, so a failing random run can be replayed with CRASH_SEED. */

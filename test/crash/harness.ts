@@ -9,6 +9,7 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { expect } from 'vitest';
+import type { Inventory } from '../../src/inventory/schema.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab, LabOptions } from '../../src/lab/types.js';
 import { createRunner, type Runner } from '../../src/runner/runner.js';
@@ -24,6 +25,7 @@ const BIN = join(import.meta.dirname, '../../src/cli/bin.mjs');
  */
 const REPOSITORIES = [
   ['repo-host', '/srv/vcl/images'],
+  ['libvirt-host', '/var/lib/vcl/images'],
   ['xcat-mn', '/install/image/x86'],
   ['pve-node', '/var/lib/vz/dump'],
 ] as const;
@@ -34,25 +36,33 @@ export interface Rig {
   /** Creates queued captures (never started: the daemon runs them). */
   producer: Runner;
   dir: string;
+  /** The inventory the daemons run with. */
+  inventory: Inventory;
   inventoryPath: string;
   dbPath: string;
   daemon: Daemon | undefined;
   close(): Promise<void>;
 }
 
-export async function startRig(labOptions: LabOptions): Promise<Rig> {
+/** `inventory`: what the daemons are given instead of the lab's own (a switch turned on for some computers). */
+export async function startRig(
+  labOptions: LabOptions,
+  inventory: (lab: Inventory) => Inventory = (i) => i,
+): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'vcl-crash-'));
   const lab = await startLab(labOptions);
+  const used = inventory(lab.inventory);
   const inventoryPath = join(dir, 'inventory.json');
-  writeFileSync(inventoryPath, JSON.stringify(lab.inventory));
+  writeFileSync(inventoryPath, JSON.stringify(used));
   const dbPath = join(dir, 'store.sqlite');
   const store = openSqliteStore(dbPath);
-  const producer = createRunner({ inventory: lab.inventory, store, id: 'producer' });
+  const producer = createRunner({ inventory: used, store, id: 'producer' });
   const rig: Rig = {
     lab,
     store,
     producer,
     dir,
+    inventory: used,
     inventoryPath,
     dbPath,
     daemon: undefined,
@@ -218,6 +228,7 @@ export async function checkOutcome(
         format: revision?.format ?? '',
       },
       sourceSha256,
+      rig.inventory,
     );
     expect(computer?.state).toBe('reload');
   } else {

@@ -15,6 +15,7 @@ import { osSteps } from '../../src/drivers/os.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
+import { labTransientDomains } from '../../src/provisioners/libvirt/lab-commands.js';
 import { libvirtSteps } from '../../src/provisioners/libvirt/steps.js';
 import { vmwareSteps } from '../../src/provisioners/vmware/steps.js';
 import { xcatSteps } from '../../src/provisioners/xcat/steps.js';
@@ -53,7 +54,7 @@ beforeAll(async () => {
       captureChunkBytes: 256 * 1024,
       captureChunkMs: 40,
       repositories: { libvirt: 'kvm-local' },
-      computers: { 'libvirt-linux': 1, 'xcat-linux': 2 },
+      computers: { 'libvirt-linux': 2, 'xcat-linux': 2 },
     }),
   ]);
   pool = new SshPool({ logger: silentLogger() });
@@ -223,6 +224,59 @@ describe('libvirt with the repository on the libvirt host (convert straight into
     await leave(small, repo.host, `${target}.partial`);
     await steps.remove_copy?.(stepRun(cap.input('remove_copy', facts), { resumed: true }));
     expect(await filesWith(small, repo.host, repo.path, cap.name)).toEqual([]);
+  });
+});
+
+describe('libvirt boot test', () => {
+  it('boot_test re-run after an attempt killed while its test domain ran: that domain and overlay go first, then one boot, nothing left', async () => {
+    const c = 'lv-linux-2';
+    const inspected = await inspectedLibvirt(small, c);
+    const { cap, facts } = inspected;
+    const entry = inspected.env.computer;
+    if (entry.provisioner.type !== 'libvirt') throw new Error('not libvirt');
+    const env: DriverEnv = {
+      ...inspected.env,
+      computer: {
+        ...entry,
+        provisioner: {
+          ...entry.provisioner,
+          bootTest: { enabled: true, check: 'console', pattern: 'login:' },
+        },
+      },
+    };
+    const steps = libvirtSteps(env);
+    const copied = await steps.copy_image?.(stepRun(cap.input('copy_image', facts)));
+    const artifact = copied?.artifact;
+    if (!artifact) throw new Error('no artifact');
+    const domain = `vcl-boot-${cap.input('x').captureId}`;
+    const overlay = `.vcl-boot-${cap.input('x').captureId}.qcow2`;
+    const input = (step: string) => ({ ...cap.input(step, facts), artifact });
+
+    // The first attempt: its guest hangs, and the attempt stops while the domain runs (as a killed runner's).
+    small.faults.add({ kind: 'doesNotBoot', host: 'libvirt-host', mode: 'hang' });
+    const kill = new AbortController();
+    const watch = setInterval(() => {
+      if (labTransientDomains().includes(domain)) kill.abort();
+    }, 5);
+    await expect(steps.boot_test?.(stepRun(input('boot_test'), { signal: kill.signal }))).rejects.toThrow();
+    clearInterval(watch);
+    expect(labTransientDomains()).toEqual([domain]);
+    const disks = posix.dirname(String(facts.disk));
+    expect(await filesWith(small, 'libvirt-host', disks, overlay)).toEqual([overlay]);
+
+    small.clearLog();
+    const out = await steps.boot_test?.(stepRun(input('boot_test'), { resumed: true }));
+    expect(out?.facts?.bootTestMs).toBeGreaterThan(0);
+    const sent = small.commands('libvirt-host').map((a) => a.join(' '));
+    const destroyed = sent.indexOf(`virsh destroy ${domain}`);
+    expect(destroyed).toBeGreaterThanOrEqual(0);
+    expect(destroyed).toBeLessThan(sent.findIndex((l) => l.startsWith('qemu-img create')));
+    expect(labTransientDomains()).toEqual([]);
+    expect(await filesWith(small, 'libvirt-host', disks, '.vcl-boot-')).toEqual([]);
+    // The image was only read: its bytes are still the copy's.
+    expect(await small.sha256('libvirt-host', artifact.path)).toBe(artifact.sha256);
+    // The compensation after a finished test finds nothing and succeeds.
+    await expect(steps.remove_boot_test?.(stepRun(input('remove_boot_test')))).resolves.toEqual({});
   });
 });
 

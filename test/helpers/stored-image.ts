@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { expect } from 'vitest';
+import type { Inventory } from '../../src/inventory/schema.js';
 import type { Lab } from '../../src/lab/types.js';
 
 export interface StoredArtifact {
@@ -94,8 +95,10 @@ export async function expectStoredImage(
   computer: string,
   artifact: StoredArtifact,
   source: string,
+  /** The inventory the capture ran with, when not the lab's own (its repository may differ). */
+  inventory: Inventory = lab.inventory,
 ): Promise<void> {
-  const repo = lab.inventory.repositories[lab.inventory.computers[computer]?.repository ?? ''];
+  const repo = inventory.repositories[inventory.computers[computer]?.repository ?? ''];
   if (!repo) throw new Error(`no repository for ${computer}`);
   const c = lab.computer(computer);
   if (c.provisioner === 'vmware') {

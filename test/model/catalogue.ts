@@ -21,6 +21,21 @@ const OUTPUTS: Record<string, unknown> = {
   ...Object.fromEntries([...ARTIFACT_STEPS].map((step) => [step, { artifact: ARTIFACT }])),
 };
 
+/**
+ * Success outputs that send the capture down another branch: the check steps of provisioners with a boot
+ * test report the inventory's switch in their facts (`bootTest`), so both ways are generated.
+ */
+const VARIANT_OUTPUTS: Record<string, unknown[]> = {
+  inspect_domain: [
+    {
+      facts: {
+        ...(DRY_RUN_OUTPUTS.inspect_domain as { facts: Record<string, unknown> }).facts,
+        bootTest: true,
+      },
+    },
+  ],
+};
+
 /** Named guards that test an error code without saying it in their params. */
 const GUARD_CODES: Record<string, string> = { mayRepairOnce: FAILURE_CODES.NEEDS_REPAIR };
 
@@ -45,6 +60,7 @@ export function stepOutcomes(id: string, snapshot: AnyMachineSnapshot): Outcome[
   const node = invokingNode(snapshot, id);
   const meta = (node?.meta as { step?: { kind?: string; effect?: string } } | undefined)?.step;
   const outcomes: Outcome[] = [{ kind: 'done', output: OUTPUTS[id] ?? {} }];
+  for (const output of VARIANT_OUTPUTS[id] ?? []) outcomes.push({ kind: 'done', output });
   // An advisory OS step may find nothing to do (busybox has no userdel): reported, not failed.
   if (meta?.kind === 'advisory' && meta.effect === 'os') {
     outcomes.push({ kind: 'done', output: { notApplicable: `${id}: tool not present on this computer` } });

@@ -64,8 +64,9 @@ const RULES: Record<
   }
 > = {
   libvirt: {
-    owes: { reserve: 'release_computer', copy_image: 'remove_copy' },
-    settles: {},
+    owes: { reserve: 'release_computer', copy_image: 'remove_copy', boot_test: 'remove_boot_test' },
+    // A boot test that ended well removed its domain and overlay itself.
+    settles: { boot_test: 'remove_boot_test' },
     copies: ['copy_image'],
     powerConfirmed: ['wait_power_off', 'wait_forced_off'],
     touches: ['request_power_off', 'wait_power_off', 'force_power_off', 'wait_forced_off', 'copy_image'],
@@ -227,6 +228,14 @@ function checkCaptureRules(provisioner: ProvisionerName, log: Effect[], result: 
     const lastCopy = names.findLastIndex((n) => rules.copies.includes(n));
     if (verified < 0 || verified > record || verified < lastCopy)
       problems.push('record_revision ran without a verified copy');
+  }
+  // A boot test, when it runs, boots the verified image, and a revision is recorded only after it passed.
+  const boot = names.indexOf('boot_test');
+  if (boot >= 0) {
+    if (okAt('verify_image') < 0 || okAt('verify_image') > boot)
+      problems.push('boot_test ran before verify_image');
+    if (record >= 0 && (okAt('boot_test') < 0 || okAt('boot_test') > record))
+      problems.push('record_revision ran without a passed boot test');
   }
   if (result.status === 'completed') {
     if (log.at(-1)?.src !== 'record_revision' || log.at(-1)?.outcome !== 'ok')

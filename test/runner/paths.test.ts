@@ -21,10 +21,13 @@ import {
   type ProvisionerName,
   provisioners,
 } from '../../machines/index.js';
+import type { Inventory } from '../../src/inventory/schema.js';
 import { COPY_READ_SCRIPT, startLab } from '../../src/lab/index.js';
 import type { CommandMatch, Fault, Lab } from '../../src/lab/types.js';
+import { labTransientDomains } from '../../src/provisioners/libvirt/lab-commands.js';
 import { createRunner, type Runner, type RunnerEvent } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
+import { withBootTest } from '../helpers/boot-test.js';
 import { expectStoredImage } from '../helpers/stored-image.js';
 import { ARTIFACT } from '../model/catalogue.js';
 
@@ -48,6 +51,8 @@ interface Run {
   /** Faults that make earlier steps take the path to `step` (e.g. a power-off timeout). */
   setup?: (computer: string) => Fault[];
   timeouts?: Record<string, number>;
+  /** The computer's inventory turns the boot test on (libvirt; its repository then on the libvirt host). */
+  bootTest?: boolean;
 }
 
 /** How to make each step fail, by the command that does its work. */
@@ -249,6 +254,42 @@ function runs(): Run[] {
       inject: { fail: match, host: 'esxi-host' },
     });
   }
+  // The boot test (libvirt, switched on for these computers only): passes, the image does not boot, its
+  // command fails, cancelled while it runs. Each run has its own computer (computerOf).
+  const boot = { provisioner: 'libvirt', os: 'linux', endState: 'on', bootTest: true } as const;
+  out.push(
+    {
+      ...boot,
+      name: 'libvirt: the boot test passes',
+      step: 'none',
+      outcome: 'error',
+      inject: { before: (c) => ({ kind: 'failCommand', host: c, match: ['never-sent'], exitCode: 1 }) },
+    },
+    {
+      ...boot,
+      name: 'libvirt: boot_test fails: the image does not boot (BOOT_TEST_FAILED)',
+      step: 'boot_test',
+      outcome: 'error',
+      code: 'BOOT_TEST_FAILED',
+      inject: { before: () => ({ kind: 'doesNotBoot', host: 'libvirt-host' }) },
+      timeouts: { bootTestMs: 1500 },
+    },
+    {
+      ...boot,
+      name: 'libvirt: boot_test fails: virsh create',
+      step: 'boot_test',
+      outcome: 'error',
+      code: 'STEP_FAILED',
+      inject: { fail: ['virsh', 'create'] },
+    },
+    {
+      ...boot,
+      name: 'libvirt: cancelled during boot_test',
+      step: 'boot_test',
+      outcome: 'cancel',
+      inject: { fail: ['virsh', 'create'] },
+    },
+  );
   out.push({
     name: 'xcat + windows (end state off): OS first, then the capture image',
     provisioner: 'xcat',
@@ -292,8 +333,13 @@ async function predict(run: Run, endState: EndState): Promise<{ states: string[]
           throw Object.assign(new Error('t'), { code: 'TIMEOUT' });
         if (name === 'clone_disk' && repairs && n === 1)
           throw Object.assign(new Error('r'), { code: 'NEEDS_REPAIR' });
-        if (name === run.step && run.outcome === 'error' && run.code === 'STEP_FAILED')
-          throw Object.assign(new Error('f'), { code: 'STEP_FAILED' });
+        if (
+          name === run.step &&
+          run.outcome === 'error' &&
+          (run.code === 'STEP_FAILED' || run.code === 'BOOT_TEST_FAILED')
+        )
+          throw Object.assign(new Error('f'), { code: run.code });
+        if (name === 'inspect_domain' && run.bootTest) return { facts: { bootTest: true } };
         if (name === run.step && run.outcome === 'cancel') return new Promise(() => {});
         if (['copy_image', 'copy_to_repository', 'watch_upload'].includes(name))
           return { artifact: ARTIFACT };
@@ -333,8 +379,20 @@ let store: SqliteCaptureStore;
 let runner: Runner;
 let dir: string;
 const all = runs();
-const used = { libvirt: 0, vmware: 0, xcat: 0, proxmox: 0 };
-const usedWindows = { libvirt: 0, vmware: 0, xcat: 0, proxmox: 0 };
+/** Each run's own computer, numbered per provisioner and OS in the runs' order (filtered runs too). */
+const computerOf = (() => {
+  const used = new Map<string, number>();
+  return new Map(
+    all.map((r) => {
+      const kind = `${KIND[r.provisioner]}-${r.os}`;
+      used.set(kind, (used.get(kind) ?? 0) + 1);
+      return [r, `${kind}-${used.get(kind)}`] as const;
+    }),
+  );
+})();
+/** Computers whose inventory entry turns the boot test on, and the inventory the runner uses. */
+const bootComputers = all.filter((r) => r.bootTest).map((r) => computerOf.get(r) as string);
+let inventory: Inventory;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'vcl-paths-'));
@@ -352,7 +410,8 @@ beforeAll(async () => {
     },
   });
   store = openSqliteStore(join(dir, 'store.sqlite'));
-  runner = createRunner({ inventory: lab.inventory, store, pollMs: 15 });
+  inventory = withBootTest(lab.inventory, bootComputers);
+  runner = createRunner({ inventory, store, pollMs: 15 });
 });
 
 afterAll(async () => {
@@ -364,8 +423,7 @@ afterAll(async () => {
 
 describe('paths forced through the runner against the lab', () => {
   it.each(all.map((r) => [r.name, r] as const))('%s', async (_name, run) => {
-    const n = run.os === 'windows' ? ++usedWindows[run.provisioner] : ++used[run.provisioner];
-    const computer = `${KIND[run.provisioner]}-${run.os}-${n}`;
+    const computer = computerOf.get(run) as string;
     const endState = run.endState ?? defaultEndStateOf(run.provisioner, run.os);
     const source = await lab.diskSha256(computer);
     for (const f of run.setup?.(computer) ?? []) lab.faults.add(f);
@@ -420,7 +478,7 @@ describe('paths forced through the runner against the lab', () => {
       expected.states.slice(expected.states.indexOf('capturing.reserve')),
     );
 
-    const repo = lab.inventory.repositories[lab.inventory.computers[computer]?.repository ?? ''];
+    const repo = inventory.repositories[inventory.computers[computer]?.repository ?? ''];
     if (!repo) throw new Error('no repository');
     const files = readdirSync(await lab.realPath(repo.host, repo.path)).filter((f) =>
       f.includes(handle.image.name),
@@ -428,7 +486,7 @@ describe('paths forced through the runner against the lab', () => {
     const record = await store.getCapture(handle.id);
     const computerState = (await store.getComputer(computer))?.state;
     if (result.status === 'completed') {
-      await expectStoredImage(lab, computer, result.artifact, source);
+      await expectStoredImage(lab, computer, result.artifact, source, inventory);
       expect(computerState).toBe('reload');
       expect(record?.status).toBe('completed');
     } else {
@@ -438,10 +496,21 @@ describe('paths forced through the runner against the lab', () => {
       if (run.provisioner === 'vmware')
         expect(await lab.exists('esxi-host', `/vmfs/volumes/datastore1/${handle.image.name}`)).toBe(false);
       expect(record?.status).toBe(result.status);
+      if (run.code === 'BOOT_TEST_FAILED')
+        expect(result.error).toMatchObject({ code: 'BOOT_TEST_FAILED', step: 'boot_test' });
+      // No revision of the image was recorded.
+      expect((await store.getImage(handle.image.imageId))?.revisions.filter((r) => !r.deleted)).toEqual([]);
       // Failed or cancelled alike: back where it was unless the computer was touched (the OS sub-machine
       // got past its first look, which every OS run here does) or an undo failed.
       const touched = expected.states.includes('capturing.pre_capture') || result.cleanupFailures.length > 0;
       expect(computerState).toBe(touched ? 'maintenance' : 'available');
+    }
+    if (run.bootTest) {
+      // Whatever the outcome, the boot test left no domain and no overlay, console log or definition.
+      expect(labTransientDomains()).toEqual([]);
+      const disks = readdirSync(await lab.realPath('libvirt-host', '/var/lib/libvirt/images'));
+      expect(disks.filter((f) => f.startsWith('.vcl-'))).toEqual([]);
+      expect(states.includes('capturing.boot_test')).toBe(true);
     }
     if (run.provisioner === 'proxmox')
       // The staging file on the node (the repository is repo-host) is gone whatever the outcome.

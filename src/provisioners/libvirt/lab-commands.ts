@@ -1,15 +1,190 @@
 /**
  * The libvirt host: `virsh` (domstate, domblklist, shutdown, destroy, start, event, dumpxml, undefine,
- * list) and `qemu-img` (info, convert, check), in libvirt 8 / QEMU 6 output formats. A running domain
+ * list, create) and `qemu-img` (info, convert, check, create), in libvirt 8 / QEMU 6 output formats.
+ * `virsh create` starts a transient boot-test domain from an XML file: it boots from its copy-on-write
+ * overlay (its serial console, written to the file the XML names, shows the boot and then a login
+ * prompt; a forwarded SSH port answers `bash`'s /dev/tcp probe with a banner) and vanishes when destroyed.
+ * The `doesNotBoot` fault makes it hang or panic instead. A running domain
  * holds its disk's write lock: `qemu-img convert` or `check` on it fails as QEMU's does. Conversions are
  * byte copies (zero runs of 4 KiB left as holes) that record the target format, which `qemu-img info`
  * then reports.
  */
 
+import { appendFile, readFile, writeFile } from 'node:fs/promises';
 import { errnoText, options, statOf } from '../../lab/commands/posix.js';
 import type { CommandContext, ComputerRecord, Handler, LabCore } from '../../lab/core.js';
 import { diskInUse, fail, NoSpaceError } from '../../lab/core.js';
+import { hostMatches, pathMatches } from '../../lab/faults.js';
 import { copySparse } from '../../lab/fs.js';
+import { SSH_BANNER_SCRIPT } from './commands.js';
+
+/** A transient domain `virsh create` started (a boot test's): gone from the lab once destroyed. */
+interface TransientDomain {
+  name: string;
+  host: string;
+  overlay: string;
+  /** Real path of the file its serial console writes to. */
+  console: string | undefined;
+  /** The libvirt host's loopback port it forwards to the guest's SSH. */
+  port: number | undefined;
+  booted: boolean;
+  timers: NodeJS.Timeout[];
+}
+
+/** Live transient domains of each running lab; a lab's are dropped when it stops. */
+const transient = new Map<LabCore, Map<string, TransientDomain>>();
+/** Overlays `qemu-img create -b` made, by host and path: their backing image. */
+const backing = new Map<LabCore, Map<string, string>>();
+
+function labState<T>(all: Map<LabCore, Map<string, T>>, core: LabCore): Map<string, T> {
+  let m = all.get(core);
+  if (m === undefined) {
+    m = new Map();
+    all.set(core, m);
+    core.stopping.addEventListener(
+      'abort',
+      () => {
+        for (const d of transient.get(core)?.values() ?? []) for (const t of d.timers) clearTimeout(t);
+        transient.delete(core);
+        backing.delete(core);
+      },
+      { once: true },
+    );
+  }
+  return m;
+}
+
+/** Names of the transient (boot test) domains alive in any lab of this process, for tests. */
+export function labTransientDomains(): string[] {
+  return [...transient.values()].flatMap((m) => [...m.keys()]);
+}
+
+const unescapeXml = (v: string) =>
+  v
+    .replace(/&apos;/g, "'")
+    .replace(/&quot;/g, '"')
+    .replace(/&lt;/g, '<')
+    .replace(/&gt;/g, '>')
+    .replace(/&amp;/g, '&');
+
+/** Milliseconds the lab's guest takes from `virsh create` to its login prompt. */
+const LAB_BOOT_MS = 150;
+
+async function createTransient(ctx: CommandContext, file: string | undefined): Promise<number> {
+  if (file === undefined) fail(1, "error: command 'create' requires <file> option");
+  const f = await ctx.host.fs.prepare(file);
+  const xml = await readFile(f.real, 'utf8').catch(() =>
+    fail(
+      1,
+      `error: Failed to read file '${file}' to create domain\nerror: Failed to open file '${file}': No such file or directory`,
+    ),
+  );
+  const name = /<name>([^<]+)<\/name>/.exec(xml)?.[1];
+  const disk = /<disk\b[^>]*device='disk'[^>]*>[\s\S]*?<source file='([^']+)'/.exec(xml)?.[1];
+  if (name === undefined || disk === undefined)
+    fail(1, `error: Failed to create domain from ${file}\nerror: XML error: missing name or disk source`);
+  const domains = labState(transient, ctx.core);
+  const clash = domains.get(name) ?? ctx.core.computers.get(name);
+  if (clash !== undefined)
+    fail(
+      1,
+      `error: Failed to create domain from ${file}\nerror: operation failed: domain '${name}' already exists`,
+    );
+  const overlay = unescapeXml(disk);
+  const o = await ctx.host.fs.prepare(overlay);
+  if ((await statOf(o.real)) === undefined)
+    fail(
+      1,
+      `error: Failed to create domain from ${file}\nerror: Cannot access storage file '${overlay}': No such file or directory`,
+    );
+  const consolePath = /<serial type='file'>\s*<source path='([^']+)'/.exec(xml)?.[1];
+  const console =
+    consolePath === undefined ? undefined : (await ctx.host.fs.prepare(unescapeXml(consolePath))).real;
+  const port = /hostfwd=tcp:127\.0\.0\.1:(\d+)-:22/.exec(xml)?.[1];
+  const image = labState(backing, ctx.core).get(`${ctx.host.name}:${overlay}`) ?? overlay;
+  const fault = ctx.core.faults.take(
+    'doesNotBoot',
+    (x) => hostMatches(x.host, ctx.host.name) && pathMatches(x.image, image),
+  );
+  const d: TransientDomain = {
+    name,
+    host: ctx.host.name,
+    overlay,
+    console,
+    port: port === undefined ? undefined : Number(port),
+    booted: false,
+    timers: [],
+  };
+  const write = (text: string) => (console === undefined ? Promise.resolve() : appendFile(console, text));
+  if (console !== undefined)
+    await writeFile(console, 'SeaBIOS (version 1.16.0)\r\nBooting from Hard Disk...\r\n');
+  const later = (ms: number, fn: () => Promise<void>) => {
+    const t = setTimeout(() => void fn().catch(() => undefined), ms);
+    t.unref();
+    d.timers.push(t);
+  };
+  if (fault?.mode === 'panic')
+    later(LAB_BOOT_MS, async () => {
+      await write('Kernel panic - not syncing: No working init found.\r\n');
+      domains.delete(name);
+    });
+  else if (fault === undefined)
+    later(LAB_BOOT_MS, async () => {
+      await write(`\r\nDebian GNU/Linux 12 ${name} ttyS0\r\n\r\n${name} login: `);
+      d.booted = true;
+    });
+  domains.set(name, d);
+  await ctx.out(`Domain '${name}' created from ${file}\n\n`);
+  return 0;
+}
+
+/** virsh subcommands on a transient domain; undefined when `name` is not one. */
+async function onTransient(ctx: CommandContext, sub: string | undefined, name: string | undefined) {
+  const domains = labState(transient, ctx.core);
+  const d = name === undefined ? undefined : domains.get(name);
+  if (d === undefined) return undefined;
+  switch (sub) {
+    case 'domstate':
+      await ctx.out(`running (booted)\n\n`);
+      return 0;
+    case 'destroy':
+      for (const t of d.timers) clearTimeout(t);
+      domains.delete(d.name);
+      await ctx.out(`Domain '${d.name}' destroyed\n\n`);
+      return 0;
+    case 'undefine':
+      fail(
+        1,
+        `error: Failed to undefine domain '${d.name}'\nerror: Requested operation is not valid: cannot undefine transient domain`,
+      );
+      break;
+    default:
+      fail(1, `error: the lab does not play virsh ${sub ?? ''} on a transient domain`);
+  }
+  return 1;
+}
+
+/**
+ * bash, for the boot test's SSH check only (SSH_BANNER_SCRIPT): a forwarded port of a booted guest
+ * answers with its banner; one not booted yet accepts and closes (QEMU's user network does); a port no
+ * domain forwards refuses.
+ */
+const bash: Handler = async (ctx) => {
+  const [, flag, script, , port] = ctx.argv;
+  if (flag !== '-c' || script !== SSH_BANNER_SCRIPT)
+    fail(2, "bash: the lab plays only the boot test's SSH probe");
+  const d = [...labState(transient, ctx.core).values()].find(
+    (x) => x.host === ctx.host.name && x.port !== undefined && String(x.port) === port,
+  );
+  if (d === undefined)
+    fail(
+      1,
+      `bash: connect: Connection refused\nbash: line 1: /dev/tcp/127.0.0.1/${port}: Connection refused`,
+    );
+  if (!d.booted) return 1;
+  await ctx.out('SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n');
+  return 0;
+};
 
 export function libvirtDomain(core: LabCore, name: string | undefined): ComputerRecord {
   const rec = name === undefined ? undefined : core.computers.get(name);
@@ -107,7 +282,11 @@ function dumpxml(rec: ComputerRecord): string {
 const virsh: Handler = async (ctx) => {
   const [sub, ...args] = ctx.argv.slice(1);
   const name = domainArg(args);
+  const onOne = await onTransient(ctx, sub, name);
+  if (onOne !== undefined) return onOne;
   switch (sub) {
+    case 'create':
+      return await createTransient(ctx, name);
     case 'domstate': {
       const rec = libvirtDomain(ctx.core, name);
       await ctx.out(`${stateText(rec, args.includes('--reason'))}\n\n`);
@@ -187,6 +366,8 @@ const virsh: Handler = async (ctx) => {
           ` ${on ? String(id).padEnd(4) : '-   '} ${rec.info.name.padEnd(20)} ${stateText(rec, false)}`,
         );
       }
+      for (const d of labState(transient, ctx.core).values())
+        if (d.host === ctx.host.name) rows.push(` ${String(++id).padEnd(4)} ${d.name.padEnd(20)} running`);
       await ctx.out(`${rows.join('\n')}\n\n`);
       return 0;
     }
@@ -222,7 +403,7 @@ const qemuImg: Handler = async (ctx) => {
   const [sub, ...rest] = ctx.argv.slice(1);
   const { flags, values, operands } = options(
     rest.map((a) => (a === '--output=json' ? '-J' : a)),
-    ['-O', '-f', '-o', '-t', '-T'],
+    ['-O', '-f', '-o', '-t', '-T', '-b', '-F'],
   );
   const force = flags.has('U');
   switch (sub) {
@@ -307,12 +488,56 @@ const qemuImg: Handler = async (ctx) => {
       }
       return 0;
     }
+    case 'create': {
+      const [overlay] = operands;
+      const back = values.get('-b');
+      const format = values.get('-f') ?? 'raw';
+      if (overlay === undefined) fail(1, 'qemu-img: Expecting image file name');
+      if (back === undefined) fail(1, 'qemu-img: Image creation needs a size parameter');
+      const backFormat = values.get('-F');
+      if (backFormat === undefined)
+        fail(1, `qemu-img: ${overlay}: Backing file specified without backing format`);
+      // qemu-img opens the backing file (read-only, shared) for its size.
+      const base = await openImage(ctx, back, false);
+      if (ctx.host.fs.formatOf(base.path) !== backFormat)
+        fail(1, `qemu-img: ${overlay}: Could not open '${back}': Image is not in ${backFormat} format`);
+      const out = await ctx.host.fs.prepare(overlay);
+      await writeFile(out.real, Buffer.alloc(196_608)).catch((err: unknown) =>
+        fail(1, `qemu-img: ${overlay}: Could not create '${overlay}': ${errnoText(err)}`),
+      );
+      ctx.host.fs.formats.set(out.path, format);
+      labState(backing, ctx.core).set(`${ctx.host.name}:${out.path}`, base.path);
+      await ctx.out(
+        `Formatting '${overlay}', fmt=${format} cluster_size=65536 extended_l2=off compression_type=zlib size=${base.st.size} backing_file=${back} backing_fmt=${backFormat} lazy_refcounts=off refcount_bits=16\n`,
+      );
+      return 0;
+    }
     default:
       fail(1, `qemu-img: Command not found: ${sub ?? ''}`);
   }
 };
 
+/** GNU chown `--reference=R -- FILE`: the lab's files have one owner, so only the paths are checked. */
+const chown: Handler = async (ctx) => {
+  const args = ctx.argv.slice(1);
+  const ref = args.find((a) => a.startsWith('--reference='))?.slice('--reference='.length);
+  const files = args.filter((a) => !a.startsWith('-'));
+  if (ref === undefined || files.length === 0)
+    fail(1, 'chown: the lab plays only chown --reference=RFILE FILE...');
+  for (const path of [ref, ...files]) {
+    const f = await ctx.host.fs.prepare(path);
+    if ((await statOf(f.real)) === undefined)
+      fail(
+        1,
+        `chown: ${path === ref ? 'failed to get attributes of' : 'cannot access'} '${path}': No such file or directory`,
+      );
+  }
+  return 0;
+};
+
 export const LIBVIRT_COMMANDS: ReadonlyMap<string, Handler> = new Map([
   ['virsh', virsh],
   ['qemu-img', qemuImg],
+  ['bash', bash],
+  ['chown', chown],
 ]);

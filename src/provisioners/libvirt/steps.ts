@@ -21,12 +21,18 @@ import { verifyArtifact } from '../../drivers/verify.js';
 import type { SshHost } from '../../ssh/index.js';
 import type { PreflightRun, CaptureStep as Step } from '../types.js';
 import {
+  type BootTestNames,
+  bootTestDomainXml,
+  bootTestNames,
   firstDisk,
+  isSshBanner,
   libvirt,
   lifecycleWaitTimedOut,
   parseDomblklist,
   parseDomstate,
   parseImageInfo,
+  sshBannerProbe,
+  UNKNOWN_DOMAIN,
 } from './commands.js';
 
 function settings(env: DriverEnv) {
@@ -66,9 +72,6 @@ export function eventWaitSeconds(pollMs: number, remainingMs: number): number {
   return Math.max(1, Math.min(wanted, Math.floor(remainingMs / 1000)));
 }
 
-/** virsh's words for a domain it does not know (`virsh domstate` exits 1 with them). */
-const UNKNOWN_DOMAIN = /failed to get domain|Domain not found/;
-
 /**
  * The libvirt preflight (inspect_domain, and `vcl-capture preflight`): the libvirt and repository hosts
  * reachable with their tools; the domain defined with a file or block disk qemu-img can read; the target
@@ -82,7 +85,7 @@ export async function libvirtPreflight(
   list: Checklist,
   options: { target: boolean },
 ): Promise<Facts | undefined> {
-  const { domain, format } = settings(env);
+  const { domain, format, bootTest } = settings(env);
   const host = env.provisionerHost;
   const exec = execFor(env, run);
   if (!(await checkHosts(env, run, list))) {
@@ -131,8 +134,29 @@ export async function libvirtPreflight(
   });
   if (!checked) return undefined;
   const { target } = checked;
+  if (bootTest.enabled) {
+    const fits = await list.check('boot test', async () => {
+      // The throwaway domain boots an overlay over the image itself: the image must be on this host.
+      if (!sameHost(host, env.repository.host))
+        throw driverError(
+          'BOOT_TEST_UNSUPPORTED',
+          `the boot test of ${env.computerName} boots the image on ${host.name}, but repository ${env.computer.repository} is on ${env.repository.host.name}: capture into a repository on ${host.name} or set provisioner.bootTest.enabled to false`,
+        );
+      return {
+        value: true,
+        detail: `${bootTest.check === 'ssh' ? `SSH banner on 127.0.0.1:${bootTest.port}` : `console line /${bootTest.pattern}/`}}, from an overlay beside the disk`,
+      };
+    });
+    if (!fits) return undefined;
+  }
   run.log.info({ domain, state: found.state, disk, sourceFormat: info.format }, 'domain inspected');
-  return { domain, disk, sourceFormat: info.format, ...(target === undefined ? {} : { target }) };
+  return {
+    domain,
+    disk,
+    sourceFormat: info.format,
+    ...(target === undefined ? {} : { target }),
+    ...(bootTest.enabled ? { bootTest: true } : {}),
+  };
 }
 
 export function libvirtSteps(env: DriverEnv): Record<string, Step> {
@@ -193,7 +217,130 @@ export function libvirtSteps(env: DriverEnv): Record<string, Step> {
     }
   };
 
+  /** The boot test's names, beside the source disk (known from inspect_domain, which precedes it). */
+  const bootNames = (run: Parameters<Step>[0]): BootTestNames | undefined =>
+    run.input.facts.disk === undefined
+      ? undefined
+      : bootTestNames(posix.dirname(String(run.input.facts.disk)), run.input.captureId);
+
+  /**
+   * Removes a boot test's domain and files, whatever an attempt left: the transient domain is destroyed
+   * (it then vanishes), one that somehow got defined is undefined too, and the files are removed. A domain
+   * that is already gone is what we want; any other virsh failure stands.
+   */
+  const removeBootTest = async (run: Parameters<Step>[0], names: BootTestNames) => {
+    const exec = execFor(env, run);
+    const tolerated =
+      /failed to get domain|Domain not found|domain is not running|cannot undefine transient domain/;
+    let found = false;
+    for (const command of [
+      ['virsh', 'destroy', names.domain],
+      ['virsh', 'undefine', names.domain],
+    ]) {
+      const r = await exec(host, command, { check: false });
+      if (r.code === 0) found = true;
+      else if (!tolerated.test(r.stderr))
+        throw driverError(
+          'COMMAND_FAILED',
+          `${command.join(' ')} on ${host.name} failed: ${r.stderr.trim()}`,
+        );
+    }
+    await exec(host, ['rm', '-f', '--', names.overlay, names.xml, names.console]);
+    if (found) run.log.info({ domain: names.domain }, 'boot test domain removed');
+  };
+
+  /** The last lines of the test domain's console, for a failure message. */
+  const consoleTail = async (run: Parameters<Step>[0], names: BootTestNames): Promise<string> => {
+    const r = await execFor(env, run)(host, ['cat', '--', names.console], {
+      check: false,
+      timeoutMs: 10_000,
+    });
+    const lines = r.stdout.split(/\r?\n/).filter((l) => l.trim() !== '');
+    return lines.length === 0
+      ? 'the console printed nothing'
+      : `console: ${lines.slice(-3).join(' | ').slice(-300)}`;
+  };
+
+  /**
+   * Boots the verified image in a throwaway transient domain on a copy-on-write overlay (the image is
+   * only read) and waits for the guest to show it booted, then removes the domain and the overlay. The
+   * wait ends a little before the step's deadline so that a guest that does not boot fails as
+   * BOOT_TEST_FAILED, not TIMEOUT, and success has time left to clean up; on failure or cancel the
+   * compensation (remove_boot_test) removes them. A re-run first removes what an earlier attempt left.
+   */
+  const bootTest: Step = async (run) => {
+    const { bootTest: test } = settings(env);
+    const artifact = run.input.artifact;
+    const names = bootNames(run);
+    if (artifact === undefined || names === undefined)
+      throw driverError('COMMAND_FAILED', 'boot_test runs after the copy: no image or source disk known');
+    const exec = execFor(env, run);
+    const started = Date.now();
+    const stopAt = started + run.remainingMs() - Math.min(15_000, run.remainingMs() / 5);
+    await removeBootTest(run, names);
+    await exec(host, libvirt.overlay(artifact.path, artifact.format, names.overlay));
+    // QEMU writes the overlay as the user it runs the computer's domain as: the owner of its disk. (A
+    // system libvirtd also chowns it itself; a session one, or another user's, does not.)
+    const owned = await exec(host, libvirt.ownLike(String(run.input.facts.disk), names.overlay), {
+      check: false,
+    });
+    if (owned.code !== 0)
+      run.log.warn(
+        { stderr: owned.stderr.trim().slice(0, 200) },
+        'the overlay keeps its owner: chown failed',
+      );
+    const definition = (await exec(host, libvirt.dumpxml(domain))).stdout;
+    const xml = bootTestDomainXml(definition, {
+      names,
+      ...(test.check === 'ssh' && test.port !== undefined
+        ? { ssh: { address: '127.0.0.1', port: test.port } }
+        : {}),
+    });
+    await exec(host, ['tee', '--', names.xml], { stdin: xml });
+    await exec(host, libvirt.create(names.xml));
+    run.log.info(
+      { domain: names.domain, check: test.check, overlay: names.overlay },
+      'boot test domain started',
+    );
+    const pattern = new RegExp(test.pattern, 'm');
+    for (;;) {
+      const state = await exec(host, libvirt.domstate(names.domain), { check: false });
+      const gone = state.code !== 0 && UNKNOWN_DOMAIN.test(state.stderr);
+      if (gone || (state.code === 0 && /shut off|crashed/.test(state.stdout)))
+        throw driverError(
+          'BOOT_TEST_FAILED',
+          `the image ${artifact.path} did not boot: its test domain ${gone ? 'vanished' : `is ${parseDomstate(state.stdout).state}`} before the guest showed it booted (${await consoleTail(run, names)})`,
+          { domain: names.domain },
+        );
+      const booted =
+        test.check === 'ssh'
+          ? isSshBanner(
+              (await exec(host, sshBannerProbe(test.port as number, 2), { check: false, timeoutMs: 10_000 }))
+                .stdout,
+            )
+          : pattern.test((await exec(host, ['cat', '--', names.console], { check: false })).stdout);
+      if (booted) break;
+      if (Date.now() + env.pollMs >= stopAt)
+        throw driverError(
+          'BOOT_TEST_FAILED',
+          `the image ${artifact.path} did not show it booted (${test.check === 'ssh' ? `no SSH banner on 127.0.0.1:${test.port}` : `no console line matching /${test.pattern}/`}) within ${Math.round((Date.now() - started) / 1000)} s (${await consoleTail(run, names)})`,
+          { domain: names.domain },
+        );
+      await sleep(env.pollMs, run.signal);
+    }
+    const bootMs = Date.now() - started;
+    run.log.info({ domain: names.domain, bootMs }, 'the image booted');
+    await removeBootTest(run, names);
+    return { facts: { bootTestMs: bootMs } };
+  };
+
   return {
+    boot_test: bootTest,
+    remove_boot_test: async (run) => {
+      const names = bootNames(run);
+      if (names) await removeBootTest(run, names);
+      return {};
+    },
     inspect_domain: preflightStep((run, list, options) => libvirtPreflight(env, run, list, options)),
     request_power_off: async (run) => {
       if ((await domainState(env, run)) !== 'shut off') await unlessOff(run, libvirt.shutdown(domain));

@@ -1,0 +1,195 @@
+/**
+ * The boot test's command lines and its throwaway domain's definition, made from a real domain's
+ * `virsh dumpxml --inactive` (libvirt 9, the e2e suite's kind of domain: kernel boot, user network with a
+ * forwarded port through QEMU arguments, a second data disk, a serial console on a pty).
+ */
+import { describe, expect, it } from 'vitest';
+import { isVclError } from '../../src/errors.js';
+import {
+  bootTestDomainXml,
+  bootTestNames,
+  freeRootSlot,
+  isSshBanner,
+  libvirt,
+  SSH_BANNER_SCRIPT,
+  sshBannerProbe,
+} from '../../src/provisioners/libvirt/commands.js';
+
+const DUMPXML = `<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>vm1</name>
+  <uuid>2b1f6f0e-55d1-4bc4-b5a0-0e4e1f1d3c11</uuid>
+  <memory unit='KiB'>262144</memory>
+  <os>
+    <type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type>
+    <kernel>/srv/e2e/vmlinuz</kernel>
+    <initrd>/srv/e2e/initrd.gz</initrd>
+    <cmdline>console=ttyS0 quiet</cmdline>
+  </os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='/var/lib/libvirt/images/vm1.img'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='block' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source dev='/dev/vg0/data'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <target dev='hdc' bus='ide'/>
+      <readonly/>
+    </disk>
+    <interface type='network'>
+      <mac address='52:54:00:12:34:56'/>
+      <source network='default'/>
+    </interface>
+    <serial type='pty'>
+      <target type='isa-serial' port='0'/>
+    </serial>
+    <console type='pty'>
+      <target type='serial' port='0'/>
+    </console>
+  </devices>
+  <qemu:commandline>
+    <qemu:arg value='-netdev'/>
+    <qemu:arg value='user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22'/>
+  </qemu:commandline>
+</domain>
+`;
+
+const names = bootTestNames('/var/lib/libvirt/images/', 'c-42');
+
+describe('boot test commands', () => {
+  it('names the domain and files after the capture, beside the disk', () => {
+    expect(names).toEqual({
+      domain: 'vcl-boot-c-42',
+      overlay: '/var/lib/libvirt/images/.vcl-boot-c-42.qcow2',
+      xml: '/var/lib/libvirt/images/.vcl-boot-c-42.xml',
+      console: '/var/lib/libvirt/images/.vcl-boot-c-42.console.log',
+    });
+    for (const bad of ['../x', 'a b', '', `x${'y'.repeat(63)}`]) {
+      let err: unknown;
+      try {
+        bootTestNames('/d', bad);
+      } catch (e) {
+        err = e;
+      }
+      expect(isVclError(err) && err.code, bad).toBe('PARSE_FAILED');
+    }
+  });
+
+  it('makes the overlay with an explicit backing format, and a transient domain', () => {
+    expect(libvirt.overlay('/r/img.qcow2', 'qcow2', names.overlay)).toEqual([
+      'qemu-img',
+      'create',
+      '-f',
+      'qcow2',
+      '-b',
+      '/r/img.qcow2',
+      '-F',
+      'qcow2',
+      names.overlay,
+    ]);
+    expect(libvirt.ownLike('/d/vm1.img', names.overlay)).toEqual([
+      'chown',
+      '--reference=/d/vm1.img',
+      '--',
+      names.overlay,
+    ]);
+    expect(libvirt.create(names.xml)).toEqual(['virsh', 'create', names.xml]);
+    expect(libvirt.dumpxml('vm1')).toEqual(['virsh', 'dumpxml', '--inactive', 'vm1']);
+    expect(sshBannerProbe(2222, 1.5)).toEqual([
+      'bash',
+      '-c',
+      SSH_BANNER_SCRIPT,
+      'vcl-boot-probe',
+      '2222',
+      '2',
+    ]);
+  });
+
+  it('the console check: the first disk reads the overlay, nothing else of the real domain is writable or on its network', () => {
+    const xml = bootTestDomainXml(DUMPXML, { names });
+    expect(xml).toContain('<name>vcl-boot-c-42</name>');
+    expect(xml).not.toContain('<uuid>');
+    expect(xml).not.toContain('vm1.img');
+    expect(xml).not.toContain('/dev/vg0/data');
+    expect(xml).not.toContain('<interface');
+    expect(xml).not.toContain('hostfwd');
+    expect(xml).not.toContain("type='pty'");
+    expect(xml.match(/<disk type='file' device='disk'>/g)).toHaveLength(1);
+    expect(xml).toMatch(
+      /<disk type='file' device='disk'>\s*<driver name='qemu' type='qcow2'\/>\s*<source file='\/var\/lib\/libvirt\/images\/\.vcl-boot-c-42\.qcow2'\/>\s*<target dev='vda' bus='virtio'\/>\s*<\/disk>/,
+    );
+    // The cdrom has no source: it stays, read-only.
+    expect(xml).toContain("<disk type='file' device='cdrom'>");
+    expect(xml).toMatch(
+      /<serial type='file'>\s*<source path='\/var\/lib\/libvirt\/images\/\.vcl-boot-c-42\.console\.log'\/>/,
+    );
+    // The kernel boot of the real domain is kept: the test boots what the domain boots.
+    expect(xml).toContain('<cmdline>console=ttyS0 quiet</cmdline>');
+    expect(xml.trim().endsWith('</domain>')).toBe(true);
+  });
+
+  it('the SSH check: one user network forwarding the loopback port to the guest, declared in the qemu namespace', () => {
+    const plain = DUMPXML.replace(" xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'", '').replace(
+      /\s*<qemu:commandline>[\s\S]*<\/qemu:commandline>/,
+      '',
+    );
+    const xml = bootTestDomainXml(plain, { names, ssh: { address: '127.0.0.1', port: 2222 } });
+    expect(xml).toContain("<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>");
+    expect(xml).toContain("<qemu:arg value='user,id=vclboot,hostfwd=tcp:127.0.0.1:2222-:22'/>");
+    expect(xml).toContain("<qemu:arg value='virtio-net-pci,netdev=vclboot,romfile=,bus=pci.0,addr=0x1e'/>");
+    const again = bootTestDomainXml(DUMPXML, { names, ssh: { address: '127.0.0.1', port: 2222 } });
+    expect(again.match(/xmlns:qemu=/g)).toHaveLength(1);
+    expect(again).not.toContain('40022');
+  });
+
+  it("gives the SSH check's NIC a root bus slot none of the definition's devices has (QEMU would take theirs)", () => {
+    const slot = (n: number) =>
+      `<address type='pci' domain='0x0000' bus='0x00' slot='0x${n.toString(16).padStart(2, '0')}' function='0x0'/>`;
+    expect(
+      freeRootSlot(`<type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type>${slot(2)}${slot(3)}`),
+    ).toEqual({
+      bus: 'pci.0',
+      slot: 0x1e,
+    });
+    expect(freeRootSlot(`<type arch='x86_64' machine='pc-q35-7.2'>hvm</type>${slot(0x1e)}`)).toEqual({
+      bus: 'pcie.0',
+      slot: 0x1d,
+    });
+    // A device on another bus does not take the root bus's slot.
+    const otherBus = "<address type='pci' domain='0x0000' bus='0x01' slot='0x1e' function='0x0'/>";
+    expect(freeRootSlot(`<type machine='pc'>hvm</type>${otherBus}`).slot).toBe(0x1e);
+    const full = Array.from({ length: 0x1c }, (_, i) => slot(i + 3)).join('');
+    expect(() => freeRootSlot(full)).toThrow(/no free slot/);
+    const xml = bootTestDomainXml(
+      DUMPXML.replace("<target dev='vda' bus='virtio'/>", `<target dev='vda' bus='virtio'/>${slot(0x1e)}`),
+      {
+        names,
+        ssh: { address: '127.0.0.1', port: 2222 },
+      },
+    );
+    expect(xml).toContain("<qemu:arg value='virtio-net-pci,netdev=vclboot,romfile=,bus=pci.0,addr=0x1d'/>");
+  });
+
+  it('escapes what it writes into attributes, and refuses a definition without a bootable disk', () => {
+    const odd = bootTestNames("/srv/it's&here", 'c1');
+    expect(bootTestDomainXml(DUMPXML, { names: odd })).toContain(
+      "<source file='/srv/it&apos;s&amp;here/.vcl-boot-c1.qcow2'/>",
+    );
+    const diskless = DUMPXML.replace(/<disk type='(file|block)' device='disk'>[\s\S]*?<\/disk>/g, '');
+    expect(() => bootTestDomainXml(diskless, { names })).toThrow(/no disk with a source/);
+    expect(() => bootTestDomainXml('error: failed to get domain', { names })).toThrow(/no <domain>/);
+  });
+
+  it('tells an SSH identification line from other answers', () => {
+    expect(isSshBanner('SSH-2.0-dropbear_2022.83\r\n')).toBe(true);
+    expect(isSshBanner('SSH-1.99-OpenSSH_3.9\n')).toBe(true);
+    expect(isSshBanner('')).toBe(false);
+    expect(isSshBanner('HTTP/1.1 400 Bad Request\n')).toBe(false);
+    expect(isSshBanner('SSH-1.5-old\n')).toBe(false);
+  });
+});
