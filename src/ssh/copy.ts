@@ -547,13 +547,16 @@ export async function copyFile(
   let source: Source | undefined;
   let dest: Destination | undefined;
   let decompressor: LocalDecompressor | undefined;
+  const stopSides = () => {
+    source?.stop();
+    decompressor?.stop();
+    dest?.stop();
+  };
   const fail = (err: unknown) => {
     attemptErrors.push(err);
     if (failure !== undefined) return;
     failure = err;
-    source?.stop();
-    decompressor?.stop();
-    dest?.stop();
+    stopSides();
     attempt.abort();
   };
   const end = (err: unknown) => {
@@ -820,9 +823,7 @@ export async function copyFile(
         return result;
       } catch (thrown) {
         const err = failure ?? thrown;
-        source?.stop();
-        decompressor?.stop();
-        dest?.stop();
+        stopSides();
         const tmp = dest?.remote?.tmp;
         const mismatch =
           isSshError(err, 'COPY_FAILED') &&
@@ -872,9 +873,7 @@ export async function copyFile(
     // What stopped the copy (deadline, idle, caller) is the error, not the abort it caused in a side
     // still opening.
     const err = fatal ?? failure ?? thrown;
-    source?.stop();
-    decompressor?.stop();
-    dest?.stop();
+    stopSides();
     await dest?.discard().catch(() => {});
     const e =
       err instanceof SshError
