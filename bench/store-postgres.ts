@@ -40,6 +40,9 @@ export interface PostgresBenchOptions {
 interface WorkerReport {
   latencies: number[];
   claimed?: string[];
+  /** Tries thrown away after a serialization failure or deadlock, and writes committed. */
+  retries: number;
+  writes: number;
 }
 
 type WorkerJob =
@@ -51,6 +54,13 @@ function quantile(sorted: number[], q: number): number {
 }
 
 const int = (n: number) => Math.round(n).toLocaleString('en-US');
+
+/** The workers' serialization retries, as a count and per 100 committed writes. */
+function retries(reports: WorkerReport[]): string {
+  const thrown = reports.reduce((n, r) => n + r.retries, 0);
+  const writes = reports.reduce((n, r) => n + r.writes, 0);
+  return `serialization retries ${int(thrown)}, ${((100 * thrown) / Math.max(1, writes)).toFixed(1)} per 100 writes`;
+}
 
 /** Runs `jobs` in child processes: each prepares, then all start together and run until `untilMs`. */
 async function runWorkers(jobs: WorkerJob[], seconds: number): Promise<WorkerReport[]> {
@@ -126,7 +136,7 @@ export async function workerMain(): Promise<void> {
   } finally {
     await store.close();
   }
-  process.send?.({ report: { latencies, claimed } });
+  process.send?.({ report: { latencies, claimed, ...store.counters() } satisfies WorkerReport });
 }
 
 async function prepare(store: PostgresCaptureStore, computers: number): Promise<void> {
@@ -206,7 +216,7 @@ export async function postgresFigures(o: PostgresBenchOptions): Promise<void> {
       console.log(
         `state changes with audit events, ${writers} writer process${writers === 1 ? '' : 'es'}: ${int(all.length / o.seconds)} /s ` +
           `(${int(all.length)} in ${o.seconds} s over ${o.running * writers} running captures; latency p50 ${quantile(all, 0.5).toFixed(2)} ms, ` +
-          `p99 ${quantile(all, 0.99).toFixed(2)} ms)`,
+          `p99 ${quantile(all, 0.99).toFixed(2)} ms; ${retries(reports)})`,
       );
     }
 
@@ -239,7 +249,7 @@ export async function postgresFigures(o: PostgresBenchOptions): Promise<void> {
       console.log(
         `claims with 4 runner processes: p50 ${quantile(all, 0.5).toFixed(2)} ms, p99 ${quantile(all, 0.99).toFixed(2)} ms ` +
           `(${int(o.backlog)} queued captures claimed one at a time in ${elapsedS.toFixed(2)} s, ` +
-          `shares ${reports.map((r) => r.claimed?.length ?? 0).join('/')}; each claimed once: ${once ? 'yes' : 'NO'})`,
+          `shares ${reports.map((r) => r.claimed?.length ?? 0).join('/')}; each claimed once: ${once ? 'yes' : 'NO'}; ${retries(reports)})`,
       );
       if (!once) process.exitCode = 1;
     }

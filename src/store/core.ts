@@ -112,9 +112,16 @@ const MAX_LIST_LIMIT = 1000;
 
 /**
  * A write (the database's write lock, or serializable isolation), a claim (a write whose candidates are
- * taken with row locks, `FOR UPDATE SKIP LOCKED`: on SQLite a write like any other), or a consistent read.
+ * taken with row locks, `FOR UPDATE SKIP LOCKED`: on SQLite a write like any other), a one-row write, or
+ * a consistent read.
+ *
+ * A one-row write (`row`) is one conditional statement on one row whose `WHERE` holds every check the
+ * write depends on (a fenced state change: capture id, status, claim owner and generation), and whose
+ * other statements only read, to explain why it matched nothing. Its correctness rests on that row's lock
+ * alone, so PostgreSQL runs it at `READ COMMITTED` as a statement of its own (no `BEGIN`/`COMMIT` round
+ * trips): see `PostgresCaptureStore.transact`. On SQLite it is a write like any other.
  */
-export type TxKind = 'write' | 'claim' | 'read';
+export type TxKind = 'write' | 'claim' | 'row' | 'read';
 
 interface EventInput {
   type: string;
@@ -668,9 +675,11 @@ export abstract class CaptureStoreCore implements CaptureStore {
     const error = transition.error === undefined ? undefined : checkStepFailure(transition.error, 'error');
     const event = checkEvent(transition.event);
     const fence = checkFence(transition);
-    return this.transact('write', 'recordTransition', function* (tx) {
+    // One statement (see TxKind 'row'): the fence and the status are in its WHERE, and the event number
+    // it takes (event_count + 1) is taken under the capture's row lock, so no other write can take it.
+    return this.transact('row', 'recordTransition', function* (tx) {
       const now = tx.now();
-      const updated = yield* tx.get<{ event_count: number }>('transition', {
+      const updated = yield* tx.get<{ event_count: number; event_written: number }>('transition', {
         id: captureId,
         stateValue,
         snapshot,
@@ -681,13 +690,20 @@ export abstract class CaptureStoreCore implements CaptureStore {
         errorMessage: error?.message ?? null,
         ...fenceParams(fence),
         now,
+        type: event.type,
+        step: event.step,
+        details: event.details,
+        durationMs: event.durationMs,
       });
       if (updated === undefined) {
+        // Matched nothing: read why. Claims only raise the generation and finished captures stay
+        // finished, so what this later read finds is still the reason.
         const row = yield* requireCapture(tx, captureId);
         if (fence !== null && (row.owner !== fence.owner || row.generation !== fence.generation))
           fenced(row, fence);
         wrongStatus(row, 'record a transition of', 'queued or running');
       }
+      if (updated.event_written === 1) return updated.event_count;
       return yield* appendEvent(tx, captureId, now, { ...event, stateValue }, updated.event_count);
     });
   }

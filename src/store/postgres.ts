@@ -6,9 +6,11 @@
  *   deadlock (SQLSTATE 40001, 40P01), up to {@link PostgresStoreOptions.retries} times, then
  *   `STORE_BUSY`. So every operation behaves as if it were alone, as on SQLite, where one writer at a time
  *   holds the file; the reservation is still the same conditional `UPDATE` (compare-and-swap). Reads run
- *   at `REPEATABLE READ READ ONLY`: one consistent snapshot, never blocking writers. Claiming queued
- *   captures is the exception: `READ COMMITTED` with `SELECT ... FOR UPDATE SKIP LOCKED`, so that runners
- *   claiming at once take disjoint captures without waiting for or conflicting with each other.
+ *   at `REPEATABLE READ READ ONLY`: one consistent snapshot, never blocking writers. Two exceptions run
+ *   at `READ COMMITTED`: claiming queued captures, with `SELECT ... FOR UPDATE SKIP LOCKED`, so that
+ *   runners claiming at once take disjoint captures without waiting for or conflicting with each other;
+ *   and a one-row write (a fenced state change with its audit event, `TxKind` `row`), one statement with
+ *   no `BEGIN`/`COMMIT` around it, whose row lock orders it against every other write of that capture.
  * - **Clock**: the time of a write (`updated_at`, events, lease ends) is the database's
  *   `clock_timestamp()` read at the start of its transaction, not the process's clock, so that the leases
  *   runners on different machines compare come from one clock. (A `now` option replaces it, for tests.)
@@ -122,6 +124,7 @@ const COMPILED = (() => {
     jsonList: (param) => `SELECT jsonb_array_elements_text(CAST(${param} AS jsonb))`,
     newImageId: 'coalesce(CAST(@id AS bigint), (SELECT coalesce(max(id), 0) + 1 FROM images))',
     skipLocked: 'FOR UPDATE SKIP LOCKED',
+    writesInWith: true,
   });
   const out = {} as Record<StatementName, Compiled>;
   for (const name of Object.keys(sql) as StatementName[]) out[name] = compile(name, sql[name]);
@@ -193,6 +196,8 @@ export class PostgresCaptureStore extends CaptureStoreCore {
   private readonly listenerConfig: pg.ClientConfig | undefined;
   private readonly subscriptions = new Set<StoreSubscription>();
   private closed = false;
+  /** Writes committed and tries thrown away, for {@link counters}. */
+  private readonly tally = { writes: 0, retries: 0 };
 
   /** Use {@link openPostgresStore}, which migrates the database first. */
   constructor(pool: pg.Pool, url: string, options: PostgresStoreOptions, listenerConfig?: pg.ClientConfig) {
@@ -280,6 +285,14 @@ export class PostgresCaptureStore extends CaptureStoreCore {
     return subscription;
   }
 
+  /**
+   * Writes (and claims) this store committed, and how many tries it threw away and started again after a
+   * serialization failure or deadlock: what the benchmark reports as contention between writers.
+   */
+  counters(): { writes: number; retries: number } {
+    return { ...this.tally };
+  }
+
   protected async transact<T>(kind: TxKind, operation: string, body: (tx: Tx) => Gen<T>): Promise<T> {
     if (this.closed)
       throw storeError(STORE_ERROR_CODES.STORE_CLOSED, `${operation}: the store ${this.url} is closed`);
@@ -294,11 +307,15 @@ export class PostgresCaptureStore extends CaptureStoreCore {
     try {
       for (let attempt = 0; ; attempt++) {
         try {
-          return await this.attempt(client, kind, body);
+          const result = await this.attempt(client, kind, body);
+          if (kind !== 'read') this.tally.writes++;
+          return result;
         } catch (err) {
-          await client.query('ROLLBACK').catch(() => {
-            broken = true;
-          });
+          // A one-row write opened no transaction: its failed statement has rolled itself back.
+          if (kind !== 'row')
+            await client.query('ROLLBACK').catch(() => {
+              broken = true;
+            });
           if (!RETRYABLE.has(sqlState(err))) throw asStoreError(err, operation);
           if (attempt >= this.retries) {
             throw storeError(
@@ -310,6 +327,7 @@ export class PostgresCaptureStore extends CaptureStoreCore {
               err,
             );
           }
+          this.tally.retries++;
           // Back off a little, at random, so that the writers that collided do not collide again.
           await sleep(Math.random() * Math.min(50, 2 ** attempt));
         }
@@ -319,10 +337,21 @@ export class PostgresCaptureStore extends CaptureStoreCore {
     }
   }
 
-  /** One try: BEGIN, the operation's statements, COMMIT. */
+  /** One try: BEGIN, the operation's statements, COMMIT (a one-row write: its clock, then its statement). */
   private async attempt<T>(client: pg.PoolClient, kind: TxKind, body: (tx: Tx) => Gen<T>): Promise<T> {
     let start: string;
-    if (kind !== 'read') {
+    if (kind === 'row') {
+      // No BEGIN and no COMMIT, two round trips fewer: the write is one statement, atomic on its own,
+      // and runs in its implicit transaction at READ COMMITTED (the server's default). That is safe
+      // because every check it depends on is in its WHERE on one row (TxKind 'row'): PostgreSQL
+      // re-checks the WHERE against the newest version of a row another transaction changed meanwhile,
+      // under the row lock the statement then holds. So a claim (generation + 1) or a completion that
+      // committed first makes it match nothing (FENCED, as under SERIALIZABLE), and one that comes
+      // later waits for it; the event number it takes is counted under the same lock. Predicate locks
+      // would protect nothing more here and cost every state change their bookkeeping. (A server whose
+      // default isolation is SERIALIZABLE runs it so: still correct, retried on a conflict like any write.)
+      start = (await client.query<{ now: string }>(`SELECT ${ISO_NOW} AS now`)).rows[0]?.now ?? '';
+    } else if (kind !== 'read') {
       // One round trip: the transaction and its time. A claim relies on its row locks (READ COMMITTED:
       // SKIP LOCKED passes over rows another claim holds, which SERIALIZABLE would turn into conflicts).
       const isolation = kind === 'claim' ? 'READ COMMITTED' : 'SERIALIZABLE';
@@ -370,7 +399,7 @@ export class PostgresCaptureStore extends CaptureStoreCore {
       }
       step = gen.next(value);
     }
-    await client.query('COMMIT');
+    if (kind !== 'row') await client.query('COMMIT');
     return step.value;
   }
 

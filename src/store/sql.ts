@@ -16,6 +16,11 @@ export interface Dialect {
   newImageId: string;
   /** Row locks a claim takes on its candidates (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite has one writer). */
   skipLocked: string;
+  /**
+   * Whether a statement may write to a second table in a `WITH` (PostgreSQL may, SQLite may not): then a
+   * state change and its audit event are one statement, one round trip instead of two.
+   */
+  writesInWith: boolean;
 }
 
 /** `('available', 'reserved')`: built from constants, never from input. */
@@ -28,6 +33,18 @@ const FENCE_MATCHES =
 /** A slot whose holder's claim still holds (`host_slots s`, at `@now`). */
 const LIVE_SLOT = `EXISTS (SELECT 1 FROM captures c WHERE c.id = s.capture_id AND c.owner = s.owner
   AND c.generation = s.generation AND c.status IN ('queued', 'running') AND c.lease_until >= @now)`;
+
+/** A capture's state change, fenced: matches nothing once the capture is finished or claimed again. */
+const TRANSITION = `UPDATE captures
+       SET state_value = @stateValue,
+           snapshot = coalesce(@snapshot, snapshot),
+           machine_version = coalesce(@machineVersion, machine_version),
+           error_code = CASE WHEN @hasError = 1 THEN @errorCode ELSE error_code END,
+           error_step = CASE WHEN @hasError = 1 THEN @errorStep ELSE error_step END,
+           error_message = CASE WHEN @hasError = 1 THEN @errorMessage ELSE error_message END,
+           event_count = event_count + 1,
+           updated_at = @now
+       WHERE id = @id AND status IN ('queued', 'running') AND ${FENCE_MATCHES}`;
 
 /** Matches `@expectedVersion` when given (NULL: any version). */
 const VERSION_MATCHES = '(CAST(@expectedVersion AS INTEGER) IS NULL OR version = @expectedVersion)';
@@ -104,18 +121,15 @@ export function statements(d: Dialect) {
     requestCancel: `UPDATE captures SET cancel_requested = @reason, updated_at = @now
        WHERE id = @id AND status IN ('queued', 'running')`,
     setRunning: `UPDATE captures SET status = 'running', updated_at = @now WHERE id = @id AND status = 'queued'`,
-    // One statement updates the capture and reserves the next event number; the event insert follows.
-    transition: `UPDATE captures
-       SET state_value = @stateValue,
-           snapshot = coalesce(@snapshot, snapshot),
-           machine_version = coalesce(@machineVersion, machine_version),
-           error_code = CASE WHEN @hasError = 1 THEN @errorCode ELSE error_code END,
-           error_step = CASE WHEN @hasError = 1 THEN @errorStep ELSE error_step END,
-           error_message = CASE WHEN @hasError = 1 THEN @errorMessage ELSE error_message END,
-           event_count = event_count + 1,
-           updated_at = @now
-       WHERE id = @id AND status IN ('queued', 'running') AND ${FENCE_MATCHES}
-       RETURNING event_count`,
+    // One statement updates the capture and reserves the next event number; on PostgreSQL it inserts the
+    // audit event too (event_written 1), on SQLite the caller does (event_written 0).
+    transition: d.writesInWith
+      ? `WITH changed AS (${TRANSITION} RETURNING event_count),
+           event AS (INSERT INTO capture_events (capture_id, seq, at, type, state_value, step, details, duration_ms)
+             SELECT @id, event_count, @now, @type, @stateValue, @step, CAST(@details AS TEXT),
+               CAST(@durationMs AS BIGINT) FROM changed)
+         SELECT event_count, 1 AS event_written FROM changed`
+      : `${TRANSITION} RETURNING event_count, 0 AS event_written`,
     finish: `UPDATE captures
        SET status = @status, repository = coalesce(@repository, repository),
            error_code = coalesce(@errorCode, error_code), error_step = coalesce(@errorStep, error_step),

@@ -53,6 +53,7 @@ function prepareStatements(db: Database.Database): Record<StatementName, Databas
     newImageId: '@id',
     // Every write holds the file's write lock: there is nothing to skip.
     skipLocked: '',
+    writesInWith: false,
   });
   const out = {} as Record<StatementName, Database.Statement>;
   for (const name of Object.keys(sql) as StatementName[]) out[name] = db.prepare(sql[name]);
@@ -190,8 +191,9 @@ export class SqliteCaptureStore extends CaptureStoreCore {
   }
 
   /**
-   * Runs `body` to its end inside one transaction: `BEGIN IMMEDIATE` for a write, a deferred (read)
-   * transaction for a read (one consistent snapshot of the WAL); any throw rolls everything back.
+   * Runs `body` to its end inside one transaction: `BEGIN IMMEDIATE` for any write (a claim or a
+   * one-row write too: SQLite has one writer at a time), a deferred (read) transaction for a read (one
+   * consistent snapshot of the WAL); any throw rolls everything back.
    */
   protected transact<T>(kind: TxKind, operation: string, body: (tx: Tx) => Gen<T>): Promise<T> {
     this.ensureOpen(operation);
@@ -201,7 +203,7 @@ export class SqliteCaptureStore extends CaptureStoreCore {
       return step.value;
     };
     try {
-      return Promise.resolve((kind === 'write' ? this.tx.immediate(run) : this.tx.deferred(run)) as T);
+      return Promise.resolve((kind === 'read' ? this.tx.deferred(run) : this.tx.immediate(run)) as T);
     } catch (err) {
       throw asStoreError(err, operation);
     }

@@ -5,6 +5,8 @@
  * (store, outbox, ownership tests), run against both stores.
  */
 import { spawn } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   type CaptureStore,
@@ -270,6 +272,62 @@ describe.skipIf(!postgresAvailable('PostgreSQL store tests'))('a PostgreSQL data
       const detail = await stores[1]?.getCapture('busy');
       expect(detail?.events.map((e) => e.seq)).toEqual(Array.from({ length: 42 }, (_, i) => i + 1));
       expect(detail?.eventCount).toBe(42);
+    });
+
+    // A state change runs at READ COMMITTED, as one statement (TxKind 'row'): its fence must still hold
+    // against a claim that takes the capture while the state change waits for the row.
+    it('a state change waiting behind a claim of its capture is fenced when the claim commits, and writes nothing', async () => {
+      const store = stores[0] as CaptureStore;
+      const created = await store.createCapture({
+        ...base,
+        id: 'held',
+        computer: 'pc-01',
+        owner: 'runner-a',
+        leaseMs: 60_000,
+      });
+      const fence = { owner: 'runner-a', generation: created.generation };
+      const before = await store.getCapture('held');
+      const claimer = new pg.Client({ connectionString: url });
+      await claimer.connect();
+      try {
+        // Another runner's claim, held open: its row lock is what the state change must wait for.
+        await claimer.query('BEGIN');
+        await claimer.query(
+          "UPDATE captures SET owner = 'runner-b', generation = generation + 1 WHERE id = 'held'",
+        );
+        const write = store
+          .recordTransition('held', { stateValue: 'late', event: { type: 'state.entered' }, fence })
+          .then(
+            () => undefined,
+            (err: unknown) => err,
+          );
+        const waiting = async () =>
+          (
+            await cluster.query<{ n: number }>(
+              "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+              [database(url)],
+            )
+          )[0]?.n ?? 0;
+        for (let tries = 0; (await waiting()) === 0; tries++) {
+          expect(tries, 'the state change never waited for the claim').toBeLessThan(500);
+          await sleep(10);
+        }
+        await claimer.query('COMMIT');
+        expect(await write).toMatchObject({ code: 'FENCED' });
+      } finally {
+        await claimer.end();
+      }
+      const after = await store.getCapture('held');
+      expect(after?.events).toEqual(before?.events);
+      expect(after).toMatchObject({ owner: 'runner-b', generation: fence.generation + 1 });
+      expect(after?.stateValue).toBe(before?.stateValue);
+      // The new claim's own state changes go on, numbered after the last event.
+      await store.recordTransition('held', {
+        stateValue: 'next',
+        event: { type: 'state.entered' },
+        fence: { owner: 'runner-b', generation: fence.generation + 1 },
+      });
+      expect((await store.getCapture('held'))?.eventCount).toBe((before?.eventCount ?? 0) + 1);
     });
   });
 });
