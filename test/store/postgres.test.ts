@@ -136,6 +136,16 @@ describe.skipIf(!postgresAvailable('PostgreSQL store tests'))('a PostgreSQL data
       const created = Date.parse(capture.createdAt);
       expect(Math.abs(created - Number(db))).toBeLessThan(5_000);
       expect(Date.parse(capture.leaseUntil ?? '')).toBe(created + 60_000);
+      // A state change reads the clock in its one statement: the capture and its event get one time.
+      await store.recordTransition('c', {
+        stateValue: 'booting',
+        event: { type: 'state.entered' },
+        fence: { owner: 'r1', generation: capture.generation },
+      });
+      const changed = await store.getCapture('c');
+      expect(changed?.events.at(-1)).toMatchObject({ type: 'state.entered', at: changed?.updatedAt });
+      expect(Math.abs(Date.parse(changed?.updatedAt ?? '') - Number(db))).toBeLessThan(5_000);
+      expect(Date.parse(changed?.updatedAt ?? '')).toBeGreaterThanOrEqual(created);
     } finally {
       await store.close();
     }
