@@ -9,11 +9,11 @@ import {
   type ImageArtifact,
   OPERATING_SYSTEMS,
   type OsName,
-  PROVISIONERS,
   type ProvisionerName,
   type ReleaseOutcome,
   type StepFailure,
 } from '../../machines/types.js';
+import { PROVISIONERS } from '../../machines/index.js';
 import { STORE_ERROR_CODES, storeError } from './errors.js';
 import type { AuditEventInput, CaptureRecordStatus, CasOptions, ComputerState } from './types.js';
 import { CAPTURE_STATUSES, COMPUTER_STATES } from './types.js';
