@@ -3,6 +3,7 @@
  * `VclError` before any transaction starts, so refused input never leaves a trace.
  */
 import type { StateValue } from 'xstate';
+import { PROVISIONERS } from '../../machines/index.js';
 import {
   END_STATES,
   type EndState,
@@ -13,7 +14,6 @@ import {
   type ReleaseOutcome,
   type StepFailure,
 } from '../../machines/types.js';
-import { PROVISIONERS } from '../../machines/index.js';
 import { STORE_ERROR_CODES, storeError } from './errors.js';
 import type { AuditEventInput, CaptureRecordStatus, CasOptions, ComputerState } from './types.js';
 import { CAPTURE_STATUSES, COMPUTER_STATES } from './types.js';
