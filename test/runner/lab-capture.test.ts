@@ -6,18 +6,11 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OPERATING_SYSTEMS } from '../../machines/types.js';
-import { COPY_FINALIZE_SCRIPT, startLab } from '../../src/lab/index.js';
+import { COMPUTER_KINDS, COPY_FINALIZE_SCRIPT, labComputerName, startLab } from '../../src/lab/index.js';
 import type { Fault, Lab } from '../../src/lab/types.js';
-import { PROVISIONER_ENTRIES } from '../../src/provisioners/index.js';
 import { createRunner, type Runner } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
 import { expectStoredImage } from '../helpers/stored-image.js';
-
-/** The first computer of every provisioner x OS, from the registry (`lv-linux-1`, ..., `px-windows-1`). */
-const FIRST_OF_EACH_KIND = PROVISIONER_ENTRIES.flatMap(([, p]) =>
-  OPERATING_SYSTEMS.map((os) => `${p.lab.prefix}-${os}-1`),
-);
 
 let lab: Lab;
 let store: SqliteCaptureStore;
@@ -39,22 +32,25 @@ afterAll(async () => {
 });
 
 describe('captures against the lab', () => {
-  it.each(FIRST_OF_EACH_KIND)('%s completes with the source disk in the repository', async (computer) => {
-    const source = await lab.diskSha256(computer);
-    const handle = await runner.capture({
-      computer,
-      image: { osName: lab.computer(computer).os, prettyName: `Base ${computer}`, owner: 'test' },
-    });
-    const result = await handle.result;
-    if (result.status !== 'completed') throw new Error(`${result.status}: ${JSON.stringify(result.error)}`);
-    await expectStoredImage(lab, computer, result.artifact, source);
-    const record = await store.getCapture(handle.id);
-    expect(record?.status).toBe('completed');
-    expect((await store.getComputer(computer))?.state).toBe('reload');
-    // The source is never modified.
-    expect(await lab.diskSha256(computer)).toBe(source);
-    expect(lab.internalErrors).toEqual([]);
-  });
+  it.each(COMPUTER_KINDS.map((k) => labComputerName(k, 1)))(
+    '%s completes with the source disk in the repository',
+    async (computer) => {
+      const source = await lab.diskSha256(computer);
+      const handle = await runner.capture({
+        computer,
+        image: { osName: lab.computer(computer).os, prettyName: `Base ${computer}`, owner: 'test' },
+      });
+      const result = await handle.result;
+      if (result.status !== 'completed') throw new Error(`${result.status}: ${JSON.stringify(result.error)}`);
+      await expectStoredImage(lab, computer, result.artifact, source);
+      const record = await store.getCapture(handle.id);
+      expect(record?.status).toBe('completed');
+      expect((await store.getComputer(computer))?.state).toBe('reload');
+      // The source is never modified.
+      expect(await lab.diskSha256(computer)).toBe(source);
+      expect(lab.internalErrors).toEqual([]);
+    },
+  );
 });
 
 /** A computer captured earlier, made ready again: back in service and switched on. */
