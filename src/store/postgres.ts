@@ -12,7 +12,8 @@
  *   and a one-row write (a fenced state change with its audit event, `TxKind` `row`), one statement with
  *   no `BEGIN`/`COMMIT` around it, whose row lock orders it against every other write of that capture.
  * - **Clock**: the time of a write (`updated_at`, events, lease ends) is the database's
- *   `clock_timestamp()` read at the start of its transaction, not the process's clock, so that the leases
+ *   `clock_timestamp()` read at the start of its transaction (a one-row write's statement reads
+ *   `statement_timestamp()` itself), not the process's clock, so that the leases
  *   runners on different machines compare come from one clock. (A `now` option replaces it, for tests.)
  *   Times are stored as ISO-8601 text as in SQLite.
  * - **Statements** are those of `sql.ts` (`@name` numbered `$1, $2...`), prepared once per connection.
@@ -119,14 +120,18 @@ function compile(name: string, sql: string): Compiled {
   return { name: `vcl_${name}`, text, params };
 }
 
-const ISO_NOW = `to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+/** A timestamp as the store keeps times: ISO-8601 text, UTC, milliseconds (as JavaScript writes them). */
+const iso = (timestamp: string) =>
+  `to_char(${timestamp} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+
+const ISO_NOW = iso('clock_timestamp()');
 
 /**
  * The database's clock as a one-row write's statement reads it: the time the server received the
  * statement, the same at every mention of it in the statement (so the capture's `updated_at` and its
  * event's `at` are one time).
  */
-const ISO_STATEMENT_TIME = `to_char(statement_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+const ISO_STATEMENT_TIME = iso('statement_timestamp()');
 
 const { COMPILED, COMPILED_ROW } = (() => {
   const sql = statements({
