@@ -252,3 +252,15 @@ export function takeovers(detail: CaptureDetail): { owner: string; previousOwner
     .filter((e) => e.type === 'capture.claimed' && e.details?.previousOwner)
     .map((e) => e.details as { owner: string; previousOwner: string });
 }
+
+/** mulberry32: a small seeded generator, so that a failing random run can be replayed from its seed. */
+export function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -26,7 +26,15 @@ import { createRunner, type Runner } from '../../src/runner/runner.js';
 import { LEFTOVER_SWEEP_SCRIPT } from '../../src/ssh/index.js';
 import { openPostgresStore } from '../../src/store/index.js';
 import type { CaptureDetail, CaptureStore } from '../../src/store/types.js';
-import { checkOutcome, HALF_MADE, isFinished, ready, repositoryFiles, until } from '../crash/harness.js';
+import {
+  checkOutcome,
+  HALF_MADE,
+  isFinished,
+  random,
+  ready,
+  repositoryFiles,
+  until,
+} from '../crash/harness.js';
 import { type PostgresCluster, postgresAvailable, startPostgres } from '../helpers/postgres.js';
 import { createNet, type Net, netnsAvailable, sweepStale } from './netns.js';
 
@@ -240,18 +248,6 @@ const claims = (d: CaptureDetail) =>
       at: Date.parse(e.at),
       ...(e.details as { owner: string; previousOwner: string | null }),
     }));
-
-/** mulberry32, so a failing run can be replayed with NETNS_SEED. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Samples `host_slots` every 100 ms: the most rows each (host, kind) ever held. */
 function sampleSlots(c: Ctx) {
@@ -522,15 +518,16 @@ describe.skipIf(!usable).sequential(SUITE, () => {
     const computers = ['lv-linux-3', 'vm-linux-3', 'xc-linux-3', 'px-linux-3'];
     const delays: number[] = [];
     for (const computer of computers) {
+      // The capture's first command on its own OS hangs (until stopped), so that it is still running
+      // when the cancel comes, however fast the lab is.
+      const hang = c.lab.faults.add({ kind: 'hangCommand', host: computer, match: /./, times: 1 });
       const id = await queue(c, computer, `Cancel ${computer}`);
       let owner: NsDaemon | undefined;
       await until(
         async () => {
           const d = await c.store.getCapture(id);
           owner = live.find((x) => d?.owner?.startsWith(x.ownerPrefix));
-          return (
-            d?.status === 'running' && d.events.some((e) => e.type === 'state.entered') && owner !== undefined
-          );
+          return d?.status === 'running' && hang.fired > 0 && owner !== undefined;
         },
         30_000,
         `${computer} running`,
@@ -581,6 +578,7 @@ describe.skipIf(!usable).sequential(SUITE, () => {
         `${computer} to end`,
       );
       expect((await c.store.getCaptureRecord(id))?.status).toBe('cancelled');
+      hang.clear();
     }
     tally.push(
       `(3) cancel via NOTIFY (lease 60 s): from another runner's namespace to the owner's cleanup: ${delays.map((d) => `${d} ms`).join(', ')}`,

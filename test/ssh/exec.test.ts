@@ -16,6 +16,18 @@ function uniqueSleep(): string {
   return `${1000 + Math.floor(Math.random() * 8000)}.${Date.now() % 100000}`;
 }
 
+/** Ends frozen sshd session processes (SIGKILL takes effect once they run again). */
+function thaw(pids: number[]): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+      process.kill(pid, 'SIGCONT');
+    } catch {
+      // Gone.
+    }
+  }
+}
+
 async function failure(p: Promise<unknown>): Promise<SshError> {
   try {
     await p;
@@ -279,14 +291,7 @@ describe.skipIf(!available)('connection loss against OpenSSH sshd', () => {
       expect(afterMs).toBeGreaterThanOrEqual(6900);
       expect(afterMs).toBeLessThan(12_000);
     } finally {
-      for (const pid of frozen) {
-        try {
-          process.kill(pid, 'SIGKILL');
-          process.kill(pid, 'SIGCONT');
-        } catch {
-          // Gone.
-        }
-      }
+      thaw(frozen);
     }
     // The reset connection is not reused: the next command opens a new one.
     expect((await pool.exec(host, ['echo', 'again'])).stdout).toBe('again\n');
@@ -309,14 +314,7 @@ describe.skipIf(!available)('connection loss against OpenSSH sshd', () => {
       // interval x (count + 1), plus room for a loaded machine; the command's own deadline is 30 s.
       expect(noticedMs).toBeLessThan(400 * 3 + 5000);
     } finally {
-      for (const pid of frozen) {
-        try {
-          process.kill(pid, 'SIGKILL');
-          process.kill(pid, 'SIGCONT');
-        } catch {
-          // Gone.
-        }
-      }
+      thaw(frozen);
     }
   });
 });
