@@ -157,6 +157,20 @@ class NsDaemon {
     }
   }
 
+  /** Waits for its "daemon ready" log line; fails with its stderr when it does not come. */
+  async ready(timeoutMs = 60_000): Promise<void> {
+    try {
+      await until(
+        () => this.log.includes('"daemon ready"') || !this.alive,
+        timeoutMs,
+        `runner-${this.index} ready`,
+      );
+    } catch (err) {
+      throw new Error(`${(err as Error).message}; its stderr: ${this.stderr}`);
+    }
+    if (!this.alive) throw new Error(`runner-${this.index} exited at start: ${this.stderr}`);
+  }
+
   async kill(): Promise<void> {
     if (this.alive) this.proc.kill('SIGKILL');
     await this.exited;
@@ -368,6 +382,126 @@ async function killAtRandom(
   for (const d of live) await d?.kill();
 }
 
+/** Scenario (2): cuts off a runner running captures, checks the take-overs, heals it, checks it changed nothing. */
+async function partitionScenario(c: Ctx, live: NsDaemon[]): Promise<void> {
+  // Two of each provisioner, so that every runner gets some.
+  const computers = c.lab.computerNames().filter((n) => /-[12]$/.test(n));
+  const ids: string[] = [];
+  for (const computer of computers) ids.push(await queue(c, computer, `Partition ${computer}`));
+  // The victim: a runner holding two running captures, cut off while the hosts run commands of its own
+  // (checked in the same turn of the event loop as the cut, so they are still running at the cut).
+  const addressOf = (d: NsDaemon) => c.net.runners[d.index]?.address ?? '';
+  let candidates: NsDaemon[] = [];
+  await until(
+    async () => {
+      const records = await Promise.all(ids.map((id) => c.store.getCaptureRecord(id)));
+      candidates = live.filter(
+        (d) =>
+          records.filter((r) => r?.status === 'running' && r.owner?.startsWith(d.ownerPrefix)).length >= 2,
+      );
+      return candidates.length > 0;
+    },
+    60_000,
+    'a runner running two captures',
+  );
+  let victim: NsDaemon | undefined;
+  await until(
+    () => {
+      victim = candidates.find((d) => c.lab.runningCommandsOf(addressOf(d)).length > 0);
+      if (victim !== undefined) c.net.partition(victim.index);
+      return victim !== undefined;
+    },
+    30_000,
+    'a command of that runner running on a host',
+  );
+  const cutAt = Date.now();
+  const a = victim as NsDaemon;
+  const address = addressOf(a);
+  const commandsAtCut = c.lab.runningCommandsOf(address);
+  const logFrom = c.lab.commandLog.length;
+  const atCut = (await Promise.all(ids.map((id) => c.store.getCaptureRecord(id)))).filter(
+    (r) => r?.owner?.startsWith(a.ownerPrefix) && r.status === 'running',
+  );
+  expect(atCut.length).toBeGreaterThan(0);
+  expect(commandsAtCut.length).toBeGreaterThan(0);
+
+  await until(
+    async () =>
+      (await Promise.all(ids.map((id) => c.store.getCaptureRecord(id)))).every((r) => isFinished(r?.status)),
+    120_000,
+    'the captures to finish without the cut-off runner',
+  );
+  const leftAtTakeover = c.lab.runningCommandsOf(address).length;
+  // The new owners' resumed steps stop what the cut-off runner left on a host before their first command.
+  const sweeps = c.lab.commandLog
+    .slice(logFrom)
+    .filter((e) => e.client !== address && e.argv?.[2] === LEFTOVER_SWEEP_SCRIPT).length;
+  expect(sweeps).toBeGreaterThan(0);
+  const delays: number[] = [];
+  const snapshot = async () =>
+    JSON.stringify(
+      await Promise.all(
+        atCut.map(async (r) => {
+          const d = (await c.store.getCapture(r?.id ?? '')) as CaptureDetail;
+          const image = await c.store.getImage(d.image.imageId);
+          return { status: d.status, owner: d.owner, generation: d.generation, events: d.events, image };
+        }),
+      ),
+    );
+  for (const r of atCut) {
+    const detail = (await c.store.getCapture(r?.id ?? '')) as CaptureDetail;
+    expect(detail.status).toBe('completed');
+    const takeover = claims(detail).find((k) => k.previousOwner?.startsWith(a.ownerPrefix));
+    expect(takeover, `${detail.id} taken over from the cut-off runner`).toBeDefined();
+    expect(takeover?.owner.startsWith(a.ownerPrefix)).toBe(false);
+    // Not before the lease the cut-off runner held at the cut.
+    expect(takeover?.at ?? 0).toBeGreaterThanOrEqual(Date.parse(r?.leaseUntil ?? ''));
+    expect(detail.generation).toBeGreaterThan(r?.generation ?? 0);
+    delays.push((takeover?.at ?? 0) - cutAt);
+  }
+  const before = await snapshot();
+
+  // Back on the network: its connections to the database and the hosts resume.
+  const healAt = await dbNow(c);
+  c.net.heal(a.index);
+  const healLog = c.lab.commandLog.length;
+  const db = new URL(c.dbUrl).pathname.slice(1);
+  await until(
+    async () =>
+      (
+        await c.cluster.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE client_addr = $1::inet AND state_change > $2`,
+          [address, new Date(healAt)],
+          db,
+        )
+      )[0]?.n !== 0,
+    60_000,
+    'the cut-off runner to talk to the database again',
+  );
+  await until(
+    () => c.lab.runningCommandsOf(address).length === 0,
+    30_000,
+    "the cut-off runner's commands to stop",
+  );
+  // It is back on the database, so anything it still meant to write has been sent; a second more lets
+  // such a write reach the store (where fencing must refuse it).
+  await sleep(1000);
+  expect(await snapshot()).toBe(before);
+  const startedSince = c.lab.commandLog
+    .slice(healLog)
+    .filter((e) => e.client === address && e.kind === 'exec');
+  expect(startedSince.map((e) => e.argv?.join(' '))).toEqual([]);
+  expect(a.alive).toBe(true);
+  expect(a.log).toMatch(/LEASE_LOST|FENCED/);
+  const sent = c.lab.commandLog.slice(logFrom, healLog).filter((e) => e.client === address).length;
+  tally.push(
+    `(2) runner-${a.index} cut off with ${atCut.length} running captures and ${commandsAtCut.length} remote commands (${commandsAtCut.map((x) => `${x.host}: ${x.argv[0]}`).join(', ')}); ` +
+      `taken over ${delays.map((d) => `${(d / 1000).toFixed(1)} s`).join(', ')} after the cut (lease ${PARTITION_LEASE_MS / 1000} s)\n` +
+      `  leftover sweeps by the new owners: ${sweeps}; its commands still running at the take-overs' end: ${leftAtTakeover}; after the heal: 0; lines it sent while cut off that arrived: ${sent}; ` +
+      `commands it started after the heal: ${startedSince.length}; store rows it changed after the heal: none`,
+  );
+}
+
 const tally: string[] = [];
 
 describe.skipIf(!usable).sequential(SUITE, () => {
@@ -377,6 +511,7 @@ describe.skipIf(!usable).sequential(SUITE, () => {
     const next = random(seed);
     const live: (NsDaemon | undefined)[] = [];
     for (let i = 0; i < RUNNERS; i += 1) live[i] = new NsDaemon(i, c, LEASE_MS);
+    for (const d of live) await d?.ready();
     const slots = sampleSlots(c);
     try {
       await killAtRandom(c, live, slots, next, seed);
@@ -389,125 +524,13 @@ describe.skipIf(!usable).sequential(SUITE, () => {
   it('(2) a runner cut off by a partition: its captures are taken over after the lease; once back it changes nothing', async () => {
     const c = world();
     const live = Array.from({ length: RUNNERS }, (_, i) => new NsDaemon(i, c, PARTITION_LEASE_MS));
-    // Two of each provisioner, so that every runner gets some.
-    const computers = c.lab.computerNames().filter((n) => /-[12]$/.test(n));
-    const ids: string[] = [];
-    for (const computer of computers) ids.push(await queue(c, computer, `Partition ${computer}`));
-    // The victim: a runner holding two running captures, cut off while the hosts run commands of its own
-    // (checked in the same turn of the event loop as the cut, so they are still running at the cut).
-    const addressOf = (d: NsDaemon) => c.net.runners[d.index]?.address ?? '';
-    let candidates: NsDaemon[] = [];
-    await until(
-      async () => {
-        const records = await Promise.all(ids.map((id) => c.store.getCaptureRecord(id)));
-        candidates = live.filter(
-          (d) =>
-            records.filter((r) => r?.status === 'running' && r.owner?.startsWith(d.ownerPrefix)).length >= 2,
-        );
-        return candidates.length > 0;
-      },
-      60_000,
-      'a runner running two captures',
-    );
-    let victim: NsDaemon | undefined;
-    await until(
-      () => {
-        victim = candidates.find((d) => c.lab.runningCommandsOf(addressOf(d)).length > 0);
-        if (victim !== undefined) c.net.partition(victim.index);
-        return victim !== undefined;
-      },
-      30_000,
-      'a command of that runner running on a host',
-    );
-    const cutAt = Date.now();
-    const a = victim as NsDaemon;
-    const address = addressOf(a);
-    const commandsAtCut = c.lab.runningCommandsOf(address);
-    const logFrom = c.lab.commandLog.length;
-    const atCut = (await Promise.all(ids.map((id) => c.store.getCaptureRecord(id)))).filter(
-      (r) => r?.owner?.startsWith(a.ownerPrefix) && r.status === 'running',
-    );
-    expect(atCut.length).toBeGreaterThan(0);
-    expect(commandsAtCut.length).toBeGreaterThan(0);
-
-    await until(
-      async () =>
-        (await Promise.all(ids.map((id) => c.store.getCaptureRecord(id)))).every((r) =>
-          isFinished(r?.status),
-        ),
-      120_000,
-      'the captures to finish without the cut-off runner',
-    );
-    const leftAtTakeover = c.lab.runningCommandsOf(address).length;
-    // The new owners' resumed steps stop what the cut-off runner left on a host before their first command.
-    const sweeps = c.lab.commandLog
-      .slice(logFrom)
-      .filter((e) => e.client !== address && e.argv?.[2] === LEFTOVER_SWEEP_SCRIPT).length;
-    expect(sweeps).toBeGreaterThan(0);
-    const delays: number[] = [];
-    const snapshot = async () =>
-      JSON.stringify(
-        await Promise.all(
-          atCut.map(async (r) => {
-            const d = (await c.store.getCapture(r?.id ?? '')) as CaptureDetail;
-            const image = await c.store.getImage(d.image.imageId);
-            return { status: d.status, owner: d.owner, generation: d.generation, events: d.events, image };
-          }),
-        ),
-      );
-    for (const r of atCut) {
-      const detail = (await c.store.getCapture(r?.id ?? '')) as CaptureDetail;
-      expect(detail.status).toBe('completed');
-      const takeover = claims(detail).find((k) => k.previousOwner?.startsWith(a.ownerPrefix));
-      expect(takeover, `${detail.id} taken over from the cut-off runner`).toBeDefined();
-      expect(takeover?.owner.startsWith(a.ownerPrefix)).toBe(false);
-      // Not before the lease the cut-off runner held at the cut.
-      expect(takeover?.at ?? 0).toBeGreaterThanOrEqual(Date.parse(r?.leaseUntil ?? ''));
-      expect(detail.generation).toBeGreaterThan(r?.generation ?? 0);
-      delays.push((takeover?.at ?? 0) - cutAt);
+    try {
+      for (const d of live) await d.ready();
+      await partitionScenario(c, live);
+    } finally {
+      for (let i = 0; i < RUNNERS; i += 1) c.net.heal(i);
+      for (const d of live) await d.kill();
     }
-    const before = await snapshot();
-
-    // Back on the network: its connections to the database and the hosts resume.
-    const healAt = await dbNow(c);
-    c.net.heal(a.index);
-    const healLog = c.lab.commandLog.length;
-    const db = new URL(c.dbUrl).pathname.slice(1);
-    await until(
-      async () =>
-        (
-          await c.cluster.query<{ n: number }>(
-            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE client_addr = $1::inet AND state_change > $2`,
-            [address, new Date(healAt)],
-            db,
-          )
-        )[0]?.n !== 0,
-      60_000,
-      'the cut-off runner to talk to the database again',
-    );
-    await until(
-      () => c.lab.runningCommandsOf(address).length === 0,
-      30_000,
-      "the cut-off runner's commands to stop",
-    );
-    // It is back on the database, so anything it still meant to write has been sent; a second more lets
-    // such a write reach the store (where fencing must refuse it).
-    await sleep(1000);
-    expect(await snapshot()).toBe(before);
-    const startedSince = c.lab.commandLog
-      .slice(healLog)
-      .filter((e) => e.client === address && e.kind === 'exec');
-    expect(startedSince.map((e) => e.argv?.join(' '))).toEqual([]);
-    expect(a.alive).toBe(true);
-    expect(a.log).toMatch(/LEASE_LOST|FENCED/);
-    const sent = c.lab.commandLog.slice(logFrom, healLog).filter((e) => e.client === address).length;
-    tally.push(
-      `(2) runner-${a.index} cut off with ${atCut.length} running captures and ${commandsAtCut.length} remote commands (${commandsAtCut.map((x) => `${x.host}: ${x.argv[0]}`).join(', ')}); ` +
-        `taken over ${delays.map((d) => `${(d / 1000).toFixed(1)} s`).join(', ')} after the cut (lease ${PARTITION_LEASE_MS / 1000} s)\n` +
-        `  leftover sweeps by the new owners: ${sweeps}; its commands still running at the take-overs' end: ${leftAtTakeover}; after the heal: 0; lines it sent while cut off that arrived: ${sent}; ` +
-        `commands it started after the heal: ${startedSince.length}; store rows it changed after the heal: none`,
-    );
-    for (const d of live) await d.kill();
   }, 150_000);
 
   it('(3) a cancel from another runner reaches the owner through NOTIFY within a second', async () => {
@@ -515,76 +538,85 @@ describe.skipIf(!usable).sequential(SUITE, () => {
     // A lease of 60 s: renewals (which also carry cancellations) come every 20 s, so only NOTIFY can be
     // that fast.
     const live = Array.from({ length: RUNNERS }, (_, i) => new NsDaemon(i, c, 60_000));
-    const computers = ['lv-linux-3', 'vm-linux-3', 'xc-linux-3', 'px-linux-3'];
-    const delays: number[] = [];
-    for (const computer of computers) {
-      // The capture's first command on its own OS hangs (until stopped), so that it is still running
-      // when the cancel comes, however fast the lab is.
-      const hang = c.lab.faults.add({ kind: 'hangCommand', host: computer, match: /./, times: 1 });
-      const id = await queue(c, computer, `Cancel ${computer}`);
-      let owner: NsDaemon | undefined;
-      await until(
-        async () => {
-          const d = await c.store.getCapture(id);
-          owner = live.find((x) => d?.owner?.startsWith(x.ownerPrefix));
-          return d?.status === 'running' && hang.fired > 0 && owner !== undefined;
-        },
-        30_000,
-        `${computer} running`,
-      );
-      const from = live.find((x) => x !== owner) as NsDaemon;
-      const cli = spawn(
-        'ip',
-        [
-          'netns',
-          'exec',
-          c.net.runners[from.index]?.ns ?? '',
-          process.execPath,
-          BIN,
-          'cancel',
-          id,
-          '--db',
-          c.dbUrl,
-          '--reason',
-          'netns test',
-        ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
-      );
-      let out = '';
-      cli.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-      cli.stderr?.on('data', (d: Buffer) => (out += d.toString()));
-      const code = await new Promise<number | null>((resolve) => cli.once('exit', resolve));
-      expect(code, out).toBe(0);
-      let reacted: number | undefined;
-      let requested: number | undefined;
-      await until(
-        async () => {
-          const d = (await c.store.getCapture(id)) as CaptureDetail;
-          const i = d.events.findIndex((e) => e.type === 'capture.cancel_requested');
-          const reaction = d.events
-            .slice(i + 1)
-            .find((e) => e.type === 'state.entered' && JSON.stringify(e.stateValue).includes('cleanup'));
-          requested = Date.parse(d.events[i]?.at ?? '');
-          reacted = reaction === undefined ? undefined : Date.parse(reaction.at);
-          return reacted !== undefined;
-        },
-        10_000,
-        `${computer}: the owner to enter cleanup`,
-      );
-      delays.push((reacted ?? 0) - (requested ?? 0));
-      await until(
-        async () => isFinished((await c.store.getCaptureRecord(id))?.status),
-        60_000,
-        `${computer} to end`,
-      );
-      expect((await c.store.getCaptureRecord(id))?.status).toBe('cancelled');
-      hang.clear();
+    try {
+      for (const d of live) await d.ready();
+      await cancelScenario(c, live);
+    } finally {
+      for (const d of live) await d.kill();
     }
-    tally.push(
-      `(3) cancel via NOTIFY (lease 60 s): from another runner's namespace to the owner's cleanup: ${delays.map((d) => `${d} ms`).join(', ')}`,
-    );
-    for (const d of delays) expect(d).toBeLessThan(1000);
-    for (const d of live) await d.kill();
     console.log(`runners in network namespaces:\n${tally.join('\n')}`);
   }, 120_000);
 });
+
+/** Scenario (3): a cancel run in another runner's namespace; the delay until the owner enters cleanup. */
+async function cancelScenario(c: Ctx, live: NsDaemon[]): Promise<void> {
+  const computers = ['lv-linux-3', 'vm-linux-3', 'xc-linux-3', 'px-linux-3'];
+  const delays: number[] = [];
+  for (const computer of computers) {
+    // The capture's first command on its own OS hangs (until stopped), so that it is still running
+    // when the cancel comes, however fast the lab is.
+    const hang = c.lab.faults.add({ kind: 'hangCommand', host: computer, match: /./, times: 1 });
+    const id = await queue(c, computer, `Cancel ${computer}`);
+    let owner: NsDaemon | undefined;
+    await until(
+      async () => {
+        const d = await c.store.getCapture(id);
+        owner = live.find((x) => d?.owner?.startsWith(x.ownerPrefix));
+        return d?.status === 'running' && hang.fired > 0 && owner !== undefined;
+      },
+      30_000,
+      `${computer} running`,
+    );
+    const from = live.find((x) => x !== owner) as NsDaemon;
+    const cli = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        c.net.runners[from.index]?.ns ?? '',
+        process.execPath,
+        BIN,
+        'cancel',
+        id,
+        '--db',
+        c.dbUrl,
+        '--reason',
+        'netns test',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    cli.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    cli.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+    const code = await new Promise<number | null>((resolve) => cli.once('exit', resolve));
+    expect(code, out).toBe(0);
+    let reacted: number | undefined;
+    let requested: number | undefined;
+    await until(
+      async () => {
+        const d = (await c.store.getCapture(id)) as CaptureDetail;
+        const i = d.events.findIndex((e) => e.type === 'capture.cancel_requested');
+        const reaction = d.events
+          .slice(i + 1)
+          .find((e) => e.type === 'state.entered' && JSON.stringify(e.stateValue).includes('cleanup'));
+        requested = Date.parse(d.events[i]?.at ?? '');
+        reacted = reaction === undefined ? undefined : Date.parse(reaction.at);
+        return reacted !== undefined;
+      },
+      10_000,
+      `${computer}: the owner to enter cleanup`,
+    );
+    delays.push((reacted ?? 0) - (requested ?? 0));
+    await until(
+      async () => isFinished((await c.store.getCaptureRecord(id))?.status),
+      60_000,
+      `${computer} to end`,
+    );
+    expect((await c.store.getCaptureRecord(id))?.status).toBe('cancelled');
+    hang.clear();
+  }
+  tally.push(
+    `(3) cancel via NOTIFY (lease 60 s): from another runner's namespace to the owner's cleanup: ${delays.map((d) => `${d} ms`).join(', ')}`,
+  );
+  for (const d of delays) expect(d).toBeLessThan(1000);
+}
