@@ -8,6 +8,8 @@ import { defineConfig } from 'vitest/config';
 const HEAVY = [
   'test/e2e/**/*.test.ts',
   'test/crash/**/*.test.ts',
+  // Daemons in network namespaces of their own, PostgreSQL over TCP, partitions.
+  'test/multi/**/*.test.ts',
   'test/inspector/browser.test.ts',
   'test/daemon.test.ts',
   // Builds, packs and installs the package, then runs its demo and a strict tsc in the install.

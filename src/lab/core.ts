@@ -3,6 +3,7 @@
  * one command (its argv, stdin, output with back-pressure, the abort signal of a kill or closed channel).
  */
 import type { Readable } from 'node:stream';
+import type { ExecInfo } from './exec.js';
 import type { FaultRegistry } from './faults.js';
 import type { HostFs } from './fs.js';
 import type { ResolvedOptions } from './options.js';
@@ -65,7 +66,7 @@ export interface HostRuntime {
   /** Running commands by (fake) PID, for the transport's kill script, with their runner tag if any. */
   procs: Map<number, { kill(signal: string): void; tag?: string | undefined }>;
   /** Commands running now (with or without a PID). */
-  running: Set<object>;
+  running: Set<ExecInfo>;
   /** Guests: what the OS holds that its commands change. */
   guest: GuestState | undefined;
 }

@@ -23,6 +23,12 @@ export interface RunningExec {
   abandon(): void;
 }
 
+/** What the lab tells of a running command: who started it and what it runs (argv once parsed). */
+export interface ExecInfo {
+  readonly client: string;
+  readonly argv: readonly string[] | undefined;
+}
+
 /** Largest stdin the lab buffers for a command that is not reading it yet. */
 const STDIN_BUFFER = 1024 * 1024;
 
@@ -32,8 +38,9 @@ export function startExec(
   channel: ssh2.ServerChannel,
   line: string,
   dropConnection: () => void,
+  client: string,
 ): RunningExec {
-  const exec = new Exec(core, host, channel, dropConnection);
+  const exec = new Exec(core, host, channel, dropConnection, client);
   core.track(
     exec.run(line).catch((err: unknown) => {
       core.internalErrors.push(err instanceof Error ? err : new Error(String(err)));
@@ -42,7 +49,8 @@ export function startExec(
   return exec;
 }
 
-class Exec implements RunningExec {
+class Exec implements RunningExec, ExecInfo {
+  argv: readonly string[] | undefined;
   private readonly ac = new AbortController();
   private finished = false;
   private pid: number | undefined;
@@ -64,6 +72,7 @@ class Exec implements RunningExec {
     private readonly host: HostRuntime,
     private readonly channel: ssh2.ServerChannel,
     private readonly dropConnection: () => void,
+    readonly client: string,
   ) {
     channel.on('error', () => {});
     channel.stderr.on('error', () => {});
@@ -84,21 +93,22 @@ class Exec implements RunningExec {
     const parsed = parseCommandLine(line);
     const { host, core } = this;
     if (parsed.kind === 'refused') {
-      core.log({ host: host.name, line, argv: null, kind: 'refused' });
+      core.log({ host: host.name, line, argv: null, kind: 'refused', client: this.client });
       await this.answer(async () => {
         throw new CommandError(2, `${parsed.message}\n`);
       });
       return;
     }
     if (parsed.kind === 'kill') {
-      core.log({ host: host.name, line, argv: null, kind: 'kill' });
+      core.log({ host: host.name, line, argv: null, kind: 'kill', client: this.client });
       // `kill -KILL -- -N || kill -KILL N || ! kill -0 -- -N` succeeds whether or not N still ran.
       host.procs.get(parsed.group)?.kill('KILL');
       await this.answer(async () => 0);
       return;
     }
     const argv = parsed.argv;
-    core.log({ host: host.name, line, argv, kind: 'exec' });
+    this.argv = argv;
+    core.log({ host: host.name, line, argv, kind: 'exec', client: this.client });
     if (parsed.wrapped) {
       this.pid = core.nextPid();
       host.procs.set(this.pid, { kill: (sig) => this.killed(sig), tag: parsed.tag });

@@ -437,7 +437,7 @@ function inventoryOf(
       Object.values(hosts).map((h) => [
         h.name,
         {
-          address: '127.0.0.1',
+          address: rt.options.listenAddress,
           port: h.port,
           user: h.user,
           privateKeyPath,
@@ -542,6 +542,12 @@ function makeLab(
       [...rt.hosts.values()]
         .filter((x) => host === undefined || x.name === host)
         .reduce((n, x) => n + x.running.size, 0),
+    runningCommandsOf: (client) =>
+      [...rt.hosts.values()].flatMap((h) =>
+        [...h.running]
+          .filter((e) => e.client === client && e.argv !== undefined)
+          .map((e) => ({ host: h.name, argv: e.argv ?? [] })),
+      ),
     commands: (host) =>
       rt.commandLog
         .filter((e) => e.kind === 'exec' && (host === undefined || e.host === host))

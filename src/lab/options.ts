@@ -27,6 +27,7 @@ export interface ResolvedOptions {
   freeBytes: Record<string, number>;
   defaultFreeBytes: number;
   missingTools: Record<string, string[]>;
+  listenAddress: string;
 }
 
 /** What `df` reports free on a host the `freeBytes` option does not name: 512 GiB. */
@@ -117,5 +118,6 @@ export function resolveOptions(options: LabOptions = {}): ResolvedOptions {
     freeBytes: options.freeBytes ?? {},
     defaultFreeBytes: DEFAULT_FREE_BYTES,
     missingTools: options.missingTools ?? {},
+    listenAddress: options.listenAddress ?? '127.0.0.1',
   };
 }

@@ -1,6 +1,6 @@
 /**
  * One host's SSH server: ssh2's `Server` with the host's own ed25519 key, fed by a plain TCP listener on
- * 127.0.0.1 (port 0) through `injectSocket`, so the lab holds every raw socket and can drop a connection
+ * the lab's `listenAddress` (127.0.0.1 by default; port 0) through `injectSocket`, so the lab holds every raw socket and can drop a connection
  * the way a network or a powered-off machine does (TCP reset, no SSH disconnect message). Public key
  * authentication with the lab's client key only. A guest whose OS is not running resets new connections
  * at once (the client sees ECONNRESET and retries, as with a port nobody listens on); its listening port
@@ -37,7 +37,7 @@ export class HostServer {
   async listen(): Promise<number> {
     await new Promise<void>((resolve, reject) => {
       this.tcp.once('error', reject);
-      this.tcp.listen(0, '127.0.0.1', () => {
+      this.tcp.listen(0, this.core.options.listenAddress, () => {
         this.tcp.off('error', reject);
         resolve();
       });
@@ -117,7 +117,7 @@ export class HostServer {
         let running: RunningExec | undefined;
         session.on('exec', (acceptExec, _reject, req) => {
           const channel = acceptExec();
-          const exec = startExec(this.core, this.host, channel, req.command, drop);
+          const exec = startExec(this.core, this.host, channel, req.command, drop, info.ip);
           running = exec;
           execs.add(exec);
           channel.once('close', () => execs.delete(exec));

@@ -74,6 +74,11 @@ export interface LabOptions {
    * fails for them and running them answers 127. Guests take theirs from `guestProfiles`.
    */
   missingTools?: Record<string, string[]>;
+  /**
+   * Address the hosts' SSH servers listen on, and the inventory's `address` of every host. Default
+   * `127.0.0.1`; another local address (a bridge's) lets runners in other network namespaces reach the lab.
+   */
+  listenAddress?: string;
 }
 
 export type PowerState = 'off' | 'booting' | 'on' | 'goingDown';
@@ -110,6 +115,8 @@ export interface CommandLogEntry {
    */
   argv: string[] | null;
   kind: 'exec' | 'kill' | 'refused';
+  /** IP address of the SSH client that sent it (which runner, when runners have addresses of their own). */
+  client: string;
   /** Milliseconds since the lab started. */
   atMs: number;
 }
@@ -301,6 +308,8 @@ export interface Lab {
   readonly internalErrors: readonly Error[];
   /** Commands running now on a host (all hosts when absent): a stopped command no longer counts. */
   runningCommands(host?: string): number;
+  /** The commands running now that a client at this IP address started, with their host. */
+  runningCommandsOf(client: string): { host: string; argv: readonly string[] }[];
   /** Argv of the commands a host received (all hosts when absent), in order. */
   commands(host?: string): string[][];
   clearLog(): void;

@@ -37,11 +37,7 @@ export class Conn extends EventEmitter {
     readonly cipher: string | undefined,
   ) {
     super();
-    const onLost = (reason: string) => {
-      if (this.lost !== undefined) return;
-      this.lost = reason;
-      this.emit('lost', reason);
-    };
+    const onLost = (reason: string) => this.markLost(reason);
     client.on('error', (err: Error & { level?: string }) =>
       onLost(
         err.message === 'Keepalive timeout'
@@ -83,6 +79,26 @@ export class Conn extends EventEmitter {
   end(): void {
     this.retired = true;
     this.client.end();
+  }
+
+  /**
+   * Drops the connection with a TCP reset: the kernel discards what it has not delivered, so a request
+   * sent into a silent network (a partition) cannot reach the host later, once the network is back, and
+   * start a command there after another runner took the capture over. For a stop the host never confirmed.
+   */
+  reset(reason: string): void {
+    if (this.lost !== undefined) return;
+    this.retired = true;
+    this.markLost(reason);
+    const sock = (this.client as unknown as { _sock?: Socket })._sock;
+    if (sock !== undefined && typeof sock.resetAndDestroy === 'function') sock.resetAndDestroy();
+    else this.client.destroy();
+  }
+
+  private markLost(reason: string): void {
+    if (this.lost !== undefined) return;
+    this.lost = reason;
+    this.emit('lost', reason);
   }
 }
 

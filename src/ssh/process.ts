@@ -18,6 +18,7 @@ import type { ExecResult } from './types.js';
 const PID_PREFIX = Buffer.from('VCLPID=');
 /** How long a stopped command's channel may take to close before we stop waiting for it. */
 const CLOSE_GRACE_MS = 2000;
+const UNANSWERED_STOP = 'reset: a stop the host did not answer within the stop budget (network silent)';
 const KILL_TIMEOUT_MS = 5000;
 
 /** Strips the `VCLPID=<pid>\n` line from the start of stdout and reports the PID. */
@@ -137,6 +138,16 @@ export async function startProcess(
   try {
     conn = await link.conn(opts.signal, abortedError);
     conn.active++;
+    // An abort while the channel is being opened cannot recall the request: if the host stays silent
+    // for the stop budget, the connection is reset so that the request never arrives late.
+    const opening = conn;
+    let silent: NodeJS.Timeout | undefined;
+    const onAbortWhileOpening = () => {
+      silent = setTimeout(() => opening.reset(UNANSWERED_STOP), KILL_TIMEOUT_MS + CLOSE_GRACE_MS);
+      silent.unref();
+    };
+    if (opts.signal?.aborted) onAbortWhileOpening();
+    else opts.signal?.addEventListener('abort', onAbortWhileOpening, { once: true });
     try {
       ({ channel, exit: exitOf } = await openChannel(conn, commandLine, opts.signal, log));
     } catch (err) {
@@ -153,6 +164,9 @@ export async function startProcess(
           details: { host, command: name },
         },
       );
+    } finally {
+      clearTimeout(silent);
+      opts.signal?.removeEventListener('abort', onAbortWhileOpening);
     }
   } catch (err) {
     release();
@@ -414,7 +428,14 @@ function runOnChannel(
     // The kill may wait for the PID, then for the kill command: each has the kill budget.
     const grace = setTimeout(() => finish('closed'), 2 * KILL_TIMEOUT_MS + CLOSE_GRACE_MS);
     grace.unref();
-    channel.once('close', () => clearTimeout(grace));
+    // A host that answered nothing within the stop budget (the network gone silent): the connection is
+    // reset, so that nothing sent on it before (another command's start) can still arrive there later.
+    const silent = setTimeout(() => conn.reset(UNANSWERED_STOP), KILL_TIMEOUT_MS + CLOSE_GRACE_MS);
+    silent.unref();
+    channel.once('close', () => {
+      clearTimeout(grace);
+      clearTimeout(silent);
+    });
   };
 
   const timeoutMs = opts.timeoutMs;

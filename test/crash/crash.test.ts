@@ -19,6 +19,7 @@ import {
   positions,
   queue,
   type Rig,
+  random,
   repositoryFiles,
   startDaemon,
   startRig,
@@ -186,18 +187,6 @@ describe('a kill during the boot test', () => {
     expect(readdirSync(disks).filter((f) => f.startsWith('.vcl-'))).toEqual([]);
   }, 120_000);
 });
-
-/** mulberry32: a small seeded generator, so a failing random run can be replayed with CRASH_SEED. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('kills at random moments across concurrent captures of every provisioner', () => {
   it('50 kills: every capture ends whole, and the tally is printed', async () => {

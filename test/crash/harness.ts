@@ -14,7 +14,7 @@ import { startLab } from '../../src/lab/index.js';
 import type { Lab, LabOptions } from '../../src/lab/types.js';
 import { createRunner, type Runner } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
-import type { CaptureDetail } from '../../src/store/types.js';
+import type { CaptureDetail, CaptureStore } from '../../src/store/types.js';
 import { expectStoredImage } from '../helpers/stored-image.js';
 
 const BIN = join(import.meta.dirname, '../../src/cli/bin.mjs');
@@ -165,7 +165,7 @@ export async function until(check: () => Promise<boolean> | boolean, timeoutMs: 
 }
 
 /** Makes a computer capturable again: back in service and switched on. */
-export async function ready(rig: Rig, computer: string): Promise<void> {
+export async function ready(rig: World, computer: string): Promise<void> {
   const state = (await rig.store.getComputer(computer))?.state;
   if (state !== 'available') await rig.store.setComputerState(computer, 'available');
   if (rig.lab.computer(computer).power !== 'on') {
@@ -183,8 +183,11 @@ export async function queue(rig: Rig, computer: string, label: string): Promise<
   return record.id;
 }
 
+/** What the outcome checks read: the lab, a store of either kind and the inventory the runners use. */
+export type World = Pick<Rig, 'lab' | 'inventory'> & { store: CaptureStore };
+
 /** Files in the lab's repositories. */
-export async function repositoryFiles(rig: Rig): Promise<string[]> {
+export async function repositoryFiles(rig: Pick<Rig, 'lab'>): Promise<string[]> {
   const out: string[] = [];
   for (const [host, path] of REPOSITORIES) {
     const real = await rig.lab.realPath(host, path);
@@ -202,7 +205,7 @@ export const HALF_MADE = /\.vcl-tmp-|\.partial$|\.vcl-capture-/;
  * cancelled with the computer in maintenance (or given back) and no usable revision.
  */
 export async function checkOutcome(
-  rig: Rig,
+  rig: World,
   captureId: string,
   sourceSha256: string,
 ): Promise<CaptureDetail> {
@@ -248,4 +251,16 @@ export function takeovers(detail: CaptureDetail): { owner: string; previousOwner
   return detail.events
     .filter((e) => e.type === 'capture.claimed' && e.details?.previousOwner)
     .map((e) => e.details as { owner: string; previousOwner: string });
+}
+
+/** mulberry32: a small seeded generator, so that a failing random run can be replayed from its seed. */
+export function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }

@@ -12,7 +12,8 @@
  * otherwise warns and returns false, so the suite can skip (as `sshdAvailable()` does for OpenSSH).
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { appendFileSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -54,6 +55,8 @@ export interface PostgresCluster {
   readonly pid: number;
   /** A URL for `database` on this cluster (over the socket, as the superuser). */
   url(database?: string): string;
+  /** The same over TCP, to the `listen` address (undefined when the cluster listens on its socket only). */
+  tcpUrl(database?: string): string | undefined;
   /** Creates an empty database (a fresh name each call) and returns its URL. */
   createDatabase(): Promise<string>;
   /** Runs SQL as the superuser in `database` (default `postgres`). */
@@ -83,6 +86,23 @@ export interface StartPostgresOptions {
    * cluster turns off: for benchmarks whose figures must mean what a real server does.
    */
   durable?: boolean;
+  /**
+   * Also listen on TCP at this local address, trusting clients from `allow` (a CIDR): for runners in other
+   * network namespaces, which cannot reach the socket. The port is a free one, not 5432.
+   */
+  listen?: { address: string; allow: string };
+}
+
+/** A TCP port free on `address` now (the kernel's pick, released at once). */
+async function freePort(address: string): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, address, () => resolve());
+  });
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
 }
 
 export async function startPostgres(options: StartPostgresOptions = {}): Promise<PostgresCluster> {
@@ -114,6 +134,9 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     rmSync(dir, { recursive: true, force: true });
     throw new Error(`initdb failed (${initdb.status}): ${initdb.stderr || initdb.stdout}`);
   }
+  const port = options.listen === undefined ? PORT : await freePort(options.listen.address);
+  if (options.listen !== undefined)
+    appendFileSync(join(data, 'pg_hba.conf'), `host all all ${options.listen.allow} trust\n`);
   const argv = [
     'setpriv',
     '--pdeathsig',
@@ -125,9 +148,10 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
       '-k',
       dir,
       '-p',
-      String(PORT),
+      String(port),
       '-c',
-      'listen_addresses=', // no TCP at all: the socket only,
+      // No TCP at all unless asked: the socket only.
+      `listen_addresses=${options.listen?.address ?? ''}`,
       // A throwaway cluster: durability buys nothing.
       ...(options.durable
         ? []
@@ -154,7 +178,11 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     }),
   );
   const url = (database = 'postgres') =>
-    `postgresql://${user === 'postgres' ? 'postgres' : encodeURIComponent('postgres')}@localhost:${PORT}/${database}?host=${encodeURIComponent(dir)}`;
+    `postgresql://${user === 'postgres' ? 'postgres' : encodeURIComponent('postgres')}@localhost:${port}/${database}?host=${encodeURIComponent(dir)}`;
+  const tcpUrl = (database = 'postgres') =>
+    options.listen === undefined
+      ? undefined
+      : `postgresql://postgres@${options.listen.address}:${port}/${database}`;
 
   const stop = async () => {
     if (!exited) {
@@ -206,6 +234,7 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     dir,
     pid: proc.pid ?? -1,
     url,
+    tcpUrl,
     async createDatabase() {
       databases += 1;
       const name = `store_${databases}`;

@@ -16,6 +16,18 @@ function uniqueSleep(): string {
   return `${1000 + Math.floor(Math.random() * 8000)}.${Date.now() % 100000}`;
 }
 
+/** Ends frozen sshd session processes (SIGKILL takes effect once they run again). */
+function thaw(pids: number[]): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+      process.kill(pid, 'SIGCONT');
+    } catch {
+      // Gone.
+    }
+  }
+}
+
 async function failure(p: Promise<unknown>): Promise<SshError> {
   try {
     await p;
@@ -258,6 +270,33 @@ describe.skipIf(!available)('connection loss against OpenSSH sshd', () => {
     expect(server.pid).not.toBe(oldPid);
   });
 
+  it('resets a connection on which an aborted command start stays unanswered for the stop budget (7 s)', async () => {
+    // Keep-alives far apart: only the reset can end this connection within the test.
+    const host = server.sshHost({ name: 'unanswered', keepaliveIntervalMs: 60_000 });
+    await pool.exec(host, ['true']);
+    const frozen = server.signalSessions('SIGSTOP');
+    expect(frozen.length).toBeGreaterThan(0);
+    const ac = new AbortController();
+    try {
+      // The channel open goes out and is never answered: a partition or a frozen host look alike here.
+      const run = failure(pool.exec(host, ['true'], { signal: ac.signal }));
+      await sleep(100);
+      const abortedAt = Date.now();
+      ac.abort();
+      const err = await run;
+      const afterMs = Date.now() - abortedAt;
+      expect(err.code).toBe('SSH_DISCONNECTED');
+      expect(err.message).toContain('reset: a stop the host did not answer');
+      // 5 s kill budget + 2 s for the close; the upper bound leaves room for a loaded machine.
+      expect(afterMs).toBeGreaterThanOrEqual(6900);
+      expect(afterMs).toBeLessThan(12_000);
+    } finally {
+      thaw(frozen);
+    }
+    // The reset connection is not reused: the next command opens a new one.
+    expect((await pool.exec(host, ['echo', 'again'])).stdout).toBe('again\n');
+  });
+
   it('notices a frozen server through keep-alives within interval x (count + 1)', async () => {
     const host = server.sshHost({ name: 'frozen', keepaliveIntervalMs: 400, keepaliveCountMax: 2 });
     await pool.exec(host, ['true']);
@@ -275,14 +314,7 @@ describe.skipIf(!available)('connection loss against OpenSSH sshd', () => {
       // interval x (count + 1), plus room for a loaded machine; the command's own deadline is 30 s.
       expect(noticedMs).toBeLessThan(400 * 3 + 5000);
     } finally {
-      for (const pid of frozen) {
-        try {
-          process.kill(pid, 'SIGKILL');
-          process.kill(pid, 'SIGCONT');
-        } catch {
-          // Gone.
-        }
-      }
+      thaw(frozen);
     }
   });
 });
