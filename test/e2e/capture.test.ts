@@ -18,7 +18,11 @@
  *    it: one image, nothing temporary left, the same image checks, the takeover in the audit trail, and the
  *    killed daemon's convert, still running on the host (held with SIGSTOP), is killed by the new daemon
  *    before its first command on the host (issue 16: the tag sweep, docs/resume.md);
- * 6. nothing started by the suite is left running.
+ * 6. boot test (issue 20): with the computer's boot test on (SSH check), the captured image boots in a
+ *    throwaway domain on an overlay, shows its SSH banner, and is recorded unchanged; after the guest's
+ *    init is removed from its disk, the next image does not boot: BOOT_TEST_FAILED, nothing recorded, no
+ *    image, test domain or overlay left (last: the source no longer boots either);
+ * 7. nothing started by the suite is left running.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -53,16 +57,18 @@ import {
   stepTimings,
 } from './checks.js';
 import { cliWithDb, type DaemonProcess, sizeOf, startDaemon, storeReader } from './daemon.js';
-import { ACPI_DISABLED_FLAG, MARKER_IN_GUEST, MARKER_ON_DISK } from './guest.js';
+import { ACPI_DISABLED_FLAG, DISK_INIT, MARKER_IN_GUEST, MARKER_ON_DISK } from './guest.js';
 import { run } from './libvirt.js';
 import { e2eAvailable } from './requirements.js';
 import {
   alive,
+  BOOT_TEST_MS,
   DOMAIN,
   processesMentioning,
   type Rig,
   SHORT_POWER_OFF_MS,
   startRig,
+  VM_BOOT,
   VM_LOCAL,
   VM_REMOTE,
 } from './rig.js';
@@ -827,7 +833,100 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
     }, 120_000);
   });
 
-  describe('6. cleanup', () => {
+  describe('6. boot test: the captured image boots in a throwaway domain, or the capture fails', () => {
+    /** What a boot test may leave: transient domains, and its files beside the disk. */
+    async function bootTestLeftovers() {
+      const listed = await rig.libvirt.virsh(['list', '--all', '--name']);
+      expect(listed.code, listed.stderr).toBe(0);
+      return {
+        domains: listed.stdout.split('\n').filter((l) => l.startsWith('vcl-boot-')),
+        files: readdirSync(join(rig.disk, '..')).filter((f) => f.startsWith('.vcl-boot-')),
+      };
+    }
+
+    /** What explains a failed boot test: the capture's error, its log's warnings, libvirtd's and QEMU's logs. */
+    function diagnose(result: { stdout: string; log: string }): string {
+      const tail = (path: string, n = 2000) => (existsSync(path) ? readFileSync(path, 'utf8').slice(-n) : '');
+      const warnings = tail(result.log, 20_000)
+        .split('\n')
+        .filter((l) => /"level":(40|50)/.test(l))
+        .slice(-8)
+        .join('\n');
+      const qemuLogs = join(rig.libvirt.dir, 'cache', 'libvirt', 'qemu', 'log');
+      const boots = existsSync(qemuLogs)
+        ? readdirSync(qemuLogs).filter((f) => f.startsWith('vcl-boot-'))
+        : [];
+      return [
+        `summary: ${result.stdout.slice(0, 3000)}`,
+        `log warnings:\n${warnings}`,
+        `libvirtd log:\n${tail(rig.libvirt.logFile)}`,
+        ...boots.map((f) => `${f}:\n${tail(join(qemuLogs, f))}`),
+      ].join('\n');
+    }
+
+    it(
+      'the image boots: its SSH banner shows on the forwarded port; it is recorded unchanged, nothing left',
+      async () => {
+        if ((await rig.libvirt.domstate(DOMAIN)) !== 'shut off') await rig.libvirt.virsh(['destroy', DOMAIN]);
+        const { ms } = await rig.startGuest();
+        console.log(`guest boot to SSH: ${ms} ms`);
+        const result = await capture([VM_BOOT, '--image', 'e2e-boot']);
+        expect(result.code, diagnose(result)).toBe(0);
+        expect(result.summary.status).toBe('completed');
+        const timings = stepTimings(result.log);
+        printTimings('capture vm1-boot (end state off, qcow2, boot test by SSH)', timings, result.ms);
+        const ran = timings.map((t) => t.step);
+        expect(ran.indexOf('boot_test')).toBeGreaterThan(ran.indexOf('verify_image'));
+        expect(ran.indexOf('boot_test')).toBeLessThan(ran.indexOf('record_revision'));
+        expect(timings.every((t) => t.ok)).toBe(true);
+        // Only one VM ran at a time: the source domain was off for the whole boot test, and stays off.
+        expect(await rig.libvirt.domstate(DOMAIN)).toBe('shut off');
+        const { summary } = result;
+        // The test domain wrote into its overlay only: the image is what was verified and recorded.
+        expect(await sha256File(summary.path)).toBe(summary.sha256);
+        expect(await revisionOf(summary.image)).toMatchObject({ deleted: false, sha256: summary.sha256 });
+        const check = await qemuImg(['check', summary.path]);
+        expect(check.code, check.stdout + check.stderr).toBe(0);
+        expect(await bootTestLeftovers()).toEqual({ domains: [], files: [] });
+        const record = await show(summary.captureId);
+        expect(auditSteps(record)).toEqual(
+          expect.arrayContaining(['verify_image', 'boot_test', 'record_revision']),
+        );
+      },
+      BOOT_MS + BOOT_TEST_MS + 60_000,
+    );
+
+    it(
+      `an image whose ${DISK_INIT} was removed before the capture does not boot: BOOT_TEST_FAILED, nothing recorded, nothing left`,
+      async () => {
+        // Independent of the case above: a failure there left the computer in maintenance.
+        await rig.cli(['release', VM_BOOT, '--reason', 'e2e: the next case']);
+        cliCalls += 1;
+        await rig.startGuest();
+        const removed = await rig.guestSsh(`rm ${DISK_INIT} && sync`);
+        expect(removed.code, removed.stderr).toBe(0);
+        const result = await capture([VM_BOOT, '--image', 'e2e-noboot']);
+        expect(result.code, diagnose(result)).toBe(1);
+        expect(result.summary.status).toBe('failed');
+        expect(result.summary.error).toMatchObject({ code: 'BOOT_TEST_FAILED', step: 'boot_test' });
+        // The test domain powered off at once (no init): its console is quoted, no timeout was waited out.
+        expect(result.summary.error?.message, diagnose(result)).toMatch(
+          /test domain vanished.*No working init found/,
+        );
+        const timings = stepTimings(result.log);
+        printTimings('capture vm1-boot of an unbootable image', timings, result.ms);
+        expect(timings.find((t) => t.step === 'boot_test')?.durationMs).toBeLessThan(BOOT_TEST_MS);
+        expect(readdirSync(rig.localRepository).filter((f) => f.includes(result.summary.image))).toEqual([]);
+        const revision = await revisionOf(result.summary.image);
+        expect(revision?.deleted ?? true).toBe(true);
+        expect(await bootTestLeftovers()).toEqual({ domains: [], files: [] });
+        expect((await show(result.summary.captureId)).status).toBe('failed');
+      },
+      BOOT_MS + BOOT_TEST_MS + 60_000,
+    );
+  });
+
+  describe('7. cleanup', () => {
     it('stops every VM, libvirtd, both sshd, and removes the temp folder', async () => {
       const { dir, libvirt, kvmHost, repoHost } = rig;
       const left = await rig.stop();

@@ -58,6 +58,9 @@ export interface Guest {
   buildMs: number;
 }
 
+/** The guest's init on its disk (the disk is mounted on /mnt): removed, the guest no longer boots. */
+export const DISK_INIT = '/mnt/init';
+
 const INIT = `#!/bin/sh
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 mount -t proc proc /proc
@@ -75,8 +78,12 @@ ip route add default via 10.0.2.2
 for i in 1 2 3 4 5; do [ -b /dev/vda ] && break; sleep 1; done
 # busybox mke2fs takes the size in KiB: the file system is the first 64 MiB whatever the disk's size
 # (the suite writes data past it).
-mount -t ext2 /dev/vda /mnt 2>/dev/null || { mke2fs -F -q /dev/vda 65536 && mount -t ext2 /dev/vda /mnt; }
-exec /sbin/init
+# The first boot also puts the guest's init on it: the boot goes on from the disk.
+mount -t ext2 /dev/vda /mnt 2>/dev/null || { mke2fs -F -q /dev/vda 65536 && mount -t ext2 /dev/vda /mnt &&
+  printf '#!/bin/sh\\nexec /sbin/init\\n' > ${DISK_INIT} && chmod 755 ${DISK_INIT}; }
+# A disk without its init does not boot (the boot test's unbootable image): as a kernel without init.
+[ -x ${DISK_INIT} ] || { echo 'Kernel panic - not syncing: No working init found on /dev/vda' > /dev/console; poweroff -f; }
+exec ${DISK_INIT}
 `;
 
 const INITTAB = `::sysinit:/bin/hostname vcl-e2e-guest
