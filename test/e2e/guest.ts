@@ -113,14 +113,14 @@ function sharedLibraries(binary: string): string[] {
   return [...out.matchAll(/(\/\S+)\s+\(0x/g)].map((m) => m[1] as string);
 }
 
-function copyInto(root: string, from: string, to = from, mode?: number): void {
+export function copyInto(root: string, from: string, to = from, mode?: number): void {
   const dest = join(root, to);
   mkdirSync(dirname(dest), { recursive: true });
   copyFileSync(from, dest);
   if (mode !== undefined) chmodSync(dest, mode);
 }
 
-function copyWithLibraries(root: string, binary: string, to: string): void {
+export function copyWithLibraries(root: string, binary: string, to: string): void {
   copyInto(root, binary, to, 0o755);
   for (const lib of sharedLibraries(binary)) copyInto(root, lib);
 }
@@ -138,6 +138,43 @@ function modulePaths(version: string): Map<string, string> {
   return out;
 }
 
+/** busybox-static and its applets where busybox says they belong (bin/sh, sbin/init, sbin/poweroff...). */
+export function installBusybox(root: string): void {
+  const busybox = which('busybox') as string;
+  copyWithLibraries(root, busybox, '/bin/busybox');
+  const applets = execFileSync(busybox, ['--list-full'], { encoding: 'utf8' }).split('\n').filter(Boolean);
+  for (const applet of applets) {
+    if (applet === 'bin/busybox') continue;
+    mkdirSync(join(root, dirname(applet)), { recursive: true });
+    symlinkSync('/bin/busybox', join(root, applet));
+  }
+}
+
+/** The guest's kernel modules under /lib/modules; returns their file names in load order. */
+export function installModules(root: string, version: string): string[] {
+  const paths = modulePaths(version);
+  const order: string[] = [];
+  for (const m of GUEST_MODULES) {
+    const path = paths.get(m.replaceAll('-', '_'));
+    if (path === undefined) continue; // built into this kernel
+    if (!path.endsWith('.ko'))
+      throw new Error(`module ${m} is compressed (${path}); the guest's busybox insmod needs plain .ko`);
+    copyInto(root, path, `/lib/modules/${basename(path)}`);
+    order.push(basename(path));
+  }
+  return order;
+}
+
+/** cpio newc, gzip: every file owned by root whoever builds it. */
+export function packInitramfs(root: string, initramfs: string): void {
+  execFileSync(
+    'sh',
+    ['-c', 'cd "$1" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1 > "$2"', 'sh', root, initramfs],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  chmodSync(initramfs, 0o644);
+}
+
 /** Builds the guest under `dir` (kernel from /boot, initramfs, keys). Takes about a second. */
 export function buildGuest(dir: string): Guest {
   const started = Date.now();
@@ -150,28 +187,10 @@ export function buildGuest(dir: string): Guest {
   chmodSync(join(root, 'root/.ssh'), 0o700);
   chmodSync(join(root, 'tmp'), 0o1777);
 
-  // busybox and its applets where busybox says they belong (bin/sh, sbin/init, sbin/poweroff...).
-  const busybox = which('busybox') as string;
-  copyWithLibraries(root, busybox, '/bin/busybox');
-  const applets = execFileSync(busybox, ['--list-full'], { encoding: 'utf8' }).split('\n').filter(Boolean);
-  for (const applet of applets) {
-    if (applet === 'bin/busybox') continue;
-    mkdirSync(join(root, dirname(applet)), { recursive: true });
-    symlinkSync('/bin/busybox', join(root, applet));
-  }
+  installBusybox(root);
   copyWithLibraries(root, which('dropbear') as string, '/usr/sbin/dropbear');
 
-  // Kernel modules, loaded by /init in this order.
-  const paths = modulePaths(kernel.version);
-  const order: string[] = [];
-  for (const m of GUEST_MODULES) {
-    const path = paths.get(m.replaceAll('-', '_'));
-    if (path === undefined) continue; // built into this kernel
-    if (!path.endsWith('.ko'))
-      throw new Error(`module ${m} is compressed (${path}); the guest's busybox insmod needs plain .ko`);
-    copyInto(root, path, `/lib/modules/${basename(path)}`);
-    order.push(basename(path));
-  }
+  const order = installModules(root, kernel.version);
 
   const etc = (name: string, text: string, mode = 0o644) => {
     writeFileSync(join(root, 'etc', name), text);
@@ -205,14 +224,8 @@ export function buildGuest(dir: string): Guest {
   writeFileSync(userKeyPath, user.private, { mode: 0o600 });
   writeFileSync(join(root, 'root/.ssh/authorized_keys'), `${user.public}\n`, { mode: 0o600 });
 
-  // cpio newc, every file owned by root whoever builds it.
   const initramfs = join(dir, 'initramfs.gz');
-  execFileSync(
-    'sh',
-    ['-c', 'cd "$1" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1 > "$2"', 'sh', root, initramfs],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  chmodSync(initramfs, 0o644);
+  packInitramfs(root, initramfs);
   return {
     kernel: kernel.vmlinuz,
     kernelVersion: kernel.version,
