@@ -24,7 +24,7 @@ import { join } from 'node:path';
 import { freePort, type SshdServer, startSshd } from '../helpers/sshd.js';
 import { buildCaptureEnv, type CaptureEnv } from './capture-env.js';
 import type { Guest } from './guest.js';
-import { daemonUser, type Libvirtd, run } from './libvirt.js';
+import { daemonUser, domainXml, type Libvirtd, run } from './libvirt.js';
 import { IPXE_ROM, which } from './requirements.js';
 
 export const XCAT_NODE = 'node1';
@@ -240,14 +240,12 @@ export async function startXcat(o: {
   const xml = join(dir, 'node', 'domain.xml');
   writeFileSync(
     xml,
-    netbootDomainXml({
+    domainXml({
       name: NODE_DOMAIN,
       disk,
       serialLog,
       sshPort,
-      tftpboot,
-      bootfile: `${XCAT_NODE}.ipxe`,
-      sercon,
+      netboot: { tftpboot, bootfile: `${XCAT_NODE}.ipxe`, rom: IPXE_ROM, sercon },
     }),
   );
   const defined = await o.libvirt.virsh(['define', xml]);
@@ -276,53 +274,4 @@ export async function startXcat(o: {
       }
     },
   };
-}
-
-/**
- * A node that boots over the network: no kernel of its own, its NIC (with the iPXE ROM) first in the boot
- * order, QEMU's user network serving `tftpboot` with `bootfile`, SSH forwarded to `sshPort`.
- */
-export function netbootDomainXml(d: {
-  name: string;
-  disk: string;
-  serialLog: string;
-  sshPort: number;
-  tftpboot: string;
-  bootfile: string;
-  sercon: string;
-}): string {
-  const esc = (s: string) =>
-    s.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;').replaceAll("'", '&apos;');
-  return `<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
-  <name>${esc(d.name)}</name>
-  <memory unit='MiB'>256</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-  </os>
-  <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='${esc(d.disk)}'/>
-      <target dev='vda' bus='virtio'/>
-      <boot order='2'/>
-    </disk>
-    <serial type='file'><source path='${esc(d.serialLog)}' append='on'/><target port='0'/></serial>
-    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
-    <memballoon model='none'/>
-  </devices>
-  <qemu:commandline>
-    <qemu:arg value='-netdev'/>
-    <qemu:arg value='user,id=n0,tftp=${esc(d.tftpboot)},bootfile=${esc(d.bootfile)},hostfwd=tcp:127.0.0.1:${d.sshPort}-:22'/>
-    <qemu:arg value='-device'/>
-    <qemu:arg value='virtio-net-pci,netdev=n0,romfile=${IPXE_ROM},bus=pci.0,addr=0x10,bootindex=1'/>
-    <qemu:arg value='-fw_cfg'/>
-    <qemu:arg value='name=etc/sercon-port,file=${esc(d.sercon)}'/>
-  </qemu:commandline>
-</domain>
-`;
 }
