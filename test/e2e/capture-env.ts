@@ -47,11 +47,11 @@ mn updateflag "$node" capturing
 target="$repo/$image.img"
 if [ -n "$stall" ]; then
   # A hung upload: the first MiB arrive, then nothing more (the stream stays open).
-  { dd if="$disk" bs=1M count="$stall" 2>/dev/null; sleep 100000; } | mn "cat > $target"
-elif dd if="$disk" bs=1M 2>/dev/null | mn "cat > $target"; then
-  mn "touch $target.capturedone" && say "upload done"
+  { dd if="$disk" bs=1M count="$stall" 2>/dev/null; sleep 100000; } | mn "cat > '$target'"
+elif dd if="$disk" bs=1M 2>/dev/null | mn "cat > '$target'"; then
+  mn "touch '$target.capturedone'" && say "upload done"
 else
-  mn "touch $target.capturefailed"; say "upload failed"
+  mn "touch '$target.capturefailed'"; say "upload failed"
 fi
 sync
 poweroff -f
@@ -69,8 +69,8 @@ export function buildCaptureEnv(dir: string, mn: { address: string; port: number
   copyWithLibraries(root, which('dbclient') as string, '/usr/bin/dbclient');
   writeFileSync(join(root, 'etc/modules.order'), `${installModules(root, kernel.version).join('\n')}\n`);
   writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-  // dbclient looks a non-22 port up as `[host]:port`.
-  writeFileSync(join(root, 'root/.ssh/known_hosts'), `[${mn.address}]:${mn.port} ${mn.hostKey}\n`);
+  // dbclient looks the host up by its address alone, whatever the port.
+  writeFileSync(join(root, 'root/.ssh/known_hosts'), `${mn.address} ${mn.hostKey}\n`);
   const key = join(root, 'etc/capture_key');
   execFileSync('dropbearkey', ['-t', 'ed25519', '-f', key], { stdio: 'ignore' });
   const publicKey =

@@ -108,7 +108,7 @@ export function domainXml(d: DomainSpec): string {
     <qemu:arg value='-netdev'/>
     <qemu:arg value='user,id=n0,${nb ? `tftp=${esc(nb.tftpboot)},bootfile=${esc(nb.bootfile)},` : ''}hostfwd=tcp:127.0.0.1:${d.sshPort}-:22'/>
     <qemu:arg value='-device'/>
-    <qemu:arg value='virtio-net-pci,netdev=n0,romfile=${nb ? `${esc(nb.rom)},bootindex=1` : ''},bus=pci.0,addr=0x10'/>${
+    <qemu:arg value='virtio-net-pci,netdev=n0,romfile=${nb ? `${esc(nb.rom)},bootindex=1,disable-legacy=on` : ''},bus=pci.0,addr=0x10'/>${
       nb
         ? `
     <qemu:arg value='-fw_cfg'/>

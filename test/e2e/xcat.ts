@@ -137,7 +137,8 @@ fi
 const NODECH = `#!/bin/bash
 # Test double of xCAT's nodech: keeps nodetype.profile (the image name the capture environment uploads as).
 . "$(dirname "$0")/../common.sh"
-node_entry "$1"
+node=$1
+node_entry "$node"
 shift
 [ $# -gt 0 ] || { echo "Error: [$MN]: No attribute to change" >&2; exit 1; }
 for a in "$@"; do
