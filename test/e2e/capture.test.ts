@@ -1045,7 +1045,7 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
     }, 60_000);
 
     afterAll(async () => {
-      await x?.mn.stop();
+      await x?.stop();
     });
 
     it(
