@@ -20,6 +20,9 @@ export const provisioners = {
   proxmox: { spec: PROXMOX, machine: proxmoxMachine },
 } as const satisfies Record<ProvisionerName, { spec: ProvisionerSpec; machine: unknown }>;
 
+/** The provisioners in registry order (a tuple type, for `z.enum` and commander's choices). */
+export const PROVISIONERS = Object.keys(provisioners) as [ProvisionerName, ...ProvisionerName[]];
+
 export const operatingSystems = {
   linux: { machine: linuxMachine },
   windows: { machine: windowsMachine },

@@ -7,8 +7,16 @@ export const END_STATES = ['on', 'off', 'reboot'] as const;
 /** The power state the OS must leave the computer in at the end of `pre_capture` (VCL-94). */
 export type EndState = (typeof END_STATES)[number];
 
-export const PROVISIONERS = ['libvirt', 'vmware', 'xcat', 'proxmox'] as const;
-export type ProvisionerName = (typeof PROVISIONERS)[number];
+/**
+ * The provisioners' names. Each provisioner's machine file adds its own (`declare module '../types.js' {
+ * interface ProvisionerNames { proxmox: true } }`), so no list here is kept in step by hand; the machine
+ * registry (machines/index.ts) must then have exactly these keys (a compile error otherwise), and the
+ * runtime list `PROVISIONERS` is read from it. Not derived from the registry's type: the machines' own
+ * types use the name, which would make that type refer to itself.
+ */
+// biome-ignore lint/suspicious/noEmptyInterface: filled by module augmentation in each machine file.
+export interface ProvisionerNames {}
+export type ProvisionerName = keyof ProvisionerNames;
 
 export const OPERATING_SYSTEMS = ['linux', 'windows'] as const;
 export type OsName = (typeof OPERATING_SYSTEMS)[number];

@@ -13,6 +13,12 @@ import {
   type ProvisionerSpec,
 } from './capture-machine.js';
 
+declare module '../types.js' {
+  interface ProvisionerNames {
+    libvirt: true;
+  }
+}
+
 export const LIBVIRT: ProvisionerSpec = {
   name: 'libvirt',
   endStates: ['off', 'on'],

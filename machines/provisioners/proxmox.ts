@@ -12,6 +12,12 @@ import {
   type ProvisionerSpec,
 } from './capture-machine.js';
 
+declare module '../types.js' {
+  interface ProvisionerNames {
+    proxmox: true;
+  }
+}
+
 export const PROXMOX: ProvisionerSpec = {
   name: 'proxmox',
   endStates: ['off', 'on'],

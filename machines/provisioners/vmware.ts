@@ -11,6 +11,12 @@ import {
   type ProvisionerSpec,
 } from './capture-machine.js';
 
+declare module '../types.js' {
+  interface ProvisionerNames {
+    vmware: true;
+  }
+}
+
 export const VMWARE: ProvisionerSpec = {
   name: 'vmware',
   endStates: ['off', 'on'],

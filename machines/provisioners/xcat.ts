@@ -16,6 +16,12 @@ import {
   type ProvisionerSpec,
 } from './capture-machine.js';
 
+declare module '../types.js' {
+  interface ProvisionerNames {
+    xcat: true;
+  }
+}
+
 export const XCAT: ProvisionerSpec = {
   name: 'xcat',
   // `off` is what VCL's shipped code asked for: the provisioner then powers the node on itself.

@@ -7,7 +7,8 @@
  */
 import type { StateValue } from 'xstate';
 import { z } from 'zod';
-import { END_STATES, OPERATING_SYSTEMS, PROVISIONERS } from '../../machines/types.js';
+import { PROVISIONERS } from '../../machines/index.js';
+import { END_STATES, OPERATING_SYSTEMS } from '../../machines/types.js';
 import { timeoutsSchema } from '../inventory/schema.js';
 import type { RunnerHealth } from '../runner/runner.js';
 import { SAFE_NAME_PATTERN } from '../store/naming.js';

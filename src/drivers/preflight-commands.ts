@@ -17,28 +17,27 @@ import { driverError } from './errors.js';
 export type HostRole = ProvisionerName | 'repository';
 
 /**
- * Programs each role runs (the drivers' commands, the transport's copy scripts, this preflight's own
- * `df`/`stat`). Coreutils every POSIX host has (`rm`, `test`, `mkdir`) are left out: the check is for
+ * Programs a provisioner's path runs (its drivers' commands, the transport's copy scripts, this preflight's
+ * own `df`/`stat`): each provisioner declares its own next to its commands (`src/provisioners/<name>/
+ * commands.ts`). Coreutils every POSIX host has (`rm`, `test`, `mkdir`) are left out: the check is for
  * what an operator may really have to install.
  */
-export const TOOLS: Readonly<Record<HostRole, readonly string[]>> = {
-  libvirt: ['virsh', 'qemu-img', 'sha256sum', 'stat', 'sync', 'df'],
-  vmware: ['vim-cmd', 'vmkfstools', 'stat', 'cat'],
-  xcat: ['rpower', 'nodeset', 'nodestat', 'nodech'],
-  proxmox: ['qm', 'pvesm', 'qemu-img', 'sha256sum', 'stat', 'sync', 'df'],
-  repository: ['cat', 'mv', 'sync', 'stat', 'sha256sum', 'df'],
-};
+export interface PathTools {
+  /** What the provisioner's own host runs. */
+  host: readonly string[];
+  /** What a repository host runs for this provisioner besides REPOSITORY_TOOLS (xCAT: `find`, `chmod`). */
+  repository?: readonly string[];
+}
 
-/** xCAT's repository is also searched and its upload made readable (`find -printf`, `chmod`). */
-const XCAT_REPOSITORY_TOOLS = ['find', 'chmod'] as const;
+/** What every repository host runs: the copy's writer, the durable move, the checks. */
+export const REPOSITORY_TOOLS: readonly string[] = ['cat', 'mv', 'sync', 'stat', 'sha256sum', 'df'];
 
 /** The tools a host needs, for every role it has on one capture's path, without repeats. */
-export function toolsFor(roles: readonly HostRole[], provisioner: ProvisionerName): string[] {
-  const tools = roles.flatMap((r) => [
-    ...TOOLS[r],
-    ...(r === 'repository' && provisioner === 'xcat' ? XCAT_REPOSITORY_TOOLS : []),
-  ]);
-  return [...new Set(tools)];
+export function toolsFor(roles: readonly HostRole[], tools: PathTools): string[] {
+  const all = roles.flatMap((r) =>
+    r === 'repository' ? [...REPOSITORY_TOOLS, ...(tools.repository ?? [])] : tools.host,
+  );
+  return [...new Set(all)];
 }
 
 /**

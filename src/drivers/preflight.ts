@@ -16,6 +16,7 @@ import {
   dfCommand,
   formatBytes,
   type HostRole,
+  type PathTools,
   parseDf,
   parseTools,
   parseVmfs,
@@ -87,6 +88,7 @@ export async function checkHost(
   list: Checklist,
   host: SshHost,
   roles: readonly HostRole[],
+  pathTools: PathTools,
 ): Promise<boolean> {
   const reached = await list.check(`reach ${host.name}`, async () => {
     const answers = await env.remote.answers?.(host, {
@@ -100,7 +102,7 @@ export async function checkHost(
     list.skip(`tools on ${host.name}`, `${host.name} was not reached`);
     return false;
   }
-  const tools = toolsFor(roles, env.computer.provisioner.type);
+  const tools = toolsFor(roles, pathTools);
   const ok = await list.check(`tools on ${host.name}`, async () => {
     const r = await execFor(env, run)(host, toolsCommand(tools));
     const { missing } = parseTools(r.stdout, tools);
@@ -127,9 +129,15 @@ export function pathHosts(env: DriverEnv): { host: SshHost; roles: HostRole[] }[
 }
 
 /** Checks every host of the path; false when one failed (its checks are recorded). */
-export async function checkHosts(env: DriverEnv, run: CheckRun, list: Checklist): Promise<boolean> {
+export async function checkHosts(
+  env: DriverEnv,
+  run: CheckRun,
+  list: Checklist,
+  tools: PathTools,
+): Promise<boolean> {
   let all = true;
-  for (const { host, roles } of pathHosts(env)) all = (await checkHost(env, run, list, host, roles)) && all;
+  for (const { host, roles } of pathHosts(env))
+    all = (await checkHost(env, run, list, host, roles, tools)) && all;
   return all;
 }
 

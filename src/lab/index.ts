@@ -28,7 +28,7 @@ export {
   ZSTD_READ_SCRIPT,
   ZSTD_WRITE_SCRIPT,
 } from './commands/transport.js';
-export { LAB_CAPTURE_IMAGE, LAB_HOSTS, LAB_REPOSITORIES, startLab } from './lab.js';
+export { LAB_CAPTURE_IMAGE, LAB_HOSTS, LAB_REPOSITORIES, labComputerName, startLab } from './lab.js';
 export { GUEST_PROFILES } from './options.js';
 export * from './types.js';
 export { TRANSPORT_PREFIX } from './words.js';

@@ -35,6 +35,7 @@ import { HostServer } from './server.js';
 import {
   COMPUTER_KINDS,
   type CommandLogEntry,
+  type ComputerKind,
   type Fault,
   type HostRole,
   type Lab,
@@ -231,6 +232,12 @@ function macOf(i: number, vendor: string): string {
   return `${vendor}:${((i >> 8) & 0xff).toString(16).padStart(2, '0')}:${(i & 0xff).toString(16).padStart(2, '0')}`;
 }
 
+/** A lab computer's name: its provisioner's prefix, its OS and its number of that kind (`lv-linux-1`). */
+export function labComputerName(kind: ComputerKind, n: number): string {
+  const [provisioner, os] = kind.split('-') as [Provisioner, Os];
+  return `${provisioners[provisioner].lab.prefix}-${os}-${n}`;
+}
+
 export async function startLab(options: LabOptions = {}): Promise<Lab> {
   const opts = resolveOptions(options);
   const dir = await mkdtemp(join(opts.tmpDir ?? tmpdir(), 'vcl-lab-'));
@@ -301,7 +308,7 @@ async function build(rt: Runtime, dir: string): Promise<Lab> {
     const lab: LabProvisioner = provisioners[provisioner].lab;
     for (let i = 1; i <= opts.computers[kind]; i++) {
       n++;
-      const name = `${lab.prefix}-${os}-${i}`;
+      const name = labComputerName(kind, i);
       if (lab.numbered) numbered[provisioner] = (numbered[provisioner] ?? 0) + 1;
       const vmid = lab.numbered ? (numbered[provisioner] ?? 0) : 0;
       const rec = addComputer(rt, dir, name, kind, provisioner, os, vmid, n);

@@ -1,11 +1,6 @@
 /** The lab's public types: options, the running lab, faults, the command log. */
-import {
-  OPERATING_SYSTEMS,
-  type OsName,
-  PROVISIONERS,
-  type ProvisionerName,
-  type Timeouts,
-} from '../../machines/types.js';
+import { PROVISIONERS } from '../../machines/index.js';
+import { OPERATING_SYSTEMS, type OsName, type ProvisionerName, type Timeouts } from '../../machines/types.js';
 import type { Inventory } from '../inventory/schema.js';
 import type { provisioners } from '../provisioners/index.js';
 import type { LAB_REPOSITORIES } from './lab.js';

@@ -12,6 +12,8 @@ import { Worker } from 'node:worker_threads';
 export interface RegionHasher {
   /** Adds `memory[offset, offset + length)` to the hash; resolves once that region has been read. */
   update(offset: number, length: number): Promise<void>;
+  /** Adds `length` zero bytes (what a hole reads as), without a buffer of them crossing threads. */
+  zeros(length: number): Promise<void>;
   /** The hex digest, after every update so far. The hasher cannot be used afterwards. */
   digest(): Promise<string>;
   /** Stops the worker (if any); pending and later calls reject. */
@@ -19,15 +21,22 @@ export interface RegionHasher {
   readonly inWorker: boolean;
 }
 
+/** The zero buffer a hole is hashed from, in either thread. */
+const ZERO_CHUNK = 4 * 1024 * 1024;
+
 /** Plain CommonJS run with `eval`, so that it needs no loader or build step in any runner. */
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
 const memory = workerData.memory;
 const hash = createHash('sha256');
+const ZEROS = new Uint8Array(${ZERO_CHUNK});
 parentPort.on('message', (m) => {
   if (m.op === 'update') {
     hash.update(new Uint8Array(memory, m.offset, m.length));
+    parentPort.postMessage({ op: 'updated' });
+  } else if (m.op === 'zeros') {
+    for (let n = m.length; n > 0; n -= ZEROS.length) hash.update(n >= ZEROS.length ? ZEROS : ZEROS.subarray(0, n));
     parentPort.postMessage({ op: 'updated' });
   } else if (m.op === 'digest') {
     parentPort.postMessage({ op: 'digest', hex: hash.digest('hex') });
@@ -41,12 +50,21 @@ class InlineHasher implements RegionHasher {
   readonly inWorker = false;
   private readonly hash = createHash('sha256');
   private closed = false;
+  private zeroChunk: Uint8Array | undefined;
 
   constructor(private readonly memory: SharedArrayBuffer) {}
 
   update(offset: number, length: number): Promise<void> {
     if (this.closed) return Promise.reject(new Error('hasher closed'));
     this.hash.update(new Uint8Array(this.memory, offset, length));
+    return Promise.resolve();
+  }
+
+  zeros(length: number): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('hasher closed'));
+    this.zeroChunk ??= new Uint8Array(ZERO_CHUNK);
+    const z = this.zeroChunk;
+    for (let n = length; n > 0; n -= z.length) this.hash.update(n >= z.length ? z : z.subarray(0, n));
     return Promise.resolve();
   }
 
@@ -88,6 +106,10 @@ class WorkerHasher implements RegionHasher {
 
   async update(offset: number, length: number): Promise<void> {
     await this.request({ op: 'update', offset, length });
+  }
+
+  async zeros(length: number): Promise<void> {
+    await this.request({ op: 'zeros', length });
   }
 
   async digest(): Promise<string> {

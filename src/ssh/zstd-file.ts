@@ -16,18 +16,18 @@
  * `/proc` cannot tell (not Linux), the whole file is hashed once zstd exited.
  */
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { type FileHandle, open, readdir, readFile, readlink, rm } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { SshError } from './errors.js';
 import { type ExtentReader, startExtentReader } from './extents.js';
+import { createRegionHasher } from './hasher.js';
 import { ZSTD_WRITE_SCRIPT, zstdOutcome } from './zstd.js';
 
 const READ_BYTES = 4 * 1024 * 1024;
 /** Unallocated bytes below which a file counts as having no holes worth skipping. */
 const HOLE_SLACK = 1024 * 1024;
-/** What a hole reads as, hashed without reading it. */
-const ZEROS = Buffer.alloc(READ_BYTES);
+/** A hole's bytes per message to the hasher (hashed there from a zero buffer, never read). */
+const ZERO_MESSAGE_BYTES = 64 * 1024 * 1024;
 const POLL_MS = 20;
 
 export interface ZstdFileDestination {
@@ -80,30 +80,46 @@ export function startZstdFile(tmp: string, where: string): ZstdFileDestination {
       running = false;
     },
   );
-  const hash = createHash('sha256');
+  // The hash runs in a worker thread (hasher.ts): 4 GiB of holes is ~2.4 s of sha256, which on the main
+  // thread competes with the SSH decryption feeding zstd. Two read slots: one is read into while the
+  // worker hashes the other.
+  const memory = new SharedArrayBuffer(2 * READ_BYTES);
+  const hasher = createRegionHasher(memory, true);
+  const slots: [Promise<void>, Promise<void>] = [Promise.resolve(), Promise.resolve()];
+  let slot = 0;
+  /** The last hole handed to the hasher: at most one more is sent before it settled. */
+  let zerosSent: Promise<void> = Promise.resolve();
+  /** Bytes handed to the hasher, in file order. */
   let hashed = 0;
   let digest: string | undefined;
-  const buf = Buffer.allocUnsafe(READ_BYTES);
   let extents: ExtentReader | undefined;
+  const settled = (p: Promise<void>) => {
+    p.catch(() => {});
+    return p;
+  };
 
-  /** Reads and hashes the file up to `end`; bytes past its current end are holes zstd will leave. */
+  /** Reads the file up to `end` into the hasher; bytes past its current end are holes zstd will leave. */
   const readUpTo = async (fh: FileHandle, end: number) => {
     while (hashed < end && !stopped) {
       const want = Math.min(READ_BYTES, end - hashed);
-      const { bytesRead } = await fh.read(buf, 0, want, hashed);
-      if (bytesRead < want) buf.fill(0, bytesRead, want);
-      hash.update(buf.subarray(0, want));
+      await slots[slot];
+      const view = Buffer.from(memory, slot * READ_BYTES, want);
+      const { bytesRead } = await fh.read(view, 0, want, hashed);
+      if (bytesRead < want) view.fill(0, bytesRead, want);
+      slots[slot] = settled(hasher.update(slot * READ_BYTES, want));
+      slot ^= 1;
       hashed += want;
     }
   };
 
-  /** Hashes a hole up to `end` as the zeros it reads as, without reading it; yields between chunks. */
+  /** Hands a hole up to `end` to the hasher as the zeros it reads as, without reading it. */
   const zerosUpTo = async (end: number) => {
     while (hashed < end && !stopped) {
-      const n = Math.min(ZEROS.length, end - hashed);
-      hash.update(n === ZEROS.length ? ZEROS : ZEROS.subarray(0, n));
+      const n = Math.min(ZERO_MESSAGE_BYTES, end - hashed);
+      const previous = zerosSent;
+      zerosSent = settled(hasher.zeros(n));
       hashed += n;
-      await new Promise((resolve) => setImmediate(resolve));
+      await previous;
     }
   };
 
@@ -113,6 +129,7 @@ export function startZstdFile(tmp: string, where: string): ZstdFileDestination {
    * pages zstd has not written back yet: +0.3 s per 512 MiB of random data, bench:disk profile 3).
    */
   const hashUpTo = async (fh: FileHandle, end: number) => {
+    if (end <= hashed) return;
     const { size, blocks } = await fh.stat();
     if (blocks * 512 + HOLE_SLACK >= size) return await readUpTo(fh, end);
     extents ??= startExtentReader(tmp);
@@ -147,10 +164,13 @@ export function startZstdFile(tmp: string, where: string): ZstdFileDestination {
       if (size < hashed)
         throw new SshError('COPY_FAILED', `${tmp} shrank to ${size} bytes while it was hashed`);
       await hashUpTo(fh, size);
+      if (stopped) throw new SshError('COPY_FAILED', `copy to ${tmp} stopped`);
       // zstd does not sync: the copy is durable before it takes its name (the commit syncs the folder).
       await fh.sync();
-      digest = hash.digest('hex');
+      await Promise.all([...slots, zerosSent]);
+      digest = await hasher.digest();
     } finally {
+      hasher.close();
       extents?.close();
       await fh?.close();
     }

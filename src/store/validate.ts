@@ -3,13 +3,13 @@
  * `VclError` before any transaction starts, so refused input never leaves a trace.
  */
 import type { StateValue } from 'xstate';
+import { PROVISIONERS } from '../../machines/index.js';
 import {
   END_STATES,
   type EndState,
   type ImageArtifact,
   OPERATING_SYSTEMS,
   type OsName,
-  PROVISIONERS,
   type ProvisionerName,
   type ReleaseOutcome,
   type StepFailure,

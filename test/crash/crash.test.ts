@@ -8,7 +8,7 @@
  */
 import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { COMPUTER_KINDS } from '../../src/lab/types.js';
+import { COMPUTER_KINDS, labComputerName } from '../../src/lab/index.js';
 import { labTransientDomains } from '../../src/provisioners/libvirt/lab-commands.js';
 import { LEFTOVER_SWEEP_SCRIPT } from '../../src/ssh/index.js';
 import { withBootTest } from '../helpers/boot-test.js';
@@ -203,14 +203,7 @@ describe('kills at random moments across concurrent captures of every provisione
   it('50 kills: every capture ends whole, and the tally is printed', async () => {
     const seed = Number(process.env.CRASH_SEED ?? Date.now() % 2 ** 31);
     const next = random(seed);
-    const computers = [
-      'lv-linux-1',
-      'lv-windows-1',
-      'vm-linux-1',
-      'vm-windows-1',
-      'xc-linux-1',
-      'xc-windows-1',
-    ];
+    const computers = COMPUTER_KINDS.map((k) => labComputerName(k, 1));
     const sources = new Map<string, string>();
     for (const c of computers) sources.set(c, await rig.lab.diskSha256(c));
     const atKill = new Map<string, number>();

@@ -23,6 +23,9 @@ import {
   toolsFor,
   vmfsCommand,
 } from '../../src/drivers/preflight-commands.js';
+import { TOOLS as LIBVIRT_TOOLS } from '../../src/provisioners/libvirt/commands.js';
+import { TOOLS as VMWARE_TOOLS } from '../../src/provisioners/vmware/commands.js';
+import { TOOLS as XCAT_TOOLS } from '../../src/provisioners/xcat/commands.js';
 import type { SshHost } from '../../src/ssh/index.js';
 import { toCommandLine } from '../../src/ssh/quote.js';
 
@@ -115,7 +118,7 @@ describe('the tool check', () => {
   });
 
   it('asks each host for the tools of its roles on the path, once each', () => {
-    expect(toolsFor(['libvirt'], 'libvirt')).toEqual([
+    expect(toolsFor(['libvirt'], LIBVIRT_TOOLS)).toEqual([
       'virsh',
       'qemu-img',
       'sha256sum',
@@ -123,10 +126,10 @@ describe('the tool check', () => {
       'sync',
       'df',
     ]);
-    const both = toolsFor(['xcat', 'repository'], 'xcat');
+    const both = toolsFor(['xcat', 'repository'], XCAT_TOOLS);
     expect(both).toEqual(expect.arrayContaining(['rpower', 'nodeset', 'df', 'find', 'chmod']));
     expect(new Set(both).size).toBe(both.length);
-    expect(toolsFor(['repository'], 'vmware')).not.toContain('find');
+    expect(toolsFor(['repository'], VMWARE_TOOLS)).not.toContain('find');
   });
 });
 

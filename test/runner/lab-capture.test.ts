@@ -6,7 +6,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { COPY_FINALIZE_SCRIPT, startLab } from '../../src/lab/index.js';
+import { COMPUTER_KINDS, COPY_FINALIZE_SCRIPT, labComputerName, startLab } from '../../src/lab/index.js';
 import type { Fault, Lab } from '../../src/lab/types.js';
 import { createRunner, type Runner } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
@@ -32,7 +32,7 @@ afterAll(async () => {
 });
 
 describe('captures against the lab', () => {
-  it.each(['lv-linux-1', 'lv-windows-1', 'vm-linux-1', 'vm-windows-1', 'xc-linux-1', 'xc-windows-1'])(
+  it.each(COMPUTER_KINDS.map((k) => labComputerName(k, 1)))(
     '%s completes with the source disk in the repository',
     async (computer) => {
       const source = await lab.diskSha256(computer);

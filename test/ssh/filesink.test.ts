@@ -203,5 +203,23 @@ describe('createRegionHasher', () => {
       expect(await hasher.digest()).toBe(expected.digest('hex'));
       await expect(hasher.update(0, 1)).rejects.toThrow('closed');
     });
+
+    it(`hashes holes as zeros between regions, of any length (worker ${worker})`, async () => {
+      const memory = new SharedArrayBuffer(4096);
+      const view = Buffer.from(memory);
+      const expected = createHash('sha256');
+      const hasher = createRegionHasher(memory, worker);
+      // Around the 4 MiB zero chunk: one byte, a chunk less one, a chunk and one more.
+      for (const hole of [1, 4 * 1024 * 1024 - 1, 4 * 1024 * 1024 + 1, 0, 12_345_678]) {
+        const data = randomBytes(4096);
+        data.copy(view);
+        expected.update(data);
+        await hasher.update(0, data.length);
+        expected.update(Buffer.alloc(hole));
+        await hasher.zeros(hole);
+      }
+      expect(await hasher.digest()).toBe(expected.digest('hex'));
+      await expect(hasher.zeros(1)).rejects.toThrow('closed');
+    });
   }
 });

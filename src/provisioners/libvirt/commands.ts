@@ -3,6 +3,10 @@
  * parsed values out; the transport quotes every word. Output formats follow virsh(1) and qemu-img(1).
  */
 import { driverError } from '../../drivers/errors.js';
+import type { PathTools } from '../../drivers/preflight-commands.js';
+
+/** The programs its path runs, for the preflight (`vcl-capture preflight`, its check step). */
+export const TOOLS: PathTools = { host: ['virsh', 'qemu-img', 'sha256sum', 'stat', 'sync', 'df'] };
 
 export const libvirt = {
   domstate: (domain: string) => ['virsh', 'domstate', domain, '--reason'],

@@ -32,6 +32,7 @@ import {
   parseDomstate,
   parseImageInfo,
   sshBannerProbe,
+  TOOLS,
   UNKNOWN_DOMAIN,
 } from './commands.js';
 
@@ -88,7 +89,7 @@ export async function libvirtPreflight(
   const { domain, format, bootTest } = settings(env);
   const host = env.provisionerHost;
   const exec = execFor(env, run);
-  if (!(await checkHosts(env, run, list))) {
+  if (!(await checkHosts(env, run, list, TOOLS))) {
     list.skip(`domain ${domain}`, 'a host on the path failed its check');
     return undefined;
   }

@@ -15,6 +15,10 @@
  * - An unknown VM: `Configuration file 'nodes/<node>/qemu-server/<vmid>.conf' does not exist`.
  */
 import { driverError } from '../../drivers/errors.js';
+import type { PathTools } from '../../drivers/preflight-commands.js';
+
+/** The programs its path runs, for the preflight (`vcl-capture preflight`, its check step). */
+export const TOOLS: PathTools = { host: ['qm', 'pvesm', 'qemu-img', 'sha256sum', 'stat', 'sync', 'df'] };
 
 /** A VM id as Proxmox VE takes it: 100 to 999999999. */
 export const VMID_MIN = 100;

@@ -29,6 +29,7 @@ import {
   qemuImg,
   qm,
   shutdownTimedOut,
+  TOOLS,
   UNKNOWN_VM,
 } from './commands.js';
 
@@ -103,7 +104,7 @@ type Preflight = (...args: Parameters<Provisioner['preflight']>) => Promise<Fact
  */
 export const proxmoxPreflight: Preflight = async (env, run, list, options) => {
   const { vmid, format } = settings(env);
-  const reached = await checkHosts(env, run, list);
+  const reached = await checkHosts(env, run, list, TOOLS);
   const vm = reached ? await list.check(`VM ${vmid}`, () => inspectVm(env, run)) : undefined;
   if (vm === undefined) {
     if (reached) list.skip('target', `VM ${vmid} was not found`);

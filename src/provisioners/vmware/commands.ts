@@ -3,6 +3,10 @@
  * formats follow ESXi 6.x-8.x.
  */
 import { driverError } from '../../drivers/errors.js';
+import type { PathTools } from '../../drivers/preflight-commands.js';
+
+/** The programs its path runs, for the preflight (`vcl-capture preflight`, its check step). */
+export const TOOLS: PathTools = { host: ['vim-cmd', 'vmkfstools', 'stat', 'cat'] };
 
 export const vmware = {
   getallvms: () => ['vim-cmd', 'vmsvc/getallvms'],

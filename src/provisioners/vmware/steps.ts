@@ -39,6 +39,7 @@ import {
   parseVmxDisks,
   referenceVmx,
   sparseSetFiles,
+  TOOLS,
   vmware,
 } from './commands.js';
 
@@ -94,7 +95,7 @@ export async function locateVm(env: DriverEnv, run: CheckRun, list: Checklist): 
   const { vm } = settings(env);
   const host = env.provisionerHost;
   const exec = execFor(env, run);
-  if (!(await checkHosts(env, run, list))) {
+  if (!(await checkHosts(env, run, list, TOOLS))) {
     list.skip(`VM ${vm}`, 'a host on the path failed its check');
     return undefined;
   }

@@ -1,5 +1,13 @@
 /** xCAT management node command lines and output parsers (xCAT 2.16). */
 import { driverError } from '../../drivers/errors.js';
+import type { PathTools } from '../../drivers/preflight-commands.js';
+
+/** The programs its path runs, for the preflight: xCAT's repository is also searched and its upload made
+ * readable (`find -printf`, `chmod`). */
+export const TOOLS: PathTools = {
+  host: ['rpower', 'nodeset', 'nodestat', 'nodech'],
+  repository: ['find', 'chmod'],
+};
 
 export const xcat = {
   powerStat: (node: string) => ['rpower', node, 'stat'],

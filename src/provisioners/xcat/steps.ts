@@ -21,7 +21,7 @@ import { driverError } from '../../drivers/errors.js';
 import { Checklist, checkHosts, checkSpace, logPassed } from '../../drivers/preflight.js';
 import { verifyArtifact } from '../../drivers/verify.js';
 import type { PreflightRun, CaptureStep as Step } from '../types.js';
-import { parseNodestat, parseRpowerStat, parseSizes, xcat } from './commands.js';
+import { parseNodestat, parseRpowerStat, parseSizes, TOOLS, xcat } from './commands.js';
 
 function settings(env: DriverEnv) {
   return provisionerSettings(env, 'xcat');
@@ -56,7 +56,7 @@ export async function xcatPreflight(
   const { node } = settings(env);
   const mn = env.provisionerHost;
   const exec = execFor(env, run);
-  if (!(await checkHosts(env, run, list))) {
+  if (!(await checkHosts(env, run, list, TOOLS))) {
     list.skip(`node ${node}`, 'a host on the path failed its check');
     return undefined;
   }
