@@ -2,7 +2,8 @@
  * End to end on real infrastructure (issue 7): a real QEMU VM (TCG) defined in a real libvirtd, reached
  * through a real OpenSSH sshd, captured by the `vcl-capture` command exactly as a user runs it. Everything
  * comes from Debian packages (test/e2e/requirements.ts lists them) and listens on 127.0.0.1 only; the
- * suite stops all of it, also when a check fails. One guest and one domain serve every check, in order:
+ * suite stops all of it, also when a check fails. One guest and one domain serve checks 1-6, the xCAT case
+ * has a node of its own; in order:
  *
  * 1. capture of the running guest with end state `off` (qcow2, repository on the libvirt host): marker
  *    file and random data read back out of the captured image, qemu-img check, sha256 = store; the disk
@@ -22,7 +23,13 @@
  *    throwaway domain on an overlay, shows its SSH banner, and is recorded unchanged; after the guest's
  *    init is removed from its disk, the next image does not boot: BOOT_TEST_FAILED, nothing recorded, no
  *    image, test domain or overlay left (last: the source no longer boots either);
- * 7. nothing started by the suite is left running.
+ * 7. xCAT (issue 20): a management node (real sshd; rpower, nodeset, nodestat, nodech as test doubles over
+ *    the real libvirtd, xcat.ts) and a node that boots over the network (iPXE): the unmodified
+ *    `vcl-capture capture` with the xCAT provisioner; the OS reboots into a capture environment
+ *    (capture-env.ts) that uploads the disk; markers read back from the upload, sha256 = store, the node
+ *    boots its own disk again with its data; `.capturefailed` and a stalled upload fail the capture with
+ *    the node set back to boot from disk and nothing left;
+ * 8. nothing started by the suite is left running.
  */
 import { randomBytes } from 'node:crypto';
 import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
