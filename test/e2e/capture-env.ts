@@ -14,7 +14,13 @@
 import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { copyWithLibraries, installBusybox, installModules, packInitramfs } from './guest.js';
+import {
+  copyWithLibraries,
+  installBusybox,
+  installModules,
+  MODULES_NETWORK_DISK,
+  packInitramfs,
+} from './guest.js';
 import { newestKernel, which } from './requirements.js';
 
 export interface CaptureEnv {
@@ -30,13 +36,7 @@ export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in $(cat /etc/modules.order); do insmod "/lib/modules/$m" 2>/dev/null; done
-ip link set lo up
-ip addr add 10.0.2.15/24 dev eth0
-ip link set eth0 up
-ip route add default via 10.0.2.2
-for i in 1 2 3 4 5; do [ -b /dev/vda ] && break; sleep 1; done
-arg() { tr ' ' '\\n' < /proc/cmdline | sed -n "s/^xcat\\.$1=//p"; }
+${MODULES_NETWORK_DISK}arg() { tr ' ' '\\n' < /proc/cmdline | sed -n "s/^xcat\\.$1=//p"; }
 node=$(arg node); image=$(arg image); repo=$(arg repo); mn=$(arg mn); port=$(arg port); disk=$(arg disk)
 stall=$(arg stall)
 say() { echo "capture-env: $*" > /dev/console; }

@@ -61,6 +61,18 @@ export interface Guest {
 /** The guest's init on its disk (the disk is mounted on /mnt): removed, the guest no longer boots. */
 export const DISK_INIT = '/mnt/init';
 
+/**
+ * The part of an init that loads the modules, sets up QEMU's user network (10.0.2.15, gateway 10.0.2.2) and
+ * waits for the disk: the guest's and the capture environment's.
+ */
+export const MODULES_NETWORK_DISK = `for m in $(cat /etc/modules.order); do insmod "/lib/modules/$m" 2>/dev/null; done
+ip link set lo up
+ip addr add 10.0.2.15/24 dev eth0
+ip link set eth0 up
+ip route add default via 10.0.2.2
+for i in 1 2 3 4 5; do [ -b /dev/vda ] && break; sleep 1; done
+`;
+
 const INIT = `#!/bin/sh
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 mount -t proc proc /proc
@@ -70,13 +82,7 @@ mkdir -p /dev/pts
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
-for m in $(cat /etc/modules.order); do insmod "/lib/modules/$m" 2>/dev/null; done
-ip link set lo up
-ip addr add 10.0.2.15/24 dev eth0
-ip link set eth0 up
-ip route add default via 10.0.2.2
-for i in 1 2 3 4 5; do [ -b /dev/vda ] && break; sleep 1; done
-# busybox mke2fs takes the size in KiB: the file system is the first 64 MiB whatever the disk's size
+${MODULES_NETWORK_DISK}# busybox mke2fs takes the size in KiB: the file system is the first 64 MiB whatever the disk's size
 # (the suite writes data past it).
 # The first boot also puts the guest's init on it: the boot goes on from the disk.
 mount -t ext2 /dev/vda /mnt 2>/dev/null || { mke2fs -F -q /dev/vda 65536 && mount -t ext2 /dev/vda /mnt &&
