@@ -13,10 +13,12 @@
  *   double of genesis reporting its status to xcatd; kept per QEMU instance by `virsh domid`), `sshd`
  *   when the node's SSH port shows a banner, else `ping`. The image repository is the management node's
  *   `install` folder, as in xCAT.
- * - The node is a libvirt domain that boots over the network: QEMU's user network serves the management
- *   node's tftpboot folder over TFTP with `<node>.ipxe` as the boot file, the virtio NIC's iPXE ROM
- *   (Debian's ipxe-qemu) boots first. So every boot, also a reboot from inside the guest, runs whatever
- *   `nodeset` last wrote, as a PXE-booted node does.
+ * - The node is a libvirt domain that boots over the network: its virtio NIC's iPXE ROM (Debian's
+ *   ipxe-qemu) boots first, QEMU's user network answers DHCP with `<node>.ipxe` as the boot file and serves
+ *   it from the management node's tftpboot folder over TFTP; the script fetches the kernel and initramfs
+ *   over HTTP from `busybox httpd` on the management node. So every boot, also a reboot from inside the
+ *   guest, runs whatever `nodeset` last wrote, as a PXE-booted node does. SeaBIOS's serial console puts
+ *   the firmware's and iPXE's messages into the node's console log.
  */
 import { spawn } from 'node:child_process';
 import { appendFileSync, chownSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -199,8 +201,8 @@ export async function startXcat(o: {
   }))
     writeFileSync(join(dir, 'bin', name), text, { mode: 0o755 });
   const tftpboot = join(dir, 'tftpboot');
-  // The boot files go over HTTP (xCAT's management node serves them with its httpd): TFTP through
-  // QEMU's user network moves one 512-byte block per round trip.
+  // The kernel and initramfs go over HTTP, as xCAT's management node serves them from its httpd; TFTP
+  // carries only the boot script.
   const httpPort = await freePort();
   const httpd = spawn(
     'setpriv',
