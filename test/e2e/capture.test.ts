@@ -2,7 +2,8 @@
  * End to end on real infrastructure (issue 7): a real QEMU VM (TCG) defined in a real libvirtd, reached
  * through a real OpenSSH sshd, captured by the `vcl-capture` command exactly as a user runs it. Everything
  * comes from Debian packages (test/e2e/requirements.ts lists them) and listens on 127.0.0.1 only; the
- * suite stops all of it, also when a check fails. One guest and one domain serve every check, in order:
+ * suite stops all of it, also when a check fails. One guest and one domain serve checks 1-6, the xCAT case
+ * has a node of its own; in order:
  *
  * 1. capture of the running guest with end state `off` (qcow2, repository on the libvirt host): marker
  *    file and random data read back out of the captured image, qemu-img check, sha256 = store; the disk
@@ -18,10 +19,20 @@
  *    it: one image, nothing temporary left, the same image checks, the takeover in the audit trail, and the
  *    killed daemon's convert, still running on the host (held with SIGSTOP), is killed by the new daemon
  *    before its first command on the host (issue 16: the tag sweep, docs/resume.md);
- * 6. nothing started by the suite is left running.
+ * 6. boot test (issue 20): with the computer's boot test on (SSH check), the captured image boots in a
+ *    throwaway domain on an overlay, shows its SSH banner, and is recorded unchanged; after the guest's
+ *    init is removed from its disk, the next image does not boot: BOOT_TEST_FAILED, nothing recorded, no
+ *    image, test domain or overlay left (last: the source no longer boots either);
+ * 7. xCAT (issue 20): a management node (real sshd; rpower, nodeset, nodestat, nodech as test doubles over
+ *    the real libvirtd, xcat.ts) and a node that boots over the network (iPXE): the unmodified
+ *    `vcl-capture capture` with the xCAT provisioner; the OS reboots into a capture environment
+ *    (capture-env.ts) that uploads the disk; markers read back from the upload, sha256 = store, the node
+ *    boots its own disk again with its data; `.capturefailed` and a stalled upload fail the capture with
+ *    the node set back to boot from disk and nothing left;
+ * 8. nothing started by the suite is left running.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -53,19 +64,23 @@ import {
   stepTimings,
 } from './checks.js';
 import { cliWithDb, type DaemonProcess, sizeOf, startDaemon, storeReader } from './daemon.js';
-import { ACPI_DISABLED_FLAG, MARKER_IN_GUEST, MARKER_ON_DISK } from './guest.js';
+import { ACPI_DISABLED_FLAG, DISK_INIT, MARKER_IN_GUEST, MARKER_ON_DISK } from './guest.js';
 import { run } from './libvirt.js';
 import { e2eAvailable } from './requirements.js';
 import {
   alive,
+  BOOT_TEST_MS,
   DOMAIN,
   processesMentioning,
   type Rig,
   SHORT_POWER_OFF_MS,
   startRig,
+  VM_BOOT,
   VM_LOCAL,
+  VM_NOBOOT,
   VM_REMOTE,
 } from './rig.js';
+import { NODE_DOMAIN, OSIMAGES, startXcat, XCAT_NODE, type Xcat } from './xcat.js';
 
 const SUITE = 'end-to-end suite (test/e2e)';
 const available = e2eAvailable(SUITE) && sshdAvailable(SUITE);
@@ -83,6 +98,8 @@ const MiB = 1024 * 1024;
 const REPO_CUT_MS = 3000;
 /** The cut comes once the stored file reaches 40 MiB into the random data (past the 1536 MiB checkpoint). */
 const CUT_AFTER_BYTES = (DATA_AT_MIB + 40) * MiB;
+/** The xCAT case's no-progress timeout for the upload that stalls. */
+const STALL_MS = 8000;
 
 /**
  * A stored image holds what the disk holds, not its virtual size: its allocated size stays within 1.2x of
@@ -181,9 +198,12 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
   }
 
   /** Random marker text and 4 MiB of random data written to the guest's disk, flushed. */
-  async function writeMarker(tag: string) {
+  async function writeMarker(
+    tag: string,
+    ssh: (command: string) => ReturnType<Rig['guestSsh']> = rig.guestSsh,
+  ) {
     const marker = `${tag}-${randomBytes(16).toString('hex')}`;
-    const r = await rig.guestSsh(
+    const r = await ssh(
       `printf %s ${marker} > ${MARKER_IN_GUEST} && head -c 4194304 /dev/urandom > /mnt/data-${tag} && sync && sha256sum /mnt/data-${tag}`,
     );
     expect(r.code, r.stderr).toBe(0);
@@ -827,7 +847,332 @@ describe.skipIf(!available)('vcl-capture against a real libvirt VM over real SSH
     }, 120_000);
   });
 
-  describe('6. cleanup', () => {
+  describe('6. boot test: the captured image boots in a throwaway domain, or the capture fails', () => {
+    /** What a boot test may leave: transient domains, and its files beside the disk. */
+    async function bootTestLeftovers() {
+      const listed = await rig.libvirt.virsh(['list', '--all', '--name']);
+      expect(listed.code, listed.stderr).toBe(0);
+      return {
+        domains: listed.stdout.split('\n').filter((l) => l.startsWith('vcl-boot-')),
+        files: readdirSync(join(rig.disk, '..')).filter((f) => f.startsWith('.vcl-boot-')),
+      };
+    }
+
+    /** What explains a failed boot test: the capture's error, its log's warnings, libvirtd's and QEMU's logs. */
+    function diagnose(result: { stdout: string; log: string }): string {
+      const tail = (path: string, n = 2000) => (existsSync(path) ? readFileSync(path, 'utf8').slice(-n) : '');
+      const warnings = tail(result.log, 20_000)
+        .split('\n')
+        .filter((l) => /"level":(40|50)/.test(l))
+        .slice(-8)
+        .join('\n');
+      const qemuLogs = join(rig.libvirt.dir, 'cache', 'libvirt', 'qemu', 'log');
+      const boots = existsSync(qemuLogs)
+        ? readdirSync(qemuLogs).filter((f) => f.startsWith('vcl-boot-'))
+        : [];
+      return [
+        `summary: ${result.stdout.slice(0, 3000)}`,
+        `log warnings:\n${warnings}`,
+        `libvirtd log:\n${tail(rig.libvirt.logFile)}`,
+        ...boots.map((f) => `${f}:\n${tail(join(qemuLogs, f))}`),
+      ].join('\n');
+    }
+
+    it(
+      'the image boots: its SSH banner shows on the forwarded port; it is recorded unchanged, nothing left',
+      async () => {
+        if ((await rig.libvirt.domstate(DOMAIN)) !== 'shut off') await rig.libvirt.virsh(['destroy', DOMAIN]);
+        const { ms } = await rig.startGuest();
+        console.log(`guest boot to SSH: ${ms} ms`);
+        const result = await capture([VM_BOOT, '--image', 'e2e-boot']);
+        expect(result.code, diagnose(result)).toBe(0);
+        expect(result.summary.status).toBe('completed');
+        const timings = stepTimings(result.log);
+        printTimings('capture vm1-boot (end state off, qcow2, boot test by SSH)', timings, result.ms);
+        const ran = timings.map((t) => t.step);
+        expect(ran.indexOf('boot_test')).toBeGreaterThan(ran.indexOf('verify_image'));
+        expect(ran.indexOf('boot_test')).toBeLessThan(ran.indexOf('record_revision'));
+        expect(timings.every((t) => t.ok)).toBe(true);
+        // Only one VM ran at a time: the source domain was off for the whole boot test, and stays off.
+        expect(await rig.libvirt.domstate(DOMAIN)).toBe('shut off');
+        const { summary } = result;
+        // The test domain wrote into its overlay only: the image is what was verified and recorded.
+        expect(await sha256File(summary.path)).toBe(summary.sha256);
+        expect(await revisionOf(summary.image)).toMatchObject({ deleted: false, sha256: summary.sha256 });
+        const check = await qemuImg(['check', summary.path]);
+        expect(check.code, check.stdout + check.stderr).toBe(0);
+        expect(await bootTestLeftovers()).toEqual({ domains: [], files: [] });
+        const record = await show(summary.captureId);
+        expect(auditSteps(record)).toEqual(
+          expect.arrayContaining(['verify_image', 'boot_test', 'record_revision']),
+        );
+      },
+      BOOT_MS + BOOT_TEST_MS + 60_000,
+    );
+
+    it(
+      `an image whose ${DISK_INIT} was removed before the capture does not boot: BOOT_TEST_FAILED, nothing recorded, nothing left`,
+      async () => {
+        // Its own computer: the case above left vm1-boot in reload (or in maintenance had it failed).
+        if ((await rig.libvirt.domstate(DOMAIN)) !== 'shut off') await rig.libvirt.virsh(['destroy', DOMAIN]);
+        await rig.startGuest();
+        const removed = await rig.guestSsh(`rm ${DISK_INIT} && sync`);
+        expect(removed.code, removed.stderr).toBe(0);
+        const result = await capture([VM_NOBOOT, '--image', 'e2e-noboot']);
+        expect(result.code, diagnose(result)).toBe(1);
+        expect(result.summary.status).toBe('failed');
+        expect(result.summary.error).toMatchObject({ code: 'BOOT_TEST_FAILED', step: 'boot_test' });
+        // The test domain powered off at once (no init): its console is quoted, no timeout was waited out.
+        expect(result.summary.error?.message, diagnose(result)).toMatch(
+          /test domain vanished.*No working init found/,
+        );
+        const timings = stepTimings(result.log);
+        printTimings(`capture ${VM_NOBOOT} of an unbootable image`, timings, result.ms);
+        expect(timings.find((t) => t.step === 'boot_test')?.durationMs).toBeLessThan(BOOT_TEST_MS);
+        expect(readdirSync(rig.localRepository).filter((f) => f.includes(result.summary.image))).toEqual([]);
+        const revision = await revisionOf(result.summary.image);
+        expect(revision?.deleted ?? true).toBe(true);
+        expect(await bootTestLeftovers()).toEqual({ domains: [], files: [] });
+        expect((await show(result.summary.captureId)).status).toBe('failed');
+      },
+      BOOT_MS + BOOT_TEST_MS + 60_000,
+    );
+  });
+
+  describe('7. xCAT: the OS reboots into a capture environment that uploads the disk', () => {
+    let x: Xcat;
+    let inventoryFile: string;
+    let written: { marker: string; dataSha256: string };
+    let knownHosts: string;
+
+    /** A command in the node's OS over OpenSSH, its (the guest's) host key pinned. */
+    function nodeSsh(command: string, timeoutMs = 30_000) {
+      return run(
+        'ssh',
+        [
+          '-i',
+          rig.guest.userKeyPath,
+          '-p',
+          String(x.node.sshPort),
+          '-o',
+          `UserKnownHostsFile=${knownHosts}`,
+          '-o',
+          'StrictHostKeyChecking=yes',
+          '-o',
+          'BatchMode=yes',
+          '-o',
+          'ConnectTimeout=3',
+          '-o',
+          'LogLevel=ERROR',
+          'root@127.0.0.1',
+          command,
+        ],
+        undefined,
+        timeoutMs,
+      );
+    }
+
+    /** `rpower <node> on` on the management node, then waits until the node's OS answers over SSH. */
+    async function powerOnNode(): Promise<number> {
+      const started = Date.now();
+      const on = await x.mnCommand(['rpower', XCAT_NODE, 'on']);
+      expect(on.stdout.trim(), on.stderr).toBe(`${XCAT_NODE}: on`);
+      for (;;) {
+        const r = await nodeSsh('cat /proc/sys/kernel/random/boot_id', 8000);
+        if (r.code === 0) return Date.now() - started;
+        if (Date.now() - started > BOOT_MS)
+          throw new Error(`the node did not answer over SSH; console:\n${tailOf(x.node.serialLog)}`);
+        await sleep(250);
+      }
+    }
+
+    function tailOf(path: string, n = 3000): string {
+      return existsSync(path) ? readFileSync(path, 'utf8').slice(-n) : '';
+    }
+
+    /** The upload's files of `image` in the management node's install folder. */
+    function uploads(image: string): string[] {
+      return readdirSync(x.install).filter((f) => f.startsWith(`${image}.`));
+    }
+
+    function xcatCapture(computer: string, image: string) {
+      return capture([computer, '--image', image, '--config', inventoryFile]);
+    }
+
+    beforeAll(async () => {
+      // Never two VMs at once: the guest of 1-6 is off for good.
+      if ((await rig.libvirt.domstate(DOMAIN)) !== 'shut off') await rig.libvirt.virsh(['destroy', DOMAIN]);
+      const t = Date.now();
+      x = await startXcat({
+        dir: join(rig.dir, 'xcat'),
+        guest: rig.guest,
+        libvirt: rig.libvirt,
+        diskSize: '64M',
+        lifetimeMs: 900_000,
+      });
+      appendFileSync(join(rig.dir, 'guard-dirs'), `${x.mn.dir}\n`);
+      knownHosts = join(rig.dir, 'xcat', 'known_hosts');
+      writeFileSync(knownHosts, `[127.0.0.1]:${x.node.sshPort} ${rig.guest.hostPublicKey}\n`);
+      const computer = (captureImage: string, timeouts: Record<string, number>) => ({
+        os: 'linux',
+        host: 'node',
+        provisioner: { type: 'xcat', host: 'mn', node: XCAT_NODE, captureImage },
+        repository: 'install',
+        timeouts: { captureEnvMs: 120_000, ...timeouts },
+      });
+      const inventory = {
+        hosts: {
+          mn: {
+            address: '127.0.0.1',
+            port: x.mn.port,
+            user: x.mn.username,
+            privateKeyPath: x.mn.userKeyPath,
+            hostKey: { fingerprints: [x.mn.hostKeyFingerprint] },
+          },
+          node: {
+            address: '127.0.0.1',
+            port: x.node.sshPort,
+            user: 'root',
+            privateKeyPath: rig.guest.userKeyPath,
+            hostKey: { fingerprints: [rig.guest.hostKeyFingerprint] },
+          },
+        },
+        repositories: { install: { host: 'mn', path: x.install } },
+        computers: {
+          [XCAT_NODE]: computer(OSIMAGES.capture, {}),
+          [`${XCAT_NODE}-baddisk`]: computer(OSIMAGES.badDisk, {}),
+          [`${XCAT_NODE}-stall`]: computer(OSIMAGES.stall, { uploadNoProgressMs: STALL_MS }),
+        },
+      };
+      inventoryFile = join(rig.dir, 'xcat-inventory.yaml');
+      writeFileSync(inventoryFile, stringify(inventory));
+      console.log(
+        `xCAT management node and capture environment ready in ${Date.now() - t} ms (capture environment built in ${x.captureEnv.buildMs} ms)`,
+      );
+    }, 60_000);
+
+    afterAll(async () => {
+      await x?.stop();
+    });
+
+    it(
+      'the node boots its OS over the network (nodeset boot, rpower on) from its own disk; markers are written into it',
+      async () => {
+        const set = await x.mnCommand(['nodeset', XCAT_NODE, 'boot']);
+        expect(set.stdout.trim(), set.stderr).toBe(`${XCAT_NODE}: boot`);
+        console.log(`node power on to SSH (iPXE, then its OS): ${await powerOnNode()} ms`);
+        const stat = await x.mnCommand(['nodestat', XCAT_NODE]);
+        expect(stat.stdout.trim()).toBe(`${XCAT_NODE}: sshd`);
+        written = await writeMarker('xcat', nodeSsh);
+      },
+      BOOT_MS + 30_000,
+    );
+
+    it('vcl-capture capture (xCAT, end state reboot): the OS reboots into the capture environment, the upload is watched, verified, the boot reset and the revision recorded', async () => {
+      const result = await xcatCapture(XCAT_NODE, 'e2e-xcat');
+      expect(result.code, `${result.stdout}\n${tailOf(x.node.serialLog)}`).toBe(0);
+      expect(result.summary.status).toBe('completed');
+      const timings = stepTimings(result.log);
+      printTimings(
+        'capture node1 (xCAT, end state reboot, raw upload by the capture environment)',
+        timings,
+        result.ms,
+      );
+      const ran = timings.map((t) => t.step);
+      for (const step of [
+        'check_target',
+        'set_capture_boot',
+        'ensure_responding',
+        'wait_capture_env',
+        'watch_upload',
+        'verify_image',
+        'reset_boot',
+        'record_revision',
+      ])
+        expect(ran, step).toContain(step);
+      expect(ran.indexOf('set_capture_boot')).toBeLessThan(ran.indexOf('ensure_responding'));
+      expect(timings.every((t) => t.ok)).toBe(true);
+      const { summary } = result;
+      expect(summary.path).toBe(join(x.install, `${summary.image}.img`));
+      expect(uploads(summary.image).sort()).toEqual([
+        `${summary.image}.img`,
+        `${summary.image}.img.capturedone`,
+      ]);
+      // The guest really rebooted into the capture environment, which read its disk and uploaded it.
+      expect(tailOf(x.node.serialLog)).toContain(`capturing /dev/vda as ${summary.image}`);
+      expect(statSync(summary.path).size).toBe(64 * MiB);
+      expect(await sha256File(summary.path)).toBe(summary.sha256);
+      expect(await revisionOf(summary.image)).toMatchObject({
+        deleted: false,
+        sizeBytes: summary.sizeBytes,
+        sha256: summary.sha256,
+      });
+      expect(await readBack(summary.path, 'xcat')).toEqual(written);
+      // reset_boot: the node's next boot is its disk again; the environment powered the node off.
+      expect(x.nextBoot()).toBe('boot');
+      expect(await rig.libvirt.domstate(NODE_DOMAIN)).toBe('shut off');
+      expect(auditSteps(await show(summary.captureId))).toEqual(
+        expect.arrayContaining(['set_capture_boot', 'pre_capture', 'watch_upload', 'reset_boot']),
+      );
+    }, 180_000);
+
+    it(
+      'after the capture the node boots from its own disk again, with its data',
+      async () => {
+        console.log(`node power on to SSH after the capture: ${await powerOnNode()} ms`);
+        const r = await nodeSsh(`cat ${MARKER_IN_GUEST} && echo && sha256sum /mnt/data-xcat`);
+        expect(r.code, r.stderr).toBe(0);
+        const [marker, sum] = r.stdout.split('\n');
+        expect(marker).toBe(written.marker);
+        expect(sum?.split(/\s+/)[0]).toBe(written.dataSha256);
+      },
+      BOOT_MS + 30_000,
+    );
+
+    it('a capture environment that writes .capturefailed fails the capture (UPLOAD_FAILED); the node is set back to boot from disk, nothing left', async () => {
+      const result = await xcatCapture(`${XCAT_NODE}-baddisk`, 'e2e-xcat-fails');
+      expect(result.code, result.stdout).toBe(1);
+      expect(result.summary.status).toBe('failed');
+      expect(result.summary.error).toMatchObject({ code: 'UPLOAD_FAILED', step: 'watch_upload' });
+      const timings = stepTimings(result.log);
+      printTimings(
+        'capture node1-baddisk (the capture environment writes .capturefailed)',
+        timings,
+        result.ms,
+      );
+      expect(timings.map((t) => t.step)).toEqual(expect.arrayContaining(['remove_upload', 'reset_boot']));
+      expect(tailOf(x.node.serialLog)).toContain('upload failed');
+      expect(x.nextBoot()).toBe('boot');
+      expect(uploads(result.summary.image)).toEqual([]);
+      expect((await revisionOf(result.summary.image))?.deleted ?? true).toBe(true);
+    }, 180_000);
+
+    it(
+      `an upload that stalls fails after the no-progress timeout (${STALL_MS} ms): NO_PROGRESS, the node powered off and set back to boot from disk, nothing left`,
+      async () => {
+        await powerOnNode();
+        const result = await xcatCapture(`${XCAT_NODE}-stall`, 'e2e-xcat-stalls');
+        expect(result.code, result.stdout).toBe(1);
+        expect(result.summary.error).toMatchObject({ code: 'NO_PROGRESS', step: 'watch_upload' });
+        const timings = stepTimings(result.log);
+        printTimings(
+          `capture node1-stall (the upload stops after 4 MiB; no progress for ${STALL_MS} ms)`,
+          timings,
+          result.ms,
+        );
+        const watched = timings.find((t) => t.step === 'watch_upload')?.durationMs ?? 0;
+        expect(watched).toBeGreaterThanOrEqual(STALL_MS);
+        // The environment was still at work: remove_upload powered the node off before removing its files.
+        expect(await rig.libvirt.domstate(NODE_DOMAIN)).toBe('shut off');
+        expect(x.nextBoot()).toBe('boot');
+        expect(uploads(result.summary.image)).toEqual([]);
+        expect((await revisionOf(result.summary.image))?.deleted ?? true).toBe(true);
+      },
+      BOOT_MS + 180_000,
+    );
+  });
+
+  describe('8. cleanup', () => {
     it('stops every VM, libvirtd, both sshd, and removes the temp folder', async () => {
       const { dir, libvirt, kvmHost, repoHost } = rig;
       const left = await rig.stop();

@@ -58,6 +58,21 @@ export interface Guest {
   buildMs: number;
 }
 
+/** The guest's init on its disk (the disk is mounted on /mnt): removed, the guest no longer boots. */
+export const DISK_INIT = '/mnt/init';
+
+/**
+ * The part of an init that loads the modules, sets up QEMU's user network (10.0.2.15, gateway 10.0.2.2) and
+ * waits for the disk: the guest's and the capture environment's.
+ */
+export const MODULES_NETWORK_DISK = `for m in $(cat /etc/modules.order); do insmod "/lib/modules/$m" 2>/dev/null; done
+ip link set lo up
+ip addr add 10.0.2.15/24 dev eth0
+ip link set eth0 up
+ip route add default via 10.0.2.2
+for i in 1 2 3 4 5; do [ -b /dev/vda ] && break; sleep 1; done
+`;
+
 const INIT = `#!/bin/sh
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 mount -t proc proc /proc
@@ -67,16 +82,14 @@ mkdir -p /dev/pts
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
-for m in $(cat /etc/modules.order); do insmod "/lib/modules/$m" 2>/dev/null; done
-ip link set lo up
-ip addr add 10.0.2.15/24 dev eth0
-ip link set eth0 up
-ip route add default via 10.0.2.2
-for i in 1 2 3 4 5; do [ -b /dev/vda ] && break; sleep 1; done
-# busybox mke2fs takes the size in KiB: the file system is the first 64 MiB whatever the disk's size
+${MODULES_NETWORK_DISK}# busybox mke2fs takes the size in KiB: the file system is the first 64 MiB whatever the disk's size
 # (the suite writes data past it).
-mount -t ext2 /dev/vda /mnt 2>/dev/null || { mke2fs -F -q /dev/vda 65536 && mount -t ext2 /dev/vda /mnt; }
-exec /sbin/init
+# The first boot also puts the guest's init on it: the boot goes on from the disk.
+mount -t ext2 /dev/vda /mnt 2>/dev/null || { mke2fs -F -q /dev/vda 65536 && mount -t ext2 /dev/vda /mnt &&
+  printf '#!/bin/sh\\nexec /sbin/init\\n' > ${DISK_INIT} && chmod 755 ${DISK_INIT}; }
+# A disk without its init does not boot (the boot test's unbootable image): as a kernel without init.
+[ -x ${DISK_INIT} ] || { echo 'Kernel panic - not syncing: No working init found on /dev/vda' > /dev/console; poweroff -f; }
+exec ${DISK_INIT}
 `;
 
 const INITTAB = `::sysinit:/bin/hostname vcl-e2e-guest
@@ -106,14 +119,14 @@ function sharedLibraries(binary: string): string[] {
   return [...out.matchAll(/(\/\S+)\s+\(0x/g)].map((m) => m[1] as string);
 }
 
-function copyInto(root: string, from: string, to = from, mode?: number): void {
+export function copyInto(root: string, from: string, to = from, mode?: number): void {
   const dest = join(root, to);
   mkdirSync(dirname(dest), { recursive: true });
   copyFileSync(from, dest);
   if (mode !== undefined) chmodSync(dest, mode);
 }
 
-function copyWithLibraries(root: string, binary: string, to: string): void {
+export function copyWithLibraries(root: string, binary: string, to: string): void {
   copyInto(root, binary, to, 0o755);
   for (const lib of sharedLibraries(binary)) copyInto(root, lib);
 }
@@ -131,6 +144,43 @@ function modulePaths(version: string): Map<string, string> {
   return out;
 }
 
+/** busybox-static and its applets where busybox says they belong (bin/sh, sbin/init, sbin/poweroff...). */
+export function installBusybox(root: string): void {
+  const busybox = which('busybox') as string;
+  copyWithLibraries(root, busybox, '/bin/busybox');
+  const applets = execFileSync(busybox, ['--list-full'], { encoding: 'utf8' }).split('\n').filter(Boolean);
+  for (const applet of applets) {
+    if (applet === 'bin/busybox') continue;
+    mkdirSync(join(root, dirname(applet)), { recursive: true });
+    symlinkSync('/bin/busybox', join(root, applet));
+  }
+}
+
+/** The guest's kernel modules under /lib/modules; returns their file names in load order. */
+export function installModules(root: string, version: string): string[] {
+  const paths = modulePaths(version);
+  const order: string[] = [];
+  for (const m of GUEST_MODULES) {
+    const path = paths.get(m.replaceAll('-', '_'));
+    if (path === undefined) continue; // built into this kernel
+    if (!path.endsWith('.ko'))
+      throw new Error(`module ${m} is compressed (${path}); the guest's busybox insmod needs plain .ko`);
+    copyInto(root, path, `/lib/modules/${basename(path)}`);
+    order.push(basename(path));
+  }
+  return order;
+}
+
+/** cpio newc, gzip: every file owned by root whoever builds it. */
+export function packInitramfs(root: string, initramfs: string): void {
+  execFileSync(
+    'sh',
+    ['-c', 'cd "$1" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1 > "$2"', 'sh', root, initramfs],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  chmodSync(initramfs, 0o644);
+}
+
 /** Builds the guest under `dir` (kernel from /boot, initramfs, keys). Takes about a second. */
 export function buildGuest(dir: string): Guest {
   const started = Date.now();
@@ -143,28 +193,10 @@ export function buildGuest(dir: string): Guest {
   chmodSync(join(root, 'root/.ssh'), 0o700);
   chmodSync(join(root, 'tmp'), 0o1777);
 
-  // busybox and its applets where busybox says they belong (bin/sh, sbin/init, sbin/poweroff...).
-  const busybox = which('busybox') as string;
-  copyWithLibraries(root, busybox, '/bin/busybox');
-  const applets = execFileSync(busybox, ['--list-full'], { encoding: 'utf8' }).split('\n').filter(Boolean);
-  for (const applet of applets) {
-    if (applet === 'bin/busybox') continue;
-    mkdirSync(join(root, dirname(applet)), { recursive: true });
-    symlinkSync('/bin/busybox', join(root, applet));
-  }
+  installBusybox(root);
   copyWithLibraries(root, which('dropbear') as string, '/usr/sbin/dropbear');
 
-  // Kernel modules, loaded by /init in this order.
-  const paths = modulePaths(kernel.version);
-  const order: string[] = [];
-  for (const m of GUEST_MODULES) {
-    const path = paths.get(m.replaceAll('-', '_'));
-    if (path === undefined) continue; // built into this kernel
-    if (!path.endsWith('.ko'))
-      throw new Error(`module ${m} is compressed (${path}); the guest's busybox insmod needs plain .ko`);
-    copyInto(root, path, `/lib/modules/${basename(path)}`);
-    order.push(basename(path));
-  }
+  const order = installModules(root, kernel.version);
 
   const etc = (name: string, text: string, mode = 0o644) => {
     writeFileSync(join(root, 'etc', name), text);
@@ -198,14 +230,8 @@ export function buildGuest(dir: string): Guest {
   writeFileSync(userKeyPath, user.private, { mode: 0o600 });
   writeFileSync(join(root, 'root/.ssh/authorized_keys'), `${user.public}\n`, { mode: 0o600 });
 
-  // cpio newc, every file owned by root whoever builds it.
   const initramfs = join(dir, 'initramfs.gz');
-  execFileSync(
-    'sh',
-    ['-c', 'cd "$1" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1 > "$2"', 'sh', root, initramfs],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  chmodSync(initramfs, 0o644);
+  packInitramfs(root, initramfs);
   return {
     kernel: kernel.vmlinuz,
     kernelVersion: kernel.version,

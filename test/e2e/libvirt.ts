@@ -56,8 +56,14 @@ export interface Libvirtd {
 
 export interface DomainSpec {
   name: string;
-  kernel: string;
-  initramfs: string;
+  /** Direct kernel boot: the kernel and initramfs QEMU loads (and loads again on every reset). */
+  kernel?: string;
+  initramfs?: string;
+  /**
+   * Network boot instead: the NIC's iPXE ROM boots first, QEMU's user network answers DHCP with
+   * `bootfile` and serves `tftpboot` over TFTP; `sercon` is SeaBIOS's serial console port file.
+   */
+  netboot?: { tftpboot: string; bootfile: string; rom: string; sercon: string };
   disk: string;
   serialLog: string;
   /** Loopback port forwarded to the guest's port 22. */
@@ -65,19 +71,24 @@ export interface DomainSpec {
   memoryMiB?: number;
 }
 
-/** Domain XML: direct kernel boot, virtio disk, user networking with a loopback port forward. */
+/** Domain XML: direct kernel or network boot, virtio disk, user networking with a loopback port forward. */
 export function domainXml(d: DomainSpec): string {
   const esc = (s: string) =>
     s.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;').replaceAll("'", '&apos;');
+  const nb = d.netboot;
   return `<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>${esc(d.name)}</name>
   <memory unit='MiB'>${d.memoryMiB ?? 256}</memory>
   <vcpu>1</vcpu>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine='pc'>hvm</type>${
+      d.kernel === undefined
+        ? ''
+        : `
     <kernel>${esc(d.kernel)}</kernel>
-    <initrd>${esc(d.initramfs)}</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1</cmdline>
+    <initrd>${esc(d.initramfs ?? '')}</initrd>
+    <cmdline>console=ttyS0 quiet panic=-1</cmdline>`
+    }
   </os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
@@ -87,7 +98,7 @@ export function domainXml(d: DomainSpec): string {
     <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2'/>
       <source file='${esc(d.disk)}'/>
-      <target dev='vda' bus='virtio'/>
+      <target dev='vda' bus='virtio'/>${nb ? "\n      <boot order='2'/>" : ''}
     </disk>
     <serial type='file'><source path='${esc(d.serialLog)}' append='on'/><target port='0'/></serial>
     <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
@@ -95,9 +106,15 @@ export function domainXml(d: DomainSpec): string {
   </devices>
   <qemu:commandline>
     <qemu:arg value='-netdev'/>
-    <qemu:arg value='user,id=n0,hostfwd=tcp:127.0.0.1:${d.sshPort}-:22'/>
+    <qemu:arg value='user,id=n0,${nb ? `tftp=${esc(nb.tftpboot)},bootfile=${esc(nb.bootfile)},` : ''}hostfwd=tcp:127.0.0.1:${d.sshPort}-:22'/>
     <qemu:arg value='-device'/>
-    <qemu:arg value='virtio-net-pci,netdev=n0,romfile=,bus=pci.0,addr=0x10'/>
+    <qemu:arg value='virtio-net-pci,netdev=n0,romfile=${nb ? `${esc(nb.rom)},bootindex=1,disable-legacy=on` : ''},bus=pci.0,addr=0x10'/>${
+      nb
+        ? `
+    <qemu:arg value='-fw_cfg'/>
+    <qemu:arg value='name=etc/sercon-port,file=${esc(nb.sercon)}'/>`
+        : ''
+    }
   </qemu:commandline>
 </domain>
 `;

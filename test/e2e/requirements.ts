@@ -22,6 +22,7 @@ export const E2E_PACKAGES = [
   'cpio',
   'gzip',
   'e2fsprogs',
+  'ipxe-qemu',
 ] as const;
 
 interface Requirement {
@@ -79,6 +80,9 @@ export function newestKernel(): { version: string; vmlinuz: string } | undefined
   return version === undefined ? undefined : { version, vmlinuz: `/boot/vmlinuz-${version}` };
 }
 
+/** The virtio NIC's iPXE ROM, with which the xCAT case's node boots over the network (ipxe-qemu). */
+export const IPXE_ROM = '/usr/lib/ipxe/qemu/pxe-virtio.rom';
+
 const QEMU_DRIVER_DIRS = [
   '/usr/lib/x86_64-linux-gnu/libvirt/connection-driver',
   '/usr/lib64/libvirt/connection-driver',
@@ -98,6 +102,12 @@ const REQUIREMENTS: Requirement[] = [
   binary('busybox', 'busybox-static'),
   binary('dropbear', 'dropbear-bin'),
   binary('dropbearkey', 'dropbear-bin'),
+  binary('dbclient', 'dropbear-bin'),
+  {
+    what: "the virtio NIC's iPXE ROM",
+    package: 'ipxe-qemu',
+    check: () => (existsSync(IPXE_ROM) ? undefined : `${IPXE_ROM} not found`),
+  },
   binary('ssh', 'openssh-client'),
   binary('ssh-keygen', 'openssh-client'),
   binary('sshd', 'openssh-server'),

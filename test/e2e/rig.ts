@@ -44,6 +44,12 @@ export const VM_LOCAL = 'vm1';
 /** The same domain captured raw into the separate repository host, with a 6 s graceful power-off timeout. */
 export const VM_REMOTE = 'vm1-raw';
 export const SHORT_POWER_OFF_MS = 6000;
+/** The domain again, its images boot-tested (the SSH check) before they are recorded. */
+export const VM_BOOT = 'vm1-boot';
+/** As `VM_BOOT`, for the image that must fail its boot test (one computer per case: `VM_BOOT` ends in reload). */
+export const VM_NOBOOT = 'vm1-noboot';
+/** A TCG boot to SSH takes 10-14 s on 2 idle cores: room for a loaded machine. */
+export const BOOT_TEST_MS = 90_000;
 const BIN = new URL('../../src/cli/bin.mjs', import.meta.url).pathname;
 
 export interface Rig {
@@ -196,6 +202,8 @@ export async function startRig(options: StartRigOptions = {}): Promise<Rig> {
     setup.libvirtdStart = Date.now() - t;
 
     const guestPort = await freePort();
+    let bootTestPort = await freePort();
+    while (bootTestPort === guestPort) bootTestPort = await freePort();
     const xml = join(vmDir, 'domain.xml');
     writeFileSync(
       xml,
@@ -267,6 +275,24 @@ export async function startRig(options: StartRigOptions = {}): Promise<Rig> {
           repository: 'central',
           timeouts: { powerOffMs: SHORT_POWER_OFF_MS, forcedOffMs: 30_000 },
         },
+        ...Object.fromEntries(
+          [VM_BOOT, VM_NOBOOT].map((name) => [
+            name,
+            {
+              os: 'linux',
+              host: 'guest',
+              provisioner: {
+                type: 'libvirt',
+                host: 'kvm',
+                domain: DOMAIN,
+                format: 'qcow2',
+                bootTest: { enabled: true, check: 'ssh', port: bootTestPort },
+              },
+              repository: 'local',
+              timeouts: { bootTestMs: BOOT_TEST_MS },
+            },
+          ]),
+        ),
       },
     };
     const inventoryFile = join(dir, 'inventory.yaml');
