@@ -70,6 +70,18 @@ function recordingLog() {
   return { log, lines };
 }
 
+/** The transport, except that the hosts' tool check reports `tool` missing (a host without it). */
+function without(tool: string): Remote {
+  return {
+    async exec(host, argv, options) {
+      const r = await pool.exec(host, argv, options);
+      if (argv[0] !== 'sh' || !argv.includes(tool)) return r;
+      return { ...r, stdout: r.stdout.replace(`present ${tool}\n`, `missing ${tool}\n`) };
+    },
+    copy: (from, to, options) => pool.copy(from, to, options),
+  };
+}
+
 async function refusal(p: unknown): Promise<VclError> {
   const err = await Promise.resolve(p).then(
     () => undefined,
@@ -174,6 +186,15 @@ describe('locate_vm and check_target', () => {
     });
     // The lab's disk is sparse: allocation is read, not taken as the virtual size.
     expect(facts.allocatedBytes).toBeLessThan(real.size);
+  });
+
+  it('refuses a host that lacks a tool the path needs, before touching anything', async () => {
+    const lacking = without('vmkfstools');
+    expect(await refusal(capture('vm-linux-3', lacking).run('locate_vm', {}))).toMatchObject({
+      code: 'PREFLIGHT_TOOL_MISSING',
+      message: 'esxi-host lacks vmkfstools (needed as vmware host): install it or fix the PATH of root',
+      details: { host: 'esxi-host', missing: ['vmkfstools'] },
+    });
   });
 
   it('counts an extent stat cannot read as fully allocated; takes the datastore the inventory names', async () => {

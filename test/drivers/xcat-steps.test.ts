@@ -68,6 +68,18 @@ function watched(inner: Remote = pool): Remote & { sent: string[] } {
   return w;
 }
 
+/** The transport, except that the hosts' tool check reports `tool` missing (a host without it). */
+function without(tool: string): Remote {
+  return {
+    async exec(host, argv, options) {
+      const r = await pool.exec(host, argv, options);
+      if (argv[0] !== 'sh' || !argv.includes(tool)) return r;
+      return { ...r, stdout: r.stdout.replace(`present ${tool}\n`, `missing ${tool}\n`) };
+    },
+    copy: (from, to, options) => pool.copy(from, to, options),
+  };
+}
+
 async function refusal(p: unknown): Promise<VclError> {
   const err = await Promise.resolve(p).then(
     () => undefined,
@@ -149,6 +161,16 @@ describe('check_target', () => {
     expect(remote.sent.filter((l) => /^(rpower|nodeset|nodech|nodestat)/.test(l))).toEqual([
       'rpower xc-linux-1 stat',
     ]);
+  });
+
+  it('refuses a host that lacks a tool the path needs, before touching anything', async () => {
+    const lacking = without('nodestat');
+    expect(await refusal(capture('xc-linux-1', { remote: lacking }).go('check_target'))).toMatchObject({
+      code: 'PREFLIGHT_TOOL_MISSING',
+      message:
+        'xcat-mn lacks nodestat (needed as xcat and repository host): install it or fix the PATH of root',
+      details: { host: 'xcat-mn', missing: ['nodestat'] },
+    });
   });
 
   it('refuses a node xCAT does not know (said on stderr or stdout), and names rpower’s other failures', async () => {
@@ -246,6 +268,9 @@ describe('a capture through the capture environment', () => {
     expect(reports.every((r) => r.step === 'watch_upload')).toBe(true);
     for (let i = 1; i < reports.length; i++)
       expect(reports[i]?.p.bytes).toBeGreaterThanOrEqual(reports[i - 1]?.p.bytes ?? 0);
+    const last = reports.at(-1)?.p;
+    expect(last?.bytes).toBeGreaterThan(0);
+    expect(last?.bytesPerSecond).toBeGreaterThan(0);
 
     expect(await x.go('verify_image', { artifact: out.artifact })).toEqual({});
     expect(
@@ -434,7 +459,7 @@ describe('watch_upload', () => {
     const took = Date.now() - started;
     // Past the timeout by a poll or so, well before twice it.
     expect(took).toBeGreaterThanOrEqual(250);
-    expect(took).toBeLessThan(450);
+    expect(took).toBeLessThan(500);
     await rm(await lab.realPath(MN, `${REPO}/${x.cap.name}0.img`));
     await rm(await lab.realPath(MN, `${x.image}.log`));
     await x.go('remove_upload');
