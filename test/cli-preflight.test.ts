@@ -88,7 +88,7 @@ describe('vcl-capture preflight', () => {
         /FAIL {2}space in repository images {2,}repository images \(repo-host:\/srv\/vcl\/images\) has 0 bytes free; .*free space there/,
       );
       expect(r.stdout).toMatch(
-        /ok {4}target +\/vmfs\/volumes\/datastore1\/windows-A1-v0\/windows-A1-v0\.vmdk and \/srv\/vcl\/images\/windows-A1-v0\.vmdk are free/,
+        /ok {4}target +\/vmfs\/volumes\/datastore1\/windows-A1-v0\/ and \/srv\/vcl\/images\/windows-A1-v0\.vmdk are free/,
       );
       expect(r.stdout).toContain('=> failed: PREFLIGHT_NO_SPACE (space in repository images)');
       const programs = lab.commandLog.slice(sent).map((e) => e.argv?.[0]);

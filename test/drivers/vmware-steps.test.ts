@@ -292,21 +292,24 @@ describe('locate_vm and check_target', () => {
     const x = capture(c);
     const found = (await x.run('locate_vm', {})).facts ?? {};
     const image = x.cap.name;
-    for (const [host, path] of [
-      ['esxi-host', `${DS}/${image}/${image}.vmdk`],
-      ['repo-host', `${REPO}/${image}.vmdk`],
-      ['repo-host', `${REPO}/${image}-s001.vmdk`],
-      ['repo-host', `${REPO}/${image}.vmx`],
-      ['repo-host', `${REPO}/${image}.vmdk.sha256`],
+    // [host, file put there, path refused]: the clone's folder holding anything (remove_clone would take
+    // it all), or any file of the repository set.
+    for (const [host, file, path] of [
+      ['esxi-host', `${DS}/${image}/${image}.vmdk`, `${DS}/${image}`],
+      ['esxi-host', `${DS}/${image}/notes.txt`, `${DS}/${image}`],
+      ['repo-host', `${REPO}/${image}.vmdk`, `${REPO}/${image}.vmdk`],
+      ['repo-host', `${REPO}/${image}-s001.vmdk`, `${REPO}/${image}-s001.vmdk`],
+      ['repo-host', `${REPO}/${image}.vmx`, `${REPO}/${image}.vmx`],
+      ['repo-host', `${REPO}/${image}.vmdk.sha256`, `${REPO}/${image}.vmdk.sha256`],
     ] as const) {
-      await put(host, path, 'theirs');
-      expect(await refusal(x.run('check_target', found)), path).toMatchObject({
+      await put(host, file, 'theirs');
+      expect(await refusal(x.run('check_target', found)), file).toMatchObject({
         code: 'TARGET_EXISTS',
         message: `${path} already exists on ${host}; nothing is overwritten`,
         details: { path },
       });
-      expect((await lab.readFile(host, path)).toString()).toBe('theirs');
-      await drop(host, host === 'esxi-host' ? posix.dirname(path) : path);
+      expect((await lab.readFile(host, file)).toString()).toBe('theirs');
+      await drop(host, path);
     }
     // A virtual size past one 2047 MiB extent makes the second extent part of the set.
     await put('repo-host', `${REPO}/${image}-s002.vmdk`);

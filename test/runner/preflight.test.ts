@@ -116,11 +116,12 @@ const cases: Case[] = [
     kind: 'vmware-linux',
     code: 'TARGET_EXISTS',
     step: 'check_target',
-    says: /\/vmfs\/volumes\/datastore1\/linux-\w+-v0\/linux-\w+-v0\.vmdk already exists on esxi-host/,
+    says: /\/vmfs\/volumes\/datastore1\/linux-\w+-v0 already exists on esxi-host/,
     prepare: async (lab, image) => {
-      const path = `/vmfs/volumes/datastore1/${image}/${image}.vmdk`;
+      // Not a clone: any file there would go with the folder when a failed capture removes its clone.
+      const path = `/vmfs/volumes/datastore1/${image}/notes.txt`;
       await mkdir(dirname(await lab.realPath('esxi-host', path)), { recursive: true });
-      await writeFile(await lab.realPath('esxi-host', path), 'someone else’s clone');
+      await writeFile(await lab.realPath('esxi-host', path), 'someone else’s file');
     },
     fix: async (lab, image) => {
       await rm(await lab.realPath('esxi-host', `/vmfs/volumes/datastore1/${image}`), { recursive: true });

@@ -160,8 +160,9 @@ export async function checkVmTarget(
     const target = repositoryPath(env, `${image.name}.vmdk`);
     const set = repositorySet(target, Number(facts.virtualBytes));
     const free = await list.check('target', async () => {
+      // The folder, not the clone's file: remove_clone takes the whole folder, which must be this capture's.
       for (const [where, path] of [
-        [host, clone],
+        [host, posix.dirname(clone)],
         [env.repository.host, target],
         ...set.all
           .filter((f) => f !== set.descriptor)
@@ -176,7 +177,7 @@ export async function checkVmTarget(
             },
           );
       }
-      return { value: true, detail: `${clone} and ${target} are free` };
+      return { value: true, detail: `${posix.dirname(clone)}/ and ${target} are free` };
     });
     if (!free) return undefined;
     paths = { clone, target };
