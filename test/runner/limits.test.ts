@@ -209,7 +209,7 @@ describe('HostSlots on a store shared by two runners', () => {
     expect(a.usage(HOST)).toEqual({ active: 1, waiting: 0 });
 
     const gotB = track(b.acquire(storeB, 'c-b', fb, HOST, signal().signal));
-    await new Promise((r) => setTimeout(r, 150));
+    await new Promise((r) => setTimeout(r, 80));
     expect(gotB.done()).toBe(false);
     // B holds its local slot while it asks the store again and again.
     expect(b.usage(HOST)).toEqual({ active: 1, waiting: 0 });
@@ -262,7 +262,7 @@ describe('HostSlots on a store shared by two runners', () => {
     await expect.poll(() => storeB.hostSlotUsage()).toEqual([]);
 
     b.wake('esx-2');
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 60));
     expect(gotB.done()).toBe(false);
 
     const woken = performance.now();
@@ -299,6 +299,19 @@ describe('HostSlots on a store shared by two runners', () => {
     await expectVclError(a.acquire(storeA, 'c-a', fa, HOST, stop.signal), 'ABORTED', /esx-1 slot/);
     await expect.poll(() => storeA.hostSlotUsage()).toEqual([]);
     await expect.poll(() => a.usage(HOST)).toEqual({ active: 0, waiting: 0 });
+  });
+
+  it('a capture already stopped when it finds the host full gives up at once, not at the next poll', async () => {
+    const fa = await claimed(storeA, 'c-a', 'runner-a');
+    const fb = await claimed(storeB, 'c-b', 'runner-b');
+    await slots(storeA, 20).acquire(storeA, 'c-a', fa, HOST, signal().signal);
+    const b = slots(storeB, 10_000);
+    const stop = signal();
+    stop.abort();
+    const started = performance.now();
+    await expectVclError(b.acquire(storeB, 'c-b', fb, HOST, stop.signal), 'ABORTED', /esx-1 slot/);
+    expect(performance.now() - started).toBeLessThan(1000);
+    expect(b.usage(HOST)).toEqual({ active: 0, waiting: 0 });
   });
 
   it('a capture another runner took over fails with FENCED and leaves no local slot held', async () => {
