@@ -15,7 +15,7 @@ import { silentLogger } from '../../src/log.js';
 import * as pve from '../../src/provisioners/proxmox/commands.js';
 import { proxmoxSteps, shutdownWaitSeconds } from '../../src/provisioners/proxmox/steps.js';
 import { SshPool } from '../../src/ssh/index.js';
-import { captureOf, driverEnv, filesWith, stepRun } from './rerun-helpers.js';
+import { captureOf, driverEnv, filesWith, interceptRemote, stepRun } from './rerun-helpers.js';
 
 /** `qm config 100` of a UEFI VM with a CD drive, a TPM, an unused volume and two disks. */
 const CONFIG = `agent: 1
@@ -177,15 +177,17 @@ afterAll(async () => {
   await Promise.all([separate?.stop(), local?.stop()]);
 });
 
-/** A transport that keeps the command lines it sends. */
-function watched(): Remote & { sent: string[] } {
+/** A transport that keeps the command lines it sends (and the timeout each was given). */
+function watched(inner: Remote = pool): Remote & { sent: string[]; timeouts: (number | undefined)[] } {
   const w = {
     sent: [] as string[],
+    timeouts: [] as (number | undefined)[],
     exec: ((host, argv, options) => {
       w.sent.push(argv.join(' '));
-      return pool.exec(host, argv, options);
+      w.timeouts.push(options?.timeoutMs);
+      return inner.exec(host, argv, options);
     }) as Remote['exec'],
-    copy: ((from, to, options) => pool.copy(from, to, options)) as Remote['copy'],
+    copy: ((from, to, options) => inner.copy(from, to, options)) as Remote['copy'],
   };
   return w;
 }
@@ -344,5 +346,113 @@ describe('Proxmox steps against the lab node', () => {
     expect(await filesWith(lab, 'pve-node', '/var/lib/vz/dump', '.vcl-capture-')).toEqual([]);
     await c.run('remove_copy');
     expect(await lab.exists(repo.host, artifact.path)).toBe(false);
+  });
+});
+
+describe('Proxmox steps: deadlines, refusals and settings', () => {
+  async function running(lab: Lab, computer: string): Promise<void> {
+    if (lab.computer(computer).power === 'off') lab.powerOn(computer);
+    await lab.waitForPower(computer, 'on');
+  }
+
+  it('gives qm shutdown what the step’s deadline leaves past the grace, and the command that plus the grace', async () => {
+    await running(separate, 'px-linux-2');
+    const remote = watched();
+    const c = await inspected(separate, 'px-linux-2', remote);
+    const from = remote.sent.length;
+    await c.run('request_power_off', 8000);
+    const i = remote.sent.indexOf('qm shutdown 10002 --timeout 2', from);
+    expect(i).toBeGreaterThan(0);
+    expect(remote.timeouts[i]).toBe(7000);
+    // Its success is the power off: nothing more is asked.
+    expect(remote.sent.slice(i + 1)).toEqual([]);
+    await c.run('wait_power_off');
+    expect(separate.computer('px-linux-2').power).toBe('off');
+  });
+
+  it('a qm shutdown that fails otherwise is COMMAND_FAILED while the VM runs, and nothing once it stopped meanwhile', async () => {
+    await running(separate, 'px-linux-2');
+    const c = await inspected(separate, 'px-linux-2');
+    const stderr =
+      "VM 10002 qmp command 'system_powerdown' failed - unable to connect to VM 10002 qmp socket\n";
+    separate.faults.add({
+      kind: 'failCommand',
+      host: 'pve-node',
+      match: ['qm', 'shutdown'],
+      exitCode: 255,
+      stderr,
+    });
+    expect(await refusal(c.run('request_power_off'))).toMatchObject({
+      code: 'COMMAND_FAILED',
+      message: `qm shutdown 10002 on pve-node failed: ${stderr.trim()}`,
+    });
+    expect(separate.computer('px-linux-2').power).toBe('on');
+    // The VM stopped (an interrupted earlier attempt's request took effect) just as qm failed.
+    const racing = await inspected(
+      separate,
+      'px-linux-2',
+      interceptRemote(pool, ['qm', 'shutdown'], () => separate.powerOff('px-linux-2')),
+    );
+    separate.faults.add({
+      kind: 'failCommand',
+      host: 'pve-node',
+      match: ['qm', 'shutdown'],
+      exitCode: 2,
+      stderr,
+    });
+    expect(await racing.run('request_power_off')).toEqual({});
+    separate.faults.clear();
+  });
+
+  it('inspect_vm: a qm config failure other than an unknown VM is COMMAND_FAILED in qm’s words; an unknown VM names its id', async () => {
+    separate.faults.add({
+      kind: 'failCommand',
+      host: 'pve-node',
+      match: ['qm', 'config'],
+      exitCode: 1,
+      stderr: 'ipcc_send_rec[1] failed: Connection refused\n',
+    });
+    expect(await refusal(inspected(separate, 'px-linux-1'))).toMatchObject({
+      code: 'COMMAND_FAILED',
+      message: 'qm config 10001 on pve-node failed: ipcc_send_rec[1] failed: Connection refused',
+    });
+    expect(
+      await refusal(inspected(separate, 'px-linux-1', pool, (p) => ({ ...p, vmid: 999 }))),
+    ).toMatchObject({
+      code: 'NOT_FOUND',
+      message:
+        'pve-node has no VM 999: fix provisioner.vmid (or provisioner.host, the node it runs on) of px-linux-1 in the inventory',
+      details: { vmid: 999 },
+    });
+  });
+
+  it('stages in the inventory’s stagingDir; verify_image finds a flipped byte; remove_copy sends nothing without a target', async () => {
+    const remote = watched();
+    const c = await inspected(separate, 'px-linux-3', remote, (p) => ({ ...p, stagingDir: '/root' }));
+    separate.powerOff('px-linux-3');
+    await separate.waitForPower('px-linux-3', 'off');
+    const out = await c.run('copy_image');
+    const staged = `/root/.vcl-capture-${c.cap.input('copy_image').captureId}.qcow2`;
+    expect(remote.sent).toContainEqual(
+      expect.stringMatching(new RegExp(`^qemu-img convert .* ${staged.replace(/\./g, '\\.')}$`)),
+    );
+    expect(await filesWith(separate, 'pve-node', '/root', '.vcl-capture-')).toEqual([]);
+    const artifact = out.artifact;
+    if (!artifact) throw new Error('no artifact');
+    const steps = proxmoxSteps(c.env);
+    const verify = () => steps.verify_image?.(stepRun({ ...c.cap.input('verify_image', c.facts), artifact }));
+    expect(await verify()).toEqual({});
+    separate.faults.add({ kind: 'corrupt', at: 'file', host: 'repo-host', path: artifact.path });
+    expect(await refusal(verify())).toMatchObject({
+      code: 'VERIFY_MISMATCH',
+      details: { path: artifact.path },
+    });
+    const before = remote.sent.length;
+    await c.run('remove_copy');
+    expect(remote.sent.slice(before)).toContain(`rm -f -- ${staged}`);
+    expect(await separate.exists('repo-host', artifact.path)).toBe(false);
+    const from = remote.sent.length;
+    await steps.remove_copy?.(stepRun(c.cap.input('remove_copy', {})));
+    expect(remote.sent.slice(from)).toEqual([]);
   });
 });
