@@ -25,14 +25,16 @@ function subMachine(extraState = false) {
 
 type Ev = { type: 'GO' } | { type: 'NEST' } | { type: 'BOTH' };
 
-function harness(options: { extraState?: boolean; sub?: AnyStateMachine } = {}) {
+function harness(
+  options: { extraState?: boolean; sub?: AnyStateMachine; initial?: 'idle' | 'working' } = {},
+) {
   return setup({
     types: {} as { context: { count: number; note: string }; events: Ev },
     actors: { fetchThing: pending(), sub: options.sub ?? subMachine() },
   }).createMachine({
     id: 'harness',
     context: { count: 0, note: '' },
-    initial: 'idle',
+    initial: options.initial ?? 'idle',
     states: {
       idle: { on: { GO: 'working', NEST: 'nested', BOTH: 'both' } },
       working: { invoke: { id: 'fetch', src: 'fetchThing' } },
@@ -194,6 +196,22 @@ describe('snapshotProblem', () => {
     const nested = { ...persisted(m, { type: 'BOTH' }) };
     nested.value = { both: { left: {}, middle: {} } };
     expect(snapshotProblem(m, nested, KEYS)).toMatch(/^harness: .*'middle'/);
+  });
+
+  it('refuses an incomplete state value whose filled-in states invoke steps the snapshot lacks', () => {
+    // xstate restores `{ both: { left: {} } }` as both regions: `right` would wait forever for its `os`.
+    const s = persisted(m, { type: 'BOTH' });
+    s.value = { both: { left: {} } };
+    delete s.children.os;
+    expect(snapshotProblem(m, s, KEYS)).toBe(
+      "harness: state invokes 'os' but the snapshot has no such child",
+    );
+    // An empty value is restored as the initial state, here `working`, whose step is missing too.
+    const fromWorking = harness({ initial: 'working' });
+    const empty = { ...persisted(m), value: {}, children: {} };
+    expect(snapshotProblem(fromWorking, empty, KEYS)).toBe(
+      "harness: state invokes 'fetch' but the snapshot has no such child",
+    );
   });
 
   it('refuses a state whose invoked step is missing from the snapshot', () => {
