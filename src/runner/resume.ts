@@ -83,8 +83,10 @@ export function snapshotProblem(
   if (missing.length) return `${path}: context lacks ${missing.join(', ')}`;
   let nodes: StateNodeLike[];
   try {
-    machine.resolveState({ value: s.value as StateValue, context: s.context });
-    nodes = activeNodes(machine.root, s.value as StateValue);
+    // The states xstate will restore: it completes a partial value (a parallel state's missing region, an
+    // empty value) with initial states, whose invoked steps must be in the snapshot too.
+    const resolved = machine.resolveState({ value: s.value as StateValue, context: s.context });
+    nodes = activeNodes(machine.root, resolved.value);
   } catch (err) {
     return `${path}: ${(err as Error).message}`;
   }
