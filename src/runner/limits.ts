@@ -14,6 +14,8 @@ export class Limiter {
       this.active.set(key, (this.active.get(key) ?? 0) + 1);
       return this.releaser(key);
     }
+    // An abort that already happened fires no event: without this the caller would queue and be handed a slot.
+    if (signal?.aborted) throw new VclError('ABORTED', `gave up waiting for a ${key} slot`);
     await new Promise<void>((resolve, reject) => {
       const entry = { resolve, reject };
       const queue = this.waiting.get(key) ?? [];

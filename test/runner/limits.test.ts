@@ -105,6 +105,22 @@ describe('Limiter', () => {
     expect(limiter.usage('esx-7')).toEqual({ active: 0, waiting: 0 });
   });
 
+  it('gives up at once, without queuing, when the signal was already aborted and the key is full', async () => {
+    const limiter = new Limiter(() => 1);
+    const holder = await limiter.acquire('esx-8');
+    const stopped = new AbortController();
+    stopped.abort();
+    await expectVclError(
+      limiter.acquire('esx-8', stopped.signal),
+      'ABORTED',
+      /gave up waiting for a esx-8 slot/,
+    );
+    expect(limiter.usage('esx-8')).toEqual({ active: 1, waiting: 0 });
+    // The slot, once free, is not handed to the caller that gave up.
+    holder();
+    expect(limiter.usage('esx-8')).toEqual({ active: 0, waiting: 0 });
+  });
+
   it('ignores an abort after the slot was granted: the slot stays held until released', async () => {
     const limiter = new Limiter(() => 1);
     const stop = new AbortController();
