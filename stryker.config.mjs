@@ -1,7 +1,9 @@
 // @ts-check
 /**
- * Mutation testing (`npm run mutate`, not part of CI): see docs/testing.md for the commands, the measured
- * scores and the surviving mutants.
+ * Mutation testing (not part of CI): see docs/testing.md for the commands, the measured scores and the
+ * surviving mutants. `npm run mutate` runs this config once per slice of test/mutation/slices.ts (each
+ * slice's files against its fast tests); `npx stryker run` alone runs the whole `mutate` list below
+ * against every suite of vitest.mutate.config.ts, whole-capture paths included (many hours).
  * @type {import('@stryker-mutator/api/core').PartialStrykerOptions}
  */
 export default {
