@@ -4,11 +4,12 @@
  * a user reads, each failure's code and message; the commands the boot test sends, what it returns, how
  * it fails, and what its removal tolerates.
  */
+import { copyFile } from 'node:fs/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CaptureStepInput, Facts } from '../../machines/index.js';
 import type { Remote } from '../../src/drivers/contract.js';
 import type { DriverEnv } from '../../src/drivers/env.js';
-import { Checklist } from '../../src/drivers/preflight.js';
+import { Checklist, type PreflightCheck } from '../../src/drivers/preflight.js';
 import { VclError } from '../../src/errors.js';
 import { captureHostsOf, inventoryHosts } from '../../src/inventory/hosts.js';
 import type { Inventory } from '../../src/inventory/schema.js';
@@ -74,7 +75,7 @@ async function preflightOf(env: DriverEnv, imageName?: string, target = imageNam
   return { facts, checks: list.checks, ok: list.ok };
 }
 
-function check(checks: { name: string }[], name: string) {
+function check(checks: readonly PreflightCheck[], name: string): PreflightCheck {
   const c = checks.find((x) => x.name === name);
   if (!c) throw new Error(`no check ${name} in ${checks.map((x) => x.name).join(', ')}`);
   return c;
@@ -391,5 +392,240 @@ describe('libvirt preflight', () => {
       'linux-Bt3-v0',
     );
     expect(full.checks.map((c) => c.name)).not.toContain('boot test');
+  });
+});
+
+/** A boot test of `computer`'s captured image (a copy of its disk in the repository on the libvirt host). */
+async function bootCase(computer: string, setting: BootTestSetting = {}) {
+  const env = envOf(computer, withBootTest(lab.inventory, [computer], setting));
+  const steps = libvirtSteps(env);
+  const cap = captureOf(lab, computer, 'off');
+  const disk = `${IMAGES}/${computer}.qcow2`;
+  const path = `/var/lib/vcl/images/${cap.name}.qcow2`;
+  await copyFile(await lab.realPath('libvirt-host', disk), await lab.realPath('libvirt-host', path));
+  const id = String(cap.input('x').captureId);
+  const names = {
+    domain: `vcl-boot-${id}`,
+    overlay: `${IMAGES}/.vcl-boot-${id}.qcow2`,
+    xml: `${IMAGES}/.vcl-boot-${id}.xml`,
+    console: `${IMAGES}/.vcl-boot-${id}.console.log`,
+  };
+  const input = (step: string, facts: Facts = { disk }, withArtifact = true): CaptureStepInput => ({
+    ...cap.input(step, facts),
+    ...(withArtifact ? { artifact: { path, format: 'qcow2', sizeBytes: 1, sha256: 'x'.repeat(64) } } : {}),
+  });
+  const run = (step: string, i: CaptureStepInput = input(step), timeoutMs = 20_000) => {
+    const fn = steps[step];
+    if (!fn) throw new Error(`no step ${step}`);
+    return fn(stepRun(i, { timeoutMs }));
+  };
+  const removal = [
+    `virsh destroy ${names.domain}`,
+    `virsh undefine ${names.domain}`,
+    `rm -f -- ${names.overlay} ${names.xml} ${names.console}`,
+  ];
+  return { env, cap, disk, path, names, input, run, removal };
+}
+
+/** What a boot test left: its hidden files beside the disks, its live transient domain. */
+async function leftovers(domain: string) {
+  return {
+    files: await filesWith(lab, 'libvirt-host', IMAGES, '.vcl-boot-'),
+    domain: labTransientDomains().includes(domain),
+  };
+}
+
+describe('libvirt boot test steps', () => {
+  it('boots the image in a transient domain on a qcow2 overlay, watches its console, removes both; returns the boot time', async () => {
+    const b = await bootCase('lv-linux-1');
+    let out: Awaited<ReturnType<typeof b.run>> | undefined;
+    const sent = await sentDuring(async () => {
+      out = await b.run('boot_test');
+    });
+    expect(sent.slice(0, 8)).toEqual([
+      ...b.removal,
+      `qemu-img create -f qcow2 -b ${b.path} -F qcow2 ${b.names.overlay}`,
+      `chown --reference=${b.disk} -- ${b.names.overlay}`,
+      'virsh dumpxml --inactive lv-linux-1',
+      `tee -- ${b.names.xml}`,
+      `virsh create ${b.names.xml}`,
+    ]);
+    const waited = sent.slice(8, -3);
+    expect(waited.length).toBeGreaterThanOrEqual(2);
+    for (const [i, line] of waited.entries())
+      expect(line).toBe(
+        i % 2 === 0 ? `virsh domstate ${b.names.domain} --reason` : `cat -- ${b.names.console}`,
+      );
+    expect(sent.slice(-3)).toEqual(b.removal);
+    const ms = Number(out?.facts?.bootTestMs);
+    // The lab's guest prints its login prompt 150 ms after the domain starts.
+    expect(ms).toBeGreaterThanOrEqual(150);
+    expect(ms).toBeLessThan(10_000);
+    expect(await leftovers(b.names.domain)).toEqual({ files: [], domain: false });
+  });
+
+  it('the SSH check probes the forwarded port instead of reading the console; a chown that fails only warns', async () => {
+    const b = await bootCase('lv-linux-2', { check: 'ssh', port: SSH_PORT });
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'libvirt-host',
+      match: ['chown'],
+      exitCode: 1,
+      stderr: 'chown: changing ownership: Operation not permitted\n',
+    });
+    const sent = await sentDuring(() => b.run('boot_test'));
+    const probes = lab.commandLog
+      .filter((e) => e.host === 'libvirt-host' && e.argv?.[0] === 'bash')
+      .map((e) => e.argv?.[4]);
+    expect(probes.length).toBeGreaterThan(0);
+    expect(new Set(probes)).toEqual(new Set([String(SSH_PORT)]));
+    expect(sent.filter((l) => l.startsWith(`cat -- ${b.names.console}`))).toEqual([]);
+    expect(await leftovers(b.names.domain)).toEqual({ files: [], domain: false });
+  });
+
+  it('a guest that never shows it booted fails BOOT_TEST_FAILED before the deadline, quoting its console; remove_boot_test removes it', async () => {
+    const b = await bootCase('lv-linux-3');
+    lab.faults.add({ kind: 'doesNotBoot', host: 'libvirt-host', mode: 'hang' });
+    // It ends a fifth of the budget early (BOOT_TEST_FAILED, not the step's own timeout): time to clean up.
+    const err = await refusal(b.run('boot_test', b.input('boot_test'), 400));
+    expect(err.code).toBe('BOOT_TEST_FAILED');
+    expect(err.message).toMatch(
+      new RegExp(
+        `^the image ${b.path} did not show it booted \\(no console line matching /login:/\\) within [0-9] s \\(console: SeaBIOS \\(version 1\\.16\\.0\\) \\| Booting from Hard Disk\\.\\.\\.\\)$`,
+      ),
+    );
+    expect(err.details).toEqual({ domain: b.names.domain });
+    expect((await leftovers(b.names.domain)).domain).toBe(true);
+    const sent = await sentDuring(() => b.run('remove_boot_test'));
+    expect(sent).toEqual(b.removal);
+    expect(await leftovers(b.names.domain)).toEqual({ files: [], domain: false });
+  });
+
+  it('the SSH check of a guest that never answers names the port', async () => {
+    const b = await bootCase('lv-linux-1', { check: 'ssh', port: SSH_PORT });
+    lab.faults.add({ kind: 'doesNotBoot', host: 'libvirt-host', mode: 'hang' });
+    const err = await refusal(b.run('boot_test', b.input('boot_test'), 300));
+    expect(err.message).toMatch(/did not show it booted \(no SSH banner on 127\.0\.0\.1:20122\) within/);
+    await b.run('remove_boot_test');
+  });
+
+  it('a test domain that vanishes (kernel panic) fails at once, with the last console lines', async () => {
+    const b = await bootCase('lv-linux-2');
+    lab.faults.add({ kind: 'doesNotBoot', host: 'libvirt-host', mode: 'panic' });
+    const err = await refusal(b.run('boot_test', b.input('boot_test'), 20_000));
+    expect(err).toMatchObject({
+      code: 'BOOT_TEST_FAILED',
+      message: `the image ${b.path} did not boot: its test domain vanished before the guest showed it booted (console: SeaBIOS (version 1.16.0) | Booting from Hard Disk... | Kernel panic - not syncing: No working init found.)`,
+      details: { domain: b.names.domain },
+    });
+    await b.run('remove_boot_test');
+    expect(await leftovers(b.names.domain)).toEqual({ files: [], domain: false });
+  });
+
+  it('a test domain found shut off or crashed fails with its state; an empty console is said so', async () => {
+    for (const [state, shown] of [
+      ['shut off (destroyed)', 'shut off'],
+      ['crashed (panicked)', 'crashed'],
+    ]) {
+      const b = await bootCase('lv-linux-3');
+      lab.faults.add({
+        kind: 'failCommand',
+        host: 'libvirt-host',
+        match: ['virsh', 'domstate', b.names.domain],
+        exitCode: 0,
+        stdout: `${state}\n\n`,
+      });
+      lab.faults.add({
+        kind: 'failCommand',
+        host: 'libvirt-host',
+        match: ['cat', '--', b.names.console],
+        exitCode: 0,
+        stdout: '\r\n\r\n',
+      });
+      const err = await refusal(b.run('boot_test'));
+      expect(err.message).toBe(
+        `the image ${b.path} did not boot: its test domain is ${shown} before the guest showed it booted (the console printed nothing)`,
+      );
+      await b.run('remove_boot_test');
+    }
+  });
+
+  it('a virsh domstate that fails for another reason does not end the wait', async () => {
+    const b = await bootCase('lv-linux-1');
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'libvirt-host',
+      match: ['virsh', 'domstate', b.names.domain],
+      exitCode: 1,
+      stdout: 'shut off (destroyed)\n',
+      stderr: 'error: failed to connect to the hypervisor\n',
+    });
+    const out = await b.run('boot_test');
+    expect(out.facts?.bootTestMs).toBeGreaterThanOrEqual(150);
+  });
+
+  it('a re-run first removes the domain and overlay an earlier attempt left, then boots', async () => {
+    const b = await bootCase('lv-linux-2');
+    lab.faults.add({ kind: 'doesNotBoot', host: 'libvirt-host', mode: 'hang' });
+    await refusal(b.run('boot_test', b.input('boot_test'), 300));
+    expect((await leftovers(b.names.domain)).domain).toBe(true);
+    const out = await b.run('boot_test');
+    expect(out.facts?.bootTestMs).toBeGreaterThanOrEqual(150);
+    expect(await leftovers(b.names.domain)).toEqual({ files: [], domain: false });
+  });
+
+  it('removal tolerates a domain already gone, not running or transient; any other virsh failure stands', async () => {
+    const b = await bootCase('lv-linux-3');
+    for (const [sub, stderr] of [
+      ['destroy', "error: failed to get domain 'x'\n"],
+      ['destroy', 'error: Domain not found: no domain with matching name\n'],
+      ['destroy', 'error: Requested operation is not valid: domain is not running\n'],
+      ['undefine', 'error: Requested operation is not valid: cannot undefine transient domain\n'],
+    ] as const) {
+      lab.faults.add({
+        kind: 'failCommand',
+        host: 'libvirt-host',
+        match: ['virsh', sub, b.names.domain],
+        exitCode: 1,
+        stderr,
+      });
+      expect(await sentDuring(() => b.run('remove_boot_test'))).toEqual(b.removal);
+    }
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'libvirt-host',
+      match: ['virsh', 'undefine', b.names.domain],
+      exitCode: 1,
+      stderr: 'error: internal error: cannot connect to the monitor\n',
+    });
+    const sent: string[] = [];
+    const err = await refusal(
+      sentDuring(() => b.run('remove_boot_test')).then((s) => {
+        sent.push(...s);
+      }),
+    );
+    expect(err).toMatchObject({
+      code: 'COMMAND_FAILED',
+      message: `virsh undefine ${b.names.domain} on libvirt-host failed: error: internal error: cannot connect to the monitor`,
+    });
+    expect(
+      lab
+        .commands('libvirt-host')
+        .map((a) => a.join(' '))
+        .at(-1),
+    ).toBe(`virsh undefine ${b.names.domain}`);
+  });
+
+  it('without a source disk or an image: remove_boot_test sends nothing, boot_test refuses', async () => {
+    const b = await bootCase('lv-linux-1');
+    const sent = await sentDuring(async () => {
+      expect(await b.run('remove_boot_test', b.input('remove_boot_test', {}))).toEqual({});
+      for (const i of [b.input('boot_test', {}), b.input('boot_test', { disk: b.disk }, false)])
+        expect(await refusal(b.run('boot_test', i))).toMatchObject({
+          code: 'COMMAND_FAILED',
+          message: 'boot_test runs after the copy: no image or source disk known',
+        });
+    });
+    expect(sent).toEqual([]);
   });
 });
