@@ -248,19 +248,35 @@ describe('locate_vm and check_target', () => {
       message: `${c} has 2 disks; a capture needs exactly one`,
       details: { disks: [`${c}.vmdk`, 'data.vmdk'] },
     });
-    const nonpersistent = original.replace('scsi0:0.mode = "persistent"', 'scsi0:0.mode = "Nonpersistent"');
-    expect(nonpersistent).not.toBe(original);
+    // Both nonpersistent modes drop the guest's writes (pre_capture's among them) at power-off.
+    for (const mode of ['Nonpersistent', 'independent-nonpersistent']) {
+      const nonpersistent = original.replace('scsi0:0.mode = "persistent"', `scsi0:0.mode = "${mode}"`);
+      expect(nonpersistent).not.toBe(original);
+      lab.faults.add({
+        kind: 'failCommand',
+        host: 'esxi-host',
+        match: ['cat', vmx],
+        exitCode: 0,
+        stdout: nonpersistent,
+      });
+      expect(await refusal(capture(c).run('locate_vm', {})), mode).toMatchObject({
+        code: 'UNSUPPORTED_DISK',
+        message: `${c}'s disk is nonpersistent: its changes are never written`,
+      });
+    }
+    // independent-persistent writes through: captured like persistent.
+    const independent = original.replace(
+      'scsi0:0.mode = "persistent"',
+      'scsi0:0.mode = "independent-persistent"',
+    );
     lab.faults.add({
       kind: 'failCommand',
       host: 'esxi-host',
       match: ['cat', vmx],
       exitCode: 0,
-      stdout: nonpersistent,
+      stdout: independent,
     });
-    expect(await refusal(capture(c).run('locate_vm', {}))).toMatchObject({
-      code: 'UNSUPPORTED_DISK',
-      message: `${c}'s disk is nonpersistent: its changes are never written`,
-    });
+    expect((await capture(c).run('locate_vm', {})).facts?.disk).toBe(`${DS}/${c}/${c}.vmdk`);
     const diskless = original.replace(/^scsi0:0\..*\n/gm, '');
     lab.faults.add({
       kind: 'failCommand',

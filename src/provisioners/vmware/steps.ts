@@ -115,7 +115,8 @@ export async function locateVm(env: DriverEnv, run: CheckRun, list: Checklist): 
         disks: disks.map((d) => d.fileName),
       });
     const disk = disks[0] as (typeof disks)[number];
-    if (disk.mode?.toLowerCase().startsWith('nonpersistent'))
+    // `nonpersistent` and `independent-nonpersistent` both drop the guest's writes at power-off.
+    if (disk.mode?.toLowerCase().endsWith('nonpersistent'))
       throw driverError('UNSUPPORTED_DISK', `${vm}'s disk is nonpersistent: its changes are never written`);
     const diskPath = disk.fileName.startsWith('/')
       ? disk.fileName
