@@ -74,6 +74,8 @@ export const SLICES: Slice[] = [
       'test/drivers/env.test.ts',
       'test/drivers/libvirt-steps.test.ts',
       'test/drivers/libvirt-wait.test.ts',
+      // libvirtPreflight and the boot test steps, which the two above do not reach.
+      'test/drivers/libvirt-preflight-boot.test.ts',
       // parseManifest (verify.ts) against sha256sum's lines.
       'test/drivers/commands.test.ts',
     ],
