@@ -1,7 +1,8 @@
 /**
  * `npm run mutate [-- <slice>... ] [--force]`: runs Stryker once per slice (test/mutation/slices.ts), one
  * after the other, then prints the score per file, per folder and against each target from every
- * slice's last report (reports/mutation/<slice>.json). `--summary` prints the table only.
+ * slice's last report (reports/mutation/<slice>.json, and <slice>.html to browse its survivors in the
+ * source). `--summary` prints the table only.
  */
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, readFileSync } from 'node:fs';
@@ -51,7 +52,7 @@ if (!summaryOnly) {
         '--incrementalFile',
         `reports/incremental-${slice.name}.json`,
         '--reporters',
-        'clear-text,progress,json',
+        'clear-text,progress,json,html',
         ...(force ? ['--force'] : []),
       ],
       { stdio: 'inherit' },
@@ -63,6 +64,7 @@ if (!summaryOnly) {
       process.exit(1);
     }
     copyFileSync('reports/mutation/mutation.json', reportOf(slice));
+    copyFileSync('reports/mutation/mutation.html', `reports/mutation/${slice.name}.html`);
     times.set(slice.name, Date.now() - started);
   }
 }

@@ -121,7 +121,7 @@ export async function libvirtPreflight(
     };
   });
   if (!found) {
-    list.skip('target', `domain ${domain} was not found`);
+    list.skip('target', `the check of domain ${domain} failed`);
     return undefined;
   }
   const { disk, info } = found;
@@ -145,7 +145,7 @@ export async function libvirtPreflight(
         );
       return {
         value: true,
-        detail: `${bootTest.check === 'ssh' ? `SSH banner on 127.0.0.1:${bootTest.port}` : `console line /${bootTest.pattern}/`}}, from an overlay beside the disk`,
+        detail: `${bootTest.check === 'ssh' ? `SSH banner on 127.0.0.1:${bootTest.port}` : `console line /${bootTest.pattern}/`}, from an overlay beside the disk`,
       };
     });
     if (!fits) return undefined;

@@ -107,7 +107,7 @@ export const proxmoxPreflight: Preflight = async (env, run, list, options) => {
   const reached = await checkHosts(env, run, list, TOOLS);
   const vm = reached ? await list.check(`VM ${vmid}`, () => inspectVm(env, run)) : undefined;
   if (vm === undefined) {
-    if (reached) list.skip('target', `VM ${vmid} was not found`);
+    if (reached) list.skip('target', `the check of VM ${vmid} failed`);
     else list.skip(`VM ${vmid}`, 'a host on the path failed its check');
     return undefined;
   }

@@ -210,7 +210,7 @@ export async function vmwarePreflight(
 ): Promise<Facts | undefined> {
   const facts = await locateVm(env, run, list);
   if (facts) return await checkVmTarget(env, run, list, facts, options);
-  list.skip('target and space', `VM ${settings(env).vm} was not found`);
+  list.skip('target and space', `the check of VM ${settings(env).vm} failed`);
   return undefined;
 }
 
