@@ -384,7 +384,8 @@ describe('ensure_node_on', () => {
     const x = capture(node, { remote });
     const started = Date.now();
     await expect(x.go('ensure_node_on', { timeoutMs: 200 })).rejects.toThrow();
-    expect(Date.now() - started).toBeLessThan(2000);
+    // Bounded by the deadline, not by a wait of its own; the margin is for a loaded machine.
+    expect(Date.now() - started).toBeLessThan(5000);
     expect(remote.sent.filter((l) => / on$/.test(l))).toEqual([]);
     // Polled: the power and what runs, more than once.
     expect(remote.sent.filter((l) => l === `nodestat ${node}`).length).toBeGreaterThan(1);
@@ -399,7 +400,8 @@ describe('wait_capture_env', () => {
     const x = capture(node);
     const started = Date.now();
     await expect(x.go('wait_capture_env', { timeoutMs: 150 })).rejects.toThrow();
-    expect(Date.now() - started).toBeLessThan(2000);
+    // Bounded by the deadline, not by a wait of its own; the margin is for a loaded machine.
+    expect(Date.now() - started).toBeLessThan(5000);
     for (const marker of ['capturedone', 'capturefailed']) {
       await put(`${x.image}.${marker}`, '');
       expect(await x.go('wait_capture_env', { timeoutMs: 2000 }), marker).toEqual({});
@@ -452,14 +454,15 @@ describe('watch_upload', () => {
     // Another capture's upload whose name starts alike is not this one's.
     await put(`${REPO}/${x.cap.name}0.img`, Buffer.alloc(100, 1));
     const started = Date.now();
-    expect(await refusal(x.go('watch_upload', { noProgressMs: 250 }))).toMatchObject({
+    expect(await refusal(x.go('watch_upload', { noProgressMs: 1000 }))).toMatchObject({
       code: 'NO_PROGRESS',
-      message: 'the upload made no progress for 250 ms (15 bytes)',
+      message: 'the upload made no progress for 1000 ms (15 bytes)',
     });
     const took = Date.now() - started;
-    // Past the timeout by a poll or so, well before twice it.
-    expect(took).toBeGreaterThanOrEqual(250);
-    expect(took).toBeLessThan(500);
+    // Past the timeout by a poll or so (a poll is an SSH round trip: up to a few hundred ms on a loaded
+    // machine), well before twice it.
+    expect(took).toBeGreaterThanOrEqual(1000);
+    expect(took).toBeLessThan(2000);
     await rm(await lab.realPath(MN, `${REPO}/${x.cap.name}0.img`));
     await rm(await lab.realPath(MN, `${x.image}.log`));
     await x.go('remove_upload');

@@ -262,7 +262,7 @@ describe('HostSlots on a store shared by two runners', () => {
     // The store slot is given back before the local one: the local waiter finds the store free at once.
     const started = performance.now();
     await second.value;
-    expect(performance.now() - started).toBeLessThan(1000);
+    expect(performance.now() - started).toBeLessThan(5000);
     expect(a.usage(HOST)).toEqual({ active: 1, waiting: 0 });
   });
 
@@ -284,7 +284,7 @@ describe('HostSlots on a store shared by two runners', () => {
     const woken = performance.now();
     b.wake(HOST);
     await gotB.value;
-    expect(performance.now() - woken).toBeLessThan(1000);
+    expect(performance.now() - woken).toBeLessThan(5000);
     expect(await storeA.hostSlotUsage()).toEqual([{ host: HOST, kind: 'capture', held: 1 }]);
   });
 
@@ -301,7 +301,7 @@ describe('HostSlots on a store shared by two runners', () => {
     const aborted = performance.now();
     stop.abort();
     await expectVclError(gotB, 'ABORTED', /gave up waiting for a esx-1 slot/);
-    expect(performance.now() - aborted).toBeLessThan(1000);
+    expect(performance.now() - aborted).toBeLessThan(5000);
     expect(b.usage(HOST)).toEqual({ active: 0, waiting: 0 });
     // Only runner A's slot is held.
     expect(await storeB.hostSlotUsage()).toEqual([{ host: HOST, kind: 'capture', held: 1 }]);
@@ -326,7 +326,7 @@ describe('HostSlots on a store shared by two runners', () => {
     stop.abort();
     const started = performance.now();
     await expectVclError(b.acquire(storeB, 'c-b', fb, HOST, stop.signal), 'ABORTED', /esx-1 slot/);
-    expect(performance.now() - started).toBeLessThan(1000);
+    expect(performance.now() - started).toBeLessThan(5000);
     expect(b.usage(HOST)).toEqual({ active: 0, waiting: 0 });
   });
 

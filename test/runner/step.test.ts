@@ -71,6 +71,14 @@ function memoryLogger(): { log: Logger; lines: Record<string, unknown>[] } {
 
 const soon = (ms = 10_000) => Date.now() + ms;
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/**
+ * Until `deadline` (ms since the epoch) has passed by a margin. Deadlines in these tests are a second
+ * away, so that a loaded machine still starts the step before them; a test waits for the deadline to
+ * pass instead of sleeping a fixed time past it.
+ */
+const pastDeadline = async (deadline: number) => {
+  while (Date.now() <= deadline + 20) await delay(10);
+};
 
 /** Resolves when `signal` aborts. */
 const aborted = (signal: AbortSignal) =>
@@ -198,7 +206,7 @@ describe('stepActor', () => {
       throw new VclError('ABORTED', 'aborted');
     };
     const r = await runStep(stepActor('wait_boot', fn, silentLogger()), {
-      deadline: soon(30),
+      deadline: soon(1000),
       step: 'wait_boot',
     }).settled();
     expect(signalAborted).toBe(true);
@@ -211,15 +219,13 @@ describe('stepActor', () => {
 
   it('lets a driver that returns after its deadline succeed, and never tells it less than 1 ms is left', async () => {
     let left = -1;
+    const deadline = soon(1000);
     const fn: StepFn<Input, string> = async (run) => {
-      await delay(40);
+      await pastDeadline(deadline);
       left = run.remainingMs();
       return 'late but done';
     };
-    const r = await runStep(stepActor('slow', fn, silentLogger()), {
-      deadline: soon(5),
-      step: 'slow',
-    }).settled();
+    const r = await runStep(stepActor('slow', fn, silentLogger()), { deadline, step: 'slow' }).settled();
     expect(r).toMatchObject({ state: 'done', output: 'late but done' });
     expect(left).toBe(1);
   });
@@ -250,18 +256,19 @@ describe('stepActor', () => {
       finished = r;
     });
     // The driver ignores the abort for a while: by the time it throws, the deadline has passed too.
+    const deadline = soon(1000);
     const fn: StepFn<Input, string> = async (run) => {
       driverSignal = run.signal;
       try {
         await aborted(run.signal);
-        await delay(50);
+        await pastDeadline(deadline);
         throw new VclError('ABORTED', 'aborted');
       } finally {
         setImmediate(finished);
       }
     };
-    const h = runStep(stepActor('copy', fn, log), { deadline: soon(25), step: 'copy' });
-    await delay(5);
+    const h = runStep(stepActor('copy', fn, log), { deadline, step: 'copy' });
+    await expect.poll(() => driverSignal).toBeDefined();
     expect(driverSignal?.aborted).toBe(false);
     h.leave();
     expect(h.actor.getSnapshot().value).toBe('elsewhere');
