@@ -22,13 +22,12 @@ import {
   syncPaths,
 } from '../../src/drivers/env.js';
 import { manifestLine, verifyArtifact, verifyManifestArtifact } from '../../src/drivers/verify.js';
-import { VclError } from '../../src/errors.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
 import { copyLeftoversCommand, type ExecOptions, type SshHost, SshPool } from '../../src/ssh/index.js';
 import { execResult } from '../helpers/fake-guest.js';
-import { captureOf, driverEnv, stepRun } from './rerun-helpers.js';
+import { captureOf, driverEnv, refusal, stepRun } from './rerun-helpers.js';
 
 let lab: Lab;
 let pool: SshPool;
@@ -45,14 +44,6 @@ afterAll(async () => {
 });
 
 /** What a call throws, as the VclError it must be. */
-async function refusal(p: Promise<unknown>): Promise<VclError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!(err instanceof VclError)) throw new Error(`expected a VclError, got ${String(err)}`);
-  return err;
-}
 
 /** An environment whose hosts answer each command from `answer`; `sent` records what was sent. */
 function scripted(answer: (argv: readonly string[]) => ReturnType<typeof execResult>) {

@@ -10,7 +10,6 @@ import type { CaptureStepInput, Facts } from '../../machines/index.js';
 import type { Remote } from '../../src/drivers/contract.js';
 import type { DriverEnv } from '../../src/drivers/env.js';
 import { Checklist, type PreflightCheck } from '../../src/drivers/preflight.js';
-import { VclError } from '../../src/errors.js';
 import { captureHostsOf, inventoryHosts } from '../../src/inventory/hosts.js';
 import type { Inventory } from '../../src/inventory/schema.js';
 import { startLab } from '../../src/lab/index.js';
@@ -20,7 +19,7 @@ import { labTransientDomains } from '../../src/provisioners/libvirt/lab-commands
 import { libvirtPreflight, libvirtSteps } from '../../src/provisioners/libvirt/steps.js';
 import { SshPool } from '../../src/ssh/index.js';
 import { type BootTestSetting, withBootTest } from '../helpers/boot-test.js';
-import { captureOf, filesWith, stepRun } from './rerun-helpers.js';
+import { captureOf, filesWith, refusal, stepRun } from './rerun-helpers.js';
 
 const IMAGES = '/var/lib/libvirt/images';
 const SSH_PORT = 20122;
@@ -79,15 +78,6 @@ function check(checks: readonly PreflightCheck[], name: string): PreflightCheck 
   const c = checks.find((x) => x.name === name);
   if (!c) throw new Error(`no check ${name} in ${checks.map((x) => x.name).join(', ')}`);
   return c;
-}
-
-async function refusal(p: Promise<unknown>): Promise<VclError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!(err instanceof VclError)) throw new Error(`expected a VclError, got ${String(err)}`);
-  return err;
 }
 
 /** The lines `lab` received on the libvirt host while `fn` ran. */

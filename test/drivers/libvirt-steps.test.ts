@@ -8,13 +8,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Facts } from '../../machines/index.js';
 import type { Remote } from '../../src/drivers/contract.js';
 import type { DriverEnv } from '../../src/drivers/env.js';
-import { VclError } from '../../src/errors.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
 import { libvirtSteps } from '../../src/provisioners/libvirt/steps.js';
 import { SshPool } from '../../src/ssh/index.js';
-import { captureOf, driverEnv, filesWith, stepRun } from './rerun-helpers.js';
+import { captureOf, driverEnv, filesWith, refusal, stepRun } from './rerun-helpers.js';
 
 let separate: Lab;
 let local: Lab;
@@ -75,15 +74,6 @@ async function sentDuring(lab: Lab, host: string, fn: () => Promise<unknown>): P
     .slice(from)
     .filter((e) => e.host === host && e.argv)
     .map((e) => (e.argv as string[]).join(' '));
-}
-
-async function refusal(p: Promise<unknown>): Promise<VclError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!(err instanceof VclError)) throw new Error(`expected a VclError, got ${String(err)}`);
-  return err;
 }
 
 describe('libvirt steps', () => {

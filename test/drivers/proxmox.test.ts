@@ -15,7 +15,7 @@ import { silentLogger } from '../../src/log.js';
 import * as pve from '../../src/provisioners/proxmox/commands.js';
 import { proxmoxSteps, shutdownWaitSeconds } from '../../src/provisioners/proxmox/steps.js';
 import { SshPool } from '../../src/ssh/index.js';
-import { captureOf, driverEnv, filesWith, interceptRemote, stepRun } from './rerun-helpers.js';
+import { captureOf, driverEnv, filesWith, interceptRemote, refusal, stepRun } from './rerun-helpers.js';
 
 /** `qm config 100` of a UEFI VM with a CD drive, a TPM, an unused volume and two disks. */
 const CONFIG = `agent: 1
@@ -36,15 +36,6 @@ virtio0: file=local:100/vm-100-disk-2.qcow2,discard=on,size=100G
 virtio1: local-lvm:vm-100-disk-1,iothread=1,size=32G
 vmgenid: 2b0b0e6c-5d62-4a35-a2d1-0f6f1a9d2c11
 `;
-
-async function refusal(p: unknown): Promise<VclError> {
-  const err = await Promise.resolve(p).then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!(err instanceof VclError)) throw new Error(`expected a VclError, got ${String(err)}`);
-  return err;
-}
 
 /** The typed error `fn` throws (failing the test when it throws nothing or something else). */
 function refused(fn: () => unknown): VclError {

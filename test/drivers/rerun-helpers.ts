@@ -2,11 +2,13 @@
  * Driver steps run one by one against the lab, as the runner runs them: the same DriverEnv built from the
  * inventory (src/runner/execution.ts), and a StepRun with a deadline, an abort signal and `resumed`.
  */
+
 import { readdir, stat } from 'node:fs/promises';
 import type { CaptureStepInput, EndState, OsStepInput } from '../../machines/index.js';
 import { resolveTimeouts } from '../../machines/steps.js';
 import type { Remote, StepRun } from '../../src/drivers/contract.js';
 import type { DriverEnv } from '../../src/drivers/env.js';
+import { VclError } from '../../src/errors.js';
 import { inventoryHosts } from '../../src/inventory/hosts.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
@@ -146,4 +148,14 @@ export function interceptRemote(
     },
     copy: (from, to, options) => remote.copy(from, to, options),
   };
+}
+
+/** The VclError `p` rejects with; fails the test when it resolves or rejects with anything else. */
+export async function refusal(p: unknown): Promise<VclError> {
+  const err = await Promise.resolve(p).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!(err instanceof VclError)) throw new Error(`expected a VclError, got ${String(err)}`);
+  return err;
 }

@@ -10,13 +10,12 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CaptureStepInput, Facts } from '../../machines/index.js';
 import type { Remote } from '../../src/drivers/contract.js';
 import type { CopyStepProgress, DriverEnv } from '../../src/drivers/env.js';
-import { VclError } from '../../src/errors.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { type Logger, silentLogger } from '../../src/log.js';
 import { vmwareSteps } from '../../src/provisioners/vmware/steps.js';
 import { SshPool } from '../../src/ssh/index.js';
-import { captureOf, driverEnv, filesWith, type RunOptions, stepRun } from './rerun-helpers.js';
+import { captureOf, driverEnv, filesWith, type RunOptions, refusal, stepRun } from './rerun-helpers.js';
 
 const DS = '/vmfs/volumes/datastore1';
 const REPO = '/srv/vcl/images';
@@ -80,15 +79,6 @@ function without(tool: string): Remote {
     },
     copy: (from, to, options) => pool.copy(from, to, options),
   };
-}
-
-async function refusal(p: unknown): Promise<VclError> {
-  const err = await Promise.resolve(p).then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!(err instanceof VclError)) throw new Error(`expected a VclError, got ${String(err)}`);
-  return err;
 }
 
 /** Writes a file on a lab host (its folders created), as another program would have left it. */

@@ -10,7 +10,6 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CaptureStepInput, EndState } from '../../machines/index.js';
 import type { Remote } from '../../src/drivers/contract.js';
 import type { CopyStepProgress, DriverEnv } from '../../src/drivers/env.js';
-import { VclError } from '../../src/errors.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
@@ -22,6 +21,7 @@ import {
   filesWith,
   interceptRemote,
   type RunOptions,
+  refusal,
   stepRun,
 } from './rerun-helpers.js';
 
@@ -78,15 +78,6 @@ function without(tool: string): Remote {
     },
     copy: (from, to, options) => pool.copy(from, to, options),
   };
-}
-
-async function refusal(p: unknown): Promise<VclError> {
-  const err = await Promise.resolve(p).then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!(err instanceof VclError)) throw new Error(`expected a VclError, got ${String(err)}`);
-  return err;
 }
 
 /** Writes a file in the repository, as the capture environment (or another capture) would have. */
