@@ -553,9 +553,16 @@ async function cancelScenario(c: Ctx, live: NsDaemon[]): Promise<void> {
   const computers = ['lv-linux-3', 'vm-linux-3', 'xc-linux-3', 'px-linux-3'];
   const delays: number[] = [];
   for (const computer of computers) {
-    // The capture's first command on its own OS hangs (until stopped), so that it is still running
-    // when the cancel comes, however fast the lab is.
-    const hang = c.lab.faults.add({ kind: 'hangCommand', host: computer, match: /./, times: 1 });
+    // Every command on the capture's own OS hangs (until stopped) until the cancel is asked, so that it
+    // is still running when the cancel comes, however fast the lab and however slow the CLI's start. Not
+    // only the first: its first command is a reachability probe, which gives up after its own timeout
+    // and asks again (a loaded run saw the capture complete before the CLI had started).
+    const hang = c.lab.faults.add({
+      kind: 'hangCommand',
+      host: computer,
+      match: /./,
+      times: Number.POSITIVE_INFINITY,
+    });
     const id = await queue(c, computer, `Cancel ${computer}`);
     let owner: NsDaemon | undefined;
     await until(
@@ -589,6 +596,8 @@ async function cancelScenario(c: Ctx, live: NsDaemon[]): Promise<void> {
     cli.stdout?.on('data', (d: Buffer) => (out += d.toString()));
     cli.stderr?.on('data', (d: Buffer) => (out += d.toString()));
     const code = await new Promise<number | null>((resolve) => cli.once('exit', resolve));
+    // The cleanup's own commands must run.
+    hang.clear();
     expect(code, out).toBe(0);
     let reacted: number | undefined;
     let requested: number | undefined;
