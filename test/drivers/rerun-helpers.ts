@@ -159,3 +159,15 @@ export async function refusal(p: unknown): Promise<VclError> {
   if (!(err instanceof VclError)) throw new Error(`expected a VclError, got ${String(err)}`);
   return err;
 }
+
+/** `remote`, except that the hosts' tool check reports `tool` missing (a host without it). */
+export function withoutTool(remote: Remote, tool: string): Remote {
+  return {
+    async exec(host, argv, options) {
+      const r = await remote.exec(host, argv, options);
+      if (argv[0] !== 'sh' || !argv.includes(tool)) return r;
+      return { ...r, stdout: r.stdout.replace(`present ${tool}\n`, `missing ${tool}\n`) };
+    },
+    copy: (from, to, options) => remote.copy(from, to, options),
+  };
+}

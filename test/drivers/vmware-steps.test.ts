@@ -15,7 +15,15 @@ import type { Lab } from '../../src/lab/types.js';
 import { type Logger, silentLogger } from '../../src/log.js';
 import { vmwareSteps } from '../../src/provisioners/vmware/steps.js';
 import { SshPool } from '../../src/ssh/index.js';
-import { captureOf, driverEnv, filesWith, type RunOptions, refusal, stepRun } from './rerun-helpers.js';
+import {
+  captureOf,
+  driverEnv,
+  filesWith,
+  type RunOptions,
+  refusal,
+  stepRun,
+  withoutTool,
+} from './rerun-helpers.js';
 
 const DS = '/vmfs/volumes/datastore1';
 const REPO = '/srv/vcl/images';
@@ -67,18 +75,6 @@ function recordingLog() {
   const lines: { level: number; msg: string; [k: string]: unknown }[] = [];
   const log = pino({ level: 'debug' }, { write: (s: string) => lines.push(JSON.parse(s)) });
   return { log, lines };
-}
-
-/** The transport, except that the hosts' tool check reports `tool` missing (a host without it). */
-function without(tool: string): Remote {
-  return {
-    async exec(host, argv, options) {
-      const r = await pool.exec(host, argv, options);
-      if (argv[0] !== 'sh' || !argv.includes(tool)) return r;
-      return { ...r, stdout: r.stdout.replace(`present ${tool}\n`, `missing ${tool}\n`) };
-    },
-    copy: (from, to, options) => pool.copy(from, to, options),
-  };
 }
 
 /** Writes a file on a lab host (its folders created), as another program would have left it. */
@@ -179,7 +175,7 @@ describe('locate_vm and check_target', () => {
   });
 
   it('refuses a host that lacks a tool the path needs, before touching anything', async () => {
-    const lacking = without('vmkfstools');
+    const lacking = withoutTool(pool, 'vmkfstools');
     expect(await refusal(capture('vm-linux-3', lacking).run('locate_vm', {}))).toMatchObject({
       code: 'PREFLIGHT_TOOL_MISSING',
       message: 'esxi-host lacks vmkfstools (needed as vmware host): install it or fix the PATH of root',

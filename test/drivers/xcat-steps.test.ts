@@ -23,6 +23,7 @@ import {
   type RunOptions,
   refusal,
   stepRun,
+  withoutTool,
 } from './rerun-helpers.js';
 
 const MN = 'xcat-mn';
@@ -66,18 +67,6 @@ function watched(inner: Remote = pool): Remote & { sent: string[] } {
     copy: ((from, to, options) => inner.copy(from, to, options)) as Remote['copy'],
   };
   return w;
-}
-
-/** The transport, except that the hosts' tool check reports `tool` missing (a host without it). */
-function without(tool: string): Remote {
-  return {
-    async exec(host, argv, options) {
-      const r = await pool.exec(host, argv, options);
-      if (argv[0] !== 'sh' || !argv.includes(tool)) return r;
-      return { ...r, stdout: r.stdout.replace(`present ${tool}\n`, `missing ${tool}\n`) };
-    },
-    copy: (from, to, options) => pool.copy(from, to, options),
-  };
 }
 
 /** Writes a file in the repository, as the capture environment (or another capture) would have. */
@@ -155,7 +144,7 @@ describe('check_target', () => {
   });
 
   it('refuses a host that lacks a tool the path needs, before touching anything', async () => {
-    const lacking = without('nodestat');
+    const lacking = withoutTool(pool, 'nodestat');
     expect(await refusal(capture('xc-linux-1', { remote: lacking }).go('check_target'))).toMatchObject({
       code: 'PREFLIGHT_TOOL_MISSING',
       message:
