@@ -1,8 +1,9 @@
 /**
- * `npm run mutate [-- <slice>... ] [--force]`: runs Stryker once per slice (test/mutation/slices.ts), one
- * after the other, then prints the score per file, per folder and against each target from every
- * slice's last report (reports/mutation/<slice>.json, and <slice>.html to browse its survivors in the
- * source). `--summary` prints the table only.
+ * `npm run mutate [-- <slice>... ] [--force] [--concurrency N]`: runs Stryker once per slice
+ * (test/mutation/slices.ts), one after the other, then prints the score per file, per folder and against
+ * each target from every slice's last report (reports/mutation/<slice>.json, and <slice>.html to browse
+ * its survivors in the source). `--summary` prints the table only. `--concurrency N` runs N test-runner
+ * processes instead of stryker.config.mjs's one: for a machine with nothing else to do.
  */
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, readFileSync } from 'node:fs';
@@ -23,7 +24,15 @@ interface Tally {
 const args = process.argv.slice(2);
 const force = args.includes('--force');
 const summaryOnly = args.includes('--summary');
-const names = args.filter((a) => !a.startsWith('--'));
+const concurrencyAt = args.indexOf('--concurrency');
+const concurrency = concurrencyAt >= 0 ? args[concurrencyAt + 1] : undefined;
+if (concurrencyAt >= 0 && !/^[1-9]\d*$/.test(concurrency ?? '')) {
+  console.error(
+    `--concurrency needs a whole number of test-runner processes (got ${concurrency ?? 'nothing'}), e.g. --concurrency 2`,
+  );
+  process.exit(2);
+}
+const names = args.filter((a, i) => !a.startsWith('--') && (concurrencyAt < 0 || i !== concurrencyAt + 1));
 const unknown = names.filter((n) => !SLICES.some((s) => s.name === n));
 if (unknown.length > 0) {
   console.error(
@@ -54,6 +63,7 @@ if (!summaryOnly) {
         '--reporters',
         'clear-text,progress,json,html',
         ...(force ? ['--force'] : []),
+        ...(concurrency ? ['--concurrency', concurrency] : []),
       ],
       { stdio: 'inherit' },
     );
@@ -125,4 +135,6 @@ for (const target of TARGETS) {
 if (times.size > 0) {
   console.log('\nRun time per slice');
   for (const [name, ms] of times) console.log(`  ${name.padEnd(24)} ${(ms / 60_000).toFixed(1)} min`);
+  const total = [...times.values()].reduce((a, b) => a + b, 0);
+  console.log(`  ${'all'.padEnd(24)} ${(total / 60_000).toFixed(1)} min`);
 }
