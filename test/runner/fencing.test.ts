@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { VclError } from '../../src/errors.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
@@ -34,6 +34,11 @@ beforeAll(async () => {
   store = openSqliteStore(dbPath);
 });
 
+// A hang that never fired (its capture stopped before the command) must not hang the next test's copy.
+afterEach(() => {
+  lab.faults.clear();
+});
+
 afterAll(async () => {
   for (const r of runners) await r.close().catch(() => undefined);
   await store?.close();
@@ -48,6 +53,21 @@ function runner(options: Partial<RunnerOptions> & { id: string; store?: CaptureS
 }
 
 const image = (name: string) => ({ osName: 'linux', prettyName: name, owner: 'test' });
+
+/**
+ * The next `qemu-img convert` on the hypervisor hangs until it is killed. `running` holds once that
+ * command runs: not merely any command of copy_image (an earlier quick one), which under load can be the
+ * one a fence or cut stops, leaving the hang for a later copy.
+ */
+function hangConvert() {
+  const hang = lab.faults.add({
+    kind: 'hangCommand',
+    host: 'libvirt-host',
+    match: ['qemu-img', 'convert'],
+    times: 1,
+  });
+  return { running: () => hang.fired > 0 && lab.runningCommands('libvirt-host') > 0 };
+}
 
 /** When (performance.now()) `test` first held, polling every 5 ms; throws after `timeoutMs`. */
 async function whenTrue(test: () => boolean, timeoutMs: number): Promise<number> {
@@ -87,11 +107,11 @@ describe('a runner cut off from the store', () => {
     const leaseMs = 3000;
     const { store: flaky, cut } = cutOffStore(store);
     const a = runner({ id: 'cut-a', store: flaky, leaseMs });
-    lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'], times: 1 });
+    const hang = hangConvert();
     const claimSentBefore = performance.now();
     const handle = await a.capture({ computer: 'lv-linux-1', image: image('Cut') });
     await eventOf(a, handle.id, inState('copy_image'));
-    await whenTrue(() => lab.runningCommands('libvirt-host') > 0, 10_000);
+    await whenTrue(hang.running, 10_000);
     // At least one renewal went through: the cut comes in the middle of a capture's life.
     await whenTrue(() => cut.lastOkSentAt > 0, leaseMs);
     cut.off = true;
@@ -141,10 +161,10 @@ describe('a runner cut off from the store', () => {
 describe('a runner whose capture another runner claimed', () => {
   it('drops it at its next renewal: the step and its command stop, the store keeps the new claim', async () => {
     const a = runner({ id: 'fenced-a', leaseMs: 600 });
-    lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'], times: 1 });
+    const hang = hangConvert();
     const handle = await a.capture({ computer: 'lv-linux-2', image: image('Fenced') });
     await eventOf(a, handle.id, inState('copy_image'));
-    await whenTrue(() => lab.runningCommands('libvirt-host') > 0, 10_000);
+    await whenTrue(hang.running, 10_000);
 
     // Another process decides runner fenced-a is gone and claims the capture (a new generation).
     const other = openSqliteStore(dbPath);
@@ -218,10 +238,10 @@ describe.runIf(postgresAvailable('runner on PostgreSQL'))('a runner on PostgreSQ
     try {
       // Renewal every 20 s: a cancellation seen within 1 s came by the wake, not by the renewal.
       const owner = runner({ id: 'pg-owner', store: mine, leaseMs: 60_000 });
-      lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'], times: 1 });
+      const hang = hangConvert();
       const handle = await owner.capture({ computer: 'lv-linux-5', image: image('Wake') });
       await eventOf(owner, handle.id, inState('copy_image'));
-      await whenTrue(() => lab.runningCommands('libvirt-host') > 0, 10_000);
+      await whenTrue(hang.running, 10_000);
       const left = eventOf(owner, handle.id, (e) => e.type === 'state' && !inState('copy_image')(e));
       const asked = performance.now();
       await other.requestCancel(handle.id, 'operator changed their mind');
