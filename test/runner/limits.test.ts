@@ -244,10 +244,10 @@ describe('HostSlots on a store shared by two runners', () => {
     const b = slots(storeB, 20);
     const release = await a.acquire(storeA, 'c-a', fa, HOST, signal().signal);
     release();
-    await expect.poll(() => storeB.hostSlotUsage()).toEqual([]);
-    await expect.poll(() => a.usage(HOST)).toEqual({ active: 0, waiting: 0 });
+    await expect.poll(() => storeB.hostSlotUsage(), { timeout: 10_000 }).toEqual([]);
+    await expect.poll(() => a.usage(HOST), { timeout: 10_000 }).toEqual({ active: 0, waiting: 0 });
     (await b.acquire(storeB, 'c-b', fb, HOST, signal().signal))();
-    await expect.poll(() => storeB.hostSlotUsage()).toEqual([]);
+    await expect.poll(() => storeB.hostSlotUsage(), { timeout: 10_000 }).toEqual([]);
   });
 
   it('queues this runner’s own captures locally in order, asking the store only for one that fits', async () => {
@@ -275,7 +275,7 @@ describe('HostSlots on a store shared by two runners', () => {
     const gotB = track(b.acquire(storeB, 'c-b', fb, HOST, signal().signal));
     await new Promise((r) => setTimeout(r, 50));
     releaseA();
-    await expect.poll(() => storeB.hostSlotUsage()).toEqual([]);
+    await expect.poll(() => storeB.hostSlotUsage(), { timeout: 10_000 }).toEqual([]);
 
     b.wake('esx-2');
     await new Promise((r) => setTimeout(r, 60));
@@ -313,8 +313,8 @@ describe('HostSlots on a store shared by two runners', () => {
     const stop = signal();
     stop.abort();
     await expectVclError(a.acquire(storeA, 'c-a', fa, HOST, stop.signal), 'ABORTED', /esx-1 slot/);
-    await expect.poll(() => storeA.hostSlotUsage()).toEqual([]);
-    await expect.poll(() => a.usage(HOST)).toEqual({ active: 0, waiting: 0 });
+    await expect.poll(() => storeA.hostSlotUsage(), { timeout: 10_000 }).toEqual([]);
+    await expect.poll(() => a.usage(HOST), { timeout: 10_000 }).toEqual({ active: 0, waiting: 0 });
   });
 
   it('a capture already stopped when it finds the host full gives up at once, not at the next poll', async () => {
@@ -353,7 +353,7 @@ describe('HostSlots on a store shared by two runners', () => {
     const a = new HostSlots(failing, 'capture', () => 1, 20, log);
     const release = await a.acquire(storeA, 'c-a', fa, HOST, signal().signal);
     expect(() => release()).not.toThrow();
-    await expect.poll(() => a.usage(HOST)).toEqual({ active: 0, waiting: 0 });
+    await expect.poll(() => a.usage(HOST), { timeout: 10_000 }).toEqual({ active: 0, waiting: 0 });
     expect(lines).toHaveLength(1);
     const line = JSON.parse(lines[0] ?? '{}') as Record<string, unknown>;
     expect(line).toMatchObject({

@@ -8,7 +8,7 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { parseCommandLine } from '../../src/lab/words.js';
@@ -28,6 +28,11 @@ beforeAll(async () => {
   lab = await startLab({ powerDelayMs: 300, computers: { 'libvirt-linux': 12 } });
   dbPath = join(dir, 'store.sqlite');
   store = openSqliteStore(dbPath);
+});
+
+// A hang whose capture stopped before its command (a cancel, a stop) must not hang a later test's copy.
+afterEach(() => {
+  lab.faults.clear();
 });
 
 afterAll(async () => {
@@ -95,10 +100,17 @@ describe('stop and resume', () => {
     const a = runner('runner-c');
     const logFrom = lab.commandLog.length;
     const source = await lab.diskSha256('lv-linux-2');
-    lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['qemu-img', 'convert'], times: 1 });
+    const hang = lab.faults.add({
+      kind: 'hangCommand',
+      host: 'libvirt-host',
+      match: ['qemu-img', 'convert'],
+      times: 1,
+    });
     const handle = await a.capture({ computer: 'lv-linux-2', image: image('Hung') });
     await eventOf(a, handle.id, inState('copy_image'));
-    await new Promise((r) => setTimeout(r, 200));
+    // In flight once its convert runs (and hangs): a stop before that, under load, would leave the hang
+    // for the resumed convert.
+    await expect.poll(() => hang.fired, { timeout: 10_000 }).toBe(1);
     await a.stop({ timeoutMs: 100 });
     expect((await handle.result).status).toBe('suspended');
     expect((await store.getCapture(handle.id))?.stateValue).toEqual({ capturing: 'copy_image' });
@@ -148,8 +160,10 @@ describe('deadlines across a restart', () => {
     // The step is in flight once its convert runs (the hang fault is then used up, not left for the next
     // test's convert): the copy first takes its host slot in the store, which can take a while under load.
     await expect
-      .poll(() =>
-        lab.commandLog.slice(logFrom).some((e) => e.argv?.[0] === 'qemu-img' && e.argv[1] === 'convert'),
+      .poll(
+        () =>
+          lab.commandLog.slice(logFrom).some((e) => e.argv?.[0] === 'qemu-img' && e.argv[1] === 'convert'),
+        { timeout: 10_000 },
       )
       .toBe(true);
     await a.stop({ timeoutMs: 50 });
@@ -189,7 +203,9 @@ describe('snapshots of another machine version', () => {
     expect(report.failed).toEqual([
       expect.objectContaining({ captureId: handle.id, code: 'SNAPSHOT_INCOMPATIBLE' }),
     ]);
-    await expect.poll(async () => (await store.getCapture(handle.id))?.status).toBe('failed');
+    await expect
+      .poll(async () => (await store.getCapture(handle.id))?.status, { timeout: 10_000 })
+      .toBe('failed');
     const stored = await store.getCapture(handle.id);
     expect(stored?.lastError).toMatchObject({ code: 'SNAPSHOT_INCOMPATIBLE', step: 'resume' });
     expect(stored?.lastError?.message).toMatch(/copy_everything/);

@@ -268,7 +268,7 @@ describe('stepActor', () => {
       }
     };
     const h = runStep(stepActor('copy', fn, log), { deadline, step: 'copy' });
-    await expect.poll(() => driverSignal).toBeDefined();
+    await expect.poll(() => driverSignal, { timeout: 10_000 }).toBeDefined();
     expect(driverSignal?.aborted).toBe(false);
     h.leave();
     expect(h.actor.getSnapshot().value).toBe('elsewhere');
