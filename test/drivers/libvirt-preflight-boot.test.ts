@@ -9,8 +9,6 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CaptureStepInput, Facts } from '../../machines/index.js';
 import type { Remote } from '../../src/drivers/contract.js';
 import type { DriverEnv } from '../../src/drivers/env.js';
-import { Checklist, type PreflightCheck } from '../../src/drivers/preflight.js';
-import { captureHostsOf, inventoryHosts } from '../../src/inventory/hosts.js';
 import type { Inventory } from '../../src/inventory/schema.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
@@ -19,6 +17,7 @@ import { labTransientDomains } from '../../src/provisioners/libvirt/lab-commands
 import { libvirtPreflight, libvirtSteps } from '../../src/provisioners/libvirt/steps.js';
 import { SshPool } from '../../src/ssh/index.js';
 import { type BootTestSetting, withBootTest } from '../helpers/boot-test.js';
+import { changed, check, inventoryEnv, preflightOf as preflightWith, statuses } from './preflight-helpers.js';
 import { captureOf, filesWith, refusal, stepRun } from './rerun-helpers.js';
 
 const IMAGES = '/var/lib/libvirt/images';
@@ -43,41 +42,12 @@ afterAll(async () => {
 
 /** The environment the runner gives a capture of `computer` under `inventory` (changed by the test). */
 function envOf(computer: string, inventory: Inventory = lab.inventory, remote: Remote = pool): DriverEnv {
-  const entry = inventory.computers[computer];
-  if (!entry) throw new Error(`no computer ${computer}`);
-  return {
-    remote,
-    computerName: computer,
-    computer: entry,
-    ...captureHostsOf(inventory, inventoryHosts(inventory), entry),
-    pollMs: 20,
-  };
-}
-
-/** The lab's inventory with `computer`'s entry changed. */
-function changed(computer: string, change: (entry: Record<string, unknown>) => void): Inventory {
-  const inventory = structuredClone(lab.inventory);
-  const entry = inventory.computers[computer];
-  if (!entry) throw new Error(`no computer ${computer}`);
-  change(entry as unknown as Record<string, unknown>);
-  return inventory;
+  return inventoryEnv(inventory, remote, computer);
 }
 
 /** The collecting preflight as `vcl-capture preflight` runs it: every check recorded. */
-async function preflightOf(env: DriverEnv, imageName?: string, target = imageName !== undefined) {
-  const list = new Checklist(false);
-  const run = stepRun({
-    step: 'preflight',
-    ...(imageName === undefined ? {} : { image: { name: imageName } }),
-  });
-  const facts = await libvirtPreflight(env, run, list, { target });
-  return { facts, checks: list.checks, ok: list.ok };
-}
-
-function check(checks: readonly PreflightCheck[], name: string): PreflightCheck {
-  const c = checks.find((x) => x.name === name);
-  if (!c) throw new Error(`no check ${name} in ${checks.map((x) => x.name).join(', ')}`);
-  return c;
+function preflightOf(env: DriverEnv, imageName?: string, target?: boolean) {
+  return preflightWith(libvirtPreflight, env, imageName, target);
 }
 
 /** The lines `lab` received on the libvirt host while `fn` ran. */
@@ -117,8 +87,6 @@ function domblklist(rows: string) {
   };
 }
 
-const statuses = (checks: { name: string; status: string }[]) => checks.map((c) => [c.name, c.status]);
-
 describe('libvirt preflight', () => {
   it('reports each host, the domain with its state and disk, the target free and the room for the copy; returns the facts', async () => {
     lab.faults.add(imageInfo('qcow2', 40 * GiB, 3 * GiB));
@@ -155,7 +123,7 @@ describe('libvirt preflight', () => {
     lab.powerOff('lv-linux-3');
     await lab.waitForPower('lv-linux-3', 'off');
     lab.faults.add(imageInfo('qcow2', 40 * GiB, 3 * GiB));
-    const raw = changed('lv-linux-3', (e) => {
+    const raw = changed(lab.inventory, 'lv-linux-3', (e) => {
       (e.provisioner as { format: string }).format = 'raw';
     });
     const { facts, checks } = await preflightOf(envOf('lv-linux-3', raw), 'linux-Raw1-v0');
@@ -187,7 +155,7 @@ describe('libvirt preflight', () => {
   });
 
   it('a repository on the libvirt host: one host checked, no staging folder', async () => {
-    const local = changed('lv-linux-1', (e) => {
+    const local = changed(lab.inventory, 'lv-linux-1', (e) => {
       e.repository = 'kvm-local';
     });
     const { checks, facts } = await preflightOf(envOf('lv-linux-1', local), 'linux-Pre3-v0');
@@ -204,7 +172,7 @@ describe('libvirt preflight', () => {
   it('a block device disk is copied: its size is its virtual size', async () => {
     lab.faults.add(domblklist(' block     disk     vda      /dev/vg0/lv-linux-1\n'));
     lab.faults.add(imageInfo('raw', 8 * GiB));
-    const local = changed('lv-linux-1', (e) => {
+    const local = changed(lab.inventory, 'lv-linux-1', (e) => {
       e.repository = 'kvm-local';
     });
     const { checks, facts, ok } = await preflightOf(envOf('lv-linux-1', local), 'linux-Blk1-v0');
@@ -239,7 +207,7 @@ describe('libvirt preflight', () => {
   });
 
   it('a domain the libvirt host does not have: NOT_FOUND saying what to fix; the target is skipped', async () => {
-    const gone = changed('lv-linux-1', (e) => {
+    const gone = changed(lab.inventory, 'lv-linux-1', (e) => {
       (e.provisioner as { domain: string }).domain = 'lv-gone';
     });
     const { checks, facts } = await preflightOf(envOf('lv-linux-1', gone), 'linux-Pre5-v0');

@@ -91,6 +91,8 @@ export const SLICES: Slice[] = [
       'test/drivers/vmware-steps.test.ts',
       'test/drivers/xcat-steps.test.ts',
       'test/drivers/proxmox.test.ts',
+      // The three preflights as `vcl-capture preflight` collects them: check names, texts, what is skipped.
+      'test/drivers/provisioner-preflight.test.ts',
     ],
   },
   {
