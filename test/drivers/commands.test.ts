@@ -140,6 +140,17 @@ describe('libvirt commands', () => {
     expect(codeOf(() => firstDisk(devices.slice(0, 2)))).toBe('NO_DISK');
     expect(codeOf(() => parseDomblklist('Type Device Target Source Bus\n'))).toBe('PARSE_FAILED');
   });
+
+  it('leaves the fields of a row cut short empty, so that it is no disk to capture', () => {
+    const cut = parseDomblklist(
+      ' Type   Device   Target   Source\n------------------------\n file   disk\n block\n',
+    );
+    expect(cut).toEqual([
+      { type: 'file', device: 'disk', target: '', source: '' },
+      { type: 'block', device: '', target: '', source: '' },
+    ]);
+    expect(codeOf(() => firstDisk(cut))).toBe('NO_DISK');
+  });
 });
 
 describe('VMware commands', () => {
