@@ -377,6 +377,46 @@ ${consoleDevices('/var/lib/libvirt/images/.vcl-boot-c-7.console.log')}  <qemu:co
 `);
   });
 
+  it("keeps the disk's own serial number, and drops a backing chain given in the definition, nested as libvirt prints it", () => {
+    const source = `<domain type='kvm'>
+  <name>db-01</name>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/db-01.qcow2'/>
+      <backingStore type='file'>
+        <format type='qcow2'/>
+        <source file='/var/lib/libvirt/images/base.qcow2'/>
+        <backingStore type='file'>
+          <format type='raw'/>
+          <source file='/var/lib/libvirt/images/base.img'/>
+          <backingStore/>
+        </backingStore>
+      </backingStore>
+      <target dev='vda' bus='virtio'/>
+      <serial>WD-WCC4N1234567</serial>
+    </disk>
+    <serial type='pty'>
+      <target type='isa-serial' port='0'/>
+    </serial>
+    <console type='pty'/>
+  </devices>
+</domain>
+`;
+    const n = bootTestNames('/var/lib/libvirt/images', 'c-9');
+    expect(bootTestDomainXml(source, { names: n })).toBe(`<domain type='kvm'>
+  <name>vcl-boot-c-9</name>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/.vcl-boot-c-9.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+      <serial>WD-WCC4N1234567</serial>
+    </disk>
+${consoleDevices('/var/lib/libvirt/images/.vcl-boot-c-9.console.log')}</domain>
+`);
+  });
+
   it('adds the console to a domain that had none, and leaves no blank line where its network was', () => {
     const n = bootTestNames('/var/lib/libvirt/images', 'c-9');
     const desktop = `<domain type='kvm'>

@@ -138,8 +138,9 @@ export function bootTestDomainXml(
     .replace(/<name>[^<]*<\/name>/, `<name>${xmlAttr(names.domain)}</name>`)
     .replace(/\s*<uuid>[^<]*<\/uuid>/, '')
     .replace(/\s*<interface\b[\s\S]*?<\/interface>/g, '')
-    .replace(/\s*<(serial|console)\b[^>]*\/>/g, '')
-    .replace(/\s*<(serial|console)\b[\s\S]*?<\/\1>/g, '')
+    // The devices, which always carry a type: not a disk's own `<serial>WD-123</serial>` (its by-id name).
+    .replace(/\s*<(serial|console)\s[^>]*\/>/g, '')
+    .replace(/\s*<(serial|console)\s[^>]*>[\s\S]*?<\/\1>/g, '')
     .replace(/\s*<qemu:commandline>[\s\S]*?<\/qemu:commandline>/g, '');
   let first = true;
   xml = xml.replace(
@@ -155,7 +156,9 @@ export function bootTestDomainXml(
           /<source\b[^>]*\/>|<source\b[^>]*>[\s\S]*?<\/source>/,
           `<source file='${xmlAttr(names.overlay)}'/>`,
         )
-        .replace(/\s*<backingStore\b[\s\S]*?(<\/backingStore>|\/>)/g, '');
+        // The overlay names its backing file itself. A chain given in the definition nests (its own
+        // <format/>, <source/> and next <backingStore>): all of it goes, up to its last closing tag.
+        .replace(/\s*<backingStore\b(?:[^>]*\/>|[\s\S]*<\/backingStore>)/, '');
       return `${indent}<disk type='file' device='disk'>${inner}</disk>`;
     },
   );
