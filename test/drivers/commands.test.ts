@@ -20,6 +20,7 @@ import {
   noSpace,
   parseGetallvms,
   parsePowerState,
+  parseVmdkExtents,
   parseVmxDisks,
   referenceVmx,
   sparseSetFiles,
@@ -288,6 +289,73 @@ describe('VMware commands', () => {
       { key: 'scsi1:3', fileName: 'two words.vmdk', mode: 'independent-persistent' },
       { key: 'scsi0:10', fileName: 'unit10.vmdk', mode: undefined },
     ]);
+  });
+
+  it('reads the extents of a disk descriptor: ZERO ones without a file, commented-out ones skipped', () => {
+    const descriptor = [
+      '# Disk DescriptorFile',
+      'version=1',
+      'CID=fffffffe',
+      'createType="twoGbMaxExtentSparse"',
+      '',
+      '# Extent description',
+      'RW 4192256 SPARSE "img-s001.vmdk"',
+      'RDONLY 4192256 SPARSE "img-s002.vmdk"',
+      'NOACCESS 2048 ZERO',
+      '# RW 4192256 SPARSE "img-old-s001.vmdk"',
+      '#RW 4192256 SPARSE "img-old-s002.vmdk"',
+      '',
+      '# The Disk Data Base',
+      '#DDB',
+      'ddb.adapterType = "lsilogic"',
+    ].join('\n');
+    expect(parseVmdkExtents(descriptor)).toEqual([
+      { access: 'RW', sectors: 4192256, type: 'SPARSE', file: 'img-s001.vmdk' },
+      { access: 'RDONLY', sectors: 4192256, type: 'SPARSE', file: 'img-s002.vmdk' },
+      { access: 'NOACCESS', sectors: 2048, type: 'ZERO', file: undefined },
+    ]);
+    expect(parseVmdkExtents('RW 2048 ZERO\n')).toEqual([
+      { access: 'RW', sectors: 2048, type: 'ZERO', file: undefined },
+    ]);
+    expect(() => parseVmdkExtents('# Disk DescriptorFile\nversion=1\n# RW 8 VMFS "a.vmdk"\n')).toThrow(
+      'the disk descriptor lists no extent (RW <sectors> ...)',
+    );
+    expect(codeOf(() => parseVmdkExtents("cat: can't open 'x.vmdk': No such file or directory\n"))).toBe(
+      'PARSE_FAILED',
+    );
+  });
+
+  it('does not take an advanced setting that only contains a disk key for a disk', () => {
+    // guestinfo.* keys are free-form settings (vSphere's ExtraConfig) that land in the .vmx.
+    const vmx = [
+      'scsi0:0.fileName = "vm1.vmdk"',
+      'guestinfo.seed.scsi0:1.fileName = "seed.vmdk"',
+      'scsi0:2.fileName.orig = "old.vmdk"',
+    ].join('\n');
+    expect(parseVmxDisks(vmx)).toEqual([{ key: 'scsi0:0', fileName: 'vm1.vmdk', mode: undefined }]);
+  });
+
+  it('rewrites hand-edited .vmx lines (blanks around "=") and leaves comments and look-alike settings alone', () => {
+    const vmx = [
+      '# displayName = "from the template"',
+      '# ethernet0.generatedAddress = "00:0c:29:00:00:02"',
+      'displayName="vm-linux-1"',
+      '  scsi0:0.fileName   =   "vm-linux-1.vmdk"',
+      'ethernet0.generatedAddress  =  "00:0c:29:00:00:01"',
+      'guestinfo.uuid.bios = "kept by the guest"',
+    ].join('\n');
+    expect(referenceVmx(vmx, 'img-v0.vmdk', 'img-v0')).toBe(
+      [
+        '# displayName = "from the template"',
+        '# ethernet0.generatedAddress = "00:0c:29:00:00:02"',
+        'displayName = "img-v0"',
+        'scsi0:0.fileName = "img-v0.vmdk"',
+        'guestinfo.uuid.bios = "kept by the guest"',
+      ].join('\n'),
+    );
+    expect(() =>
+      referenceVmx('scsi0:0.fileName = "a.vmdk"\nscsi0:1.fileName = "b.vmdk"\n', 'x.vmdk', 'x'),
+    ).toThrow('the .vmx declares 2 disks; a capture needs exactly one');
   });
 
   it('tells vmkfstools output that needs a repair or a full datastore from other failures', () => {

@@ -11,18 +11,21 @@ import { freeBytes } from '../../src/drivers/preflight.js';
 import {
   allocationCommand,
   dfCommand,
+  formatBytes,
   hasToolCommand,
   MARGIN,
   parseAllocation,
   parseDf,
   parseTools,
   parseVmfs,
+  REPOSITORY_TOOLS,
   requiredBytes,
   TOOLS_SCRIPT,
   toolsCommand,
   toolsFor,
   vmfsCommand,
 } from '../../src/drivers/preflight-commands.js';
+import { isVclError } from '../../src/errors.js';
 import { TOOLS as LIBVIRT_TOOLS } from '../../src/provisioners/libvirt/commands.js';
 import { TOOLS as VMWARE_TOOLS } from '../../src/provisioners/vmware/commands.js';
 import { TOOLS as XCAT_TOOLS } from '../../src/provisioners/xcat/commands.js';
@@ -191,5 +194,182 @@ describe('on a real POSIX shell, behind the transport’s exec prefix', () => {
     const r = viaShell(dfCommand(tmpdir()));
     expect(r.code).toBe(0);
     expect(parseDf(r.stdout).availableBytes).toBeGreaterThan(0);
+  });
+});
+
+/** The code and message of the error a call throws, as the operator reads them (undefined: no throw). */
+function refusal(f: () => unknown): { code: string; message: string } | undefined {
+  try {
+    f();
+  } catch (e) {
+    return isVclError(e)
+      ? { code: e.code, message: e.message }
+      : { code: 'not a VclError', message: String(e) };
+  }
+  return undefined;
+}
+
+const DF_HEADER = 'Filesystem         1-blocks        Used   Available Capacity Mounted on';
+
+describe('df -P -B1, as Debian 12 prints it', () => {
+  it('reads a pseudo file system with no capacity ("-") and columns padded with several blanks', () => {
+    const out = `${DF_HEADER}\nproc                      0           0           0        - /proc\n`;
+    expect(parseDf(out)).toEqual({ totalBytes: 0, availableBytes: 0, mountedOn: '/proc' });
+    const tmpfs = `${DF_HEADER}\ntmpfs           25276157952           0 25276157952       0% /dev/shm\n`;
+    expect(parseDf(tmpfs)).toEqual({
+      totalBytes: 25276157952,
+      availableBytes: 25276157952,
+      mountedOn: '/dev/shm',
+    });
+  });
+
+  it('skips blank lines around and between the header and the file system line', () => {
+    const out = `\n   \n${DF_HEADER}   \n\n  \n/dev/vda       270553174016 27615629312 81328664576      26% /srv/vcl\n\n`;
+    expect(parseDf(out)).toEqual({
+      totalBytes: 270553174016,
+      availableBytes: 81328664576,
+      mountedOn: '/srv/vcl',
+    });
+  });
+
+  it('names the output it could not read: no header (the first 200 characters), no file system line', () => {
+    const notDf = `df: invalid option -- 'B'${'.'.repeat(300)}`;
+    expect(refusal(() => parseDf(notDf))).toEqual({
+      code: 'PARSE_FAILED',
+      message: `df -P -B1 printed no header: ${JSON.stringify(notDf.slice(0, 200))}`,
+    });
+    expect(refusal(() => parseDf(`${DF_HEADER}\n`))).toEqual({
+      code: 'PARSE_FAILED',
+      message: 'cannot read df -P -B1 output: ""',
+    });
+    // A mount point that is not an absolute path: the line is not read as one.
+    const line = '/dev/vda 270553174016 27615629312 81328664576 26% srv';
+    expect(refusal(() => parseDf(`${DF_HEADER}\n${line}\n`))).toEqual({
+      code: 'PARSE_FAILED',
+      message: `cannot read df -P -B1 output: ${JSON.stringify(line)}`,
+    });
+  });
+});
+
+describe('vmkfstools -P, as ESXi 8 prints it', () => {
+  it('finds the Capacity line among the others, leading blanks included', () => {
+    const out = [
+      '',
+      'VMFS-6.82 (Raw Major Version: 24) file system spanning 1 partitions.',
+      'File system label (if any): datastore 2',
+      'Mode: public',
+      '  Capacity 1798967459840 (1715616 file blocks * 1048576), 851521388544 (812074 blocks) avail, max supported file size 70368744177664',
+      'Disk Block Size: 512/512/0',
+      'UUID: 5a1b2c3d-4e5f6071-8293-a4b5c6d7e8f9',
+      'Partitions spanned (on "lvm"):',
+      '\tnaa.6000c29a1b2c3d4e5f60718293a4b5c6:3',
+      'Is Native Snapshot Capable: NO',
+      '',
+    ].join('\n');
+    expect(parseVmfs(out)).toEqual({ totalBytes: 1798967459840, availableBytes: 851521388544 });
+  });
+
+  it('names the output it could not read (its first 200 characters)', () => {
+    const out = `Could not retrieve attributes of /vmfs/volumes/nope${' '.repeat(250)}x`;
+    expect(refusal(() => parseVmfs(out))).toEqual({
+      code: 'PARSE_FAILED',
+      message: `cannot read vmkfstools -P output: ${JSON.stringify(out.slice(0, 200))}`,
+    });
+  });
+});
+
+describe("stat -c '%s %b %B'", () => {
+  it('reads the line with blanks around it', () => {
+    expect(parseAllocation('  8589934592 16777216 512 \n')).toEqual({
+      sizeBytes: 8589934592,
+      allocatedBytes: 8589934592,
+    });
+  });
+
+  it('refuses output besides the one line (a login script that prints), naming it', () => {
+    for (const out of ['Welcome to esx01\n4194304 248 512\n', '4194304 248 512\nWelcome to esx01\n'])
+      expect(refusal(() => parseAllocation(out))).toEqual({
+        code: 'PARSE_FAILED',
+        message: `cannot read stat -c '%s %b %B': ${JSON.stringify(out)}`,
+      });
+  });
+});
+
+describe('the folders and tools asked about', () => {
+  it('refuses a relative path, an option and a NUL in a path, naming it', () => {
+    expect(refusal(() => dfCommand('-h'))).toEqual({
+      code: 'COMMAND_FAILED',
+      message: 'not an absolute path: "-h"',
+    });
+    expect(refusal(() => vmfsCommand('vmfs/volumes/ds1'))).toEqual({
+      code: 'COMMAND_FAILED',
+      message: 'not an absolute path: "vmfs/volumes/ds1"',
+    });
+    expect(refusal(() => allocationCommand('/vmfs/a\0b'))).toEqual({
+      code: 'COMMAND_FAILED',
+      message: 'not an absolute path: "/vmfs/a\\u0000b"',
+    });
+  });
+
+  it('refuses a tool name that is not one word, naming it', () => {
+    expect(refusal(() => toolsCommand(['virsh', 'virsh; reboot']))).toEqual({
+      code: 'COMMAND_FAILED',
+      message: 'not a tool name: "virsh; reboot"',
+    });
+    expect(refusal(() => hasToolCommand('zstd; reboot'))).toEqual({
+      code: 'COMMAND_FAILED',
+      message: 'not a tool name: "zstd; reboot"',
+    });
+    expect(refusal(() => hasToolCommand('-v'))).toEqual({
+      code: 'COMMAND_FAILED',
+      message: 'not a tool name: "-v"',
+    });
+    expect(hasToolCommand('zstd').at(-1)).toBe('zstd');
+  });
+
+  it('asks a repository host for the repository tools only, when its provisioner names none of its own', () => {
+    expect(toolsFor(['repository'], VMWARE_TOOLS)).toEqual(['cat', 'mv', 'sync', 'stat', 'sha256sum', 'df']);
+    expect(toolsFor(['repository'], { host: ['x'] })).toEqual([...REPOSITORY_TOOLS]);
+  });
+
+  it('reads report lines with blanks or a carriage return around them', () => {
+    expect(parseTools('  present virsh \r\nmissing qemu-img\r\n', ['virsh', 'qemu-img'])).toEqual({
+      missing: ['qemu-img'],
+    });
+  });
+
+  it('does not take a line that only contains a report for one, and names every tool left unreported', () => {
+    const out = 'note: missing virsh\npresent qemu-img (from /etc/profile)\n';
+    expect(refusal(() => parseTools(out, ['virsh', 'qemu-img']))).toEqual({
+      code: 'PARSE_FAILED',
+      message: 'the tool check did not report virsh, qemu-img',
+    });
+  });
+});
+
+describe('the margin, at its boundary', () => {
+  const GiB = 1024 ** 3;
+  it('is 1 GiB up to a 20 GiB copy, and 5 % (rounded up) past it', () => {
+    expect(requiredBytes(20 * GiB - 20)).toBe(21 * GiB - 20);
+    expect(requiredBytes(20 * GiB)).toBe(21 * GiB);
+    expect(requiredBytes(20 * GiB + 20)).toBe(21 * GiB + 21);
+    expect(requiredBytes(20 * GiB + 1)).toBe(21 * GiB + 2);
+  });
+});
+
+describe('bytes as the preflight report shows them', () => {
+  it('switches unit at 1024, with one decimal and the exact count', () => {
+    expect(formatBytes(0)).toBe('0 bytes');
+    expect(formatBytes(1023)).toBe('1023 bytes');
+    expect(formatBytes(1024)).toBe('1.0 KiB (1024 bytes)');
+    expect(formatBytes(1024 ** 2 - 1)).toBe('1024.0 KiB (1048575 bytes)');
+    expect(formatBytes(1024 ** 2)).toBe('1.0 MiB (1048576 bytes)');
+    expect(formatBytes(13207024435)).toBe('12.3 GiB (13207024435 bytes)');
+    expect(formatBytes(3.5 * 1024 ** 4)).toBe('3.5 TiB (3848290697216 bytes)');
+  });
+
+  it('stops at PiB, however large', () => {
+    expect(formatBytes(2 ** 53)).toBe('8.0 PiB (9007199254740992 bytes)');
+    expect(formatBytes(1024 ** 6)).toBe('1024.0 PiB (1152921504606847000 bytes)');
   });
 });
