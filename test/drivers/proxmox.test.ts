@@ -301,6 +301,28 @@ describe('Proxmox steps: deadlines, refusals and settings', () => {
     });
   });
 
+  it('inspect_vm: a host device passed through is UNSUPPORTED_DISK, before any pvesm path', async () => {
+    const remote = watched();
+    separate.faults.add({
+      kind: 'failCommand',
+      host: 'pve-node',
+      match: ['qm', 'config'],
+      exitCode: 0,
+      stdout:
+        'boot: order=scsi1;net0\nname: px-linux-1\nscsi0: local-lvm:vm-10001-disk-0,size=32G\nscsi1: /dev/disk/by-id/ata-WDC_WD40EFRX-68N32N0_WD-WCC7K1234567,size=3907018584K\n',
+    });
+    expect(
+      await refusal(inspected(separate, 'px-linux-1', remote, (p) => ({ ...p, disk: 'scsi1' }))),
+    ).toMatchObject({
+      code: 'UNSUPPORTED_DISK',
+      message:
+        'scsi1 of VM 10001 is the host device /dev/disk/by-id/ata-WDC_WD40EFRX-68N32N0_WD-WCC7K1234567 passed through, not a storage volume: a capture copies a volume (name another disk with provisioner.disk of px-linux-1)',
+      details: { disk: 'scsi1', volid: '/dev/disk/by-id/ata-WDC_WD40EFRX-68N32N0_WD-WCC7K1234567' },
+    });
+    expect(remote.sent.filter((l) => l.startsWith('pvesm '))).toEqual([]);
+    separate.faults.clear();
+  });
+
   it('stages in the inventory’s stagingDir; verify_image finds a flipped byte; remove_copy sends nothing without a target', async () => {
     const remote = watched();
     const c = await inspected(separate, 'px-linux-3', remote, (p) => ({ ...p, stagingDir: '/root' }));
