@@ -1,142 +1,23 @@
 /**
- * Proxmox VE: the qm/pvesm parsers on the formats qm(1) and pvesm(1) print, and the steps one by one
- * against the lab's node: which disk is captured (and which configurations are refused), the commands
- * the power steps send, and a sparse copy of a block device, staged and streamed or converted in place.
+ * Proxmox VE: the steps one by one against the lab's node: which disk is captured (and which
+ * configurations are refused), the commands the power steps send, and a sparse copy of a block device,
+ * staged and streamed or converted in place. The qm/pvesm command lines and parsers alone, which need no
+ * lab, are in proxmox-commands.test.ts.
  */
 import { stat } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Facts } from '../../machines/index.js';
 import type { Remote } from '../../src/drivers/contract.js';
 import type { DriverEnv } from '../../src/drivers/env.js';
-import { VclError } from '../../src/errors.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
-import * as pve from '../../src/provisioners/proxmox/commands.js';
 import { proxmoxSteps, shutdownWaitSeconds } from '../../src/provisioners/proxmox/steps.js';
 import { SshPool } from '../../src/ssh/index.js';
 import { captureOf, driverEnv, filesWith, interceptRemote, refusal, stepRun } from './rerun-helpers.js';
 
-/** `qm config 100` of a UEFI VM with a CD drive, a TPM, an unused volume and two disks. */
-const CONFIG = `agent: 1
-bios: ovmf
-boot: order=virtio1;ide2;net0
-cores: 4
-efidisk0: local-lvm:vm-100-disk-0,efitype=4m,pre-enrolled-keys=1,size=4M
-ide2: local:iso/debian-12.5.0-amd64-netinst.iso,media=cdrom,size=629M
-memory: 8192
-meta: creation-qemu=8.1.5,ctime=1712345678
-name: web1
-net0: virtio=BC:24:11:5E:2A:01,bridge=vmbr0,firewall=1
-ostype: l26
-scsihw: virtio-scsi-single
-tpmstate0: local-lvm:vm-100-disk-3,size=4M,version=v2.0
-unused0: local-lvm:vm-100-disk-4
-virtio0: file=local:100/vm-100-disk-2.qcow2,discard=on,size=100G
-virtio1: local-lvm:vm-100-disk-1,iothread=1,size=32G
-vmgenid: 2b0b0e6c-5d62-4a35-a2d1-0f6f1a9d2c11
-`;
-
-/** The typed error `fn` throws (failing the test when it throws nothing or something else). */
-function refused(fn: () => unknown): VclError {
-  const thrown = (() => {
-    try {
-      fn();
-    } catch (err) {
-      return err;
-    }
-    return undefined;
-  })();
-  expect(thrown).toBeInstanceOf(VclError);
-  return thrown as VclError;
-}
-
-describe('qm and pvesm output', () => {
-  it('reads the disks of qm config: no CD, EFI, TPM or unused volume; file= or bare volume ids', () => {
-    const config = pve.parseQmConfig(CONFIG);
-    expect(pve.vmDisks(config)).toEqual([
-      { key: 'virtio0', volid: 'local:100/vm-100-disk-2.qcow2', size: '100G' },
-      { key: 'virtio1', volid: 'local-lvm:vm-100-disk-1', size: '32G' },
-    ]);
-    expect(pve.bootOrder(config)).toEqual(['virtio1', 'ide2', 'net0']);
-    expect(pve.bootOrder(new Map([['bootdisk', 'scsi0']]))).toEqual(['scsi0']);
-    // A snapshot section's keys are not the current configuration.
-    expect(
-      pve.vmDisks(pve.parseQmConfig('scsi0: local-lvm:vm-1-disk-0,size=1G\n[before]\nscsi1: x:y\n')),
-    ).toHaveLength(1);
-    expect(refused(() => pve.parseQmConfig('\n'))).toMatchObject({ code: 'PARSE_FAILED' });
-  });
-
-  it('captures the only disk or the one named; several and none named is refused, naming the boot disk', () => {
-    const config = pve.parseQmConfig(CONFIG);
-    expect(pve.chooseDisk(config, 'virtio0').volid).toBe('local:100/vm-100-disk-2.qcow2');
-    expect(refused(() => pve.chooseDisk(config, undefined))).toMatchObject({
-      code: 'AMBIGUOUS',
-      message:
-        'the VM has 2 disks (virtio0, virtio1; it boots from virtio1): name the one to capture in provisioner.disk',
-    });
-    expect(refused(() => pve.chooseDisk(config, 'scsi0'))).toMatchObject({
-      code: 'NO_DISK',
-      message: 'the VM has no disk scsi0 (its disks: virtio0, virtio1)',
-    });
-    const one = pve.parseQmConfig('ide2: none,media=cdrom\nscsi0: local-lvm:vm-101-disk-0,size=8G\n');
-    expect(pve.chooseDisk(one, undefined)).toEqual({
-      key: 'scsi0',
-      volid: 'local-lvm:vm-101-disk-0',
-      size: '8G',
-    });
-    expect(
-      refused(() => pve.chooseDisk(pve.parseQmConfig('ide2: none,media=cdrom\n'), undefined)),
-    ).toMatchObject({
-      code: 'NO_DISK',
-    });
-  });
-
-  it('tells a block device from an image file by pvesm path; a volume without a local path is refused', () => {
-    expect(pve.parsePvesmPath('/dev/pve/vm-100-disk-1\n', 'local-lvm:vm-100-disk-1')).toEqual({
-      path: '/dev/pve/vm-100-disk-1',
-      block: true,
-      format: 'raw',
-    });
-    expect(pve.parsePvesmPath('/dev/zvol/rpool/data/vm-100-disk-1\n', 'local-zfs:vm-100-disk-1').block).toBe(
-      true,
-    );
-    expect(
-      pve.parsePvesmPath('/var/lib/vz/images/100/vm-100-disk-2.qcow2\n', 'local:100/vm-100-disk-2.qcow2'),
-    ).toEqual({ path: '/var/lib/vz/images/100/vm-100-disk-2.qcow2', block: false, format: 'qcow2' });
-    expect(
-      refused(() => pve.parsePvesmPath('rbd:rbd/vm-100-disk-0:mon_host=10.0.0.1\n', 'ceph:vm-100-disk-0')),
-    ).toMatchObject({
-      code: 'UNSUPPORTED_DISK',
-    });
-    expect(
-      refused(() => pve.parsePvesmPath('/mnt/pve/nfs/images/100/x.img\n', 'nfs:100/x.img')),
-    ).toMatchObject({
-      code: 'UNSUPPORTED_DISK',
-    });
-  });
-
-  it('reads qm status and a shutdown that timed out', () => {
-    expect(pve.parseQmStatus('status: stopped\n')).toBe('stopped');
-    expect(pve.parseQmStatus('status: running\n')).toBe('running');
-    expect(refused(() => pve.parseQmStatus('VM 100 not running\n'))).toMatchObject({ code: 'PARSE_FAILED' });
-    expect(pve.shutdownTimedOut('VM quit/powerdown failed - got timeout\n')).toBe(true);
-    expect(pve.shutdownTimedOut("VM 100 qmp command 'system_powerdown' failed\n")).toBe(false);
-  });
-
-  it('builds command lines only from a VM id and a volume id, never from an option or a path', () => {
-    expect(pve.qm.shutdown(100, 30.7)).toEqual(['qm', 'shutdown', '100', '--timeout', '30']);
-    expect(pve.pvesm.path('local:100/vm-100-disk-2.qcow2')).toEqual([
-      'pvesm',
-      'path',
-      'local:100/vm-100-disk-2.qcow2',
-    ]);
-    for (const vmid of [99, 100.5, Number.NaN, 1e10])
-      expect(refused(() => pve.qm.status(vmid)).code).toBe('COMMAND_FAILED');
-    for (const volid of ['--help', 'local:../../etc/shadow', '/dev/sda', 'local:a b'])
-      expect(refused(() => pve.pvesm.path(volid)).code).toBe('COMMAND_FAILED');
-  });
-
+/** The qm shutdown timeout the request step gives (a pure function of steps.ts, kept beside its steps). */
+describe('the qm shutdown wait', () => {
   it('lets qm shutdown wait the power-off timeout within the request step, at least a second', () => {
     expect(shutdownWaitSeconds(300_000, 120_000)).toBe(115);
     expect(shutdownWaitSeconds(30_000, 120_000)).toBe(30);
@@ -418,6 +299,28 @@ describe('Proxmox steps: deadlines, refusals and settings', () => {
         'pve-node has no VM 999: fix provisioner.vmid (or provisioner.host, the node it runs on) of px-linux-1 in the inventory',
       details: { vmid: 999 },
     });
+  });
+
+  it('inspect_vm: a host device passed through is UNSUPPORTED_DISK, before any pvesm path', async () => {
+    const remote = watched();
+    separate.faults.add({
+      kind: 'failCommand',
+      host: 'pve-node',
+      match: ['qm', 'config'],
+      exitCode: 0,
+      stdout:
+        'boot: order=scsi1;net0\nname: px-linux-1\nscsi0: local-lvm:vm-10001-disk-0,size=32G\nscsi1: /dev/disk/by-id/ata-WDC_WD40EFRX-68N32N0_WD-WCC7K1234567,size=3907018584K\n',
+    });
+    expect(
+      await refusal(inspected(separate, 'px-linux-1', remote, (p) => ({ ...p, disk: 'scsi1' }))),
+    ).toMatchObject({
+      code: 'UNSUPPORTED_DISK',
+      message:
+        'scsi1 of VM 10001 is the host device /dev/disk/by-id/ata-WDC_WD40EFRX-68N32N0_WD-WCC7K1234567 passed through, not a storage volume: a capture copies a volume (name another disk with provisioner.disk of px-linux-1)',
+      details: { disk: 'scsi1', volid: '/dev/disk/by-id/ata-WDC_WD40EFRX-68N32N0_WD-WCC7K1234567' },
+    });
+    expect(remote.sent.filter((l) => l.startsWith('pvesm '))).toEqual([]);
+    separate.faults.clear();
   });
 
   it('stages in the inventory’s stagingDir; verify_image finds a flipped byte; remove_copy sends nothing without a target', async () => {

@@ -41,6 +41,8 @@ export const SLICES: Slice[] = [
       'test/drivers/os-plans.test.ts',
       'test/drivers/preflight-commands.test.ts',
       'test/drivers/boot-test-commands.test.ts',
+      // qm/pvesm/qemu-img argv and parsers of proxmox/commands.ts, without proxmox.test.ts's lab.
+      'test/drivers/proxmox-commands.test.ts',
       'test/lab/power.test.ts',
       'test/lab/copies.test.ts',
       'test/lab/faults.test.ts',

@@ -80,6 +80,13 @@ async function inspectVm(env: DriverEnv, run: PreflightRun) {
       : driverError('COMMAND_FAILED', `qm config ${vmid} on ${host.name} failed: ${r.stderr.trim()}`);
   const config = parseQmConfig(r.stdout);
   const disk = chooseDisk(config, wanted);
+  // A host device passed through (`scsi1: /dev/disk/by-id/…`) is no volume of a storage: no pvesm path.
+  if (disk.volid.startsWith('/'))
+    throw driverError(
+      'UNSUPPORTED_DISK',
+      `${disk.key} of VM ${vmid} is the host device ${disk.volid} passed through, not a storage volume: a capture copies a volume (name another disk with provisioner.disk of ${env.computerName})`,
+      { disk: disk.key, volid: disk.volid },
+    );
   const source = parsePvesmPath((await exec(host, pvesm.path(disk.volid))).stdout, disk.volid);
   const info = parseImageInfo((await exec(host, qemuImg.info(source.path, source.format))).stdout);
   const status = parseQmStatus((await exec(host, qm.status(vmid))).stdout);
