@@ -257,6 +257,19 @@ describe('a capture machine run with scripted effects', () => {
     );
   });
 
+  it('boots the verified image only when the check step found the inventory asks for a boot test', async () => {
+    const withFact = (bootTest: unknown) =>
+      runCapture('libvirt', { answers: { inspect_domain: { output: { facts: { bootTest } } } } });
+    const tested = await withFact(true);
+    expect(tested.steps.slice(-3)).toEqual(['verify_image', 'boot_test', 'record_revision']);
+    expect(tested.output.status).toBe('completed');
+    for (const value of [false, undefined, 'true']) {
+      const untested = await withFact(value);
+      expect(untested.steps).not.toContain('boot_test');
+      expect(untested.steps.slice(-2)).toEqual(['verify_image', 'record_revision']);
+    }
+  });
+
   it('releases a touched computer to maintenance and an untouched one back (releaseOutcome)', () => {
     expect(releaseOutcome({ touched: true })).toBe('maintenance');
     expect(releaseOutcome({ touched: false })).toBe('restore');

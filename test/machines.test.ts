@@ -268,6 +268,28 @@ describe('OS sub-machine defaults and boot ids', () => {
     expect(output).toEqual({ ok: true, touched: true, powerState: 'off', warnings: [] });
   });
 
+  it('counts the computer touched from the first step that changes it, not the check before it', async () => {
+    /** The Linux OS machine with `failing` failing and every other step succeeding. */
+    const failAt = async (failing: string) => {
+      const actors = Object.fromEntries(
+        effectNames(linuxMachine).map((name) => [
+          name,
+          fromPromise<OsStepOutput, OsStepInput>(async () => {
+            if (name === failing) throw Object.assign(new Error('no'), { code: 'COMMAND_FAILED' });
+            return {};
+          }),
+        ]),
+      );
+      const actor = createActor(linuxMachine.provide({ actors }), {
+        input: { computer: 'pc1', image: { name: 'x-A1-v0', imageId: 1, revision: 0 }, endState: 'off' },
+      }).start();
+      return (await waitFor(actor, (s) => s.status === 'done')).output;
+    };
+    // ensure_responding only connects: a computer that refuses us there is handed back as it was.
+    expect(await failAt('ensure_responding')).toMatchObject({ ok: false, touched: false });
+    expect(await failAt('write_metadata')).toMatchObject({ ok: false, touched: true });
+  });
+
   it('refuses an OS definition that uses a step id twice, naming that step', () => {
     const third = LINUX_STEPS[2];
     if (!third) throw new Error('fewer than 3 Linux steps');
