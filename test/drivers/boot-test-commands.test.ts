@@ -3,6 +3,7 @@
  * `virsh dumpxml --inactive` (libvirt 9, the e2e suite's kind of domain: kernel boot, user network with a
  * forwarded port through QEMU arguments, a second data disk, a serial console on a pty).
  */
+
 import { describe, expect, it } from 'vitest';
 import { isVclError } from '../../src/errors.js';
 import {
@@ -14,6 +15,7 @@ import {
   SSH_BANNER_SCRIPT,
   sshBannerProbe,
 } from '../../src/provisioners/libvirt/commands.js';
+import { thrownBy } from './rerun-helpers.js';
 
 const DUMPXML = `<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>vm1</name>
@@ -260,18 +262,6 @@ const consoleDevices = (path: string) => `    <serial type='file'>
   </devices>
 `;
 
-/** The error a call throws, as an operator reads it: its code and message. */
-function failure(f: () => unknown): { code: string; message: string } | undefined {
-  try {
-    f();
-  } catch (e) {
-    return isVclError(e)
-      ? { code: e.code, message: e.message }
-      : { code: 'not a VclError', message: String(e) };
-  }
-  return undefined;
-}
-
 describe('boot test definition, exactly', () => {
   it('names the files in dir however many slashes end it, and accepts capture ids of 1 to 63 characters', () => {
     expect(bootTestNames('/var/lib/libvirt/images//', 'c-42')).toEqual({
@@ -283,7 +273,7 @@ describe('boot test definition, exactly', () => {
     expect(bootTestNames('/srv', '7').overlay).toBe('/srv/.vcl-boot-7.qcow2');
     const longest = `c${'1'.repeat(62)}`;
     expect(bootTestNames('/srv/', longest).domain).toBe(`vcl-boot-${longest}`);
-    expect(failure(() => bootTestNames('/srv', '../x'))).toEqual({
+    expect(thrownBy(() => bootTestNames('/srv', '../x'))).toEqual({
       code: 'PARSE_FAILED',
       message: 'a capture id unfit for a domain or file name: "../x"',
     });
@@ -489,10 +479,12 @@ ${consoleDevices('/var/lib/libvirt/images/.vcl-boot-c-9.console.log')}</domain>
     const n = bootTestNames('/var/lib/libvirt/images', 'c-42');
     const noDevices = "<domain type='kvm'>\n  <name>vm1</name>\n</domain>\n";
     const unreadable = { code: 'PARSE_FAILED', message: 'virsh dumpxml printed no <domain> with <devices>' };
-    expect(failure(() => bootTestDomainXml(noDevices, { names: n }))).toEqual(unreadable);
-    expect(failure(() => bootTestDomainXml('error: failed to get domain', { names: n }))).toEqual(unreadable);
+    expect(thrownBy(() => bootTestDomainXml(noDevices, { names: n }))).toEqual(unreadable);
+    expect(thrownBy(() => bootTestDomainXml('error: failed to get domain', { names: n }))).toEqual(
+      unreadable,
+    );
     const diskless = DUMPXML.replace(/<disk type='(file|block)' device='disk'>[\s\S]*?<\/disk>/g, '');
-    expect(failure(() => bootTestDomainXml(diskless, { names: n }))).toEqual({
+    expect(thrownBy(() => bootTestDomainXml(diskless, { names: n }))).toEqual({
       code: 'NO_DISK',
       message: 'the domain definition has no disk with a source to boot the image from',
     });
@@ -506,7 +498,7 @@ ${consoleDevices('/var/lib/libvirt/images/.vcl-boot-c-9.console.log')}</domain>
       bus: 'pci.0',
       slot: 0x03,
     });
-    expect(failure(() => freeRootSlot(`${slot(3)}\n${upper}`))).toEqual({
+    expect(thrownBy(() => freeRootSlot(`${slot(3)}\n${upper}`))).toEqual({
       code: 'PARSE_FAILED',
       message: "the domain definition leaves no free slot on its root PCI bus for the boot test's NIC",
     });

@@ -3,6 +3,7 @@
  * -B1` (Debian's coreutils 9.1), ESXi's `vmkfstools -P` (VMFS and NFS volumes), `stat -c '%s %b %B'`,
  * and the tool check's own report.
  */
+
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { describe, expect, it } from 'vitest';
@@ -25,12 +26,12 @@ import {
   toolsFor,
   vmfsCommand,
 } from '../../src/drivers/preflight-commands.js';
-import { isVclError } from '../../src/errors.js';
 import { TOOLS as LIBVIRT_TOOLS } from '../../src/provisioners/libvirt/commands.js';
 import { TOOLS as VMWARE_TOOLS } from '../../src/provisioners/vmware/commands.js';
 import { TOOLS as XCAT_TOOLS } from '../../src/provisioners/xcat/commands.js';
 import type { SshHost } from '../../src/ssh/index.js';
 import { toCommandLine } from '../../src/ssh/quote.js';
+import { thrownBy } from './rerun-helpers.js';
 
 describe('df -P -B1', () => {
   it('reads the available bytes of the file system holding the folder', () => {
@@ -197,18 +198,6 @@ describe('on a real POSIX shell, behind the transport’s exec prefix', () => {
   });
 });
 
-/** The code and message of the error a call throws, as the operator reads them (undefined: no throw). */
-function refusal(f: () => unknown): { code: string; message: string } | undefined {
-  try {
-    f();
-  } catch (e) {
-    return isVclError(e)
-      ? { code: e.code, message: e.message }
-      : { code: 'not a VclError', message: String(e) };
-  }
-  return undefined;
-}
-
 const DF_HEADER = 'Filesystem         1-blocks        Used   Available Capacity Mounted on';
 
 describe('df -P -B1, as Debian 12 prints it', () => {
@@ -234,17 +223,17 @@ describe('df -P -B1, as Debian 12 prints it', () => {
 
   it('names the output it could not read: no header (the first 200 characters), no file system line', () => {
     const notDf = `df: invalid option -- 'B'${'.'.repeat(300)}`;
-    expect(refusal(() => parseDf(notDf))).toEqual({
+    expect(thrownBy(() => parseDf(notDf))).toEqual({
       code: 'PARSE_FAILED',
       message: `df -P -B1 printed no header: ${JSON.stringify(notDf.slice(0, 200))}`,
     });
-    expect(refusal(() => parseDf(`${DF_HEADER}\n`))).toEqual({
+    expect(thrownBy(() => parseDf(`${DF_HEADER}\n`))).toEqual({
       code: 'PARSE_FAILED',
       message: 'cannot read df -P -B1 output: ""',
     });
     // A mount point that is not an absolute path: the line is not read as one.
     const line = '/dev/vda 270553174016 27615629312 81328664576 26% srv';
-    expect(refusal(() => parseDf(`${DF_HEADER}\n${line}\n`))).toEqual({
+    expect(thrownBy(() => parseDf(`${DF_HEADER}\n${line}\n`))).toEqual({
       code: 'PARSE_FAILED',
       message: `cannot read df -P -B1 output: ${JSON.stringify(line)}`,
     });
@@ -271,7 +260,7 @@ describe('vmkfstools -P, as ESXi 8 prints it', () => {
 
   it('names the output it could not read (its first 200 characters)', () => {
     const out = `Could not retrieve attributes of /vmfs/volumes/nope${' '.repeat(250)}x`;
-    expect(refusal(() => parseVmfs(out))).toEqual({
+    expect(thrownBy(() => parseVmfs(out))).toEqual({
       code: 'PARSE_FAILED',
       message: `cannot read vmkfstools -P output: ${JSON.stringify(out.slice(0, 200))}`,
     });
@@ -288,7 +277,7 @@ describe("stat -c '%s %b %B'", () => {
 
   it('refuses output besides the one line (a login script that prints), naming it', () => {
     for (const out of ['Welcome to esx01\n4194304 248 512\n', '4194304 248 512\nWelcome to esx01\n'])
-      expect(refusal(() => parseAllocation(out))).toEqual({
+      expect(thrownBy(() => parseAllocation(out))).toEqual({
         code: 'PARSE_FAILED',
         message: `cannot read stat -c '%s %b %B': ${JSON.stringify(out)}`,
       });
@@ -297,30 +286,30 @@ describe("stat -c '%s %b %B'", () => {
 
 describe('the folders and tools asked about', () => {
   it('refuses a relative path, an option and a NUL in a path, naming it', () => {
-    expect(refusal(() => dfCommand('-h'))).toEqual({
+    expect(thrownBy(() => dfCommand('-h'))).toEqual({
       code: 'COMMAND_FAILED',
       message: 'not an absolute path: "-h"',
     });
-    expect(refusal(() => vmfsCommand('vmfs/volumes/ds1'))).toEqual({
+    expect(thrownBy(() => vmfsCommand('vmfs/volumes/ds1'))).toEqual({
       code: 'COMMAND_FAILED',
       message: 'not an absolute path: "vmfs/volumes/ds1"',
     });
-    expect(refusal(() => allocationCommand('/vmfs/a\0b'))).toEqual({
+    expect(thrownBy(() => allocationCommand('/vmfs/a\0b'))).toEqual({
       code: 'COMMAND_FAILED',
       message: 'not an absolute path: "/vmfs/a\\u0000b"',
     });
   });
 
   it('refuses a tool name that is not one word, naming it', () => {
-    expect(refusal(() => toolsCommand(['virsh', 'virsh; reboot']))).toEqual({
+    expect(thrownBy(() => toolsCommand(['virsh', 'virsh; reboot']))).toEqual({
       code: 'COMMAND_FAILED',
       message: 'not a tool name: "virsh; reboot"',
     });
-    expect(refusal(() => hasToolCommand('zstd; reboot'))).toEqual({
+    expect(thrownBy(() => hasToolCommand('zstd; reboot'))).toEqual({
       code: 'COMMAND_FAILED',
       message: 'not a tool name: "zstd; reboot"',
     });
-    expect(refusal(() => hasToolCommand('-v'))).toEqual({
+    expect(thrownBy(() => hasToolCommand('-v'))).toEqual({
       code: 'COMMAND_FAILED',
       message: 'not a tool name: "-v"',
     });
@@ -340,7 +329,7 @@ describe('the folders and tools asked about', () => {
 
   it('does not take a line that only contains a report for one, and names every tool left unreported', () => {
     const out = 'note: missing virsh\npresent qemu-img (from /etc/profile)\n';
-    expect(refusal(() => parseTools(out, ['virsh', 'qemu-img']))).toEqual({
+    expect(thrownBy(() => parseTools(out, ['virsh', 'qemu-img']))).toEqual({
       code: 'PARSE_FAILED',
       message: 'the tool check did not report virsh, qemu-img',
     });

@@ -160,6 +160,18 @@ export async function refusal(p: unknown): Promise<VclError> {
   return err;
 }
 
+/** The code and message of the error `f` throws, as the operator reads them (undefined: no throw). */
+export function thrownBy(f: () => unknown): { code: string; message: string } | undefined {
+  try {
+    f();
+  } catch (e) {
+    return e instanceof VclError
+      ? { code: e.code, message: e.message }
+      : { code: 'not a VclError', message: String(e) };
+  }
+  return undefined;
+}
+
 /** `remote`, except that the hosts' tool check reports `tool` missing (a host without it). */
 export function withoutTool(remote: Remote, tool: string): Remote {
   return {
