@@ -32,7 +32,11 @@ export default {
   htmlReporter: { fileName: 'reports/mutation/mutation.html' },
   jsonReporter: { fileName: 'reports/mutation/mutation.json' },
   thresholds: { high: 85, low: 75, break: null },
-  timeoutMS: 30_000,
+  // A mutant that freezes its tests (an eventless cleanup loop that never ends) is stopped after 1.5 × its
+  // tests' dry-run time + this + the runner's overhead. Just above vitest.mutate.config.ts's testTimeout
+  // (10 s): a test that waits its whole testTimeout fails as itself (killed), only a frozen process is
+  // left to this timeout, and each of those costs 12 s instead of 30.
+  timeoutMS: 12_000,
   tempDirName: '.stryker-tmp',
   cleanTempDir: 'always',
 };
