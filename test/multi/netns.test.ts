@@ -601,20 +601,31 @@ async function cancelScenario(c: Ctx, live: NsDaemon[]): Promise<void> {
     expect(code, out).toBe(0);
     let reacted: number | undefined;
     let requested: number | undefined;
-    await until(
-      async () => {
-        const d = (await c.store.getCapture(id)) as CaptureDetail;
-        const i = d.events.findIndex((e) => e.type === 'capture.cancel_requested');
-        const reaction = d.events
-          .slice(i + 1)
-          .find((e) => e.type === 'state.entered' && JSON.stringify(e.stateValue).includes('cleanup'));
-        requested = Date.parse(d.events[i]?.at ?? '');
-        reacted = reaction === undefined ? undefined : Date.parse(reaction.at);
-        return reacted !== undefined;
-      },
-      10_000,
-      `${computer}: the owner to enter cleanup`,
-    );
+    let events: CaptureDetail['events'] = [];
+    try {
+      await until(
+        async () => {
+          const d = (await c.store.getCapture(id)) as CaptureDetail;
+          events = d.events;
+          const i = d.events.findIndex((e) => e.type === 'capture.cancel_requested');
+          const reaction = d.events
+            .slice(i + 1)
+            .find((e) => e.type === 'state.entered' && JSON.stringify(e.stateValue).includes('cleanup'));
+          requested = Date.parse(d.events[i]?.at ?? '');
+          reacted = reaction === undefined ? undefined : Date.parse(reaction.at);
+          return reacted !== undefined;
+        },
+        10_000,
+        `${computer}: the owner to enter cleanup`,
+      );
+    } catch (err) {
+      // Seen once in a clean-clone CI run (px-linux-3, 2026-12-04 20:38): keep what tells where it stuck.
+      const lines = events.map((e) => `${e.at} ${e.type} ${JSON.stringify(e.stateValue ?? '')}`);
+      const ownerLog = (owner?.log ?? '').split('\n').slice(-40).join('\n');
+      throw new Error(
+        `${(err as Error).message}\nowner runner-${owner?.index}, alive ${owner?.alive}; the cancel CLI said: ${out}\nthe capture's events:\n${lines.join('\n')}\nthe owner's last log lines:\n${ownerLog}`,
+      );
+    }
     delays.push((reacted ?? 0) - (requested ?? 0));
     await until(
       async () => isFinished((await c.store.getCaptureRecord(id))?.status),
