@@ -354,7 +354,7 @@ export function execute(
     const rerun = snapshot === undefined ? new Set<string>() : inFlightSteps(snapshot);
     const steps = captureSteps(x, store, record, fence, env, {
       warnings: () => warnings,
-      writes: () => recorder.written,
+      writes: () => recorder.flushed(),
       log,
       rerun,
     });
@@ -555,6 +555,18 @@ class TransitionRecorder {
   private key(): string {
     const os = this.osChild()?.getSnapshot() as { value?: unknown } | undefined;
     return JSON.stringify([this.actor.getSnapshot().value, os?.value ?? null]);
+  }
+
+  /**
+   * Settles when the transition into the state being entered is written too. xstate starts a state's
+   * invoked step before it tells observers of that state, so a closing step (record_revision,
+   * release_computer) that flushed on its first line waited only for the writes before its own state's:
+   * a slow write of that state then came after the closing transaction and was refused (its audit event
+   * lost). One microtask lets the observer queue that write first.
+   */
+  async flushed(): Promise<void> {
+    await Promise.resolve();
+    await this.written;
   }
 
   /** Records the state the capture (and its OS sub-machine) is in now, if it changed; true if it did. */
