@@ -12,6 +12,7 @@ import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { createRunner, type Runner } from '../../src/runner/runner.js';
 import { openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
+import { overriding } from '../helpers/store-override.js';
 
 let lab: Lab;
 let store: SqliteCaptureStore;
@@ -440,13 +441,9 @@ describe('readiness', () => {
     // Once `locked`, the store answers everything but the renewal of leases, as a database locked by
     // another writer would.
     let locked = false;
-    const failing = new Proxy(other, {
-      get(target, key) {
-        if (key === 'renewLeases' && locked)
-          return async () => Promise.reject(new Error('database is locked'));
-        const v = Reflect.get(target, key, target);
-        return typeof v === 'function' ? v.bind(target) : v;
-      },
+    const failing = overriding(other, {
+      renewLeases: async (...args) =>
+        locked ? Promise.reject(new Error('database is locked')) : other.renewLeases(...args),
     });
     const r3 = createRunner({ inventory: lab.inventory, store: failing, pollMs: 20, leaseMs: 3000 });
     const s3 = await startApiServer({ runner: r3, store: failing });

@@ -3,7 +3,6 @@
  * `virsh dumpxml --inactive` (libvirt 9, the e2e suite's kind of domain: kernel boot, user network with a
  * forwarded port through QEMU arguments, a second data disk, a serial console on a pty).
  */
-
 import { describe, expect, it } from 'vitest';
 import { isVclError } from '../../src/errors.js';
 import {

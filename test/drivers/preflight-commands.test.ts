@@ -3,7 +3,6 @@
  * -B1` (Debian's coreutils 9.1), ESXi's `vmkfstools -P` (VMFS and NFS volumes), `stat -c '%s %b %B'`,
  * and the tool check's own report.
  */
-
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { describe, expect, it } from 'vitest';

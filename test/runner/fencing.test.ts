@@ -20,6 +20,7 @@ import {
 } from '../../src/store/index.js';
 import { clusterForSuite, postgresAvailable } from '../helpers/postgres.js';
 import { eventOf, inState } from '../helpers/runner-events.js';
+import { overriding } from '../helpers/store-override.js';
 
 let lab: Lab;
 let store: SqliteCaptureStore;
@@ -82,21 +83,16 @@ async function whenTrue(test: () => boolean, timeoutMs: number): Promise<number>
 /** The store, with lease renewals that fail while `cut.off` (the runner cut off from its database). */
 function cutOffStore(inner: CaptureStore) {
   const cut = { off: false, lastOkSentAt: 0, failed: 0 };
-  const store = new Proxy(inner, {
-    get(target, key) {
-      if (key === 'renewLeases')
-        return async (owner: string, leaseMs: number) => {
-          const sentAt = performance.now();
-          if (cut.off) {
-            cut.failed += 1;
-            throw new VclError('STORE_ERROR', 'renewLeases failed in the database: connection refused');
-          }
-          const owned = await target.renewLeases(owner, leaseMs);
-          cut.lastOkSentAt = Math.max(cut.lastOkSentAt, sentAt);
-          return owned;
-        };
-      const value: unknown = Reflect.get(target, key, target);
-      return typeof value === 'function' ? value.bind(target) : value;
+  const store = overriding(inner, {
+    renewLeases: async (owner, leaseMs) => {
+      const sentAt = performance.now();
+      if (cut.off) {
+        cut.failed += 1;
+        throw new VclError('STORE_ERROR', 'renewLeases failed in the database: connection refused');
+      }
+      const owned = await inner.renewLeases(owner, leaseMs);
+      cut.lastOkSentAt = Math.max(cut.lastOkSentAt, sentAt);
+      return owned;
     },
   });
   return { store, cut };

@@ -13,6 +13,7 @@ import {
   openSqliteStore,
   type SqliteCaptureStore,
 } from '../../src/store/index.js';
+import { overriding } from '../helpers/store-override.js';
 import { expectVclError, REPO, seed, tempFolder } from '../store/helpers.js';
 
 /** Lets every promise already settled run its callbacks (and a store call on SQLite finish). */
@@ -343,12 +344,8 @@ describe('HostSlots on a store shared by two runners', () => {
     const fa = await claimed(storeA, 'c-a', 'runner-a');
     const lines: string[] = [];
     const log = pino({ level: 'warn' }, { write: (line: string) => lines.push(line) });
-    const failing = new Proxy(storeA, {
-      get(target, key) {
-        if (key === 'releaseHostSlot') return async () => Promise.reject(new Error('database is locked'));
-        const value: unknown = Reflect.get(target, key, target);
-        return typeof value === 'function' ? value.bind(target) : value;
-      },
+    const failing = overriding(storeA, {
+      releaseHostSlot: async () => Promise.reject(new Error('database is locked')),
     });
     const a = new HostSlots(failing, 'capture', () => 1, 20, log);
     const release = await a.acquire(storeA, 'c-a', fa, HOST, signal().signal);

@@ -13,6 +13,7 @@ import { labComputerName, startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { createRunner, type Runner } from '../../src/runner/runner.js';
 import { type CaptureStore, openSqliteStore, type SqliteCaptureStore } from '../../src/store/index.js';
+import { overriding } from '../helpers/store-override.js';
 
 /** Each transition write waits this long first, as on a loaded database server. */
 const SLOW_WRITE_MS = 150;
@@ -24,16 +25,10 @@ let dir: string;
 
 /** The store, with every recordTransition delayed (fault injection; the real SQLite store underneath). */
 function slowTransitions(real: SqliteCaptureStore): CaptureStore {
-  return new Proxy(real, {
-    get(target, prop) {
-      const value: unknown = Reflect.get(target, prop, target);
-      if (typeof value !== 'function') return value;
-      if (prop === 'recordTransition')
-        return async (...args: unknown[]) => {
-          await sleep(SLOW_WRITE_MS);
-          return (value as (...a: unknown[]) => unknown).apply(target, args);
-        };
-      return (value as (...a: unknown[]) => unknown).bind(target);
+  return overriding<CaptureStore>(real, {
+    recordTransition: async (...args) => {
+      await sleep(SLOW_WRITE_MS);
+      return real.recordTransition(...args);
     },
   });
 }
