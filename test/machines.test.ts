@@ -298,6 +298,13 @@ describe('OS sub-machine defaults and boot ids', () => {
     ).toThrow(`OS machine linux: step id ${third.id} is used twice`);
   });
 
+  it('runs an OS with no pre_capture steps straight to the requested end state', async () => {
+    const bare = createOsMachine({ id: 'linux', steps: [], supportsSysprep: false });
+    const { inputs, output } = await runOs(bare, { endState: 'reboot' }, { wait_up: { bootId: 'b2' } });
+    expect(Object.keys(inputs)).toEqual(['reboot', 'wait_down', 'wait_up']);
+    expect(output).toEqual({ ok: true, touched: true, powerState: 'on', bootId: 'b2', warnings: [] });
+  });
+
   it('records a step that does not apply here as a NOT_APPLICABLE warning, and goes on', async () => {
     const { output } = await runOs(
       linuxMachine,

@@ -365,10 +365,11 @@ describe('taggedRemote', () => {
     const earlier = await earlierTags(['esx-1', OLD_A]);
     const fake = new FakeRemote(store);
     const remote = taggedRemote(fake, store, CAPTURE, earlier, silentLogger());
-    await expectVclError(remote.exec(esx, ['ls'], { signal: AbortSignal.abort() }), 'ABORTED');
+    await expectVclError(remote.exec(esx, ['ls'], { signal: AbortSignal.abort() }), 'ABORTED', /^aborted$/);
     await expectVclError(
       remote.copy({ path: '/tmp/a' }, { host: repo, path: '/b' }, { signal: AbortSignal.abort() }),
       'ABORTED',
+      /^aborted$/,
     );
     await remote.exec(esx, ['df']);
     expect(fake.sweepCalls).toHaveLength(1);

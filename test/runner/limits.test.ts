@@ -137,6 +137,25 @@ describe('Limiter', () => {
     expect(limiter.usage('esx-1')).toEqual({ active: 1, waiting: 0 });
   });
 
+  it('ignores an abort after a waited-for slot was granted: the capture queued behind keeps its place', async () => {
+    const limiter = new Limiter(() => 1);
+    const holder = await limiter.acquire('esx-1');
+    const stop = new AbortController();
+    const waited = limiter.acquire('esx-1', stop.signal);
+    holder();
+    const release = await waited;
+    const behind = track(limiter.acquire('esx-1'));
+    expect(limiter.usage('esx-1')).toEqual({ active: 1, waiting: 1 });
+    // The capture that got its slot is stopped: its abort must not touch the queue it has left.
+    stop.abort();
+    await settle();
+    expect(behind.done()).toBe(false);
+    expect(limiter.usage('esx-1')).toEqual({ active: 1, waiting: 1 });
+    release();
+    (await behind.value)();
+    expect(limiter.usage('esx-1')).toEqual({ active: 0, waiting: 0 });
+  });
+
   it('keeps keys apart: a full key does not hold back another, each with its own limit', async () => {
     const limits: Record<string, number> = { 'esx-1': 1, 'esx-2': 2 };
     const limiter = new Limiter((key) => limits[key] ?? 0);

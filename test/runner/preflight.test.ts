@@ -348,6 +348,39 @@ describe('preflight on demand', () => {
     ]);
   });
 
+  it('stops when the caller’s signal aborts: the check that was waiting fails with SSH_ABORTED', async () => {
+    const hang = lab.faults.add({ kind: 'hangCommand', host: 'libvirt-host', match: ['virsh', 'domstate'] });
+    const stop = new AbortController();
+    try {
+      const running = preflight({
+        inventory: lab.inventory,
+        computer: 'lv-linux-1',
+        remote,
+        signal: stop.signal,
+      });
+      // Stopped while `virsh domstate` hangs: without the caller's signal it would wait out commandMs.
+      await expect.poll(() => hang.fired, { timeout: 10_000 }).toBe(1);
+      stop.abort();
+      const report = await running;
+      expect(report.ok).toBe(false);
+      expect(report.error).toEqual({
+        code: 'SSH_ABORTED',
+        message: 'virsh on libvirt-host was aborted',
+        check: 'domain lv-linux-1',
+      });
+      expect(report.checks.slice(0, 6).map((c) => [c.name, c.status])).toEqual([
+        ['reach libvirt-host', 'ok'],
+        ['tools on libvirt-host', 'ok'],
+        ['reach repo-host', 'ok'],
+        ['tools on repo-host', 'ok'],
+        ['domain lv-linux-1', 'failed'],
+        ['target', 'skipped'],
+      ]);
+    } finally {
+      hang.clear();
+    }
+  });
+
   it('refuses an unknown computer and a bad image name before any host is asked', async () => {
     const sent = lab.commandLog.length;
     await expect(preflight({ inventory: lab.inventory, computer: 'nope', remote })).rejects.toMatchObject({

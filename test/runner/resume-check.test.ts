@@ -279,6 +279,28 @@ describe('snapshotProblem', () => {
     expect(snapshotProblem(m, s, [...KEYS, 'onlyInParent'])).toBe('harness: context lacks onlyInParent');
   });
 
+  it('checks every running sub-machine, not only the first one', () => {
+    const two = setup({ actors: { sub: subMachine() } }).createMachine({
+      id: 'two',
+      type: 'parallel',
+      states: {
+        a: { invoke: { id: 'first', src: 'sub' } },
+        b: { invoke: { id: 'second', src: 'sub' } },
+      },
+    });
+    const s = persisted(two);
+    expect(Object.keys(s.children).sort()).toEqual(['first', 'second']);
+    expect(snapshotProblem(two, s, [])).toBeUndefined();
+    // Each one broken while the other is sound: whichever is looked at first, the broken one is found.
+    for (const id of ['first', 'second']) {
+      const broken = structuredClone(s);
+      delete broken.children[id].snapshot.children.inner;
+      expect(snapshotProblem(two, broken, []), id).toBe(
+        `two.${id}: state invokes 'inner' but the snapshot has no such child`,
+      );
+    }
+  });
+
   it('does not look into a sub-machine that has finished', () => {
     const s = persisted(m, { type: 'NEST' });
     s.children.os.snapshot.status = 'done';

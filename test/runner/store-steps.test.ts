@@ -161,6 +161,14 @@ describe('reserve', () => {
     await expectVclError(step(steps(), 'reserve')(run(queued, 'reserve')), 'COMPUTER_BUSY', /holder/);
     expect((await store.getCaptureRecord('c-1'))?.status).toBe('queued');
   });
+
+  it('fails with the store’s NOT_FOUND for a capture and computer the store does not know', async () => {
+    const queued = await create({ reserve: false });
+    const ghost = run(queued, 'reserve', { captureId: 'ghost', computer: 'pc-99' });
+    await expectVclError(step(steps(), 'reserve')(ghost), 'NOT_FOUND', /^capture "ghost" does not exist$/);
+    expect(await store.getComputer('pc-99')).toBeUndefined();
+    expect((await store.getCaptureRecord('c-1'))?.status).toBe('queued');
+  });
 });
 
 describe('record_revision', () => {
