@@ -95,7 +95,7 @@ export async function checkHost(
       timeoutMs: Math.min(REACH_MS, run.remainingMs()),
       signal: run.signal,
     });
-    if (answers === false) throw unreachable(host);
+    if (answers === false) throw run.signal.aborted ? probeStopped(host) : unreachable(host);
     return { value: true, detail: `${host.host}:${host.port ?? 22} answers SSH` };
   });
   if (!reached) {
@@ -225,9 +225,16 @@ export async function checkLogin(
       timeoutMs: Math.min(REACH_MS, run.remainingMs()),
       signal: run.signal,
     });
-    if (answers === false) throw unreachable(host);
+    if (answers === false) throw run.signal.aborted ? probeStopped(host) : unreachable(host);
     await execFor(env, run)(host, ['true']);
     return { value: true, detail: `${host.host}:${host.port ?? 22} answers SSH; host key verified` };
+  });
+}
+
+/** The probe also answers false when the step's signal stopped it: then the host is not to blame. */
+function probeStopped(host: SshHost): SshError {
+  return new SshError('SSH_ABORTED', `the SSH check of ${host.name} was aborted before it answered`, {
+    details: { host: host.name },
   });
 }
 

@@ -368,13 +368,15 @@ describe('preflight on demand', () => {
         message: 'virsh on libvirt-host was aborted',
         check: 'domain lv-linux-1',
       });
-      expect(report.checks.slice(0, 6).map((c) => [c.name, c.status])).toEqual([
-        ['reach libvirt-host', 'ok'],
-        ['tools on libvirt-host', 'ok'],
-        ['reach repo-host', 'ok'],
-        ['tools on repo-host', 'ok'],
-        ['domain lv-linux-1', 'failed'],
-        ['target', 'skipped'],
+      expect(report.checks.map((c) => [c.name, c.status, c.error?.code])).toEqual([
+        ['reach libvirt-host', 'ok', undefined],
+        ['tools on libvirt-host', 'ok', undefined],
+        ['reach repo-host', 'ok', undefined],
+        ['tools on repo-host', 'ok', undefined],
+        ['domain lv-linux-1', 'failed', 'SSH_ABORTED'],
+        ['target', 'skipped', undefined],
+        // Stopped by the abort, not unreachable: the guest is up.
+        ['reach lv-linux-1', 'failed', 'SSH_ABORTED'],
       ]);
     } finally {
       hang.clear();
