@@ -19,6 +19,7 @@ import {
   captureOf,
   driverEnv,
   filesWith,
+  interceptRemote,
   type RunOptions,
   refusal,
   stepRun,
@@ -196,6 +197,64 @@ describe('locate_vm and check_target', () => {
     const named = (await capture(c, pool, (p) => ({ ...p, datastore: 'fast-ds' })).run('locate_vm', {}))
       .facts;
     expect(named).toMatchObject({ datastore: 'fast-ds', vmx: `${DS}/${c}/${c}.vmx` });
+  });
+
+  it('takes the datastore from the .vmx path when the inventory names none: the clone and the space check go there', async () => {
+    const c = 'vm-linux-1';
+    const other = '/vmfs/volumes/ssd-2';
+    // The VM registered on a second datastore (its files copied there), the inventory naming none.
+    for (const f of [`${c}.vmx`, `${c}.vmdk`])
+      await put(
+        'esxi-host',
+        `${other}/${c}/${f}`,
+        (await lab.readFile('esxi-host', `${DS}/${c}/${f}`)).toString(),
+      );
+    const listed = (await pool.exec(driverEnv(lab, pool, c).provisionerHost, ['vim-cmd', 'vmsvc/getallvms']))
+      .stdout;
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'esxi-host',
+      match: ['vim-cmd', 'vmsvc/getallvms'],
+      exitCode: 0,
+      stdout: listed.replace(`[datastore1] ${c}/`, `[ssd-2] ${c}/`),
+    });
+    const remote = watched();
+    const x = capture(c, remote);
+    expect(x.env.computer.provisioner).not.toHaveProperty('datastore');
+    const found = (await x.run('locate_vm', {})).facts ?? {};
+    expect(found).toMatchObject({
+      vmx: `${other}/${c}/${c}.vmx`,
+      disk: `${other}/${c}/${c}.vmdk`,
+      datastore: 'ssd-2',
+    });
+    const from = remote.sent.length;
+    expect((await x.run('check_target', found)).facts).toEqual({
+      clone: `${other}/${x.cap.name}/${x.cap.name}.vmdk`,
+      target: `${REPO}/${x.cap.name}.vmdk`,
+    });
+    expect(linesOf(remote, /^vmkfstools -P/, from)).toEqual([`vmkfstools -P ${other}`]);
+    await drop('esxi-host', other);
+  });
+
+  it('counts an extent without a file (a ZERO extent) whole, asking stat only about the extents with one', async () => {
+    const c = 'vm-linux-1';
+    const disk = `${DS}/${c}/${c}.vmdk`;
+    const plain = (await capture(c).run('locate_vm', {})).facts ?? {};
+    const descriptor = (await lab.readFile('esxi-host', disk)).toString();
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'esxi-host',
+      match: ['cat', disk],
+      exitCode: 0,
+      stdout: descriptor.replace(/^(RW \d+ VMFS "[^"]+")$/m, '$1\nRW 2048 ZERO'),
+    });
+    const remote = watched();
+    const zero = (await capture(c, remote).run('locate_vm', {})).facts ?? {};
+    expect(zero).toMatchObject({
+      virtualBytes: Number(plain.virtualBytes) + 2048 * 512,
+      allocatedBytes: Number(plain.allocatedBytes) + 2048 * 512,
+    });
+    expect(linesOf(remote, /^stat /)).toEqual([`stat -c %s %b %B ${DS}/${c}/${c}-flat.vmdk`]);
   });
 
   it('refuses a VM not registered, one registered twice, and a VM with two disks or a nonpersistent one', async () => {
@@ -419,6 +478,23 @@ describe('power', () => {
     expect(lab.computer(c).power).toBe('off');
   });
 
+  it('a hard power off that fails because the VM went off meanwhile (on its own, or an earlier attempt) is done', async () => {
+    const c = 'vm-linux-4';
+    await on(c);
+    let sent = 0;
+    // The VM goes off just before power.off reaches ESXi, which then refuses it: "Powered off".
+    const racing = interceptRemote(pool, ['vim-cmd', 'vmsvc/power.off'], async () => {
+      sent++;
+      lab.powerOff(c);
+      await lab.waitForPower(c, 'off');
+    });
+    const { go } = await located(c, racing);
+    expect(await go('force_power_off')).toEqual({});
+    expect(sent).toBe(1);
+    expect(await go('wait_forced_off')).toEqual({});
+    expect(lab.computer(c).power).toBe('off');
+  });
+
   it('a hard power off that fails on a VM still on fails the step with vim-cmd’s error', async () => {
     const c = 'vm-linux-4';
     await on(c);
@@ -593,6 +669,29 @@ describe('copy_to_repository, verify_image and the cleanups', () => {
     expect(await lab.exists('esxi-host', `${DS}/${image}`)).toBe(false);
   });
 
+  it('a file whose copy loses its connection resumes; the step’s progress counts that resume to the end of the set', async () => {
+    const x = await cloned();
+    const image = x.cap.name;
+    // The extent's reader on the ESXi host drops its connection once it has sent some of the extent.
+    const fault = lab.faults.add({
+      kind: 'dropConnection',
+      host: 'esxi-host',
+      match: new RegExp(`^sh -c .* sh \\S*/${image}-s001\\.vmdk$`),
+      afterBytes: 64 * 1024,
+    });
+    const out = await x.go('copy_to_repository');
+    expect(fault.fired).toBe(1);
+    // The set arrived whole all the same.
+    expect(await x.go('verify_image', { artifact: out.artifact })).toEqual({});
+    // One resume, counted from the moment it happened through the last file of the set; never less.
+    const resumes = x.progress.filter((r) => r.step === 'copy_to_repository').map((r) => r.p.resumes);
+    for (const r of resumes) expect([0, 1]).toContain(r);
+    for (let i = 1; i < resumes.length; i++) expect(resumes[i]).toBeGreaterThanOrEqual(resumes[i - 1] ?? 0);
+    expect(resumes.at(-1)).toBe(1);
+    await x.go('remove_repository_copy');
+    await x.go('remove_clone');
+  });
+
   it('verify_image: a manifest that leaves out an extent, a vmdk qemu-img reads otherwise, and check errors (exit 3 passes)', async () => {
     const remote = watched();
     const x = await cloned(remote);
@@ -613,6 +712,19 @@ describe('copy_to_repository, verify_image and the cleanups', () => {
       code: 'VERIFY_MISMATCH',
       message: `qemu-img reads ${descriptor} as raw , not a twoGbMaxExtentSparse vmdk`,
       details: { path: descriptor, format: 'raw', createType: undefined },
+    });
+    // The create type alone is not enough: the format must be vmdk too.
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'repo-host',
+      match: ['qemu-img', 'info'],
+      exitCode: 0,
+      stdout: '{"format": "qcow2", "format-specific": {"data": {"create-type": "twoGbMaxExtentSparse"}}}\n',
+    });
+    expect(await refusal(x.go('verify_image', { artifact }))).toMatchObject({
+      code: 'VERIFY_MISMATCH',
+      message: `qemu-img reads ${descriptor} as qcow2 twoGbMaxExtentSparse, not a twoGbMaxExtentSparse vmdk`,
+      details: { path: descriptor, format: 'qcow2', createType: 'twoGbMaxExtentSparse' },
     });
     lab.faults.add({
       kind: 'failCommand',
@@ -669,13 +781,14 @@ describe('copy_to_repository, verify_image and the cleanups', () => {
     // A manifest (recorded as written) that leaves out the extent, or the descriptor itself.
     const manifestPath = `${descriptor}.sha256`;
     const full = (await lab.readFile('repo-host', manifestPath)).toString();
+    let recorded = artifact;
     for (const left of [`${image}-s001.vmdk`, `${image}.vmdk`]) {
       const lines = full.split('\n').filter((l) => l !== '' && !l.endsWith(`  ${left}`));
       await put('repo-host', manifestPath, `${lines.join('\n')}\n`);
       let listedSize = 0;
       for (const l of lines)
         listedSize += (await stat(await lab.realPath('repo-host', `${REPO}/${l.slice(66)}`))).size;
-      const recorded = {
+      recorded = {
         ...artifact,
         sha256: await lab.sha256('repo-host', manifestPath),
         sizeBytes: listedSize,
@@ -686,6 +799,16 @@ describe('copy_to_repository, verify_image and the cleanups', () => {
         details: { path: descriptor, unlisted: [left] },
       });
     }
+    // The descriptor left out holding an extent without a file (a ZERO extent): only the descriptor is named.
+    const text = (await lab.readFile('repo-host', descriptor)).toString();
+    const zeroed = text.replace(/^(RW \d+ SPARSE "[^"]+")$/m, '$1\nRW 100 ZERO');
+    expect(zeroed).not.toBe(text);
+    await put('repo-host', descriptor, zeroed);
+    expect(await refusal(x.go('verify_image', { artifact: recorded }))).toMatchObject({
+      code: 'VERIFY_MISMATCH',
+      message: `the manifest of ${descriptor} does not list ${image}.vmdk`,
+      details: { path: descriptor, unlisted: [`${image}.vmdk`] },
+    });
     await x.go('remove_repository_copy');
     await x.go('remove_clone');
   });

@@ -6,7 +6,7 @@
  */
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { CaptureStepInput, EndState } from '../../machines/index.js';
 import type { Remote } from '../../src/drivers/contract.js';
 import type { CopyStepProgress, DriverEnv } from '../../src/drivers/env.js';
@@ -496,6 +496,70 @@ describe('watch_upload', () => {
     // The timeout counts from the last growth, not from the start.
     expect(Date.now() - lastGrowth).toBeGreaterThanOrEqual(60);
     expect(Date.now() - started).toBeGreaterThan(8 * 20);
+    await base.go('remove_upload');
+  });
+});
+
+describe('watch_upload’s progress', () => {
+  /**
+   * watch_upload of xc-linux-4 whose image (1 byte at first) grows by a byte at each of the first `grows`
+   * polls (after its listing, at nodestat), the capture environment's done marker coming with the last; the
+   * progress the user sees, each report with the time it came (none without `listening`).
+   */
+  async function growingUpload(grows: number, listening = true) {
+    const base = capture('xc-linux-4');
+    const real = await lab.realPath(MN, base.image);
+    await put(base.image, Buffer.alloc(1, 1));
+    let grown = 0;
+    const growing = interceptRemote(pool, ['nodestat'], async () => {
+      if (grown >= grows) return;
+      await writeFile(real, Buffer.alloc(1 + ++grown, 1));
+      if (grown === grows) await put(`${base.image}.capturedone`, '');
+    });
+    const reports: (CopyStepProgress & { step: string; at: number })[] = [];
+    const env: DriverEnv = listening
+      ? { ...base.env, remote: growing, progress: (step, p) => reports.push({ ...p, step, at: Date.now() }) }
+      : driverEnv(lab, growing, 'xc-linux-4');
+    const input = base.cap.input('watch_upload', { target: base.image });
+    return { base, reports, run: () => xcatSteps(env).watch_upload?.(stepRun(input)) };
+  }
+
+  it('reports the bytes each poll finds, at a rate no lower than those bytes over the time since the step began', async () => {
+    const { base, reports, run } = await growingUpload(4);
+    const began = Date.now();
+    expect((await run())?.artifact).toMatchObject({ path: base.image, sizeBytes: 5 });
+    expect(reports.map((r) => [r.step, r.bytes])).toEqual([
+      ['watch_upload', 1],
+      ['watch_upload', 2],
+      ['watch_upload', 3],
+      ['watch_upload', 4],
+    ]);
+    for (const r of reports) {
+      // The rate is the bytes over the seconds since the step began: no more seconds than since `began`.
+      expect(Number.isFinite(r.bytesPerSecond), String(r.bytesPerSecond)).toBe(true);
+      expect(r.bytesPerSecond).toBeGreaterThanOrEqual(r.bytes / ((r.at - began) / 1000));
+    }
+    await base.go('remove_upload');
+  });
+
+  it('watches the upload to its end without a progress listener', async () => {
+    const { base, run } = await growingUpload(2, false);
+    expect((await run())?.artifact).toMatchObject({ path: base.image, sizeBytes: 3 });
+    await base.go('remove_upload');
+  });
+
+  it('a clock that has not moved since the step began gives a rate of 0, not an infinite one', async () => {
+    const { base, reports, run } = await growingUpload(2);
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      expect((await run())?.artifact).toMatchObject({ path: base.image, sizeBytes: 3 });
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(reports.map((r) => [r.bytes, r.bytesPerSecond])).toEqual([
+      [1, 0],
+      [2, 0],
+    ]);
     await base.go('remove_upload');
   });
 });

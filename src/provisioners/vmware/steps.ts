@@ -416,9 +416,11 @@ export function vmwareSteps(env: DriverEnv): Record<string, Step> {
       const repo = env.repository.host;
       const descriptor = String(run.input.artifact?.path);
       const extents = parseVmdkExtents((await exec(repo, vmware.readFile(descriptor))).stdout);
-      const unlisted = [posix.basename(descriptor), ...extents.map((e) => e.file ?? '')].filter(
-        (f) => !files.includes(f),
-      );
+      // An extent without a file (ZERO, NULL) has none for the manifest to list.
+      const unlisted = [
+        posix.basename(descriptor),
+        ...extents.flatMap((e) => (e.file === undefined ? [] : [e.file])),
+      ].filter((f) => !files.includes(f));
       if (unlisted.length > 0)
         throw driverError(
           'VERIFY_MISMATCH',
