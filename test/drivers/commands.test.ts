@@ -251,6 +251,11 @@ describe('VMware commands', () => {
         codeOf(() => parseManifest(bad)),
         JSON.stringify(bad),
       ).toBe('PARSE_FAILED');
+    // The operator reads which line was refused, or that nothing was listed.
+    expect(() => parseManifest(`${sha}  ../img.vmdk\n`)).toThrow(
+      `not a sha256sum line of a file in its folder: "${sha}  ../img.vmdk"`,
+    );
+    expect(() => parseManifest('\n\n')).toThrow('the manifest lists no file');
   });
 
   it('reads an empty VM table as no VMs, and output without the table as PARSE_FAILED', () => {

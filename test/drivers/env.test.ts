@@ -120,7 +120,7 @@ describe('commands within the step', () => {
     expect(long?.timeoutMs).toBeLessThanOrEqual(20_000);
   });
 
-  it('report copy progress under the step, with the total only when it is known', () => {
+  it('report copy progress under the step, with the total, wire bytes and resumes only when known', () => {
     const seen: unknown[] = [];
     const env = { progress: (step: string, p: unknown) => seen.push([step, p]) } as unknown as DriverEnv;
     const run = stepRun({ step: 'copy_image' });
@@ -128,9 +128,14 @@ describe('commands within the step', () => {
     expect(options).toMatchObject({ signal: run.signal, step: 'copy_image' });
     options.onProgress({ bytes: 10, total: undefined, bytesPerSecond: 5 });
     options.onProgress({ bytes: 20, total: 40, bytesPerSecond: 6 });
+    // A compressed copy (fewer bytes on the wire than in the file) resumed once after a dropped connection.
+    options.onProgress({ bytes: 30, total: 40, bytesPerSecond: 7, wireBytes: 12, resumes: 1 });
+    options.onProgress({ bytes: 35, total: undefined, bytesPerSecond: 7, resumes: 0 });
     expect(seen).toStrictEqual([
       ['copy_image', { bytes: 10, bytesPerSecond: 5 }],
       ['copy_image', { bytes: 20, bytesPerSecond: 6, total: 40 }],
+      ['copy_image', { bytes: 30, bytesPerSecond: 7, total: 40, wireBytes: 12, resumes: 1 }],
+      ['copy_image', { bytes: 35, bytesPerSecond: 7, resumes: 0 }],
     ]);
   });
 
@@ -155,6 +160,15 @@ describe('names and hosts', () => {
     expect(await refusal(Promise.resolve().then(() => repositoryPath(env, '../etc/passwd')))).toMatchObject({
       code: 'COMMAND_FAILED',
       message: '../etc/passwd would leave the repository /srv/images',
+    });
+    // A repository path written with a trailing slash holds the same files.
+    const slashed = { ...env, repository: { ...env.repository, path: '/srv/images/' } };
+    expect(repositoryPath(slashed, 'linux-A1-v0.qcow2')).toBe('/srv/images/linux-A1-v0.qcow2');
+    expect(
+      await refusal(Promise.resolve().then(() => repositoryPath(slashed, '../images2/x'))),
+    ).toMatchObject({
+      code: 'COMMAND_FAILED',
+      message: '../images2/x would leave the repository /srv/images/',
     });
   });
 
@@ -251,22 +265,33 @@ describe('verifying a copy where it lies', () => {
     const verify = (a: typeof artifact) =>
       verifyManifestArtifact(env, stepRun<CaptureStepInput>({ ...cap.input('verify_image'), artifact: a }));
     expect(await verify(artifact)).toEqual({ dir, files: Object.keys(files) });
-    // The manifest is not the one recorded.
-    expect((await refusal(verify({ ...artifact, sha256: sha('other') }))).message).toContain(
-      `its manifest ${artifact.path}.sha256 has sha256`,
-    );
+    const differs = `the copy at ${artifact.path} differs from what was written`;
+    // The manifest is not the one recorded: its hash (12 characters shown), both in the details.
+    expect(await refusal(verify({ ...artifact, sha256: sha('other') }))).toMatchObject({
+      code: 'VERIFY_MISMATCH',
+      message: `${differs}: its manifest ${artifact.path}.sha256 has sha256 ${sha(manifest).slice(0, 12)}…`,
+      details: { path: artifact.path, sha256: sha(manifest), expectedSha256: sha('other') },
+    });
     // The sizes do not add up to what was recorded.
-    expect((await refusal(verify({ ...artifact, sizeBytes: 1 }))).message).toContain(
-      `its files hold ${4096 + 11} bytes against 1`,
-    );
+    expect(await refusal(verify({ ...artifact, sizeBytes: 1 }))).toMatchObject({
+      code: 'VERIFY_MISMATCH',
+      message: `${differs}: its files hold ${4096 + 11} bytes against 1`,
+      details: { path: artifact.path, size: 4096 + 11, expectedSize: 1 },
+    });
     // A file changed after it was listed: named, with both hashes.
     await put(`${cap.name}-s001.vmdk`, Buffer.alloc(4096, 2));
+    const got = sha(Buffer.alloc(4096, 2));
+    const listed = sha(Buffer.alloc(4096, 1));
     const err = await refusal(verify(artifact));
     expect(err.code).toBe('VERIFY_MISMATCH');
-    expect(err.details).toMatchObject({
+    expect(err.message).toBe(
+      `${differs}: ${cap.name}-s001.vmdk has sha256 ${got.slice(0, 12)}… against ${listed.slice(0, 12)}… in the manifest`,
+    );
+    expect(err.details).toEqual({
+      path: artifact.path,
       file: `${cap.name}-s001.vmdk`,
-      sha256: sha(Buffer.alloc(4096, 2)),
-      expectedSha256: sha(Buffer.alloc(4096, 1)),
+      sha256: got,
+      expectedSha256: listed,
     });
     // A file listed but gone: the step fails (stat), it never passes.
     const real = await lab.realPath(host, `${dir}/${cap.name}-s001.vmdk`);
@@ -274,11 +299,18 @@ describe('verifying a copy where it lies', () => {
     await expect(verify(artifact)).rejects.toThrow();
   });
 
-  it('refuses to verify when no copy was recorded', async () => {
+  it('refuses to verify when no copy was recorded, a single file or a set', async () => {
     const { verify } = await stored(Buffer.from('x'));
     expect(await refusal(verify(undefined))).toMatchObject({
       code: 'NOT_FOUND',
       message: 'nothing to verify: no copy was recorded',
     });
+    const s = scripted(() => execResult(0));
+    const cap = captureOf(lab, COMPUTER, 'off');
+    expect(await refusal(verifyManifestArtifact(s.env, stepRun(cap.input('verify_image'))))).toMatchObject({
+      code: 'NOT_FOUND',
+      message: 'nothing to verify: no copy was recorded',
+    });
+    expect(s.sent).toEqual([]);
   });
 });

@@ -5,6 +5,7 @@
  * it fails, and what its removal tolerates.
  */
 import { copyFile } from 'node:fs/promises';
+import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CaptureStepInput, Facts } from '../../machines/index.js';
 import type { Remote } from '../../src/drivers/contract.js';
@@ -353,9 +354,21 @@ describe('libvirt preflight', () => {
   });
 });
 
-/** A boot test of `computer`'s captured image (a copy of its disk in the repository on the libvirt host). */
-async function bootCase(computer: string, setting: BootTestSetting = {}) {
-  const env = envOf(computer, withBootTest(lab.inventory, [computer], setting));
+/**
+ * A boot test of `computer`'s captured image (a copy of its disk in the repository on the libvirt host),
+ * its steps' log kept in `logged`; `remote` and `pollMs` replace the runner's.
+ */
+async function bootCase(
+  computer: string,
+  setting: BootTestSetting = {},
+  options: { remote?: Remote; pollMs?: number } = {},
+) {
+  const env = {
+    ...envOf(computer, withBootTest(lab.inventory, [computer], setting), options.remote),
+    ...(options.pollMs === undefined ? {} : { pollMs: options.pollMs }),
+  };
+  const logged: { level: number; msg: string; [field: string]: unknown }[] = [];
+  const log = pino({ level: 'debug' }, { write: (line: string) => logged.push(JSON.parse(line)) });
   const steps = libvirtSteps(env);
   const cap = captureOf(lab, computer, 'off');
   const disk = `${IMAGES}/${computer}.qcow2`;
@@ -375,14 +388,41 @@ async function bootCase(computer: string, setting: BootTestSetting = {}) {
   const run = (step: string, i: CaptureStepInput = input(step), timeoutMs = 20_000) => {
     const fn = steps[step];
     if (!fn) throw new Error(`no step ${step}`);
-    return fn(stepRun(i, { timeoutMs }));
+    return fn({ ...stepRun(i, { timeoutMs }), log });
   };
   const removal = [
     `virsh destroy ${names.domain}`,
     `virsh undefine ${names.domain}`,
     `rm -f -- ${names.overlay} ${names.xml} ${names.console}`,
   ];
-  return { env, cap, disk, path, names, input, run, removal };
+  return { env, cap, disk, path, names, input, run, removal, logged };
+}
+
+/** The log lines at warning level or above. */
+const warnings = (logged: { level: number }[]) => logged.filter((l) => l.level >= 40);
+
+/** `pool`, keeping the domain XML each `tee` is given (the boot test's definition of its test domain). */
+function xmlKept(): Remote & { xml: string[] } {
+  const xml: string[] = [];
+  return {
+    xml,
+    exec: (host, argv, options) => {
+      if (argv[0] === 'tee') xml.push(String(options?.stdin));
+      return pool.exec(host, argv, options);
+    },
+    copy: (from, to, options) => pool.copy(from, to, options),
+  };
+}
+
+/** The test domain answers `virsh domstate` with `shut off` once: the boot test reads its console then. */
+function foundOff(names: { domain: string }) {
+  lab.faults.add({
+    kind: 'failCommand',
+    host: 'libvirt-host',
+    match: ['virsh', 'domstate', names.domain],
+    exitCode: 0,
+    stdout: 'shut off (destroyed)\n\n',
+  });
 }
 
 /** What a boot test left: its hidden files beside the disks, its live transient domain. */
@@ -420,18 +460,28 @@ describe('libvirt boot test steps', () => {
     expect(ms).toBeGreaterThanOrEqual(150);
     expect(ms).toBeLessThan(10_000);
     expect(await leftovers(b.names.domain)).toEqual({ files: [], domain: false });
+    // The overlay's chown succeeded: nothing to warn about.
+    expect(warnings(b.logged)).toEqual([]);
   });
 
   it('the SSH check probes the forwarded port instead of reading the console; a chown that fails only warns', async () => {
     const b = await bootCase('lv-linux-2', { check: 'ssh', port: SSH_PORT });
+    // A long error (the same line three times): the warning quotes its first 200 characters.
+    const denied = `chown: changing ownership of '${b.names.overlay}': Operation not permitted\n`.repeat(3);
     lab.faults.add({
       kind: 'failCommand',
       host: 'libvirt-host',
       match: ['chown'],
       exitCode: 1,
-      stderr: 'chown: changing ownership: Operation not permitted\n',
+      stderr: denied,
     });
     const sent = await sentDuring(() => b.run('boot_test'));
+    expect(warnings(b.logged)).toEqual([
+      expect.objectContaining({
+        msg: 'the overlay keeps its owner: chown failed',
+        stderr: denied.trim().slice(0, 200),
+      }),
+    ]);
     const probes = lab.commandLog
       .filter((e) => e.host === 'libvirt-host' && e.argv?.[0] === 'bash')
       .map((e) => e.argv?.[4]);
@@ -520,6 +570,106 @@ describe('libvirt boot test steps', () => {
     });
     const out = await b.run('boot_test');
     expect(out.facts?.bootTestMs).toBeGreaterThanOrEqual(150);
+  });
+
+  it('only a failed state read says the test domain vanished, not a read that succeeded with a warning', async () => {
+    const b = await bootCase('lv-linux-1');
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'libvirt-host',
+      match: ['virsh', 'domstate', b.names.domain],
+      exitCode: 0,
+      stdout: 'running (booted)\n\n',
+      stderr: "error: failed to get domain 'vcl-boot-other' (Domain not found) while listing\n",
+    });
+    const out = await b.run('boot_test');
+    expect(out.facts?.bootTestMs).toBeGreaterThanOrEqual(150);
+  });
+
+  it('a console that cannot be read yet is read again; a failed test without a console file quotes none', async () => {
+    const b = await bootCase('lv-linux-2');
+    const noConsole = {
+      kind: 'failCommand' as const,
+      host: 'libvirt-host',
+      match: ['cat', '--', b.names.console],
+      exitCode: 1,
+      stderr: `cat: ${b.names.console}: No such file or directory\n`,
+    };
+    lab.faults.add(noConsole);
+    expect((await b.run('boot_test')).facts?.bootTestMs).toBeGreaterThanOrEqual(150);
+    const c = await bootCase('lv-linux-3');
+    foundOff(c.names);
+    lab.faults.add({ ...noConsole, match: ['cat', '--', c.names.console] });
+    expect(await refusal(c.run('boot_test'))).toMatchObject({
+      code: 'BOOT_TEST_FAILED',
+      message: `the image ${c.path} did not boot: its test domain is shut off before the guest showed it booted (the console printed nothing)`,
+    });
+    await c.run('remove_boot_test');
+  });
+
+  it("quotes the console's last three lines that are not blank, CRLF or LF, at most 300 characters", async () => {
+    const b = await bootCase('lv-linux-1');
+    foundOff(b.names);
+    const [x, y, z] = ['a', 'b', 'c'].map((ch) => ch.repeat(120));
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'libvirt-host',
+      match: ['cat', '--', b.names.console],
+      exitCode: 0,
+      stdout: `SeaBIOS (version 1.16.0)\r\n${x}\r\n  \t \r\n${y}\n\n${z}\r\n`,
+    });
+    const err = await refusal(b.run('boot_test'));
+    // Three lines of 120 joined with ' | ' make 366 characters: the quote keeps the last 300.
+    expect(err.message).toBe(
+      `the image ${b.path} did not boot: its test domain is shut off before the guest showed it booted (console: ${'a'.repeat(54)} | ${y} | ${z})`,
+    );
+    await b.run('remove_boot_test');
+  });
+
+  it('with 10 s left it keeps polling a guest that has not booted at the first look', async () => {
+    const b = await bootCase('lv-linux-2');
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'libvirt-host',
+      match: ['cat', '--', b.names.console],
+      exitCode: 0,
+      stdout: 'SeaBIOS (version 1.16.0)\r\n',
+    });
+    const out = await b.run('boot_test', b.input('boot_test'), 10_000);
+    expect(out.facts?.bootTestMs).toBeGreaterThanOrEqual(150);
+  });
+
+  it('never sleeps past the end of its wait: with polls of 2 s in a 5 s budget it fails BOOT_TEST_FAILED, not at the deadline', async () => {
+    const b = await bootCase('lv-linux-3', {}, { pollMs: 2000 });
+    lab.faults.add({ kind: 'doesNotBoot', host: 'libvirt-host', mode: 'hang' });
+    // The wait ends a fifth of the budget early (at 4 s): the poll at 2 s is its last, then it fails.
+    const err = await refusal(b.run('boot_test', b.input('boot_test'), 5000));
+    expect(err).toMatchObject({ code: 'BOOT_TEST_FAILED', details: { domain: b.names.domain } });
+    expect(err.message).toMatch(/did not show it booted \(no console line matching \/login:\/\)/);
+    await b.run('remove_boot_test');
+  });
+
+  it('a console pattern with ^ and $ matches a whole line in the middle of the console', async () => {
+    const b = await bootCase('lv-linux-1', { pattern: '^Debian GNU/Linux 12 \\S+ ttyS0$' });
+    const out = await b.run('boot_test', b.input('boot_test'), 5000);
+    expect(out.facts?.bootTestMs).toBeGreaterThanOrEqual(150);
+  });
+
+  it('forwards the SSH port to the test domain for the SSH check only, not for a console check with a port', async () => {
+    for (const [setting, forwarded] of [
+      [{ check: 'ssh', port: SSH_PORT }, true],
+      [{ check: 'console', port: SSH_PORT }, false],
+      [{ check: 'console' }, false],
+    ] as const) {
+      const remote = xmlKept();
+      const b = await bootCase('lv-linux-2', setting, { remote });
+      await b.run('boot_test');
+      expect(remote.xml, JSON.stringify(setting)).toHaveLength(1);
+      expect(remote.xml[0]?.includes('hostfwd=tcp:127.0.0.1:20122-:22'), JSON.stringify(setting)).toBe(
+        forwarded,
+      );
+      expect(remote.xml[0]?.includes('hostfwd'), JSON.stringify(setting)).toBe(forwarded);
+    }
   });
 
   it('a re-run first removes the domain and overlay an earlier attempt left, then boots', async () => {

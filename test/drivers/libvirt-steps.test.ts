@@ -13,7 +13,7 @@ import type { Lab } from '../../src/lab/types.js';
 import { silentLogger } from '../../src/log.js';
 import { libvirtSteps } from '../../src/provisioners/libvirt/steps.js';
 import { SshPool } from '../../src/ssh/index.js';
-import { captureOf, driverEnv, filesWith, refusal, stepRun } from './rerun-helpers.js';
+import { captureOf, driverEnv, filesWith, interceptRemote, refusal, stepRun } from './rerun-helpers.js';
 
 let separate: Lab;
 let local: Lab;
@@ -85,6 +85,57 @@ describe('libvirt steps', () => {
     });
     expect(sent.filter((l) => /^virsh (shutdown|destroy)/.test(l))).toEqual([]);
     expect(sent.filter((l) => l.startsWith('virsh domstate'))).toHaveLength(2);
+  });
+
+  it('a shutdown that fails because the domain went off meanwhile did what was asked; on a running domain it fails', async () => {
+    const computer = 'lv-linux-3';
+    const shutdownFails = (stderr: string) =>
+      separate.faults.add({
+        kind: 'failCommand',
+        host: 'libvirt-host',
+        match: ['virsh', 'shutdown', computer],
+        exitCode: 1,
+        stderr,
+      });
+    // The domain goes off between the step's state read and its shutdown (on its own, or an earlier attempt's).
+    const goesOff = interceptRemote(pool, ['virsh', 'shutdown'], async () => {
+      separate.powerOff(computer);
+      await separate.waitForPower(computer, 'off');
+    });
+    const off = await inspected(separate, computer, goesOff);
+    separate.powerOn(computer);
+    await separate.waitForPower(computer, 'on');
+    shutdownFails(
+      'error: Failed to shutdown domain lv-linux-3\nerror: Requested operation is not valid: domain is not running\n',
+    );
+    expect(await off.run('request_power_off')).toEqual({});
+    expect(separate.computer(computer).power).toBe('off');
+
+    const running = await inspected(separate, computer);
+    separate.powerOn(computer);
+    await separate.waitForPower(computer, 'on');
+    shutdownFails(
+      'error: Failed to shutdown domain lv-linux-3\nerror: internal error: cannot connect to the monitor\n',
+    );
+    const err = await refusal(running.run('request_power_off'));
+    expect(err.code).toBe('SSH_EXIT_NONZERO');
+    expect(err.message).toContain('cannot connect to the monitor');
+    expect(separate.computer(computer).power).toBe('on');
+  });
+
+  it('verify_image passes the copy as written and refuses one that changed in the repository', async () => {
+    const c = await inspected(separate, 'lv-linux-1');
+    const { artifact } = await c.run('copy_image');
+    if (!artifact) throw new Error('copy_image recorded no copy');
+    const verify = () =>
+      libvirtSteps(c.env).verify_image?.(stepRun({ ...c.cap.input('verify_image', c.facts), artifact }));
+    expect(await verify()).toEqual({});
+    separate.faults.add({ kind: 'corrupt', at: 'file', host: 'repo-host', path: artifact.path });
+    expect(await refusal(verify())).toMatchObject({
+      code: 'VERIFY_MISMATCH',
+      details: { path: artifact.path, size: artifact.sizeBytes, expectedSha256: artifact.sha256 },
+    });
+    await c.run('remove_copy');
   });
 
   it('refuses an existing target by name, and leaves it as it was', async () => {

@@ -5,6 +5,7 @@
  */
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Remote } from '../../src/drivers/contract.js';
 import { startLab } from '../../src/lab/index.js';
 import type { Lab } from '../../src/lab/types.js';
 import { commandText } from '../../src/lab/words.js';
@@ -21,7 +22,7 @@ let lab: Lab;
 let pool: SshPool;
 
 beforeAll(async () => {
-  lab = await startLab({ powerDelayMs: POWER_DELAY_MS, computers: { 'libvirt-linux': 3 } });
+  lab = await startLab({ powerDelayMs: POWER_DELAY_MS, computers: { 'libvirt-linux': 4 } });
   pool = new SshPool({ logger: silentLogger() });
 });
 
@@ -116,6 +117,39 @@ describe('libvirt wait_power_off', () => {
     } finally {
       lab.faults.clear(stuck);
     }
+  });
+
+  it("gives each event command more time than virsh's own wait, so that virsh ends it, not the transport", async () => {
+    const computer = 'lv-linux-4';
+    const events: { argv: readonly string[]; timeoutMs: number | undefined }[] = [];
+    const remote: Remote = {
+      exec: (host, argv, options) => {
+        if (argv[0] === 'virsh' && argv[1] === 'event') events.push({ argv, timeoutMs: options?.timeoutMs });
+        return pool.exec(host, argv, options);
+      },
+      copy: (from, to, options) => pool.copy(from, to, options),
+    };
+    // Polls of a second: virsh waits 10 s for an event, the shutdown takes 1.5 s.
+    const env = driverEnv(lab, remote, computer, 1000);
+    const steps = libvirtSteps(env);
+    const cap = captureOf(lab, computer, 'off');
+    const { facts } = (await steps.inspect_domain?.(stepRun(cap.input('inspect_domain')))) ?? {};
+    await steps.request_power_off?.(stepRun(cap.input('request_power_off', facts)));
+    const logged: { level: number; msg: string }[] = [];
+    const log = pino({ level: 'debug' }, { write: (line: string) => logged.push(JSON.parse(line)) });
+    await steps.wait_power_off?.({
+      ...stepRun(cap.input('wait_power_off', facts), { timeoutMs: 60_000 }),
+      log,
+    });
+    expect(lab.computer(computer).power).toBe('off');
+    expect(events.length).toBeGreaterThanOrEqual(1);
+    for (const e of events) {
+      expect(e.argv.slice(-2)).toEqual(['--timeout', '10']);
+      expect(e.timeoutMs).toBeGreaterThan(10_000);
+      expect(e.timeoutMs).toBeLessThanOrEqual(20_000);
+    }
+    // The event that ended the wait is no failure: nothing warned.
+    expect(logged.filter((l) => l.level >= 40)).toEqual([]);
   });
 
   it('bounds each event wait: whole seconds, ten polls, within the deadline', () => {
