@@ -809,6 +809,13 @@ describe('copy_to_repository, verify_image and the cleanups', () => {
       message: `the manifest of ${descriptor} does not list ${image}.vmdk`,
       details: { path: descriptor, unlisted: [`${image}.vmdk`] },
     });
+    // Two files left out (the descriptor, and a second extent it names now): both are named.
+    await put('repo-host', descriptor, zeroed.replace('RW 100 ZERO', `RW 100 SPARSE "${image}-s002.vmdk"`));
+    expect(await refusal(x.go('verify_image', { artifact: recorded }))).toMatchObject({
+      code: 'VERIFY_MISMATCH',
+      message: `the manifest of ${descriptor} does not list ${image}.vmdk, ${image}-s002.vmdk`,
+      details: { path: descriptor, unlisted: [`${image}.vmdk`, `${image}-s002.vmdk`] },
+    });
     await x.go('remove_repository_copy');
     await x.go('remove_clone');
   });
