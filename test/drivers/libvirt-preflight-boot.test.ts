@@ -624,6 +624,21 @@ describe('libvirt boot test steps', () => {
       `the image ${b.path} did not boot: its test domain is shut off before the guest showed it booted (console: ${'a'.repeat(54)} | ${y} | ${z})`,
     );
     await b.run('remove_boot_test');
+    // Short lines: the three last ones whole, not the line before them.
+    const c = await bootCase('lv-linux-1');
+    foundOff(c.names);
+    lab.faults.add({
+      kind: 'failCommand',
+      host: 'libvirt-host',
+      match: ['cat', '--', c.names.console],
+      exitCode: 0,
+      stdout:
+        'SeaBIOS (version 1.16.0)\nBooting from Hard Disk...\nGRUB loading.\nKernel panic - not syncing\n',
+    });
+    expect((await refusal(c.run('boot_test'))).message).toBe(
+      `the image ${c.path} did not boot: its test domain is shut off before the guest showed it booted (console: Booting from Hard Disk... | GRUB loading. | Kernel panic - not syncing)`,
+    );
+    await c.run('remove_boot_test');
   });
 
   it('with 10 s left it keeps polling a guest that has not booted at the first look', async () => {
