@@ -414,15 +414,14 @@ function xmlKept(): Remote & { xml: string[] } {
   };
 }
 
+/** The libvirt host answers `argv` so, once (a `failCommand` fault: exit code and output chosen). */
+function libvirtAnswers(argv: string[], answer: { exitCode: number; stdout?: string; stderr?: string }) {
+  lab.faults.add({ kind: 'failCommand', host: 'libvirt-host', match: argv, ...answer });
+}
+
 /** The test domain answers `virsh domstate` with `shut off` once: the boot test reads its console then. */
 function foundOff(names: { domain: string }) {
-  lab.faults.add({
-    kind: 'failCommand',
-    host: 'libvirt-host',
-    match: ['virsh', 'domstate', names.domain],
-    exitCode: 0,
-    stdout: 'shut off (destroyed)\n\n',
-  });
+  libvirtAnswers(['virsh', 'domstate', names.domain], { exitCode: 0, stdout: 'shut off (destroyed)\n\n' });
 }
 
 /** What a boot test left: its hidden files beside the disks, its live transient domain. */
@@ -468,10 +467,7 @@ describe('libvirt boot test steps', () => {
     const b = await bootCase('lv-linux-2', { check: 'ssh', port: SSH_PORT });
     // A long error (the same line three times): the warning quotes its first 200 characters.
     const denied = `chown: changing ownership of '${b.names.overlay}': Operation not permitted\n`.repeat(3);
-    lab.faults.add({
-      kind: 'failCommand',
-      host: 'libvirt-host',
-      match: ['chown'],
+    libvirtAnswers(['chown'], {
       exitCode: 1,
       stderr: denied,
     });
@@ -536,17 +532,11 @@ describe('libvirt boot test steps', () => {
       ['crashed (panicked)', 'crashed'],
     ]) {
       const b = await bootCase('lv-linux-3');
-      lab.faults.add({
-        kind: 'failCommand',
-        host: 'libvirt-host',
-        match: ['virsh', 'domstate', b.names.domain],
+      libvirtAnswers(['virsh', 'domstate', b.names.domain], {
         exitCode: 0,
         stdout: `${state}\n\n`,
       });
-      lab.faults.add({
-        kind: 'failCommand',
-        host: 'libvirt-host',
-        match: ['cat', '--', b.names.console],
+      libvirtAnswers(['cat', '--', b.names.console], {
         exitCode: 0,
         stdout: '\r\n\r\n',
       });
@@ -560,10 +550,7 @@ describe('libvirt boot test steps', () => {
 
   it('a virsh domstate that fails for another reason does not end the wait', async () => {
     const b = await bootCase('lv-linux-1');
-    lab.faults.add({
-      kind: 'failCommand',
-      host: 'libvirt-host',
-      match: ['virsh', 'domstate', b.names.domain],
+    libvirtAnswers(['virsh', 'domstate', b.names.domain], {
       exitCode: 1,
       stdout: 'shut off (destroyed)\n',
       stderr: 'error: failed to connect to the hypervisor\n',
@@ -574,10 +561,7 @@ describe('libvirt boot test steps', () => {
 
   it('only a failed state read says the test domain vanished, not a read that succeeded with a warning', async () => {
     const b = await bootCase('lv-linux-1');
-    lab.faults.add({
-      kind: 'failCommand',
-      host: 'libvirt-host',
-      match: ['virsh', 'domstate', b.names.domain],
+    libvirtAnswers(['virsh', 'domstate', b.names.domain], {
       exitCode: 0,
       stdout: 'running (booted)\n\n',
       stderr: "error: failed to get domain 'vcl-boot-other' (Domain not found) while listing\n",
@@ -611,10 +595,7 @@ describe('libvirt boot test steps', () => {
     const b = await bootCase('lv-linux-1');
     foundOff(b.names);
     const [x, y, z] = ['a', 'b', 'c'].map((ch) => ch.repeat(120));
-    lab.faults.add({
-      kind: 'failCommand',
-      host: 'libvirt-host',
-      match: ['cat', '--', b.names.console],
+    libvirtAnswers(['cat', '--', b.names.console], {
       exitCode: 0,
       stdout: `SeaBIOS (version 1.16.0)\r\n${x}\r\n  \t \r\n${y}\n\n${z}\r\n`,
     });
@@ -643,10 +624,7 @@ describe('libvirt boot test steps', () => {
 
   it('with 10 s left it keeps polling a guest that has not booted at the first look', async () => {
     const b = await bootCase('lv-linux-2');
-    lab.faults.add({
-      kind: 'failCommand',
-      host: 'libvirt-host',
-      match: ['cat', '--', b.names.console],
+    libvirtAnswers(['cat', '--', b.names.console], {
       exitCode: 0,
       stdout: 'SeaBIOS (version 1.16.0)\r\n',
     });
@@ -714,10 +692,7 @@ describe('libvirt boot test steps', () => {
       });
       expect(await sentDuring(() => b.run('remove_boot_test'))).toEqual(b.removal);
     }
-    lab.faults.add({
-      kind: 'failCommand',
-      host: 'libvirt-host',
-      match: ['virsh', 'undefine', b.names.domain],
+    libvirtAnswers(['virsh', 'undefine', b.names.domain], {
       exitCode: 1,
       stderr: 'error: internal error: cannot connect to the monitor\n',
     });
